@@ -1,0 +1,51 @@
+"""patchflow: grid → process → stitch for rasters larger than memory.
+
+>>> import patchflow
+>>> sorted(patchflow.AGGREGATIONS)[:3]
+['centre', 'max', 'mean']
+"""
+
+from __future__ import annotations
+
+import rioxarray  # noqa: F401  (registers the .rio accessor patchflow relies on)
+
+from patchflow import accessor as _accessor  # noqa: F401  (registers .patch)
+from patchflow.aggregate import AGGREGATIONS
+from patchflow.core import ChipLayout, apply, plan_grid, spatial_dims
+from patchflow.errors import (
+    DimensionError,
+    GridError,
+    OperatorError,
+    ParameterError,
+    PatchflowError,
+    WindowError,
+)
+from patchflow.grid import BOUNDARIES, AxisGrid, ChipGrid
+from patchflow.ops import batched
+from patchflow.plan import BlockPlan
+from patchflow.windows import WINDOWS, Window, make_window
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AGGREGATIONS",
+    "BOUNDARIES",
+    "WINDOWS",
+    "AxisGrid",
+    "BlockPlan",
+    "ChipGrid",
+    "ChipLayout",
+    "DimensionError",
+    "GridError",
+    "OperatorError",
+    "ParameterError",
+    "PatchflowError",
+    "Window",
+    "WindowError",
+    "__version__",
+    "apply",
+    "batched",
+    "make_window",
+    "plan_grid",
+    "spatial_dims",
+]

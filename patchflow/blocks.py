@@ -1,0 +1,232 @@
+"""Functions that run on dask workers: compute a block's chips, stitch an output block.
+
+Everything here is top-level and picklable (threads, processes and dask.distributed run the
+same code). Static configuration travels in frozen dataclasses, which dask passes through
+untouched instead of scanning them for keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from patchflow.aggregate import Aggregator, ChipBatch, OverlapAdd, State
+from patchflow.errors import OperatorError
+from patchflow.windows import Window
+
+__all__ = ["BlockTask", "EngineSpec", "StitchTask", "process_block", "stitch_block"]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything every block task needs, shared by all tasks of one ``apply``."""
+
+    op: Callable[..., Any]
+    batched: bool
+    batch_size: int
+    pass_mask: bool
+    window: Window | None
+    agg: Aggregator
+    size: tuple[int, int]
+    scene: tuple[int, int]
+    n_chips_x: int
+    out_lead: tuple[int, ...]
+    nodata: Any
+    fill_value: Any
+    pad_mode: str
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """One block's chips: anchors (scene pixels) and where its data sit in its inputs."""
+
+    index: tuple[int, int]
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    first_chip: tuple[int, int]
+    region: tuple[tuple[int, int], tuple[int, int]]
+    offset: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class StitchTask:
+    """One output block: its shape and, per source partial, ``(src, dst)`` slices."""
+
+    index: tuple[int, int]
+    shape: tuple[int, int]
+    pieces: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]], ...]
+
+
+def _assemble(chunks: list[list[np.ndarray]]) -> np.ndarray:
+    rows = [np.concatenate(row, axis=-1) if len(row) > 1 else row[0] for row in chunks]
+    return np.concatenate(rows, axis=-2) if len(rows) > 1 else rows[0]
+
+
+def _invalid(arr: np.ndarray, nodata: Any) -> np.ndarray | None:
+    """Pixels where any non-spatial component is NaN or nodata, or ``None`` if there are none."""
+    bad: np.ndarray | None = None
+    if arr.dtype.kind in "fc":
+        bad = ~np.isfinite(arr)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        eq = arr == nodata
+        bad = eq if bad is None else (bad | eq)
+    if bad is None:
+        return None
+    if bad.ndim > 2:
+        bad = bad.reshape(-1, *bad.shape[-2:]).any(axis=0)
+    return bad if bad.any() else None
+
+
+@lru_cache(maxsize=16)
+def _ones(shape: tuple[int, int]) -> np.ndarray:
+    out = np.ones(shape, np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def _axis_sum(window: Window, axis: int, anchors: tuple[int, ...], start: int, length: int,
+              scene: int, size: int) -> np.ndarray:
+    total = np.zeros(length, np.float64)
+    for a in anchors:
+        w = window.axis_weights(axis, a <= 0, a + size >= scene)
+        total[a - start : a - start + size] += w
+    return total
+
+
+def _call(spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, where: str) -> np.ndarray:
+    args: tuple[Any, ...] = (chips,) if not spec.pass_mask else (chips, mask)
+    try:
+        out = spec.op(*args)
+    except OperatorError:
+        raise
+    except Exception as exc:
+        raise OperatorError(f"the operator failed on {where}: {type(exc).__name__}: {exc}") from exc
+    return np.asarray(out)
+
+
+def _run_batch(spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None,
+               labels: list[str]) -> np.ndarray:
+    h, w = spec.size
+    expected = (*spec.out_lead, h, w)
+    if spec.batched:
+        where = f"chips {labels[0]} … {labels[-1]}" if len(labels) > 1 else labels[0]
+        out = _call(spec, chips, mask, where)
+        if out.shape != (len(chips), *expected):
+            raise OperatorError(
+                f"the batched operator returned shape {out.shape} for {where} "
+                f"(input batch {chips.shape}); expected {(len(chips), *expected)}"
+            )
+        return out
+    outs = []
+    for k in range(len(chips)):
+        out = _call(spec, chips[k], None if mask is None else mask[k], labels[k])
+        if out.shape != expected:
+            raise OperatorError(
+                f"the operator returned shape {out.shape} for {labels[k]} (input chip "
+                f"{chips[k].shape}); expected {expected} — spatial shape must equal the chip's"
+            )
+        outs.append(out)
+    return np.stack(outs)
+
+
+def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarray]]) -> State:
+    """Compute every chip a block owns and return its partial state over its region."""
+    h, w = spec.size
+    (r0, r1), (c0, c1) = task.region
+    read_h, read_w = min(r1, spec.scene[0]) - r0, min(c1, spec.scene[1]) - c0
+    oy, ox = task.offset
+    arr = _assemble(chunks)[..., oy : oy + read_h, ox : ox + read_w]
+
+    bad = _invalid(arr, spec.nodata)
+    valid = None
+    if bad is not None:
+        arr = np.where(bad, np.asarray(spec.fill_value, arr.dtype), arr)
+        valid = ~bad
+    pad_y, pad_x = (r1 - r0) - read_h, (c1 - c0) - read_w
+    if pad_y or pad_x:
+        widths = [(0, 0)] * (arr.ndim - 2) + [(0, pad_y), (0, pad_x)]
+        kw: dict[str, Any] = {}
+        if spec.pad_mode == "constant":
+            kw["constant_values"] = np.asarray(spec.fill_value, arr.dtype)
+        arr = np.pad(arr, widths, mode=spec.pad_mode, **kw)  # type: ignore[call-overload]
+        if valid is not None:
+            valid = np.pad(valid, widths[-2:], constant_values=True)
+
+    agg = spec.agg
+    state = agg.new((r1 - r0, c1 - c0))
+    positions = [(y - r0, x - c0) for y in task.ys for x in task.xs]
+    iy0, ix0 = task.first_chip
+    ids = [
+        (iy0 + a) * spec.n_chips_x + (ix0 + b)
+        for a in range(len(task.ys))
+        for b in range(len(task.xs))
+    ]
+    window = spec.window
+    for lo in range(0, len(positions), spec.batch_size):
+        pos = np.asarray(positions[lo : lo + spec.batch_size], dtype=np.int64)
+        chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
+        vmask = None if valid is None else np.stack([valid[r : r + h, c : c + w] for r, c in pos])
+        labels = [f"chip {ids[lo + k]} (rows {r + r0}:{r + r0 + h}, cols {c + c0}:{c + c0 + w})"
+                  for k, (r, c) in enumerate(pos)]
+        out = _run_batch(spec, chips, vmask, labels)
+        if window is None:
+            weights = [_ones((h, w))] * len(pos)
+        else:
+            weights = [
+                window.weights(r + r0 <= 0, r + r0 + h >= spec.scene[0],
+                               c + c0 <= 0, c + c0 + w >= spec.scene[1])
+                for r, c in pos
+            ]
+        agg.add(state, ChipBatch(out, pos, weights, vmask, np.asarray(ids[lo : lo + len(pos)])))
+
+    dy = dx = None
+    if isinstance(agg, OverlapAdd):
+        if window is None:
+            dy = _axis_sum_ones(task.ys, r0, r1 - r0, h)
+            dx = _axis_sum_ones(task.xs, c0, c1 - c0, w)
+        elif window.separable:
+            dy = _axis_sum(window, 0, task.ys, r0, r1 - r0, spec.scene[0], h)
+            dx = _axis_sum(window, 1, task.xs, c0, c1 - c0, spec.scene[1], w)
+    state = agg.seal(state, dy, dx)
+    if pad_y or pad_x:
+        state = _crop(state, read_h, read_w)
+    return state
+
+
+def _axis_sum_ones(anchors: tuple[int, ...], start: int, length: int, size: int) -> np.ndarray:
+    total = np.zeros(length, np.float64)
+    for a in anchors:
+        total[a - start : a - start + size] += 1.0
+    return total
+
+
+def _crop(state: State, h: int, w: int) -> State:
+    """Drop the padded (out-of-scene) part of a partial state."""
+    out: State = {}
+    for key, value in state.items():
+        if value is None or key.startswith("_"):
+            out[key] = value
+        elif key == "dy":
+            out[key] = value[:h]
+        elif key == "dx":
+            out[key] = value[:w]
+        else:
+            out[key] = np.ascontiguousarray(value[..., :h, :w])
+    return out
+
+
+def stitch_block(spec: EngineSpec, task: StitchTask, partials: list[State]) -> np.ndarray:
+    """Merge the pieces of every partial that overlaps an output block, then finalise."""
+    agg = spec.agg
+    state = agg.new(task.shape)
+    for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
+        agg.merge(
+            state, part,
+            (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
+            (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
+        )
+    return agg.finalize(state)

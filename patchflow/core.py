@@ -1,0 +1,413 @@
+"""``patchflow.apply``: the xarray-facing entry point (plan → graph → lazy DataArray).
+
+This module turns labelled xarray input into the plain arrays and plans the engine works
+on, and wraps the lazy result back into a georeferenced :class:`xarray.DataArray`.
+It never computes anything: building the graph is free, and the only data it touches is
+one dry call of the operator on a chip of ones (skipped when ``output_dtype`` and
+``output_shape``/``output_bands`` are given).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from patchflow.aggregate import make_aggregator
+from patchflow.blocks import EngineSpec
+from patchflow.errors import DimensionError, OperatorError, ParameterError
+from patchflow.graph import build_graph
+from patchflow.grid import ChipGrid, pair
+from patchflow.ops import is_batched
+from patchflow.plan import BlockPlan
+from patchflow.windows import Window, make_window
+
+__all__ = ["ChipLayout", "apply", "plan_grid", "spatial_dims"]
+
+#: target block edge (pixels) when patchflow picks chunks itself; rounded up to a stride
+#: multiple so every block owns the same number of chips
+TARGET_BLOCK = 2048
+PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<from input>"
+
+
+UNSET: Any = _Unset()
+
+
+def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, Hashable]:
+    """The ``(y, x)`` dimension names rioxarray sees on ``obj``.
+
+    Raises
+    ------
+    DimensionError
+        When there are none, naming the dims found and how to declare them.
+    """
+    try:
+        return obj.rio.y_dim, obj.rio.x_dim
+    except Exception as exc:  # rioxarray raises its own MissingSpatialDimensionError
+        raise DimensionError(
+            f"no spatial dimensions found among {tuple(obj.dims)}; patchflow needs y/x "
+            "(or latitude/longitude) dims: rename yours, or declare them with "
+            "obj.rio.set_spatial_dims(x_dim=..., y_dim=...)"
+        ) from exc
+
+
+def _as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    if isinstance(obj, xr.DataArray):
+        return obj
+    if isinstance(obj, xr.Dataset):
+        if not obj.data_vars:
+            raise DimensionError("the Dataset has no data variables to process")
+        y, x = spatial_dims(obj)
+        missing = [str(n) for n, v in obj.data_vars.items() if y not in v.dims or x not in v.dims]
+        if missing:
+            raise DimensionError(
+                f"data variables {missing} lack the spatial dims ({y!r}, {x!r}); "
+                "select the variables to process first, e.g. ds[['red', 'nir']]"
+            )
+        # variables become the leading 'variable' axis, in data_vars order
+        out = obj.to_dataarray(dim="variable")
+        crs = obj.rio.crs
+        if crs is not None:
+            out = out.rio.write_crs(crs)
+        return out
+    raise TypeError(f"patchflow.apply needs an xarray DataArray or Dataset, got {type(obj)}")
+
+
+def _spatial_chunks(chunks: Any, y: Hashable, x: Hashable) -> tuple[Any, Any] | None:
+    if chunks is None:
+        return None
+    if isinstance(chunks, Mapping):
+        return chunks.get(y, -1), chunks.get(x, -1)
+    if isinstance(chunks, int):
+        return chunks, chunks
+    if isinstance(chunks, Sequence) and len(chunks) == 2:
+        return chunks[0], chunks[1]
+    raise ParameterError(
+        f"chunks must be an int, a (y, x) pair or a {{dim: size}} mapping, got {chunks!r}"
+    )
+
+
+def _default_block(size: int, stride: int) -> int:
+    return stride * math.ceil(max(TARGET_BLOCK, size) / stride)
+
+
+def _prepare_data(arr: xr.DataArray, size: tuple[int, int], stride: tuple[int, int],
+                  chunks: Any, y: Hashable, x: Hashable) -> da.Array:
+    """Dask array ``(*lead, y, x)`` with lead dims in one chunk and usable spatial chunks.
+
+    Rule: non-spatial dims always become one chunk (the op sees all bands/times of a chip).
+    Spatial chunks are kept if every chunk but the last holds at least one chip (so input
+    chunks read from Zarr/COG storage stay aligned and are read once); otherwise, and for
+    numpy-backed input, they become the multiple of the stride nearest above 2048 pixels.
+    ``chunks=`` overrides the rule.
+    """
+    data = arr.data
+    lead = {i: -1 for i in range(arr.ndim - 2)}
+    target = tuple(_default_block(s, t) for s, t in zip(size, stride, strict=True))
+    override = _spatial_chunks(chunks, y, x)
+    if not isinstance(data, da.Array):
+        spatial = override or target
+        return da.from_array(data, chunks=(*(-1 for _ in lead), *spatial))
+    if override is not None:
+        return data.rechunk({**lead, arr.ndim - 2: override[0], arr.ndim - 1: override[1]})
+    new: dict[int, Any] = dict(lead)
+    for k, axis in enumerate((arr.ndim - 2, arr.ndim - 1)):
+        c = data.chunks[axis]
+        if len(c) > 1 and min(c[:-1]) < size[k]:
+            new[axis] = target[k]
+    if all(len(data.chunks[i]) == 1 for i in lead) and len(new) == len(lead):
+        return data
+    return data.rechunk(new)
+
+
+def _dry_run(op: Callable[..., Any], *, batched: bool, pass_mask: bool,
+             lead: tuple[int, ...], size: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    chip = np.ones((*lead, *size), dtype=dtype)
+    mask = np.ones(size, bool)
+    if batched:
+        chip, mask = chip[None], mask[None]
+    args = (chip, mask) if pass_mask else (chip,)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            out = np.asarray(op(*args))
+    except Exception as exc:
+        raise OperatorError(
+            f"the operator failed on a test chip of ones {chip.shape} ({dtype}): "
+            f"{type(exc).__name__}: {exc}. Pass output_dtype= and output_shape= to skip "
+            "this dry run"
+        ) from exc
+    spatial = out.shape[-2:] if out.ndim >= 2 else out.shape
+    if (batched and (out.ndim < 3 or out.shape[0] != 1)) or tuple(spatial) != tuple(size):
+        expect = "(1, …, h, w)" if batched else "(…, h, w)"
+        raise OperatorError(
+            f"the operator returned shape {out.shape} for a test chip {chip.shape}; expected "
+            f"{expect} with (h, w) = {size}: the output's spatial shape must equal the chip's"
+        )
+    return out[0] if batched else out
+
+
+def _int_nodata(dtype: np.dtype, nodata: Any) -> Any:
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        info = np.iinfo(dtype)
+        if float(nodata).is_integer() and info.min <= nodata <= info.max:
+            return dtype.type(nodata)
+    info = np.iinfo(dtype)
+    return dtype.type(info.max if dtype.kind == "u" else info.min)
+
+
+def _out_dims(arr: xr.DataArray, lead: tuple[int, ...], output_dims: Sequence[Hashable] | None
+              ) -> tuple[Hashable, ...]:
+    in_lead = arr.dims[:-2]
+    if output_dims is not None:
+        dims = tuple(output_dims)
+        if len(dims) != len(lead):
+            raise ParameterError(
+                f"output_dims {dims} has {len(dims)} names but the output has "
+                f"{len(lead)} non-spatial dims of shape {lead}"
+            )
+        return dims
+    if len(lead) == len(in_lead):
+        return tuple(in_lead)
+    if len(lead) == 1:
+        return ("band",)
+    return tuple(f"dim_{k}" for k in range(len(lead)))
+
+
+def _wrap(arr: xr.DataArray, data: da.Array, dims: tuple[Hashable, ...], nodata: Any,
+          name: Hashable | None) -> xr.DataArray:
+    y, x = arr.dims[-2:]
+    all_dims = (*dims, y, x)
+    sizes = dict(zip(all_dims, data.shape, strict=True))
+    coords = {}
+    for cname, coord in arr.coords.items():
+        if all(d in sizes and arr.sizes[d] == sizes[d] for d in coord.dims):
+            coords[cname] = coord
+    out = xr.DataArray(data, dims=all_dims, coords=coords, name=name)
+    out.attrs = {
+        k: v for k, v in arr.attrs.items()
+        if k not in ("_FillValue", "nodata", "scale_factor", "add_offset", "missing_value")
+    }
+    crs = arr.rio.crs
+    if crs is not None:
+        out = out.rio.write_crs(crs)
+    try:
+        transform = arr.rio.transform(recalc=True)
+    except Exception:  # no regular y/x coordinates: nothing to carry
+        transform = None
+    if transform is not None:
+        out = out.rio.write_transform(transform)
+    return out.rio.write_nodata(nodata, encoded=False)
+
+
+def apply(
+    obj: xr.DataArray | xr.Dataset,
+    op: Callable[..., Any],
+    *,
+    size: int | tuple[int, int] = 256,
+    stride: int | tuple[int, int] = 192,
+    window: str | np.ndarray | Callable[[int, int], Any] | Window = "hann",
+    window_params: Mapping[str, Any] | None = None,
+    boundary: str = "shift",
+    pad_mode: str = "constant",
+    agg: str = "overlap_add",
+    n_classes: int | None = None,
+    batched: bool | None = None,
+    batch_size: int = 64,
+    chunks: Any = None,
+    output_dtype: Any = None,
+    output_shape: Sequence[int] | None = None,
+    output_bands: int | None = None,
+    output_dims: Sequence[Hashable] | None = None,
+    nodata: Any = UNSET,
+    fill_value: Any = 0,
+    pass_mask: bool = False,
+    allow_gaps: bool = False,
+    name: Hashable | None = None,
+) -> xr.DataArray:
+    """Run ``op`` on overlapping chips of ``obj`` and stitch the results, lazily.
+
+    Parameters
+    ----------
+    obj
+        A DataArray with spatial dims (``y``/``x`` or what rioxarray recognises), lazy
+        (dask) or in memory, or a Dataset whose data variables are stacked, in
+        ``data_vars`` order, along a leading ``variable`` dim.
+    op
+        Per-chip operator. Plain: ``(non-spatial…, h, w) -> (out…, h, w)``. Batched
+        (``batched=True``, :func:`patchflow.batched`, or ``op.batched``):
+        ``(n, non-spatial…, h, w) -> (n, out…, h, w)``.
+    size, stride
+        Chip size and stride in pixels, an int or a ``(y, x)`` pair.
+    window, window_params
+        Blending window (name, 2-D array, callable ``(h, w)``) and its parameters
+        (``sigma``, ``alpha``, ``power``).
+    boundary, pad_mode
+        Boundary policy (``"shift"``, ``"pad"``, ``"drop"``, ``"raise"``) and, for
+        ``"pad"``, how chips past the edge are filled (numpy pad modes).
+    agg, n_classes
+        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
+        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
+    batch_size
+        Chips per operator call (batched ops) and per weighting step.
+    chunks
+        Spatial block size override (int, ``(y, x)`` or ``{dim: size}``).
+    output_dtype, output_shape, output_bands, output_dims
+        What ``op`` returns per chip (non-spatial shape; ``output_bands=n`` means
+        ``(n,)``). With dtype and shape given the dry run is skipped. ``output_dims`` names
+        the output's non-spatial dims.
+    nodata, fill_value, pass_mask
+        Input nodata (default: the input's, via rioxarray); invalid pixels are filled with
+        ``fill_value`` before ``op`` sees them and carry zero weight. With ``pass_mask``
+        the op is called as ``op(chips, valid_mask)``.
+    allow_gaps
+        Allow ``stride > size``.
+    name
+        Name of the output DataArray.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, dims ``(out dims…, y, x)``, same y/x coords, CRS and transform as the input,
+        nodata in ``rio.nodata`` (NaN for float outputs).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, patchflow
+    >>> scene = xr.DataArray(np.random.rand(2, 600, 500), dims=("band", "y", "x"))
+    >>> out = patchflow.apply(scene, lambda c: c[1:] - c[:1], size=128, stride=96)
+    >>> out.shape
+    (1, 600, 500)
+    >>> bool(abs(out - (scene[1:] - scene[:1].values)).max() < 1e-9)
+    True
+    """
+    if not callable(op):
+        raise ParameterError(f"op must be callable, got {type(op).__name__}")
+    arr = _as_dataarray(obj)
+    y, x = spatial_dims(arr)
+    others = [d for d in arr.dims if d not in (y, x)]
+    arr = arr.transpose(*others, y, x)
+    size_yx, stride_yx = pair(size, "size"), pair(stride, "stride")
+    grid = ChipGrid(arr.shape[-2:], size_yx, stride_yx, boundary, allow_gaps)  # type: ignore[arg-type]
+    if pad_mode not in PAD_MODES:
+        raise ParameterError(f"unknown pad_mode {pad_mode!r}; valid: {', '.join(PAD_MODES)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(f"batch_size must be a positive int, got {batch_size!r}")
+    is_b = is_batched(op) if batched is None else bool(batched)
+    in_nodata = arr.rio.nodata if nodata is UNSET else nodata
+    in_dtype = np.dtype(arr.dtype)
+
+    if output_bands is not None:
+        output_shape = (int(output_bands),)
+    if output_dtype is not None and output_shape is not None:
+        out_lead, op_dtype = tuple(int(v) for v in output_shape), np.dtype(output_dtype)
+    else:
+        sample = _dry_run(op, batched=is_b, pass_mask=pass_mask, lead=arr.shape[:-2],
+                          size=size_yx, dtype=in_dtype)
+        out_lead = tuple(output_shape) if output_shape is not None else sample.shape[:-2]
+        op_dtype = np.dtype(output_dtype) if output_dtype is not None else sample.dtype
+
+    probe = make_aggregator(agg, out_dtype=op_dtype, lead=out_lead, n_classes=n_classes,
+                            n_chips=grid.n_chips)
+    res_dtype = probe.result_dtype()
+    out_nodata = np.nan if res_dtype.kind in "fc" else _int_nodata(res_dtype, in_nodata)
+    aggregator = make_aggregator(agg, out_dtype=op_dtype, lead=out_lead, nodata=out_nodata,
+                                 n_classes=n_classes, n_chips=grid.n_chips)
+    win = None
+    if aggregator.weighted:
+        win = make_window(window, size_yx, **dict(window_params or {}))
+
+    data = _prepare_data(arr, size_yx, stride_yx, chunks, y, x)
+    plan = BlockPlan(grid, (data.chunks[-2], data.chunks[-1]))
+    spec = EngineSpec(
+        op=op, batched=is_b, batch_size=batch_size, pass_mask=pass_mask, window=win,
+        agg=aggregator, size=size_yx, scene=grid.shape, n_chips_x=grid.x.n, out_lead=out_lead,
+        nodata=in_nodata, fill_value=fill_value, pad_mode=pad_mode,
+    )
+    result = build_graph(data, spec, plan, out_lead=aggregator.result_lead(),
+                         out_dtype=res_dtype)
+    dims = _out_dims(arr, aggregator.result_lead(), output_dims)
+    return _wrap(arr, result, dims, out_nodata, name if name is not None else arr.name)
+
+
+@dataclass(frozen=True)
+class ChipLayout:
+    """The planned chips of a scene, for inspection and plotting.
+
+    ``anchors`` are ``(row, col)`` pixel offsets; ``bounds`` are ``(xmin, ymin, xmax,
+    ymax)`` in CRS units (``None`` without a transform).
+    """
+
+    grid: ChipGrid
+    transform: Any
+    crs: Any
+
+    @property
+    def anchors(self) -> np.ndarray:
+        """``(n_chips, 2)`` chip ``(row, col)`` offsets."""
+        return self.grid.anchors
+
+    @property
+    def windows(self) -> np.ndarray:
+        """``(n_chips, 4)`` pixel windows ``(row_off, col_off, height, width)``."""
+        h, w = self.grid.size_yx
+        a = self.anchors
+        return np.column_stack([a, np.full(len(a), h), np.full(len(a), w)])
+
+    @property
+    def bounds(self) -> np.ndarray | None:
+        """``(n_chips, 4)`` chip bounds ``(xmin, ymin, xmax, ymax)`` in CRS units."""
+        if self.transform is None:
+            return None
+        h, w = self.grid.size_yx
+        a = self.anchors.astype(np.float64)
+        t = self.transform
+        xs = np.stack([t.c + t.a * a[:, 1], t.c + t.a * (a[:, 1] + w)])
+        ys = np.stack([t.f + t.e * a[:, 0], t.f + t.e * (a[:, 0] + h)])
+        return np.column_stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)])
+
+    def to_dataframe(self) -> Any:
+        """One row per chip: ``row, col, height, width`` and CRS bounds."""
+        import pandas as pd
+
+        win = self.windows
+        frame = pd.DataFrame(win, columns=["row", "col", "height", "width"])
+        bounds = self.bounds
+        if bounds is not None:
+            for k, col in enumerate(("xmin", "ymin", "xmax", "ymax")):
+                frame[col] = bounds[:, k]
+        return frame
+
+
+def plan_grid(obj: xr.DataArray | xr.Dataset, *, size: int | tuple[int, int] = 256,
+              stride: int | tuple[int, int] = 192, boundary: str = "shift",
+              allow_gaps: bool = False) -> ChipLayout:
+    """Plan the chips ``apply`` would use on ``obj``, without building anything.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> layout = plan_grid(xr.DataArray(np.zeros((1000, 700)), dims=("y", "x")))
+    >>> layout.grid.counts
+    (5, 4)
+    """
+    y, x = spatial_dims(obj)
+    shape = (obj.sizes[y], obj.sizes[x])
+    grid = ChipGrid(shape, pair(size, "size"), pair(stride, "stride"), boundary,  # type: ignore[arg-type]
+                    allow_gaps)
+    try:
+        transform = obj.rio.transform(recalc=True)
+    except Exception:
+        transform = None
+    return ChipLayout(grid, transform, obj.rio.crs)

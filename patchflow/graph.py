@@ -1,0 +1,85 @@
+"""The only module that builds dask graphs.
+
+Two layers, each with one task per block:
+
+``patchflow-chips-<token>``
+    per working block ``(i, j)``: gathers the input chunks its region touches (its own chunk
+    plus the trailing halo from the next ones), runs all its chips in batched calls and
+    returns a partial state (numerator/denominator or the aggregation's equivalent);
+``patchflow-stitch-<token>``
+    per output block ``(i, j)``: adds the pieces of every partial overlapping it (its own,
+    plus spill-over from the blocks before it) and finalises — the reverse of
+    ``map_overlap``'s halo exchange.
+
+Keys are deterministic (``tokenize`` of the input's name, the plan and the engine spec),
+so rebuilding the same computation yields the same graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from patchflow.blocks import BlockTask, EngineSpec, StitchTask, process_block, stitch_block
+from patchflow.plan import BlockPlan
+
+__all__ = ["CHIPS_PREFIX", "STITCH_PREFIX", "build_graph"]
+
+CHIPS_PREFIX = "patchflow-chips"
+STITCH_PREFIX = "patchflow-stitch"
+
+
+def build_graph(x: da.Array, spec: EngineSpec, plan: BlockPlan, *, out_lead: tuple[int, ...],
+                out_dtype: np.dtype) -> da.Array:
+    """Lazy stitched output for ``x`` (``(*lead, y, x)``, lead dims in one chunk).
+
+    ``plan.chunks`` must equal ``x``'s spatial chunks; the output has the same spatial
+    chunks and ``out_lead`` as its (single-chunk) leading shape.
+    """
+    if tuple(x.chunks[-2:]) != plan.chunks:
+        raise AssertionError("the block plan does not match the input's chunks")
+    token = tokenize(x.name, spec, plan.chunks, plan.grid)
+    chips_name = f"{CHIPS_PREFIX}-{token}"
+    stitch_name = f"{STITCH_PREFIX}-{token}"
+    lead_idx = (0,) * (x.ndim - 2)
+
+    chips: dict[Any, Any] = {}
+    for i, j in plan.working_blocks:
+        ry, rx = plan.y.region(i), plan.x.region(j)
+        sy, sx = plan.y.sources(i), plan.x.sources(j)
+        task = BlockTask(
+            index=(i, j),
+            ys=tuple(int(v) for v in plan.y.owned(i)),
+            xs=tuple(int(v) for v in plan.x.owned(j)),
+            first_chip=(plan.y.chip_range(i)[0], plan.x.chip_range(j)[0]),
+            region=(ry, rx),
+            offset=(ry[0] - int(plan.y.edges[sy[0]]), rx[0] - int(plan.x.edges[sx[0]])),
+        )
+        keys = [[(x.name, *lead_idx, a, b) for b in sx] for a in sy]
+        chips[(chips_name, i, j)] = (process_block, spec, task, keys)
+
+    stitch: dict[Any, Any] = {}
+    out_idx = (0,) * len(out_lead)
+    ny, nx = plan.n_blocks
+    for i in range(ny):
+        for j in range(nx):
+            pieces = plan.pieces(i, j)
+            task_s = StitchTask(
+                index=(i, j),
+                shape=(plan.y.chunks[i], plan.x.chunks[j]),
+                pieces=tuple((py.src, py.dst, px.src, px.dst) for py, px in pieces),
+            )
+            deps = [(chips_name, py.block, px.block) for py, px in pieces]
+            stitch[(stitch_name, *out_idx, i, j)] = (stitch_block, spec, task_s, deps)
+
+    base = HighLevelGraph.from_collections(chips_name, chips, dependencies=[x])
+    layers = {**base.layers, stitch_name: stitch}
+    dependencies = {**base.dependencies, stitch_name: {chips_name}}
+    graph = HighLevelGraph(layers, dependencies)
+    chunks = (*((n,) for n in out_lead), *plan.chunks)
+    meta = np.empty((0,) * (len(out_lead) + 2), dtype=out_dtype)
+    return da.Array(graph, stitch_name, chunks=chunks, meta=meta)

@@ -1,0 +1,250 @@
+"""Chip grid geometry: where chips go on a scene. Pure numpy, no dask/xarray/zarr.
+
+The grid is separable: a 2-D grid is the outer product of two 1-D :class:`AxisGrid`
+objects (rows along ``y``, columns along ``x``), which keeps planning O(chips per axis)
+instead of O(chips) and lets weight sums be computed per axis.
+
+Boundary policies (what happens where ``(length - size)`` is not a multiple of ``stride``):
+
+``"shift"`` (default)
+    Regular anchors ``0, stride, 2*stride, ...``; if the last regular chip stops short of
+    the scene edge, one more chip is added that ends exactly at the edge (its anchor is
+    ``length - size``). Every pixel is covered and no chip reads outside the scene.
+    A scene smaller than one chip is an error (use ``"pad"``), because a shifted chip
+    would have to start before pixel 0.
+``"pad"``
+    Regular anchors until a chip reaches or passes the edge; that chip reads padded
+    values past the edge. Padded pixels are outside the scene and carry zero weight.
+    Works for scenes smaller than one chip.
+``"drop"``
+    Only chips that fit entirely inside the scene. The trailing margin
+    ``[last_anchor + size, length)`` is left uncovered (it comes out as nodata/NaN).
+``"raise"``
+    Like ``"drop"`` but any uncovered margin is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from patchflow.errors import GridError
+
+__all__ = ["BOUNDARIES", "AxisGrid", "ChipGrid", "pair"]
+
+Boundary = Literal["shift", "pad", "drop", "raise"]
+BOUNDARIES: tuple[str, ...] = ("shift", "pad", "drop", "raise")
+
+
+def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """Normalise an int or a ``(y, x)`` pair to a tuple of two Python ints.
+
+    >>> pair(256, "size")
+    (256, 256)
+    """
+    if isinstance(value, bool):
+        raise GridError(f"{name} must be an int or a (y, x) pair of ints, got {value!r}")
+    if isinstance(value, int | np.integer):
+        return int(value), int(value)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise GridError(f"{name} must be an int or a (y, x) pair of ints, got {value!r}") from None
+    if len(items) != 2 or not all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in items
+    ):
+        raise GridError(f"{name} must be an int or a (y, x) pair of ints, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+@dataclass(frozen=True)
+class AxisGrid:
+    """Chip anchors along one axis.
+
+    Parameters
+    ----------
+    length
+        Number of pixels along the axis.
+    size
+        Chip length along the axis.
+    stride
+        Distance between consecutive regular anchors.
+    boundary
+        ``"shift"``, ``"pad"``, ``"drop"`` or ``"raise"`` (see module docstring).
+    allow_gaps
+        Permit ``stride > size`` (leaves uncovered gaps between chips).
+    axis
+        Name used in error messages.
+
+    Examples
+    --------
+    >>> AxisGrid(1000, 256, 192).anchors.tolist()
+    [0, 192, 384, 576, 744]
+    >>> AxisGrid(1000, 256, 192, boundary="pad").anchors.tolist()
+    [0, 192, 384, 576, 768]
+    """
+
+    length: int
+    size: int
+    stride: int
+    boundary: Boundary = "shift"
+    allow_gaps: bool = False
+    axis: str = "axis"
+    anchors: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("length", "size", "stride"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool):
+                raise GridError(f"{name} along {self.axis} must be an int, got {value!r}")
+        if self.length <= 0:
+            raise GridError(f"the scene has no pixels along {self.axis} (length {self.length})")
+        if self.size <= 0:
+            raise GridError(f"size must be positive, got {self.size} along {self.axis}")
+        if self.stride <= 0:
+            raise GridError(f"stride must be positive, got {self.stride} along {self.axis}")
+        if self.boundary not in BOUNDARIES:
+            raise GridError(
+                f"unknown boundary {self.boundary!r}; valid: {', '.join(map(repr, BOUNDARIES))}"
+            )
+        if self.stride > self.size and not self.allow_gaps:
+            raise GridError(
+                f"stride {self.stride} > size {self.size} along {self.axis} leaves "
+                f"{self.stride - self.size}-pixel gaps between chips; use stride <= size, "
+                "or pass allow_gaps=True if gaps (nodata) are intended"
+            )
+        object.__setattr__(self, "anchors", self._plan())
+        self.anchors.setflags(write=False)
+
+    def _plan(self) -> np.ndarray:
+        length, size, stride = int(self.length), int(self.size), int(self.stride)
+        if size > length and self.boundary != "pad":
+            raise GridError(
+                f"chip size {size} is larger than the scene ({length} pixels along "
+                f"{self.axis}); use a smaller size or boundary='pad' (chip reads padded values)"
+            )
+        if self.boundary == "pad":
+            # regular anchors until a chip reaches the edge; never one starting past it
+            # (possible with allow_gaps, where the edge can fall into a gap)
+            n = min(-(-max(length - size, 0) // stride) + 1, -(-length // stride))
+            return np.arange(n, dtype=np.int64) * stride
+        regular = np.arange(0, length - size + 1, stride, dtype=np.int64)
+        end = int(regular[-1]) + size
+        if end == length or self.boundary == "drop":
+            return regular
+        if self.boundary == "raise":
+            raise GridError(
+                f"chips of size {size} and stride {stride} end at {end}, not at the scene edge "
+                f"({length} along {self.axis}); {length - end} pixels would be uncovered. "
+                "Use boundary='shift', 'pad' or 'drop', or change size/stride"
+            )
+        return np.append(regular, np.int64(length - size))
+
+    @property
+    def n(self) -> int:
+        """Number of chips along the axis."""
+        return int(self.anchors.size)
+
+    @property
+    def pad(self) -> int:
+        """Pixels the last chip reads past the scene edge (0 unless ``boundary='pad'``)."""
+        return max(int(self.anchors[-1]) + self.size - self.length, 0)
+
+    @property
+    def leading(self) -> np.ndarray:
+        """Boolean per chip: the chip starts at the scene's first pixel."""
+        return np.asarray(self.anchors <= 0)
+
+    @property
+    def trailing(self) -> np.ndarray:
+        """Boolean per chip: the chip reaches (or passes) the scene's last pixel."""
+        return np.asarray(self.anchors + self.size >= self.length)
+
+    def coverage(self) -> np.ndarray:
+        """Number of chips covering each pixel (length ``length``), in-scene only."""
+        count = np.zeros(max(self.length, int(self.anchors[-1])) + self.size + 1, dtype=np.int64)
+        np.add.at(count, self.anchors, 1)
+        np.add.at(count, self.anchors + self.size, -1)
+        return np.cumsum(count)[: self.length]
+
+
+@dataclass(frozen=True)
+class ChipGrid:
+    """A separable 2-D chip grid over a ``(height, width)`` scene.
+
+    Parameters
+    ----------
+    shape
+        ``(height, width)`` of the scene in pixels.
+    size, stride
+        Chip size and stride: an int or a ``(y, x)`` pair.
+    boundary
+        Boundary policy, see the module docstring.
+    allow_gaps
+        Permit ``stride > size``.
+
+    Examples
+    --------
+    >>> g = ChipGrid((3935, 1599), size=256, stride=192)
+    >>> g.counts, g.n_chips
+    ((21, 8), 168)
+    >>> bool((g.coverage() > 0).all())
+    True
+    """
+
+    shape: tuple[int, int]
+    size: tuple[int, int] | int = 256
+    stride: tuple[int, int] | int = 192
+    boundary: Boundary = "shift"
+    allow_gaps: bool = False
+    y: AxisGrid = field(init=False, repr=False, compare=False)
+    x: AxisGrid = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = pair(tuple(self.shape), "shape")  # type: ignore[arg-type]
+        size = pair(self.size, "size")
+        stride = pair(self.stride, "stride")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "stride", stride)
+        for i, name in enumerate(("y", "x")):
+            axis = AxisGrid(
+                shape[i], size[i], stride[i], self.boundary, self.allow_gaps, axis=name
+            )
+            object.__setattr__(self, name, axis)
+
+    @property
+    def size_yx(self) -> tuple[int, int]:
+        """Chip size as a ``(y, x)`` tuple."""
+        return self.size  # type: ignore[return-value]
+
+    @property
+    def stride_yx(self) -> tuple[int, int]:
+        """Chip stride as a ``(y, x)`` tuple."""
+        return self.stride  # type: ignore[return-value]
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """Chips along ``(y, x)``."""
+        return self.y.n, self.x.n
+
+    @property
+    def n_chips(self) -> int:
+        """Total number of chips."""
+        return self.y.n * self.x.n
+
+    @property
+    def anchors(self) -> np.ndarray:
+        """``(n_chips, 2)`` int array of chip ``(row, col)`` anchors, row-major."""
+        rows, cols = np.meshgrid(self.y.anchors, self.x.anchors, indexing="ij")
+        return np.stack([rows.ravel(), cols.ravel()], axis=1)
+
+    def coverage(self) -> np.ndarray:
+        """``(height, width)`` count of chips covering each pixel (small scenes only)."""
+        return np.outer(self.y.coverage(), self.x.coverage())
+
+    def covered(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-axis boolean coverage; pixel ``(i, j)`` is covered iff both are true."""
+        return self.y.coverage() > 0, self.x.coverage() > 0
