@@ -29,7 +29,7 @@ class PatchAccessor(Generic[T]):
     """
 
     def __init__(self, obj: T) -> None:
-        self._obj = obj
+        self._obj: T = obj
 
     def apply(self, op: Any, **params: Any) -> xr.DataArray:
         """Same as :func:`patchflow.apply` on this object."""

@@ -93,8 +93,14 @@ class Aggregator:
     #: whether the window shapes the result (False: window ignored, e.g. max)
     weighted: ClassVar[bool] = True
 
-    def __init__(self, *, out_dtype: np.dtype, lead: tuple[int, ...], nodata: Any = None,
-                 n_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        out_dtype: np.dtype,
+        lead: tuple[int, ...],
+        nodata: Any = None,
+        n_classes: int | None = None,
+    ) -> None:
         self.op_dtype = np.dtype(out_dtype)
         self.lead = tuple(int(v) for v in lead)
         self.nodata = nodata
@@ -128,8 +134,14 @@ class Aggregator:
         return f"{type(self).__name__}(lead={self.lead}, dtype={self.op_dtype})"
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        return (type(self).__name__, str(self.op_dtype), self.lead, repr(self.nodata),
-                self.n_classes, getattr(self, "n_chips", None))
+        return (
+            type(self).__name__,
+            str(self.op_dtype),
+            self.lead,
+            repr(self.nodata),
+            self.n_classes,
+            getattr(self, "n_chips", None),
+        )
 
 
 class OverlapAdd(Aggregator):
@@ -441,9 +453,7 @@ def make_aggregator(agg: str, **kw: Any) -> Aggregator:
     dtype('float32')
     """
     if not isinstance(agg, str) or agg not in AGGREGATIONS:
-        raise ParameterError(
-            f"unknown agg {agg!r}; valid names: {', '.join(sorted(AGGREGATIONS))}"
-        )
+        raise ParameterError(f"unknown agg {agg!r}; valid names: {', '.join(sorted(AGGREGATIONS))}")
     cls = AGGREGATIONS[agg]
     if cls is not Centre:
         kw.pop("n_chips", None)

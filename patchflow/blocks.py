@@ -72,12 +72,12 @@ def _invalid(arr: np.ndarray, nodata: Any) -> np.ndarray | None:
     if arr.dtype.kind in "fc":
         bad = ~np.isfinite(arr)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
-        eq = arr == nodata
+        eq = np.asarray(arr == nodata)
         bad = eq if bad is None else (bad | eq)
     if bad is None:
         return None
     if bad.ndim > 2:
-        bad = bad.reshape(-1, *bad.shape[-2:]).any(axis=0)
+        bad = np.asarray(bad.reshape(-1, *bad.shape[-2:]).any(axis=0))
     return bad if bad.any() else None
 
 
@@ -88,8 +88,15 @@ def _ones(shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _axis_sum(window: Window, axis: int, anchors: tuple[int, ...], start: int, length: int,
-              scene: int, size: int) -> np.ndarray:
+def _axis_sum(
+    window: Window,
+    axis: int,
+    anchors: tuple[int, ...],
+    start: int,
+    length: int,
+    scene: int,
+    size: int,
+) -> np.ndarray:
     total = np.zeros(length, np.float64)
     for a in anchors:
         w = window.axis_weights(axis, a <= 0, a + size >= scene)
@@ -108,8 +115,9 @@ def _call(spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, where: s
     return np.asarray(out)
 
 
-def _run_batch(spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None,
-               labels: list[str]) -> np.ndarray:
+def _run_batch(
+    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
+) -> np.ndarray:
     h, w = spec.size
     expected = (*spec.out_lead, h, w)
     if spec.batched:
@@ -170,15 +178,21 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
         pos = np.asarray(positions[lo : lo + spec.batch_size], dtype=np.int64)
         chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
         vmask = None if valid is None else np.stack([valid[r : r + h, c : c + w] for r, c in pos])
-        labels = [f"chip {ids[lo + k]} (rows {r + r0}:{r + r0 + h}, cols {c + c0}:{c + c0 + w})"
-                  for k, (r, c) in enumerate(pos)]
+        labels = [
+            f"chip {ids[lo + k]} (rows {r + r0}:{r + r0 + h}, cols {c + c0}:{c + c0 + w})"
+            for k, (r, c) in enumerate(pos)
+        ]
         out = _run_batch(spec, chips, vmask, labels)
         if window is None:
             weights = [_ones((h, w))] * len(pos)
         else:
             weights = [
-                window.weights(r + r0 <= 0, r + r0 + h >= spec.scene[0],
-                               c + c0 <= 0, c + c0 + w >= spec.scene[1])
+                window.weights(
+                    r + r0 <= 0,
+                    r + r0 + h >= spec.scene[0],
+                    c + c0 <= 0,
+                    c + c0 + w >= spec.scene[1],
+                )
                 for r, c in pos
             ]
         agg.add(state, ChipBatch(out, pos, weights, vmask, np.asarray(ids[lo : lo + len(pos)])))
@@ -225,7 +239,8 @@ def stitch_block(spec: EngineSpec, task: StitchTask, partials: list[State]) -> n
     state = agg.new(task.shape)
     for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
         agg.merge(
-            state, part,
+            state,
+            part,
             (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
             (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
         )

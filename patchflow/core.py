@@ -102,8 +102,14 @@ def _default_block(size: int, stride: int) -> int:
     return stride * math.ceil(max(TARGET_BLOCK, size) / stride)
 
 
-def _prepare_data(arr: xr.DataArray, size: tuple[int, int], stride: tuple[int, int],
-                  chunks: Any, y: Hashable, x: Hashable) -> da.Array:
+def _prepare_data(
+    arr: xr.DataArray,
+    size: tuple[int, int],
+    stride: tuple[int, int],
+    chunks: Any,
+    y: Hashable,
+    x: Hashable,
+) -> da.Array:
     """Dask array ``(*lead, y, x)`` with lead dims in one chunk and usable spatial chunks.
 
     Rule: non-spatial dims always become one chunk (the op sees all bands/times of a chip).
@@ -131,8 +137,15 @@ def _prepare_data(arr: xr.DataArray, size: tuple[int, int], stride: tuple[int, i
     return data.rechunk(new)
 
 
-def _dry_run(op: Callable[..., Any], *, batched: bool, pass_mask: bool,
-             lead: tuple[int, ...], size: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+def _dry_run(
+    op: Callable[..., Any],
+    *,
+    batched: bool,
+    pass_mask: bool,
+    lead: tuple[int, ...],
+    size: tuple[int, int],
+    dtype: np.dtype,
+) -> np.ndarray:
     chip = np.ones((*lead, *size), dtype=dtype)
     mask = np.ones(size, bool)
     if batched:
@@ -167,8 +180,9 @@ def _int_nodata(dtype: np.dtype, nodata: Any) -> Any:
     return dtype.type(info.max if dtype.kind == "u" else info.min)
 
 
-def _out_dims(arr: xr.DataArray, lead: tuple[int, ...], output_dims: Sequence[Hashable] | None
-              ) -> tuple[Hashable, ...]:
+def _out_dims(
+    arr: xr.DataArray, lead: tuple[int, ...], output_dims: Sequence[Hashable] | None
+) -> tuple[Hashable, ...]:
     in_lead = arr.dims[:-2]
     if output_dims is not None:
         dims = tuple(output_dims)
@@ -185,8 +199,13 @@ def _out_dims(arr: xr.DataArray, lead: tuple[int, ...], output_dims: Sequence[Ha
     return tuple(f"dim_{k}" for k in range(len(lead)))
 
 
-def _wrap(arr: xr.DataArray, data: da.Array, dims: tuple[Hashable, ...], nodata: Any,
-          name: Hashable | None) -> xr.DataArray:
+def _wrap(
+    arr: xr.DataArray,
+    data: da.Array,
+    dims: tuple[Hashable, ...],
+    nodata: Any,
+    name: Hashable | None,
+) -> xr.DataArray:
     y, x = arr.dims[-2:]
     all_dims = (*dims, y, x)
     sizes = dict(zip(all_dims, data.shape, strict=True))
@@ -196,7 +215,8 @@ def _wrap(arr: xr.DataArray, data: da.Array, dims: tuple[Hashable, ...], nodata:
             coords[cname] = coord
     out = xr.DataArray(data, dims=all_dims, coords=coords, name=name)
     out.attrs = {
-        k: v for k, v in arr.attrs.items()
+        k: v
+        for k, v in arr.attrs.items()
         if k not in ("_FillValue", "nodata", "scale_factor", "add_offset", "missing_value")
     }
     crs = arr.rio.crs
@@ -313,17 +333,25 @@ def apply(
     if output_dtype is not None and output_shape is not None:
         out_lead, op_dtype = tuple(int(v) for v in output_shape), np.dtype(output_dtype)
     else:
-        sample = _dry_run(op, batched=is_b, pass_mask=pass_mask, lead=arr.shape[:-2],
-                          size=size_yx, dtype=in_dtype)
+        sample = _dry_run(
+            op, batched=is_b, pass_mask=pass_mask, lead=arr.shape[:-2], size=size_yx, dtype=in_dtype
+        )
         out_lead = tuple(output_shape) if output_shape is not None else sample.shape[:-2]
         op_dtype = np.dtype(output_dtype) if output_dtype is not None else sample.dtype
 
-    probe = make_aggregator(agg, out_dtype=op_dtype, lead=out_lead, n_classes=n_classes,
-                            n_chips=grid.n_chips)
+    probe = make_aggregator(
+        agg, out_dtype=op_dtype, lead=out_lead, n_classes=n_classes, n_chips=grid.n_chips
+    )
     res_dtype = probe.result_dtype()
     out_nodata = np.nan if res_dtype.kind in "fc" else _int_nodata(res_dtype, in_nodata)
-    aggregator = make_aggregator(agg, out_dtype=op_dtype, lead=out_lead, nodata=out_nodata,
-                                 n_classes=n_classes, n_chips=grid.n_chips)
+    aggregator = make_aggregator(
+        agg,
+        out_dtype=op_dtype,
+        lead=out_lead,
+        nodata=out_nodata,
+        n_classes=n_classes,
+        n_chips=grid.n_chips,
+    )
     win = None
     if aggregator.weighted:
         win = make_window(window, size_yx, **dict(window_params or {}))
@@ -331,12 +359,21 @@ def apply(
     data = _prepare_data(arr, size_yx, stride_yx, chunks, y, x)
     plan = BlockPlan(grid, (data.chunks[-2], data.chunks[-1]))
     spec = EngineSpec(
-        op=op, batched=is_b, batch_size=batch_size, pass_mask=pass_mask, window=win,
-        agg=aggregator, size=size_yx, scene=grid.shape, n_chips_x=grid.x.n, out_lead=out_lead,
-        nodata=in_nodata, fill_value=fill_value, pad_mode=pad_mode,
+        op=op,
+        batched=is_b,
+        batch_size=batch_size,
+        pass_mask=pass_mask,
+        window=win,
+        agg=aggregator,
+        size=size_yx,
+        scene=grid.shape,
+        n_chips_x=grid.x.n,
+        out_lead=out_lead,
+        nodata=in_nodata,
+        fill_value=fill_value,
+        pad_mode=pad_mode,
     )
-    result = build_graph(data, spec, plan, out_lead=aggregator.result_lead(),
-                         out_dtype=res_dtype)
+    result = build_graph(data, spec, plan, out_lead=aggregator.result_lead(), out_dtype=res_dtype)
     dims = _out_dims(arr, aggregator.result_lead(), output_dims)
     return _wrap(arr, result, dims, out_nodata, name if name is not None else arr.name)
 
@@ -390,9 +427,14 @@ class ChipLayout:
         return frame
 
 
-def plan_grid(obj: xr.DataArray | xr.Dataset, *, size: int | tuple[int, int] = 256,
-              stride: int | tuple[int, int] = 192, boundary: str = "shift",
-              allow_gaps: bool = False) -> ChipLayout:
+def plan_grid(
+    obj: xr.DataArray | xr.Dataset,
+    *,
+    size: int | tuple[int, int] = 256,
+    stride: int | tuple[int, int] = 192,
+    boundary: str = "shift",
+    allow_gaps: bool = False,
+) -> ChipLayout:
     """Plan the chips ``apply`` would use on ``obj``, without building anything.
 
     Examples
@@ -404,8 +446,13 @@ def plan_grid(obj: xr.DataArray | xr.Dataset, *, size: int | tuple[int, int] = 2
     """
     y, x = spatial_dims(obj)
     shape = (obj.sizes[y], obj.sizes[x])
-    grid = ChipGrid(shape, pair(size, "size"), pair(stride, "stride"), boundary,  # type: ignore[arg-type]
-                    allow_gaps)
+    grid = ChipGrid(
+        shape,
+        pair(size, "size"),
+        pair(stride, "stride"),
+        boundary,  # type: ignore[arg-type]
+        allow_gaps,
+    )
     try:
         transform = obj.rio.transform(recalc=True)
     except Exception:

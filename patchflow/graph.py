@@ -33,8 +33,14 @@ CHIPS_PREFIX = "patchflow-chips"
 STITCH_PREFIX = "patchflow-stitch"
 
 
-def build_graph(x: da.Array, spec: EngineSpec, plan: BlockPlan, *, out_lead: tuple[int, ...],
-                out_dtype: np.dtype) -> da.Array:
+def build_graph(
+    x: da.Array,
+    spec: EngineSpec,
+    plan: BlockPlan,
+    *,
+    out_lead: tuple[int, ...],
+    out_dtype: np.dtype,
+) -> da.Array:
     """Lazy stitched output for ``x`` (``(*lead, y, x)``, lead dims in one chunk).
 
     ``plan.chunks`` must equal ``x``'s spatial chunks; the output has the same spatial
@@ -76,7 +82,7 @@ def build_graph(x: da.Array, spec: EngineSpec, plan: BlockPlan, *, out_lead: tup
             deps = [(chips_name, py.block, px.block) for py, px in pieces]
             stitch[(stitch_name, *out_idx, i, j)] = (stitch_block, spec, task_s, deps)
 
-    base = HighLevelGraph.from_collections(chips_name, chips, dependencies=[x])
+    base = HighLevelGraph.from_collections(chips_name, chips, dependencies=[x])  # type: ignore[list-item]
     layers = {**base.layers, stitch_name: stitch}
     dependencies = {**base.dependencies, stitch_name: {chips_name}}
     graph = HighLevelGraph(layers, dependencies)

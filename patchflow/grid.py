@@ -210,9 +210,7 @@ class ChipGrid:
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "stride", stride)
         for i, name in enumerate(("y", "x")):
-            axis = AxisGrid(
-                shape[i], size[i], stride[i], self.boundary, self.allow_gaps, axis=name
-            )
+            axis = AxisGrid(shape[i], size[i], stride[i], self.boundary, self.allow_gaps, axis=name)
             object.__setattr__(self, name, axis)
 
     @property

@@ -45,7 +45,9 @@ def _edges(chunks: tuple[int, ...], length: int, axis: str) -> np.ndarray:
     if sizes.ndim != 1 or sizes.size == 0 or (sizes <= 0).any():
         raise GridError(f"chunks along {axis} must be positive ints, got {chunks!r}")
     if int(sizes.sum()) != length:
-        raise GridError(f"chunks along {axis} sum to {int(sizes.sum())}, but the scene has {length}")
+        raise GridError(
+            f"chunks along {axis} sum to {int(sizes.sum())}, but the scene has {length}"
+        )
     return np.concatenate([[0], np.cumsum(sizes)])
 
 

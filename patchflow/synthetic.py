@@ -87,8 +87,11 @@ def make_scene(
     else:
         cy, cx = (chunks, chunks) if isinstance(chunks, int) else chunks
         data = da.map_blocks(
-            _block, seed=seed, chunks=((2,), *da.core.normalize_chunks((cy, cx), (h, w))),
-            dtype=np.uint16, meta=np.empty((0, 0, 0), np.uint16),
+            _block,
+            seed=seed,
+            chunks=((2,), *da.core.normalize_chunks((cy, cx), (h, w))),
+            dtype=np.uint16,
+            meta=np.empty((0, 0, 0), np.uint16),
         )
     x0, y0 = ORIGIN
     coords = {

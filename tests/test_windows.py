@@ -47,7 +47,7 @@ def test_named_window_basic_properties(name: str, shape: tuple[int, int]) -> Non
     assert win.wx is not None
     assert win.wy.shape == (shape[0],)
     assert win.wx.shape == (shape[1],)
-    np.testing.assert_allclose(w, np.outer(win.wy, win.wx), rtol=1e-6)
+    np.testing.assert_allclose(w, np.outer(win.wy, win.wx), rtol=3e-4)
 
 
 @pytest.mark.parametrize("n", [1, 3, 5, 7, 9, 31, 63, 255])
@@ -80,16 +80,16 @@ def test_hann_matches_scipy_interior(shape: tuple[int, int]) -> None:
     win = make_window("hann", shape)
     assert win.wy is not None
     assert win.wx is not None
-    np.testing.assert_allclose(win.wy, ref_y, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(win.wx, ref_x, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(win.weights(), np.outer(ref_y, ref_x), rtol=1e-6)
+    np.testing.assert_allclose(win.wy, ref_y, rtol=3e-4)
+    np.testing.assert_allclose(win.wx, ref_x, rtol=3e-4)
+    np.testing.assert_allclose(win.weights(), np.outer(ref_y, ref_x), rtol=6e-4)
 
 
 def test_hann_first_pixel_not_zero() -> None:
     # a plain symmetric Hann would be exactly 0 here
     w = make_window("hann", (256, 256)).weights()
     assert w[0, 0] > 0
-    assert w[0, 0] == pytest.approx(hann_reference(256)[0] ** 2, rel=1e-5)
+    assert w[0, 0] == pytest.approx(hann_reference(256)[0] ** 2, rel=3e-4)
 
 
 def test_boxcar_is_all_ones() -> None:
@@ -124,8 +124,8 @@ def test_gaussian_sigma() -> None:
     assert default.wx is not None
     x = np.arange(n) - (n - 1) / 2
     expected = np.maximum(np.exp(-0.5 * (x / 2.0) ** 2), FLOOR)
-    np.testing.assert_allclose(narrow.wx, expected, rtol=1e-12)
-    np.testing.assert_allclose(default.wx, np.exp(-0.5 * (x / (n / 5.0)) ** 2), rtol=1e-12)
+    np.testing.assert_allclose(narrow.wx, expected, rtol=3e-4)
+    np.testing.assert_allclose(default.wx, np.exp(-0.5 * (x / (n / 5.0)) ** 2), rtol=3e-4)
     assert narrow.wx[0] < default.wx[0] < wide.wx[0]
     assert narrow != wide
 
@@ -148,8 +148,8 @@ def test_tukey_alpha() -> None:
     half = make_window("tukey", (1, n), alpha=0.5).weights()[0]
     full = make_window("tukey", (1, n), alpha=1.0).weights()[0]
     np.testing.assert_allclose(flat, 1.0)  # alpha=0: rectangular
-    np.testing.assert_allclose(full, make_window("hann", (1, n)).weights()[0], rtol=1e-6)
-    np.testing.assert_allclose(half, sw.tukey(n + 2, 0.5)[1:-1], rtol=1e-6)
+    np.testing.assert_allclose(full, make_window("hann", (1, n)).weights()[0], rtol=3e-4)
+    np.testing.assert_allclose(half, sw.tukey(n + 2, 0.5)[1:-1], rtol=3e-4)
     assert (half >= full - 1e-7).all()
     assert half[0] > full[0]
     assert make_window("tukey", (8, 8)) == make_window("tukey", (8, 8), alpha=0.5)
@@ -166,7 +166,7 @@ def test_spline_power() -> None:
     n = 41
     p2 = make_window("spline", (1, n)).weights()[0]
     p3 = make_window("spline", (1, n), power=3.0).weights()[0]
-    assert make_window("spline", (1, n), power=2.0).weights()[0] == pytest.approx(p2)
+    assert make_window("spline", (1, n), power=2.0).weights()[0] == pytest.approx(p2, rel=3e-4)
     assert not np.allclose(p2, p3)
     # near the edge (outer quarter) a higher power gives smaller weights...
     assert p3[0] < p2[0]
@@ -185,7 +185,7 @@ def test_spline_matches_formula() -> None:
     expected = np.where(t <= 0.5, (2 * t) ** 2 / 2, 1 - (2 * (1 - t)) ** 2 / 2)
     win = make_window("spline", (1, n))
     assert win.wx is not None
-    np.testing.assert_allclose(win.wx, expected, rtol=1e-12)
+    np.testing.assert_allclose(win.wx, expected, rtol=3e-4)
 
 
 def test_unknown_name_lists_valid_names() -> None:
@@ -275,7 +275,7 @@ def test_all_flags_positive(name: str, shape: tuple[int, int]) -> None:
     assert w.max() == pytest.approx(base.max())
     # a chip covering the whole scene is flat for every separable window (max at centre)
     if shape[0] % 2 == 1 and shape[1] % 2 == 1:
-        np.testing.assert_allclose(w, base.max(), rtol=1e-6)
+        np.testing.assert_allclose(w, base.max(), rtol=3e-4)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -300,7 +300,7 @@ def test_weights_read_only_and_cached() -> None:
     # an equal window shares the cache entry
     assert make_window("hann", (8, 8)).weights(lead_y=True) is w
     # flattening must not have mutated the factors
-    np.testing.assert_allclose(win.wy, hann_reference(8))
+    np.testing.assert_allclose(win.wy, hann_reference(8), rtol=3e-4)
 
 
 def test_axis_weights_flatten() -> None:
@@ -367,7 +367,7 @@ def test_array_window_zeros_get_positive_floor() -> None:
     w = win.weights()
     assert (w > 0).all()
     assert w.max() == pytest.approx(4.0)
-    assert w[0, 0] == pytest.approx(FLOOR * 4.0, rel=1e-5)
+    assert w[0, 0] == pytest.approx(FLOOR * 4.0, rel=3e-4)
     w_all = win.weights(*ALL_FLAGS)
     assert (w_all > 0).all()
 
@@ -386,7 +386,7 @@ def test_array_window_border_flatten_matches_separable() -> None:
         (True, False, True, False),
         ALL_FLAGS,
     ]:
-        np.testing.assert_allclose(custom.weights(*flags), named.weights(*flags), rtol=1e-6)
+        np.testing.assert_allclose(custom.weights(*flags), named.weights(*flags), rtol=3e-4)
 
 
 def test_callable_window() -> None:
@@ -453,3 +453,13 @@ def test_dask_tokenize() -> None:
     arr = np.random.default_rng(0).random((8, 8))
     assert tokenize(make_window(arr, (8, 8))) == tokenize(make_window(arr.copy(), (8, 8)))
     assert tokenize(make_window(arr, (8, 8))) != tokenize(make_window(arr + 1, (8, 8)))
+
+
+@pytest.mark.parametrize("name", sorted(WINDOWS))
+def test_2d_weights_exact_products_of_1d(name: str) -> None:
+    # 1-D weights carry 12 significant bits, so float32 2-D weights are exact products and
+    # the geometric denominator (outer product of 1-D sums) matches summed 2-D weights
+    win = make_window(name, (37, 64))
+    assert win.wy is not None and win.wx is not None
+    exact = np.outer(win.wy, win.wx)
+    np.testing.assert_array_equal(win.weights().astype(np.float64), exact)

@@ -1,0 +1,363 @@
+"""Acceptance tests of the core engine (issue 2): fidelity, invariance, errors, geo I/O."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import dask
+import dask.local
+import numpy as np
+import pytest
+import rioxarray
+import xarray as xr
+
+import patchflow
+from patchflow.demo import dn_ndvi
+from patchflow.synthetic import make_scene
+
+
+def ndvi64(chip: np.ndarray) -> np.ndarray:
+    """DN × 1e-4 → NDVI on one (2, h, w) chip, float64 (the reference op)."""
+    red, nir = chip[0:1] * 1e-4, chip[1:2] * 1e-4
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (nir - red) / (nir + red)
+
+
+@pytest.fixture(scope="module")
+def scene() -> xr.DataArray:
+    return make_scene((3935, 1599), seed=3, chunks=1024).persist()
+
+
+@pytest.fixture(scope="module")
+def full_ndvi(scene: xr.DataArray) -> np.ndarray:
+    return ndvi64(scene.values)
+
+
+def assert_same_geo(out: xr.DataArray, ref: xr.DataArray) -> None:
+    np.testing.assert_array_equal(out.y.values, ref.y.values)
+    np.testing.assert_array_equal(out.x.values, ref.x.values)
+    assert out.rio.crs == ref.rio.crs
+    assert out.rio.transform() == ref.rio.transform()
+
+
+def test_fidelity_hann_shift(scene: xr.DataArray, full_ndvi: np.ndarray) -> None:
+    out = scene.patch.apply(ndvi64, size=256, stride=192, window="hann", boundary="shift")
+    assert out.shape == (1, 3935, 1599)
+    assert out.dims == ("band", "y", "x")
+    values = out.values
+    assert np.abs(values - full_ndvi).max() <= 1e-6
+    assert not np.isnan(values).any()
+    assert_same_geo(out, scene)
+    assert np.isnan(out.rio.nodata)
+
+
+@pytest.mark.parametrize("window", ["boxcar", "triangular", "gaussian", "tukey", "spline"])
+def test_fidelity_other_windows_pad(
+    scene: xr.DataArray, full_ndvi: np.ndarray, window: str
+) -> None:
+    out = patchflow.apply(scene, ndvi64, size=256, stride=192, window=window, boundary="pad")
+    assert np.abs(out.values - full_ndvi).max() <= 1e-6
+
+
+def test_fidelity_float32_batched_op(scene: xr.DataArray, full_ndvi: np.ndarray) -> None:
+    out = scene.patch.apply(dn_ndvi, size=256, stride=192)
+    assert out.dtype == np.float32
+    assert np.abs(out.values - full_ndvi).max() <= 1e-6
+
+
+def test_chunk_invariance(scene: xr.DataArray) -> None:
+    small = scene.isel(y=slice(0, 1500), x=slice(0, 1100))
+    results = [
+        small.chunk({"y": c[0], "x": c[1]}).patch.apply(ndvi64, window="hann").values
+        for c in [(1500, 1100), (700, 300), (256, 999)]
+    ]
+    results.append(small.patch.apply(ndvi64, window="hann", chunks=(333, 517)).values)
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])
+def test_scheduler_invariance(scene: xr.DataArray, scheduler: str) -> None:
+    small = scene.isel(y=slice(0, 1200), x=slice(0, 900)).chunk({"y": 500, "x": 400})
+    ref = dn_ndvi(small.values[None])[0]
+    out = small.patch.apply(dn_ndvi, window="hann").compute(scheduler=scheduler)
+    np.testing.assert_allclose(out.values, ref, atol=1e-6, rtol=0)
+
+
+class ChipRecorder:
+    """Plain op recording the anchor of every chip it sees (pixel values encode position)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.lock = threading.Lock()
+        self.seen: list[tuple[int, int]] = []
+
+    def __call__(self, chip: np.ndarray) -> np.ndarray:
+        first = int(chip[0, 0, 0])
+        with self.lock:
+            self.seen.append(divmod(first, self.width))
+        return chip.astype(np.float64)
+
+
+def test_each_chip_once_and_task_count() -> None:
+    h, w = 1700, 1300
+    data = np.arange(h * w, dtype=np.int64).reshape(1, h, w)
+    arr = xr.DataArray(data, dims=("band", "y", "x")).chunk({"y": 400, "x": 500})
+    rec = ChipRecorder(w)
+    out = arr.patch.apply(rec, size=128, stride=96, output_dtype="float64", output_bands=1)
+    graph = out.data.__dask_graph__()
+    nblocks = int(np.prod(out.data.numblocks))
+    chip_layers = [k for k in graph.layers if k.startswith("patchflow-chips")]
+    stitch_layers = [k for k in graph.layers if k.startswith("patchflow-stitch")]
+    assert len(chip_layers) == len(stitch_layers) == 1
+    assert len(graph.layers[chip_layers[0]]) <= nblocks
+    assert len(graph.layers[stitch_layers[0]]) == nblocks
+    input_tasks = len(arr.data.__dask_graph__())
+    assert len(dict(graph)) <= 2 * nblocks + input_tasks
+    assert not rec.seen  # output_dtype + output_bands: no dry run, nothing computed yet
+
+    result = out.compute(scheduler="threads")
+    grid = patchflow.ChipGrid((h, w), 128, 96)
+    assert len(rec.seen) == grid.n_chips
+    assert sorted(rec.seen) == sorted(map(tuple, grid.anchors.tolist()))
+    np.testing.assert_allclose(result.values, data.astype(np.float64), rtol=1e-14)
+
+
+def test_graph_build_computes_nothing(scene: xr.DataArray) -> None:
+    calls = []
+
+    def counting_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        calls.append(keys)
+        return dask.local.get_sync(dsk, keys, **kwargs)
+
+    lazy = make_scene((900, 700), chunks=300)
+    with dask.config.set(scheduler=counting_get):
+        out = lazy.patch.apply(ndvi64, size=128, stride=96)
+        again = lazy.patch.apply(ndvi64, size=128, stride=96)
+        assert calls == []
+        assert out.data.name == again.data.name  # deterministic keys
+        assert out.data.name.startswith("patchflow-stitch-")
+        out.compute()
+    assert len(calls) == 1
+
+
+def test_vote_pointwise_labels_exact(scene: xr.DataArray) -> None:
+    def classes(chip: np.ndarray) -> np.ndarray:
+        return ((chip[1:2].astype(np.int64) // 700) % 5).astype(np.uint8)
+
+    sub = scene.isel(y=slice(0, 2000), x=slice(0, 1599))
+    out = sub.patch.apply(classes, agg="vote", n_classes=5, boundary="shift")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out.values, classes(sub.values))
+
+
+def test_vote_tie_goes_to_higher_window_weight() -> None:
+    # two chips overlap in the middle: the left chip says 1, the right chip says 2;
+    # overlap pixels left of centre are closer to the left chip's centre (higher Hann).
+    arr = xr.DataArray(np.zeros((1, 8, 12)), dims=("band", "y", "x"))
+
+    def side(chip: np.ndarray) -> np.ndarray:
+        return np.full((1, *chip.shape[-2:]), 1 if chip[0, 0, 0] == 0 else 2, np.uint8)
+
+    marked = arr.copy()
+    marked[0, :, 4:] = 1.0
+    out = marked.patch.apply(side, size=8, stride=4, agg="vote", n_classes=3).values[0, 0]
+    # chips at x = 0, 4; the second chip only covers 4..11, overlap 4..7
+    assert out[:4].tolist() == [1, 1, 1, 1]
+    assert out[8:].tolist() == [2, 2, 2, 2]
+    # in the overlap each pixel goes to the chip whose window is larger there
+    w = patchflow.make_window("hann", (8, 8))
+    left = w.weights(True, True, True, False)[4, 4:8]
+    right = w.weights(True, True, False, True)[4, 0:4]
+    expected = np.where(left > right, 1, 2)
+    expected = np.where(left == right, 1, expected)
+    assert out[4:8].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("agg", ["max", "min", "mean", "centre"])
+def test_other_aggs_pointwise_exact(scene: xr.DataArray, agg: str) -> None:
+    sub = scene.isel(y=slice(0, 900), x=slice(0, 700))
+    out = sub.patch.apply(ndvi64, agg=agg, size=128, stride=96)
+    np.testing.assert_allclose(out.values, ndvi64(sub.values), atol=1e-12, rtol=0)
+
+
+def test_soft_vote_pointwise() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.random((3, 500, 420))
+    arr = xr.DataArray(data, dims=("band", "y", "x"))
+    out = arr.patch.apply(lambda c: c, agg="soft_vote", size=100, stride=64)
+    assert out.dims == ("y", "x")
+    np.testing.assert_array_equal(out.values, data.argmax(axis=0))
+
+
+def test_nan_and_nodata() -> None:
+    rng = np.random.default_rng(1)
+    h, w = 700, 600
+    data = rng.uniform(100, 5000, (2, h, w))
+    data[:, 300:340, 200:260] = np.nan  # a hole
+    data[0, :, :37] = -9999.0  # nodata strip on one band (scene edge)
+    arr = xr.DataArray(data, dims=("band", "y", "x")).rio.write_nodata(-9999.0)
+    out = arr.patch.apply(ndvi64, size=128, stride=96).values[0]
+    invalid = np.zeros((h, w), bool)
+    invalid[300:340, 200:260] = True
+    invalid[:, :37] = True
+    assert np.isnan(out[invalid]).all()
+    assert not np.isnan(out[~invalid]).any()
+    np.testing.assert_allclose(out[~invalid], ndvi64(data)[0][~invalid], atol=1e-9, rtol=0)
+
+
+def test_op_sees_filled_chips_and_mask() -> None:
+    data = np.full((1, 300, 300), 5.0)
+    data[0, 100:120, 100:120] = np.nan
+    arr = xr.DataArray(data, dims=("band", "y", "x"))
+    seen_nan = []
+
+    def op(chip: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        seen_nan.append(bool(np.isnan(chip).any()))
+        assert valid.shape == chip.shape[-2:]
+        assert (chip[0][~valid] == -1.0).all()
+        return chip * 2
+
+    out = arr.patch.apply(op, size=64, stride=48, pass_mask=True, fill_value=-1.0).values
+    assert not any(seen_nan)
+    assert np.isnan(out[0, 100:120, 100:120]).all()
+    assert (out[0][~np.isnan(data[0])] == 10.0).all()
+
+
+def test_drop_boundary_leaves_nan_margin() -> None:
+    arr = xr.DataArray(np.ones((1, 300, 250)), dims=("band", "y", "x"))
+    out = arr.patch.apply(lambda c: c, size=100, stride=100, boundary="drop").values[0]
+    assert np.isnan(out[:, 200:]).all()
+    assert (out[:, :200] == 1).all()
+
+
+def test_integer_output_nodata() -> None:
+    arr = xr.DataArray(np.ones((1, 300, 250), np.uint8), dims=("band", "y", "x"))
+    out = arr.patch.apply(lambda c: c, size=100, stride=100, boundary="drop", agg="max")
+    assert out.dtype == np.uint8
+    assert out.rio.nodata == 255
+    assert (out.values[0, :, 200:] == 255).all()
+
+
+def test_geotiff_roundtrip(tmp_path: Any) -> None:
+    src = make_scene((1100, 900), seed=5, chunks=None)
+    path = tmp_path / "scene.tif"
+    src.rio.to_raster(path, tiled=True, blockxsize=256, blockysize=256)
+    lazy = rioxarray.open_rasterio(path, chunks={"x": 512, "y": 512})
+    assert lazy.chunks is not None
+    out = lazy.patch.apply(ndvi64, size=256, stride=192)
+    dst = tmp_path / "ndvi.tif"
+    out.rio.to_raster(dst)
+    back = rioxarray.open_rasterio(dst)
+    assert back.rio.crs == src.rio.crs
+    assert back.rio.transform() == src.rio.transform()
+    np.testing.assert_allclose(back.values, ndvi64(src.values), atol=1e-6, rtol=0)
+
+
+def test_dataset_variables_stacked_in_order() -> None:
+    scene = make_scene((400, 300), chunks=None)
+    ds = xr.Dataset(
+        {"red": scene.sel(band="red", drop=True), "nir": scene.sel(band="nir", drop=True)}
+    )
+    seen = []
+
+    def op(chip: np.ndarray) -> np.ndarray:
+        seen.append(chip.shape)
+        return ndvi64(chip)
+
+    out = ds.patch.apply(op, size=128, stride=96)
+    assert seen[0] == (2, 128, 128)  # variables stacked as bands, data_vars order
+    assert out.dims == ("variable", "y", "x")
+    assert out.rio.crs == scene.rio.crs
+    np.testing.assert_allclose(out.values, ndvi64(scene.values), atol=1e-9)
+
+
+def test_time_band_stack_keeps_leading_dims() -> None:
+    scene = make_scene((300, 260), chunks=None).values.astype(np.float64)
+    cube = xr.DataArray(
+        np.stack([scene, scene * 2]),
+        dims=("time", "band", "y", "x"),
+        coords={"time": np.array(["2024-06-01", "2024-07-01"], dtype="datetime64[ns]")},
+    )
+    out = cube.patch.apply(lambda c: c[:, 1:] - c[:, :1], size=128, stride=96)
+    assert out.dims == ("time", "band", "y", "x")
+    assert out.shape == (2, 1, 300, 260)
+    np.testing.assert_array_equal(out.time.values, cube.time.values)
+    np.testing.assert_allclose(out.values, cube.values[:, 1:] - cube.values[:, :1])
+
+
+def test_grid_accessor_bounds() -> None:
+    scene = make_scene((1000, 700), chunks=None)
+    layout = scene.patch.grid(size=256, stride=192)
+    frame = layout.to_dataframe()
+    assert len(frame) == layout.grid.n_chips == 5 * 4
+    x0, y0 = 740_000.0, 4_340_000.0
+    first = frame.iloc[0]
+    assert (first.xmin, first.ymax, first.xmax, first.ymin) == (x0, y0, x0 + 2560.0, y0 - 2560.0)
+    assert frame.xmax.max() == x0 + 7000.0 and frame.ymin.min() == y0 - 10000.0
+
+
+# ---------------------------------------------------------------- clear errors
+def test_error_no_spatial_dims() -> None:
+    arr = xr.DataArray(np.zeros((3, 100, 100)), dims=("band", "a", "b"))
+    with pytest.raises(patchflow.DimensionError, match="set_spatial_dims"):
+        arr.patch.apply(lambda c: c)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"size": 0}, "size must be positive"),
+        ({"size": -3}, "size must be positive"),
+        ({"stride": 0}, "stride must be positive"),
+        ({"size": 64, "stride": 80}, "allow_gaps"),
+        ({"size": 512}, "larger than the scene"),
+        ({"window": "hamming"}, "valid names: boxcar, gaussian, hann"),
+        ({"agg": "median"}, "valid names: centre, max, mean, min"),
+        ({"agg": "vote"}, "n_classes"),
+        ({"boundary": "wrap"}, "valid: 'shift', 'pad'"),
+    ],
+)
+def test_errors_bad_parameters(kwargs: dict[str, Any], match: str) -> None:
+    arr = xr.DataArray(np.zeros((1, 300, 300)), dims=("band", "y", "x"))
+    with pytest.raises(patchflow.ParameterError, match=match):
+        arr.patch.apply(lambda c: c, **kwargs)
+
+
+def test_error_wrong_shape_at_dry_run() -> None:
+    arr = xr.DataArray(np.zeros((1, 300, 300)), dims=("band", "y", "x"))
+    with pytest.raises(patchflow.OperatorError, match=r"returned shape \(1, 32, 32\)"):
+        arr.patch.apply(lambda c: c[..., :32, :32], size=64, stride=48)
+
+
+def test_error_wrong_shape_on_one_chip_names_it() -> None:
+    data = np.zeros((1, 300, 300))
+    data[0, 250:, 250:] = 7.0
+
+    def flaky(chip: np.ndarray) -> np.ndarray:
+        return chip[..., :-1, :] if (chip == 7.0).any() else chip
+
+    arr = xr.DataArray(data, dims=("band", "y", "x"))
+    out = arr.patch.apply(flaky, size=64, stride=48)
+    with pytest.raises(patchflow.OperatorError, match=r"chip \d+ \(rows \d+:\d+, cols \d+:\d+\)"):
+        out.compute()
+
+
+def test_error_batched_wrong_count() -> None:
+    arr = xr.DataArray(np.zeros((1, 300, 300)), dims=("band", "y", "x"))
+    op = patchflow.batched(lambda c: c[:1])
+    out = arr.patch.apply(op, size=64, stride=48, output_dtype="float64", output_bands=1)
+    with pytest.raises(patchflow.OperatorError, match="batched operator returned shape"):
+        out.compute()
+
+
+def test_operator_exception_is_chained() -> None:
+    def boom(chip: np.ndarray) -> np.ndarray:
+        raise KeyError("model missing")
+
+    arr = xr.DataArray(np.zeros((1, 200, 200)), dims=("band", "y", "x"))
+    with pytest.raises(patchflow.OperatorError, match="test chip") as info:
+        arr.patch.apply(boom, size=64, stride=48)
+    assert isinstance(info.value.__cause__, KeyError)
