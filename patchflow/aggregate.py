@@ -92,6 +92,8 @@ class Aggregator:
     name: ClassVar[str]
     #: whether the window shapes the result (False: window ignored, e.g. max)
     weighted: ClassVar[bool] = True
+    #: state arrays that add up across passes (empty: the aggregation cannot accumulate)
+    sum_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -130,6 +132,21 @@ class Aggregator:
     def finalize(self, state: State) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def to_sums(self, state: State) -> dict[str, np.ndarray]:
+        """The additive arrays of a merged state (to persist or to add to another pass)."""
+        return {k: state[k] for k in self.sum_keys}
+
+    def from_sums(self, sums: dict[str, np.ndarray]) -> State:
+        """A merged state rebuilt from :meth:`to_sums` arrays."""
+        return dict(sums)
+
+    def sum_shape(self, key: str, shape: tuple[int, int]) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of sum array ``key`` for a ``shape`` block."""
+        value = self.new(shape)[key]
+        if value is None:  # OverlapAdd's deferred denominator: same layout as num
+            value = self.new(shape)["num"]
+        return tuple(value.shape), value.dtype
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lead={self.lead}, dtype={self.op_dtype})"
 
@@ -148,6 +165,7 @@ class OverlapAdd(Aggregator):
     """Window-weighted mean: ``num / den``."""
 
     name = "overlap_add"
+    sum_keys = ("num", "den")
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -223,6 +241,9 @@ class OverlapAdd(Aggregator):
             den[(..., *dst_sl)] += np.outer(src["dy"][src_sl[0]], src["dx"][src_sl[1]])
         else:
             den[(..., *dst_sl)] += src["den"][(..., *src_sl)]
+
+    def to_sums(self, state: State) -> dict[str, np.ndarray]:
+        return {"num": state["num"], "den": self._full_den(state)}
 
     def normalised(self, state: State) -> tuple[np.ndarray, np.ndarray]:
         """``(num / den, den > 0)`` with zeros where nothing valid reached."""
@@ -340,6 +361,7 @@ class Vote(Aggregator):
     """Hard majority vote over integer labels in ``[0, n_classes)``."""
 
     name = "vote"
+    sum_keys = ("count", "wsum")
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)

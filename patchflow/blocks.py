@@ -233,8 +233,14 @@ def _crop(state: State, h: int, w: int) -> State:
     return out
 
 
-def stitch_block(spec: EngineSpec, task: StitchTask, partials: list[State]) -> np.ndarray:
-    """Merge the pieces of every partial that overlaps an output block, then finalise."""
+def stitch_block(
+    spec: EngineSpec, task: StitchTask, partials: list[State], sink: Any = None
+) -> np.ndarray:
+    """Merge the pieces of every partial that overlaps an output block, then finalise.
+
+    With a ``sink`` (see :mod:`patchflow.store`) the merged state is handed to
+    ``sink.write(index, state, agg)`` instead, which persists it and returns a marker.
+    """
     agg = spec.agg
     state = agg.new(task.shape)
     for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
@@ -244,4 +250,7 @@ def stitch_block(spec: EngineSpec, task: StitchTask, partials: list[State]) -> n
             (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
             (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
         )
+    if sink is not None:
+        marker: np.ndarray = sink.write(task.index, state, agg)
+        return marker
     return agg.finalize(state)

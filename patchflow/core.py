@@ -9,6 +9,7 @@ one dry call of the operator on a chip of ones (skipped when ``output_dtype`` an
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -28,7 +29,7 @@ from patchflow.ops import is_batched
 from patchflow.plan import BlockPlan
 from patchflow.windows import Window, make_window
 
-__all__ = ["ChipLayout", "apply", "plan_grid", "spatial_dims"]
+__all__ = ["ChipLayout", "Prepared", "apply", "plan_grid", "prepare", "spatial_dims"]
 
 #: target block edge (pixels) when patchflow picks chunks itself; rounded up to a stride
 #: multiple so every block owns the same number of chips
@@ -231,7 +232,7 @@ def _wrap(
     return out.rio.write_nodata(nodata, encoded=False)
 
 
-def apply(
+def prepare(
     obj: xr.DataArray | xr.Dataset,
     op: Callable[..., Any],
     *,
@@ -255,63 +256,12 @@ def apply(
     pass_mask: bool = False,
     allow_gaps: bool = False,
     name: Hashable | None = None,
-) -> xr.DataArray:
-    """Run ``op`` on overlapping chips of ``obj`` and stitch the results, lazily.
+) -> Prepared:
+    """Plan a job: validate everything and build the engine spec (see :func:`apply`).
 
-    Parameters
-    ----------
-    obj
-        A DataArray with spatial dims (``y``/``x`` or what rioxarray recognises), lazy
-        (dask) or in memory, or a Dataset whose data variables are stacked, in
-        ``data_vars`` order, along a leading ``variable`` dim.
-    op
-        Per-chip operator. Plain: ``(non-spatial…, h, w) -> (out…, h, w)``. Batched
-        (``batched=True``, :func:`patchflow.batched`, or ``op.batched``):
-        ``(n, non-spatial…, h, w) -> (n, out…, h, w)``.
-    size, stride
-        Chip size and stride in pixels, an int or a ``(y, x)`` pair.
-    window, window_params
-        Blending window (name, 2-D array, callable ``(h, w)``) and its parameters
-        (``sigma``, ``alpha``, ``power``).
-    boundary, pad_mode
-        Boundary policy (``"shift"``, ``"pad"``, ``"drop"``, ``"raise"``) and, for
-        ``"pad"``, how chips past the edge are filled (numpy pad modes).
-    agg, n_classes
-        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
-        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
-    batch_size
-        Chips per operator call (batched ops) and per weighting step.
-    chunks
-        Spatial block size override (int, ``(y, x)`` or ``{dim: size}``).
-    output_dtype, output_shape, output_bands, output_dims
-        What ``op`` returns per chip (non-spatial shape; ``output_bands=n`` means
-        ``(n,)``). With dtype and shape given the dry run is skipped. ``output_dims`` names
-        the output's non-spatial dims.
-    nodata, fill_value, pass_mask
-        Input nodata (default: the input's, via rioxarray); invalid pixels are filled with
-        ``fill_value`` before ``op`` sees them and carry zero weight. With ``pass_mask``
-        the op is called as ``op(chips, valid_mask)``.
-    allow_gaps
-        Allow ``stride > size``.
-    name
-        Name of the output DataArray.
-
-    Returns
-    -------
-    xarray.DataArray
-        Lazy, dims ``(out dims…, y, x)``, same y/x coords, CRS and transform as the input,
-        nodata in ``rio.nodata`` (NaN for float outputs).
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr, patchflow
-    >>> scene = xr.DataArray(np.random.rand(2, 600, 500), dims=("band", "y", "x"))
-    >>> out = patchflow.apply(scene, lambda c: c[1:] - c[:1], size=128, stride=96)
-    >>> out.shape
-    (1, 600, 500)
-    >>> bool(abs(out - (scene[1:] - scene[:1].values)).max() < 1e-9)
-    True
+    Only the operator's dry run touches data; no dask graph is built yet.
     """
+
     if not callable(op):
         raise ParameterError(f"op must be callable, got {type(op).__name__}")
     arr = _as_dataarray(obj)
@@ -373,9 +323,105 @@ def apply(
         fill_value=fill_value,
         pad_mode=pad_mode,
     )
-    result = build_graph(data, spec, plan, out_lead=aggregator.result_lead(), out_dtype=res_dtype)
-    dims = _out_dims(arr, aggregator.result_lead(), output_dims)
-    return _wrap(arr, result, dims, out_nodata, name if name is not None else arr.name)
+    return Prepared(
+        arr=arr,
+        data=data,
+        plan=plan,
+        spec=spec,
+        dims=_out_dims(arr, aggregator.result_lead(), output_dims),
+        nodata=out_nodata,
+        name=name if name is not None else arr.name,
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A planned job: input as a dask array, block plan and engine spec."""
+
+    arr: xr.DataArray
+    data: da.Array
+    plan: BlockPlan
+    spec: EngineSpec
+    dims: tuple[Hashable, ...]
+    nodata: Any
+    name: Hashable | None
+
+    def result(self) -> xr.DataArray:
+        """The lazy stitched DataArray."""
+        agg = self.spec.agg
+        lazy = build_graph(
+            self.data,
+            self.spec,
+            self.plan,
+            out_lead=agg.result_lead(),
+            out_dtype=agg.result_dtype(),
+        )
+        return _wrap(self.arr, lazy, self.dims, self.nodata, self.name)
+
+
+def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any) -> xr.DataArray:
+    """Run ``op`` on overlapping chips of ``obj`` and stitch the results, lazily.
+
+    Parameters
+    ----------
+    obj
+        A DataArray with spatial dims (``y``/``x`` or what rioxarray recognises), lazy
+        (dask) or in memory, or a Dataset whose data variables are stacked, in
+        ``data_vars`` order, along a leading ``variable`` dim.
+    op
+        Per-chip operator. Plain: ``(non-spatial…, h, w) -> (out…, h, w)``. Batched
+        (``batched=True``, :func:`patchflow.batched`, or ``op.batched``):
+        ``(n, non-spatial…, h, w) -> (n, out…, h, w)``.
+    size, stride
+        Chip size and stride in pixels, an int or a ``(y, x)`` pair.
+    window, window_params
+        Blending window (name, 2-D array, callable ``(h, w)``) and its parameters
+        (``sigma``, ``alpha``, ``power``).
+    boundary, pad_mode
+        Boundary policy (``"shift"``, ``"pad"``, ``"drop"``, ``"raise"``) and, for
+        ``"pad"``, how chips past the edge are filled (numpy pad modes).
+    agg, n_classes
+        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
+        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
+    batch_size
+        Chips per operator call (batched ops) and per weighting step.
+    chunks
+        Spatial block size override (int, ``(y, x)`` or ``{dim: size}``).
+    output_dtype, output_shape, output_bands, output_dims
+        What ``op`` returns per chip (non-spatial shape; ``output_bands=n`` means
+        ``(n,)``). With dtype and shape given the dry run is skipped. ``output_dims`` names
+        the output's non-spatial dims.
+    nodata, fill_value, pass_mask
+        Input nodata (default: the input's, via rioxarray); invalid pixels are filled with
+        ``fill_value`` before ``op`` sees them and carry zero weight. With ``pass_mask``
+        the op is called as ``op(chips, valid_mask)``.
+    allow_gaps
+        Allow ``stride > size``.
+    name
+        Name of the output DataArray.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, dims ``(out dims…, y, x)``, same y/x coords, CRS and transform as the input,
+        nodata in ``rio.nodata`` (NaN for float outputs).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, patchflow
+    >>> scene = xr.DataArray(np.random.rand(2, 600, 500), dims=("band", "y", "x"))
+    >>> out = patchflow.apply(scene, lambda c: c[1:] - c[:1], size=128, stride=96)
+    >>> out.shape
+    (1, 600, 500)
+    >>> bool(abs(out - (scene[1:] - scene[:1].values)).max() < 1e-9)
+    True
+    """
+    return prepare(obj, op, **params).result()
+
+
+apply.__signature__ = inspect.signature(prepare).replace(  # type: ignore[attr-defined]
+    return_annotation="xr.DataArray"
+)
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,11 @@ from dask.highlevelgraph import HighLevelGraph
 from patchflow.blocks import BlockTask, EngineSpec, StitchTask, process_block, stitch_block
 from patchflow.plan import BlockPlan
 
-__all__ = ["CHIPS_PREFIX", "STITCH_PREFIX", "build_graph"]
+__all__ = ["CHIPS_PREFIX", "STITCH_PREFIX", "WRITE_PREFIX", "build_graph"]
 
 CHIPS_PREFIX = "patchflow-chips"
 STITCH_PREFIX = "patchflow-stitch"
+WRITE_PREFIX = "patchflow-write"
 
 
 def build_graph(
@@ -40,17 +41,21 @@ def build_graph(
     *,
     out_lead: tuple[int, ...],
     out_dtype: np.dtype,
+    sink: Any = None,
 ) -> da.Array:
     """Lazy stitched output for ``x`` (``(*lead, y, x)``, lead dims in one chunk).
 
     ``plan.chunks`` must equal ``x``'s spatial chunks; the output has the same spatial
     chunks and ``out_lead`` as its (single-chunk) leading shape.
+
+    With a ``sink`` each stitch task persists its block through ``sink.write`` and the
+    returned array holds one marker element per block (``patchflow-write-…`` tasks).
     """
     if tuple(x.chunks[-2:]) != plan.chunks:
         raise AssertionError("the block plan does not match the input's chunks")
     token = tokenize(x.name, spec, plan.chunks, plan.grid)
     chips_name = f"{CHIPS_PREFIX}-{token}"
-    stitch_name = f"{STITCH_PREFIX}-{token}"
+    stitch_name = f"{STITCH_PREFIX if sink is None else WRITE_PREFIX}-{tokenize(token, sink)}"
     lead_idx = (0,) * (x.ndim - 2)
 
     chips: dict[Any, Any] = {}
@@ -80,12 +85,16 @@ def build_graph(
                 pieces=tuple((py.src, py.dst, px.src, px.dst) for py, px in pieces),
             )
             deps = [(chips_name, py.block, px.block) for py, px in pieces]
-            stitch[(stitch_name, *out_idx, i, j)] = (stitch_block, spec, task_s, deps)
+            stitch[(stitch_name, *out_idx, i, j)] = (stitch_block, spec, task_s, deps, sink)
 
     base = HighLevelGraph.from_collections(chips_name, chips, dependencies=[x])  # type: ignore[list-item]
     layers = {**base.layers, stitch_name: stitch}
     dependencies = {**base.dependencies, stitch_name: {chips_name}}
     graph = HighLevelGraph(layers, dependencies)
-    chunks = (*((n,) for n in out_lead), *plan.chunks)
+    if sink is None:
+        chunks = (*((n,) for n in out_lead), *plan.chunks)
+    else:
+        chunks = (*((1,) for _ in out_lead), (1,) * ny, (1,) * nx)
+        out_dtype = np.dtype(np.int8)
     meta = np.empty((0,) * (len(out_lead) + 2), dtype=out_dtype)
     return da.Array(graph, stitch_name, chunks=chunks, meta=meta)

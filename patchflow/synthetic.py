@@ -25,8 +25,8 @@ FIELD = 160  # pixels per field cell
 
 def _hash(values: np.ndarray, seed: int) -> np.ndarray:
     """splitmix64 of ``values`` → uniform floats in [0, 1)."""
-    z = values.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
