@@ -23,6 +23,14 @@ from patchflow.errors import (
 from patchflow.grid import BOUNDARIES, AxisGrid, ChipGrid
 from patchflow.ops import batched
 from patchflow.plan import BlockPlan
+from patchflow.store import (
+    IncompleteStoreError,
+    RunReport,
+    StoreExistsError,
+    StoreMismatchError,
+    open_result,
+    run,
+)
 from patchflow.windows import WINDOWS, Window, make_window
 
 __version__ = "0.1.0"
@@ -36,16 +44,22 @@ __all__ = [
     "ChipGrid",
     "ChipLayout",
     "DimensionError",
+    "IncompleteStoreError",
     "GridError",
     "OperatorError",
     "ParameterError",
     "PatchflowError",
+    "RunReport",
+    "StoreExistsError",
+    "StoreMismatchError",
     "Window",
     "WindowError",
     "__version__",
     "apply",
     "batched",
     "make_window",
+    "open_result",
     "plan_grid",
+    "run",
     "spatial_dims",
 ]

@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 import xarray as xr
 
 from patchflow.core import ChipLayout, apply, plan_grid
+from patchflow.store import RunReport, run
 
 __all__ = ["PatchAccessor"]
 
@@ -34,6 +35,10 @@ class PatchAccessor(Generic[T]):
     def apply(self, op: Any, **params: Any) -> xr.DataArray:
         """Same as :func:`patchflow.apply` on this object."""
         return apply(self._obj, op, **params)
+
+    def run(self, op: Any, **params: Any) -> RunReport:
+        """Same as :func:`patchflow.run` on this object (stream into a Zarr store)."""
+        return run(self._obj, op, **params)
 
     def grid(self, **params: Any) -> ChipLayout:
         """Same as :func:`patchflow.plan_grid` on this object."""

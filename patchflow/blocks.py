@@ -49,7 +49,9 @@ class BlockTask:
     xs: tuple[int, ...]
     first_chip: tuple[int, int]
     region: tuple[tuple[int, int], tuple[int, int]]
-    offset: tuple[int, int]
+    #: per source chunk along y (resp. x): the ``(start, stop)`` rows (cols) the block reads
+    y_parts: tuple[tuple[int, int], ...]
+    x_parts: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,12 @@ class StitchTask:
     pieces: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]], ...]
 
 
-def _assemble(chunks: list[list[np.ndarray]]) -> np.ndarray:
-    rows = [np.concatenate(row, axis=-1) if len(row) > 1 else row[0] for row in chunks]
+def _assemble(chunks: list[list[np.ndarray]], task: BlockTask) -> np.ndarray:
+    """The block's read window from its source chunks (slicing before copying)."""
+    rows = []
+    for row, (y0, y1) in zip(chunks, task.y_parts, strict=True):
+        parts = [c[..., y0:y1, x0:x1] for c, (x0, x1) in zip(row, task.x_parts, strict=True)]
+        rows.append(np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0])
     return np.concatenate(rows, axis=-2) if len(rows) > 1 else rows[0]
 
 
@@ -146,8 +152,8 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     h, w = spec.size
     (r0, r1), (c0, c1) = task.region
     read_h, read_w = min(r1, spec.scene[0]) - r0, min(c1, spec.scene[1]) - c0
-    oy, ox = task.offset
-    arr = _assemble(chunks)[..., oy : oy + read_h, ox : ox + read_w]
+    arr = _assemble(chunks, task)
+    assert arr.shape[-2:] == (read_h, read_w)
 
     bad = _invalid(arr, spec.nodata)
     valid = None

@@ -34,6 +34,17 @@ STITCH_PREFIX = "patchflow-stitch"
 WRITE_PREFIX = "patchflow-write"
 
 
+def _parts(
+    read: tuple[int, int], edges: np.ndarray, sources: list[int]
+) -> tuple[tuple[int, int], ...]:
+    """Per source chunk, the local ``(start, stop)`` of the read window inside it."""
+    start, stop = read
+    return tuple(
+        (max(start, int(edges[a])) - int(edges[a]), min(stop, int(edges[a + 1])) - int(edges[a]))
+        for a in sources
+    )
+
+
 def build_graph(
     x: da.Array,
     spec: EngineSpec,
@@ -68,7 +79,8 @@ def build_graph(
             xs=tuple(int(v) for v in plan.x.owned(j)),
             first_chip=(plan.y.chip_range(i)[0], plan.x.chip_range(j)[0]),
             region=(ry, rx),
-            offset=(ry[0] - int(plan.y.edges[sy[0]]), rx[0] - int(plan.x.edges[sx[0]])),
+            y_parts=_parts(plan.y.read(i), plan.y.edges, sy),
+            x_parts=_parts(plan.x.read(j), plan.x.edges, sx),
         )
         keys = [[(x.name, *lead_idx, a, b) for b in sx] for a in sy]
         chips[(chips_name, i, j)] = (process_block, spec, task, keys)
