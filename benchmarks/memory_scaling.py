@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Timer, child, max_error_vs_full, peak_rss_mb, report, write_scene  # noqa: E402
+from _common import Timer, child, max_error_vs_full, peak_rss_mb, report, write_scene
 
 
 def job(kind: str, scene: str, out: str, check: bool) -> None:

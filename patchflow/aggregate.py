@@ -374,7 +374,9 @@ class Vote(Aggregator):
 
     def new(self, shape: tuple[int, int]) -> State:
         full = (self.k, *self.lead, *shape)
-        return {"count": np.zeros(full, np.float32), "wsum": np.zeros(full, np.float32)}
+        # float64 weight sums of 12-bit window weights are exact: ties stay exact ties,
+        # whatever the chunking (float32 rounding would break them differently per block)
+        return {"count": np.zeros(full, np.float32), "wsum": np.zeros(full, np.float64)}
 
     def add(self, state: State, batch: ChipBatch) -> None:
         h, w = batch.out.shape[-2:]

@@ -18,7 +18,15 @@ from patchflow.aggregate import Aggregator, ChipBatch, OverlapAdd, State
 from patchflow.errors import OperatorError
 from patchflow.windows import Window
 
-__all__ = ["BlockTask", "EngineSpec", "StitchTask", "process_block", "stitch_block"]
+__all__ = [
+    "BlockTask",
+    "EngineSpec",
+    "StitchTask",
+    "process_block",
+    "slice_array",
+    "slice_state",
+    "stitch_block",
+]
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,32 @@ class StitchTask:
     pieces: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]], ...]
 
 
+def slice_array(arr: np.ndarray, ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
+    """A copied ``[..., ys, xs]`` window (a copy, so the source chunk can be freed)."""
+    return np.array(arr[..., ys[0] : ys[1], xs[0] : xs[1]])
+
+
+def slice_state(state: State, ys: tuple[int, int], xs: tuple[int, int]) -> State:
+    """A copied spatial window of a partial state (spill-over sent to a neighbour block)."""
+    out: State = {}
+    for key, value in state.items():
+        if value is None:
+            out[key] = None
+        elif key == "dy":
+            out[key] = value[ys[0] : ys[1]].copy()
+        elif key == "dx":
+            out[key] = value[xs[0] : xs[1]].copy()
+        else:
+            out[key] = slice_array(value, ys, xs)
+    return out
+
+
 def _assemble(chunks: list[list[np.ndarray]], task: BlockTask) -> np.ndarray:
-    """The block's read window from its source chunks (slicing before copying)."""
+    """The block's read window: its own chunk (sliced here) plus pre-sliced halo strips."""
+    (y0, y1), (x0, x1) = task.y_parts[0], task.x_parts[0]
     rows = []
-    for row, (y0, y1) in zip(chunks, task.y_parts, strict=True):
-        parts = [c[..., y0:y1, x0:x1] for c, (x0, x1) in zip(row, task.x_parts, strict=True)]
+    for a, row in enumerate(chunks):
+        parts = [row[0][..., y0:y1, x0:x1] if a == 0 else row[0], *row[1:]]
         rows.append(np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0])
     return np.concatenate(rows, axis=-2) if len(rows) > 1 else rows[0]
 

@@ -24,7 +24,15 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from patchflow.blocks import BlockTask, EngineSpec, StitchTask, process_block, stitch_block
+from patchflow.blocks import (
+    BlockTask,
+    EngineSpec,
+    StitchTask,
+    process_block,
+    slice_array,
+    slice_state,
+    stitch_block,
+)
 from patchflow.plan import BlockPlan
 
 __all__ = ["CHIPS_PREFIX", "STITCH_PREFIX", "WRITE_PREFIX", "build_graph"]
@@ -32,6 +40,8 @@ __all__ = ["CHIPS_PREFIX", "STITCH_PREFIX", "WRITE_PREFIX", "build_graph"]
 CHIPS_PREFIX = "patchflow-chips"
 STITCH_PREFIX = "patchflow-stitch"
 WRITE_PREFIX = "patchflow-write"
+HALO_PREFIX = "patchflow-halo"
+PIECE_PREFIX = "patchflow-piece"
 
 
 def _parts(
@@ -67,6 +77,8 @@ def build_graph(
     token = tokenize(x.name, spec, plan.chunks, plan.grid)
     chips_name = f"{CHIPS_PREFIX}-{token}"
     stitch_name = f"{STITCH_PREFIX if sink is None else WRITE_PREFIX}-{tokenize(token, sink)}"
+    halo_name = f"{HALO_PREFIX}-{token}"
+    piece_name = f"{PIECE_PREFIX}-{tokenize(token, sink)}"
     lead_idx = (0,) * (x.ndim - 2)
 
     chips: dict[Any, Any] = {}
@@ -82,7 +94,19 @@ def build_graph(
             y_parts=_parts(plan.y.read(i), plan.y.edges, sy),
             x_parts=_parts(plan.x.read(j), plan.x.edges, sx),
         )
-        keys = [[(x.name, *lead_idx, a, b) for b in sx] for a in sy]
+        keys: list[list[Any]] = []
+        for a, (y0, y1) in zip(sy, task.y_parts, strict=True):
+            row: list[Any] = []
+            for b, (x0, x1) in zip(sx, task.x_parts, strict=True):
+                key = (x.name, *lead_idx, a, b)
+                if (a, b) != (i, j):
+                    # only the halo strip of a neighbour travels, so the neighbour chunk can
+                    # be released as soon as its own block and its strips are done
+                    halo = (halo_name, i, j, a, b)
+                    chips[halo] = (slice_array, key, (y0, y1), (x0, x1))
+                    key = halo
+                row.append(key)
+            keys.append(row)
         chips[(chips_name, i, j)] = (process_block, spec, task, keys)
 
     stitch: dict[Any, Any] = {}
@@ -91,12 +115,20 @@ def build_graph(
     for i in range(ny):
         for j in range(nx):
             pieces = plan.pieces(i, j)
+            specs, deps = [], []
+            for py, px in pieces:
+                src: Any = (chips_name, py.block, px.block)
+                ys, xs = py.src, px.src
+                if (py.block, px.block) != (i, j):
+                    # spill-over from a neighbour: a small copied slice of its partial
+                    piece = (piece_name, py.block, px.block, i, j)
+                    stitch[piece] = (slice_state, src, ys, xs)
+                    src, ys, xs = piece, (0, ys[1] - ys[0]), (0, xs[1] - xs[0])
+                specs.append((ys, py.dst, xs, px.dst))
+                deps.append(src)
             task_s = StitchTask(
-                index=(i, j),
-                shape=(plan.y.chunks[i], plan.x.chunks[j]),
-                pieces=tuple((py.src, py.dst, px.src, px.dst) for py, px in pieces),
+                index=(i, j), shape=(plan.y.chunks[i], plan.x.chunks[j]), pieces=tuple(specs)
             )
-            deps = [(chips_name, py.block, px.block) for py, px in pieces]
             stitch[(stitch_name, *out_idx, i, j)] = (stitch_block, spec, task_s, deps, sink)
 
     base = HighLevelGraph.from_collections(chips_name, chips, dependencies=[x])  # type: ignore[list-item]
