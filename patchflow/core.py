@@ -34,6 +34,7 @@ __all__ = ["ChipLayout", "Prepared", "apply", "plan_grid", "prepare", "spatial_d
 #: target block edge (pixels) when patchflow picks chunks itself; rounded up to a stride
 #: multiple so every block owns the same number of chips
 TARGET_BLOCK = 2048
+BATCH_BYTES = 8 * 2**20
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
 
 
@@ -245,7 +246,7 @@ def prepare(
     agg: str = "overlap_add",
     n_classes: int | None = None,
     batched: bool | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     chunks: Any = None,
     output_dtype: Any = None,
     output_shape: Sequence[int] | None = None,
@@ -272,6 +273,10 @@ def prepare(
     grid = ChipGrid(arr.shape[-2:], size_yx, stride_yx, boundary, allow_gaps)  # type: ignore[arg-type]
     if pad_mode not in PAD_MODES:
         raise ParameterError(f"unknown pad_mode {pad_mode!r}; valid: {', '.join(PAD_MODES)}")
+    if batch_size is None:
+        # bound the op's working set: chips of ~8 MB of input per call, 1 to 64 chips
+        chip_bytes = math.prod(arr.shape[:-2]) * size_yx[0] * size_yx[1] * arr.dtype.itemsize
+        batch_size = int(min(64, max(1, BATCH_BYTES // max(chip_bytes, 1))))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive int, got {batch_size!r}")
     is_b = is_batched(op) if batched is None else bool(batched)
@@ -384,7 +389,8 @@ def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any)
         Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
         ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
     batch_size
-        Chips per operator call (batched ops) and per weighting step.
+        Chips per operator call (batched ops) and per weighting step. Default: as many
+        chips as hold ~8 MB of input (1 to 64), which bounds the op's working memory.
     chunks
         Spatial block size override (int, ``(y, x)`` or ``{dim: size}``).
     output_dtype, output_shape, output_bands, output_dims

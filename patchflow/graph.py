@@ -17,10 +17,13 @@ so rebuilding the same computation yields the same graph.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask._task_spec import DataNode, Task
+from dask.array.core import getter, getter_inline, getter_nofancy
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
@@ -37,6 +40,7 @@ from patchflow.plan import BlockPlan
 
 __all__ = ["CHIPS_PREFIX", "STITCH_PREFIX", "WRITE_PREFIX", "build_graph"]
 
+DIRECT_GETTERS = (getter, getter_nofancy, getter_inline)
 CHIPS_PREFIX = "patchflow-chips"
 STITCH_PREFIX = "patchflow-stitch"
 WRITE_PREFIX = "patchflow-write"
@@ -52,6 +56,45 @@ def _parts(
     return tuple(
         (max(start, int(edges[a])) - int(edges[a]), min(stop, int(edges[a + 1])) - int(edges[a]))
         for a in sources
+    )
+
+
+def _input_tasks(x: da.Array) -> Mapping[Any, Any]:
+    """The input's own layer (chunk tasks), if it can be read without computing anything."""
+    graph = x.__dask_graph__()
+    layer = getattr(graph, "layers", {}).get(x.name)
+    return layer if layer is not None else {}
+
+
+def _direct_read(
+    source: Mapping[Any, Any],
+    key: Any,
+    new_key: Any,
+    ys: tuple[int, int],
+    xs: tuple[int, int],
+) -> Task | None:
+    """A task reading only ``[..., ys, xs]`` of chunk ``key`` from storage, if possible.
+
+    Works when the chunk task is dask's ``getter(array, slices)`` (``xr.open_zarr``,
+    ``rioxarray.open_rasterio``, ``da.from_array``); returns ``None`` otherwise.
+    """
+    try:
+        task = source[key]
+    except (KeyError, TypeError):
+        return None
+    if not isinstance(task, Task) or task.func not in DIRECT_GETTERS or len(task.args) < 2:
+        return None
+    index = task.args[1]
+    index = index.value if isinstance(index, DataNode) else index
+    if not (isinstance(index, tuple) and len(index) >= 2):
+        return None
+    if not all(isinstance(s, slice) and s.step in (None, 1) for s in index[-2:]):
+        return None
+    sy, sx = index[-2], index[-1]
+    y0, x0 = sy.start or 0, sx.start or 0
+    new = (*index[:-2], slice(y0 + ys[0], y0 + ys[1]), slice(x0 + xs[0], x0 + xs[1]))
+    return Task(
+        new_key, task.func, task.args[0], DataNode(None, new), *task.args[2:], **task.kwargs
     )
 
 
@@ -81,6 +124,7 @@ def build_graph(
     piece_name = f"{PIECE_PREFIX}-{tokenize(token, sink)}"
     lead_idx = (0,) * (x.ndim - 2)
 
+    source = _input_tasks(x)
     chips: dict[Any, Any] = {}
     for i, j in plan.working_blocks:
         ry, rx = plan.y.region(i), plan.x.region(j)
@@ -100,10 +144,12 @@ def build_graph(
             for b, (x0, x1) in zip(sx, task.x_parts, strict=True):
                 key = (x.name, *lead_idx, a, b)
                 if (a, b) != (i, j):
-                    # only the halo strip of a neighbour travels, so the neighbour chunk can
-                    # be released as soon as its own block and its strips are done
                     halo = (halo_name, i, j, a, b)
-                    chips[halo] = (slice_array, key, (y0, y1), (x0, x1))
+                    direct = _direct_read(source, key, halo, (y0, y1), (x0, x1))
+                    # a neighbour's strip is read straight from storage when the input is a
+                    # plain getter (Zarr, COG, from_array): then no task waits on a whole
+                    # neighbour chunk, and memory stays flat however wide the scene is
+                    chips[halo] = direct or (slice_array, key, (y0, y1), (x0, x1))
                     key = halo
                 row.append(key)
             keys.append(row)
