@@ -63,8 +63,10 @@ def main() -> None:
     sizes = args.sizes + ([65536] if args.huge else [])
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{'size':>7} | {'floor s':>8} {'floor MB':>9} | {'patchflow s':>11} {'MB':>7} "
-          f"| {'wall ratio':>10} | max error")
+    print(
+        f"{'size':>7} | {'floor s':>8} {'floor MB':>9} | {'patchflow s':>11} {'MB':>7} "
+        f"| {'wall ratio':>10} | max error"
+    )
     for size in sizes:
         scene = work / f"scene-{size}.zarr"
         write_scene(scene, size)
