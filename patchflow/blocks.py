@@ -46,6 +46,38 @@ class EngineSpec:
     nodata: Any
     fill_value: Any
     pad_mode: str
+    #: output pixels per input pixel as an exact ratio ``(num, den)``: (2, 1) = ×2, (1, 4) = ÷4
+    scale: tuple[int, int] = (1, 1)
+    #: ``"raise"``, ``"mask"`` (failed chips get zero weight) or ``"retry"``
+    on_error: str = "raise"
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (OSError,)
+    #: affine ``(a, b, c, d, e, f)`` and CRS text, only to name chips in error messages
+    transform: tuple[float, ...] | None = None
+    crs: str | None = None
+
+    def sc(self, value: int) -> int:
+        """``value`` input pixels in output pixels (exact: the plan checks divisibility)."""
+        num, den = self.scale
+        return value * num // den
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """Chip size in output pixels."""
+        return self.sc(self.size[0]), self.sc(self.size[1])
+
+    def describe(self, chip_id: int, row: int, col: int) -> str:
+        """``chip N (rows a:b, cols c:d[, x .. y .. in CRS])`` for error messages."""
+        h, w = self.size
+        text = f"chip {chip_id} (rows {row}:{row + h}, cols {col}:{col + w}"
+        if self.transform is not None:
+            a, b, c, d, e, f = self.transform[:6]
+            xs = sorted((c + a * col + b * row, c + a * (col + w) + b * (row + h)))
+            ys = sorted((f + d * col + e * row, f + d * (col + w) + e * (row + h)))
+            text += f"; x {xs[0]:.6g}..{xs[1]:.6g}, y {ys[0]:.6g}..{ys[1]:.6g}"
+            if self.crs:
+                text += f" in {self.crs}"
+        return text + ")"
 
 
 @dataclass(frozen=True)
@@ -80,6 +112,8 @@ def slice_state(state: State, ys: tuple[int, int], xs: tuple[int, int]) -> State
     """A copied spatial window of a partial state (spill-over sent to a neighbour block)."""
     out: State = {}
     for key, value in state.items():
+        if key.startswith("_"):
+            continue  # bookkeeping (failed-chip count) stays with the owning block
         if value is None:
             out[key] = None
         elif key == "dy":
@@ -139,46 +173,113 @@ def _axis_sum(
     return total
 
 
-def _call(spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, where: str) -> np.ndarray:
+def _call_once(spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     args: tuple[Any, ...] = (chips,) if not spec.pass_mask else (chips, mask)
-    try:
-        out = spec.op(*args)
-    except OperatorError:
-        raise
-    except Exception as exc:
-        raise OperatorError(f"the operator failed on {where}: {type(exc).__name__}: {exc}") from exc
-    return np.asarray(out)
+    attempt = 0
+    while True:
+        try:
+            return np.asarray(spec.op(*args))
+        except OperatorError:
+            raise
+        except spec.retry_on:
+            if spec.on_error != "retry" or attempt >= spec.retries:
+                raise
+            attempt += 1
+
+
+def _failed(spec: EngineSpec, where: str, exc: Exception) -> OperatorError:
+    err = OperatorError(f"the operator failed on {where}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _check(
+    spec: EngineSpec, out: np.ndarray, expected: tuple[int, ...], where: str, given: tuple[int, ...]
+) -> None:
+    if out.shape != expected:
+        raise OperatorError(
+            f"the operator returned shape {out.shape} for {where} (input {given}); expected "
+            f"{expected} — the batch length and non-spatial shape must match the dry run, "
+            f"and the spatial shape must be the chip's × scale {spec.scale[0]}/{spec.scale[1]}"
+        )
+    if out.dtype.kind not in "biuf":
+        raise OperatorError(
+            f"the operator returned dtype {out.dtype} for {where}; it must return numbers "
+            "(bool, int or float)"
+        )
 
 
 def _run_batch(
     spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
-) -> np.ndarray:
-    h, w = spec.size
-    expected = (*spec.out_lead, h, w)
+) -> tuple[np.ndarray, list[int]]:
+    """Op outputs ``(n, *out_lead, h', w')`` and the indices of chips that failed (masked)."""
+    expected = (*spec.out_lead, *spec.out_size)
     if spec.batched:
         where = f"chips {labels[0]} … {labels[-1]}" if len(labels) > 1 else labels[0]
-        out = _call(spec, chips, mask, where)
-        if out.shape != (len(chips), *expected):
-            raise OperatorError(
-                f"the batched operator returned shape {out.shape} for {where} "
-                f"(input batch {chips.shape}); expected {(len(chips), *expected)}"
-            )
-        return out
-    outs = []
+        try:
+            out = _call_once(spec, chips, mask)
+        except OperatorError:
+            raise
+        except Exception:
+            # rerun chip by chip: names the failing chip (raise) or isolates it (mask)
+            return _one_by_one(spec, chips, mask, labels)
+        _check(spec, out, (len(chips), *expected), where, chips.shape)
+        return out, []
+    outs, failed = [], []
     for k in range(len(chips)):
-        out = _call(spec, chips[k], None if mask is None else mask[k], labels[k])
-        if out.shape != expected:
-            raise OperatorError(
-                f"the operator returned shape {out.shape} for {labels[k]} (input chip "
-                f"{chips[k].shape}); expected {expected} — spatial shape must equal the chip's"
-            )
+        try:
+            out = _call_once(spec, chips[k], None if mask is None else mask[k])
+        except OperatorError:
+            raise
+        except Exception as exc:
+            if spec.on_error != "mask":
+                raise _failed(spec, labels[k], exc) from exc
+            failed.append(k)
+            out = np.zeros(expected, spec.agg.op_dtype)
+        _check(spec, out, expected, labels[k], chips[k].shape)
         outs.append(out)
-    return np.stack(outs)
+    return np.stack(outs), failed
+
+
+def _one_by_one(
+    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
+) -> tuple[np.ndarray, list[int]]:
+    """Rerun a failed batch chip by chip to name (raise) or isolate (mask) the culprit."""
+    outs, failed = [], []
+    for k in range(len(chips)):
+        sub_mask = None if mask is None else mask[k : k + 1]
+        try:
+            out = _call_once(spec, chips[k : k + 1], sub_mask)
+        except OperatorError:
+            raise
+        except Exception as exc:
+            if spec.on_error != "mask":
+                raise _failed(spec, labels[k], exc) from exc
+            failed.append(k)
+            out = np.zeros((1, *spec.out_lead, *spec.out_size), spec.agg.op_dtype)
+        _check(spec, out, (1, *spec.out_lead, *spec.out_size), labels[k], chips[k : k + 1].shape)
+        outs.append(out[0])
+    return np.stack(outs), failed
+
+
+def _rescale_mask(mask: np.ndarray, num: int, den: int) -> np.ndarray:
+    """Validity at output resolution: repeat (upsampling) or all-valid blocks (downsampling)."""
+    if num > 1:
+        mask = mask.repeat(num, axis=-2).repeat(num, axis=-1)
+    if den > 1:
+        n, h, w = mask.shape
+        mask = np.asarray(mask.reshape(n, h // den, den, w // den, den).all(axis=(2, 4)))
+    return mask
 
 
 def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarray]]) -> State:
-    """Compute every chip a block owns and return its partial state over its region."""
+    """Compute every chip a block owns and return its partial state over its region.
+
+    The state is in output pixels (input pixels × ``spec.scale``).
+    """
     h, w = spec.size
+    oh, ow = spec.out_size
+    sc = spec.sc
     (r0, r1), (c0, c1) = task.region
     read_h, read_w = min(r1, spec.scene[0]) - r0, min(c1, spec.scene[1]) - c0
     arr = _assemble(chunks, task)
@@ -200,7 +301,7 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             valid = np.pad(valid, widths[-2:], constant_values=True)
 
     agg = spec.agg
-    state = agg.new((r1 - r0, c1 - c0))
+    state = agg.new((sc(r1 - r0), sc(c1 - c0)))
     positions = [(y - r0, x - c0) for y in task.ys for x in task.xs]
     iy0, ix0 = task.first_chip
     ids = [
@@ -209,17 +310,21 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
         for b in range(len(task.xs))
     ]
     window = spec.window
+    n_failed = 0
     for lo in range(0, len(positions), spec.batch_size):
         pos = np.asarray(positions[lo : lo + spec.batch_size], dtype=np.int64)
         chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
         vmask = None if valid is None else np.stack([valid[r : r + h, c : c + w] for r, c in pos])
-        labels = [
-            f"chip {ids[lo + k]} (rows {r + r0}:{r + r0 + h}, cols {c + c0}:{c + c0 + w})"
-            for k, (r, c) in enumerate(pos)
-        ]
-        out = _run_batch(spec, chips, vmask, labels)
+        labels = [spec.describe(ids[lo + k], r + r0, c + c0) for k, (r, c) in enumerate(pos)]
+        out, failed = _run_batch(spec, chips, vmask, labels)
+        omask = None if vmask is None else _rescale_mask(vmask, *spec.scale)
+        if failed:
+            n_failed += len(failed)
+            if omask is None:
+                omask = np.ones((len(pos), oh, ow), bool)
+            omask[failed] = False
         if window is None:
-            weights = [_ones((h, w))] * len(pos)
+            weights = [_ones((oh, ow))] * len(pos)
         else:
             weights = [
                 window.weights(
@@ -230,19 +335,24 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
                 )
                 for r, c in pos
             ]
-        agg.add(state, ChipBatch(out, pos, weights, vmask, np.asarray(ids[lo : lo + len(pos)])))
+        opos = np.asarray([(sc(int(r)), sc(int(c))) for r, c in pos], dtype=np.int64)
+        agg.add(state, ChipBatch(out, opos, weights, omask, np.asarray(ids[lo : lo + len(pos)])))
 
     dy = dx = None
     if isinstance(agg, OverlapAdd):
+        oys = tuple(sc(a) for a in task.ys)
+        oxs = tuple(sc(a) for a in task.xs)
+        oscene = (sc(spec.scene[0]), sc(spec.scene[1]))
         if window is None:
-            dy = _axis_sum_ones(task.ys, r0, r1 - r0, h)
-            dx = _axis_sum_ones(task.xs, c0, c1 - c0, w)
+            dy = _axis_sum_ones(oys, sc(r0), sc(r1 - r0), oh)
+            dx = _axis_sum_ones(oxs, sc(c0), sc(c1 - c0), ow)
         elif window.separable:
-            dy = _axis_sum(window, 0, task.ys, r0, r1 - r0, spec.scene[0], h)
-            dx = _axis_sum(window, 1, task.xs, c0, c1 - c0, spec.scene[1], w)
+            dy = _axis_sum(window, 0, oys, sc(r0), sc(r1 - r0), oscene[0], oh)
+            dx = _axis_sum(window, 1, oxs, sc(c0), sc(c1 - c0), oscene[1], ow)
     state = agg.seal(state, dy, dx)
     if pad_y or pad_x:
-        state = _crop(state, read_h, read_w)
+        state = _crop(state, sc(read_h), sc(read_w))
+    state["_failed"] = n_failed
     return state
 
 
@@ -286,6 +396,7 @@ def stitch_block(
             (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
         )
     if sink is not None:
-        marker: np.ndarray = sink.write(task.index, state, agg)
+        failed = sum(int(p.get("_failed", 0)) for p in partials)
+        marker: np.ndarray = sink.write(task.index, state, agg, failed)
         return marker
     return agg.finalize(state)

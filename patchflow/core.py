@@ -14,11 +14,13 @@ import math
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
+from affine import Affine
 
 from patchflow.aggregate import make_aggregator
 from patchflow.blocks import EngineSpec
@@ -35,6 +37,7 @@ __all__ = ["ChipLayout", "Prepared", "apply", "plan_grid", "prepare", "spatial_d
 #: multiple so every block owns the same number of chips
 TARGET_BLOCK = 2048
 BATCH_BYTES = 8 * 2**20
+ON_ERROR = ("raise", "mask", "retry")
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
 
 
@@ -111,6 +114,7 @@ def _prepare_data(
     chunks: Any,
     y: Hashable,
     x: Hashable,
+    den: int = 1,
 ) -> da.Array:
     """Dask array ``(*lead, y, x)`` with lead dims in one chunk and usable spatial chunks.
 
@@ -118,7 +122,8 @@ def _prepare_data(
     Spatial chunks are kept if every chunk but the last holds at least one chip (so input
     chunks read from Zarr/COG storage stay aligned and are read once); otherwise, and for
     numpy-backed input, they become the multiple of the stride nearest above 2048 pixels.
-    ``chunks=`` overrides the rule.
+    ``chunks=`` overrides the rule. For an op that downsamples by ``den``, chunks must be
+    multiples of ``den`` so every block maps onto whole output pixels.
     """
     data = arr.data
     lead = {i: -1 for i in range(arr.ndim - 2)}
@@ -128,11 +133,16 @@ def _prepare_data(
         spatial = override or target
         return da.from_array(data, chunks=(*(-1 for _ in lead), *spatial))
     if override is not None:
+        if any(isinstance(c, int) and c > 0 and c % den for c in override):
+            raise ParameterError(
+                f"chunks {override} must be multiples of {den} for an operator that "
+                f"downsamples by {den}"
+            )
         return data.rechunk({**lead, arr.ndim - 2: override[0], arr.ndim - 1: override[1]})
     new: dict[int, Any] = dict(lead)
     for k, axis in enumerate((arr.ndim - 2, arr.ndim - 1)):
         c = data.chunks[axis]
-        if len(c) > 1 and min(c[:-1]) < size[k]:
+        if len(c) > 1 and (min(c[:-1]) < size[k] or any(v % den for v in c[:-1])):
             new[axis] = target[k]
     if all(len(data.chunks[i]) == 1 for i in lead) and len(new) == len(lead):
         return data
@@ -163,12 +173,19 @@ def _dry_run(
             f"{type(exc).__name__}: {exc}. Pass output_dtype= and output_shape= to skip "
             "this dry run"
         ) from exc
-    spatial = out.shape[-2:] if out.ndim >= 2 else out.shape
-    if (batched and (out.ndim < 3 or out.shape[0] != 1)) or tuple(spatial) != tuple(size):
-        expect = "(1, …, h, w)" if batched else "(…, h, w)"
+    spatial = tuple(out.shape[-2:]) if out.ndim >= 2 else tuple(out.shape)
+    ratios = {Fraction(int(o), s) for o, s in zip(spatial, size, strict=False)}
+    if (
+        (batched and (out.ndim < 3 or out.shape[0] != 1))
+        or len(spatial) != 2
+        or len(ratios) != 1
+        or 0 in ratios
+    ):
+        expect = "(1, …, h', w')" if batched else "(…, h', w')"
         raise OperatorError(
             f"the operator returned shape {out.shape} for a test chip {chip.shape}; expected "
-            f"{expect} with (h, w) = {size}: the output's spatial shape must equal the chip's"
+            f"{expect} where (h', w') is the chip's (h, w) = {size}, or that scaled by one "
+            "factor for a resolution-changing op"
         )
     return out[0] if batched else out
 
@@ -207,14 +224,25 @@ def _wrap(
     dims: tuple[Hashable, ...],
     nodata: Any,
     name: Hashable | None,
+    ratio: tuple[int, int] = (1, 1),
 ) -> xr.DataArray:
     y, x = arr.dims[-2:]
     all_dims = (*dims, y, x)
     sizes = dict(zip(all_dims, data.shape, strict=True))
+    transform = _transform(arr)
     coords = {}
     for cname, coord in arr.coords.items():
         if all(d in sizes and arr.sizes[d] == sizes[d] for d in coord.dims):
             coords[cname] = coord
+    if ratio != (1, 1):
+        for cname in list(coords):
+            if {y, x} & set(coords[cname].dims):
+                del coords[cname]
+        if transform is not None:
+            # output pixels are input pixels × den/num; coords at the new pixel centres
+            transform = transform * Affine.scale(ratio[1] / ratio[0])
+            coords[x] = transform.c + transform.a * (np.arange(sizes[x]) + 0.5)
+            coords[y] = transform.f + transform.e * (np.arange(sizes[y]) + 0.5)
     out = xr.DataArray(data, dims=all_dims, coords=coords, name=name)
     out.attrs = {
         k: v
@@ -224,10 +252,6 @@ def _wrap(
     crs = arr.rio.crs
     if crs is not None:
         out = out.rio.write_crs(crs)
-    try:
-        transform = arr.rio.transform(recalc=True)
-    except Exception:  # no regular y/x coordinates: nothing to carry
-        transform = None
     if transform is not None:
         out = out.rio.write_transform(transform)
     return out.rio.write_nodata(nodata, encoded=False)
@@ -256,6 +280,10 @@ def prepare(
     fill_value: Any = 0,
     pass_mask: bool = False,
     allow_gaps: bool = False,
+    scale: float | None = None,
+    on_error: str = "raise",
+    retries: int = 3,
+    retry_on: Sequence[type[BaseException]] = (OSError,),
     name: Hashable | None = None,
 ) -> Prepared:
     """Plan a job: validate everything and build the engine spec (see :func:`apply`).
@@ -282,17 +310,40 @@ def prepare(
     is_b = is_batched(op) if batched is None else bool(batched)
     in_nodata = arr.rio.nodata if nodata is UNSET else nodata
     in_dtype = np.dtype(arr.dtype)
+    if on_error not in ON_ERROR:
+        raise ParameterError(f"unknown on_error {on_error!r}; valid: {', '.join(ON_ERROR)}")
+    op = _bind_bands(op, arr)
 
     if output_bands is not None:
         output_shape = (int(output_bands),)
+    declared = _declared(op, arr.shape[:-2], in_dtype)
+    ratio = _ratio(scale if scale is not None else getattr(op, "scale", 1))
     if output_dtype is not None and output_shape is not None:
         out_lead, op_dtype = tuple(int(v) for v in output_shape), np.dtype(output_dtype)
+    elif declared is not None and output_shape is None and output_dtype is None:
+        out_lead, op_dtype = declared
     else:
         sample = _dry_run(
             op, batched=is_b, pass_mask=pass_mask, lead=arr.shape[:-2], size=size_yx, dtype=in_dtype
         )
         out_lead = tuple(output_shape) if output_shape is not None else sample.shape[:-2]
         op_dtype = np.dtype(output_dtype) if output_dtype is not None else sample.dtype
+        ratio = _sample_ratio(sample.shape[-2:], size_yx)
+    if op_dtype.kind not in "biuf":
+        raise OperatorError(
+            f"the operator returns dtype {op_dtype}; it must return numbers (bool, int, float)"
+        )
+    _check_ratio(
+        ratio,
+        {
+            "scene height": arr.shape[-2],
+            "scene width": arr.shape[-1],
+            "chip height": size_yx[0],
+            "chip width": size_yx[1],
+            "stride y": stride_yx[0],
+            "stride x": stride_yx[1],
+        },
+    )
 
     probe = make_aggregator(
         agg, out_dtype=op_dtype, lead=out_lead, n_classes=n_classes, n_chips=grid.n_chips
@@ -307,12 +358,16 @@ def prepare(
         n_classes=n_classes,
         n_chips=grid.n_chips,
     )
+    num, den = ratio
+    out_size = (size_yx[0] * num // den, size_yx[1] * num // den)
     win = None
     if aggregator.weighted:
-        win = make_window(window, size_yx, **dict(window_params or {}))
+        win = make_window(window, out_size, **dict(window_params or {}))
 
-    data = _prepare_data(arr, size_yx, stride_yx, chunks, y, x)
+    data = _prepare_data(arr, size_yx, stride_yx, chunks, y, x, den=den)
     plan = BlockPlan(grid, (data.chunks[-2], data.chunks[-1]))
+    transform = _transform(arr)
+    crs = arr.rio.crs
     spec = EngineSpec(
         op=op,
         batched=is_b,
@@ -327,6 +382,12 @@ def prepare(
         nodata=in_nodata,
         fill_value=fill_value,
         pad_mode=pad_mode,
+        scale=ratio,
+        on_error=on_error,
+        retries=int(retries) if on_error == "retry" else 0,
+        retry_on=tuple(retry_on),
+        transform=None if transform is None else tuple(transform)[:6],
+        crs=None if crs is None else str(crs),
     )
     return Prepared(
         arr=arr,
@@ -337,6 +398,71 @@ def prepare(
         nodata=out_nodata,
         name=name if name is not None else arr.name,
     )
+
+
+def _bind_bands(op: Any, arr: xr.DataArray) -> Any:
+    """Let ops that address bands by name resolve them against the band coordinate."""
+    bind = getattr(op, "bind", None)
+    if bind is None or arr.ndim < 3:
+        return op
+    band_dim = arr.dims[-3]
+    if band_dim not in arr.coords:
+        return op
+    labels = arr.coords[band_dim].values
+    if labels.dtype.kind not in "UO":
+        return op
+    return bind([str(v) for v in labels])
+
+
+def _declared(op: Any, lead: tuple[int, ...], dtype: np.dtype) -> Any:
+    describe = getattr(op, "output_spec", None)
+    if describe is None:
+        return None
+    found = describe(tuple(lead), dtype)
+    if found is None:
+        return None
+    out_lead, out_dtype = found
+    return tuple(int(v) for v in out_lead), np.dtype(out_dtype)
+
+
+def _ratio(value: Any) -> tuple[int, int]:
+    try:
+        frac = Fraction(value).limit_denominator(1024)
+    except (TypeError, ValueError):
+        raise ParameterError(f"scale must be a positive number, got {value!r}") from None
+    if frac <= 0:
+        raise ParameterError(f"scale must be positive, got {value!r}")
+    return frac.numerator, frac.denominator
+
+
+def _sample_ratio(out: tuple[int, ...], size: tuple[int, int]) -> tuple[int, int]:
+    ry, rx = Fraction(int(out[0]), size[0]), Fraction(int(out[1]), size[1])
+    if ry != rx:
+        raise OperatorError(
+            f"the operator maps {size} chips to {tuple(out)}: the output must be the chip "
+            "scaled by the same factor along y and x"
+        )
+    return ry.numerator, ry.denominator
+
+
+def _check_ratio(ratio: tuple[int, int], lengths: dict[str, int]) -> None:
+    num, den = ratio
+    if den == 1:
+        return
+    bad = {k: v for k, v in lengths.items() if (v * num) % den}
+    if bad:
+        listed = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise ParameterError(
+            f"the operator scales by {num}/{den}, so every length must be a multiple of {den} "
+            f"(not: {listed}); crop the scene or choose sizes/strides divisible by {den}"
+        )
+
+
+def _transform(arr: xr.DataArray) -> Any:
+    try:
+        return arr.rio.transform(recalc=True)
+    except Exception:  # no regular y/x coordinates: nothing to carry
+        return None
 
 
 @dataclass(frozen=True)
@@ -361,7 +487,7 @@ class Prepared:
             out_lead=agg.result_lead(),
             out_dtype=agg.result_dtype(),
         )
-        return _wrap(self.arr, lazy, self.dims, self.nodata, self.name)
+        return _wrap(self.arr, lazy, self.dims, self.nodata, self.name, self.spec.scale)
 
 
 def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any) -> xr.DataArray:

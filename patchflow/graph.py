@@ -59,6 +59,10 @@ def _parts(
     )
 
 
+def _scaled(span: tuple[int, int], sc: Any) -> tuple[int, int]:
+    return sc(span[0]), sc(span[1])
+
+
 def _input_tasks(x: da.Array) -> Mapping[Any, Any]:
     """The input's own layer (chunk tasks), if it can be read without computing anything."""
     graph = x.__dask_graph__()
@@ -156,6 +160,7 @@ def build_graph(
         chips[(chips_name, i, j)] = (process_block, spec, task, keys)
 
     stitch: dict[Any, Any] = {}
+    sc = spec.sc
     out_idx = (0,) * len(out_lead)
     ny, nx = plan.n_blocks
     for i in range(ny):
@@ -164,16 +169,18 @@ def build_graph(
             specs, deps = [], []
             for py, px in pieces:
                 src: Any = (chips_name, py.block, px.block)
-                ys, xs = py.src, px.src
+                ys, xs = _scaled(py.src, sc), _scaled(px.src, sc)
                 if (py.block, px.block) != (i, j):
                     # spill-over from a neighbour: a small copied slice of its partial
                     piece = (piece_name, py.block, px.block, i, j)
                     stitch[piece] = (slice_state, src, ys, xs)
                     src, ys, xs = piece, (0, ys[1] - ys[0]), (0, xs[1] - xs[0])
-                specs.append((ys, py.dst, xs, px.dst))
+                specs.append((ys, _scaled(py.dst, sc), xs, _scaled(px.dst, sc)))
                 deps.append(src)
             task_s = StitchTask(
-                index=(i, j), shape=(plan.y.chunks[i], plan.x.chunks[j]), pieces=tuple(specs)
+                index=(i, j),
+                shape=(sc(plan.y.chunks[i]), sc(plan.x.chunks[j])),
+                pieces=tuple(specs),
             )
             stitch[(stitch_name, *out_idx, i, j)] = (stitch_block, spec, task_s, deps, sink)
 
@@ -182,7 +189,11 @@ def build_graph(
     dependencies = {**base.dependencies, stitch_name: {chips_name}}
     graph = HighLevelGraph(layers, dependencies)
     if sink is None:
-        chunks = (*((n,) for n in out_lead), *plan.chunks)
+        chunks = (
+            *((n,) for n in out_lead),
+            tuple(sc(c) for c in plan.y.chunks),
+            tuple(sc(c) for c in plan.x.chunks),
+        )
     else:
         chunks = (*((1,) for _ in out_lead), (1,) * ny, (1,) * nx)
         out_dtype = np.dtype(np.int8)

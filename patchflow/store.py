@@ -96,7 +96,9 @@ class BlockSink:
         lead = (slice(None),) * (len(shape) - 2)
         return (*lead, slice(i * by, i * by + shape[-2]), slice(j * bx, j * bx + shape[-1]))
 
-    def write(self, index: tuple[int, int], state: State, agg: Aggregator) -> np.ndarray:
+    def write(
+        self, index: tuple[int, int], state: State, agg: Aggregator, failed: int = 0
+    ) -> np.ndarray:
         """Persist block ``index`` of a merged state; return a one-element marker."""
         if self.sums:
             sums = agg.to_sums(state)
@@ -111,6 +113,7 @@ class BlockSink:
             state = agg.from_sums(sums)
         out = agg.finalize(state)
         zarr.open_array(self.store, path=self.var, mode="r+")[self._region(index, out.shape)] = out
+        zarr.open_array(self.store, path=f"{BOOK}/failed", mode="r+")[index] = failed
         # the marker goes last: a block is done only once all its data are on disk
         zarr.open_array(self.store, path=f"{BOOK}/done", mode="r+")[index] = 1
         return np.ones((1,) * (self.nlead + 2), np.int8)
@@ -127,10 +130,18 @@ class RunReport:
     skipped: int
     seconds: float
     mode: str
+    #: chips whose operator call failed and were masked (``on_error="mask"``)
+    failed_chips: int = 0
 
     def open(self) -> xr.DataArray:
         """The result, lazily, from the store."""
         return open_result(self.store, var=self.var)
+
+
+def _out_block(prep: Prepared) -> tuple[int, int]:
+    """Output block (= Zarr chunk) shape: input block × scale."""
+    sc = prep.spec.sc
+    return sc(prep.plan.y.chunks[0]), sc(prep.plan.x.chunks[0])
 
 
 def _regular(chunks: tuple[int, ...]) -> bool:
@@ -182,7 +193,7 @@ def _done(store: str) -> np.ndarray:
 def _create(prep: Prepared, store: str, var: str, sums: tuple[str, ...], compressors: Any) -> None:
     template = prep.result()
     agg = prep.spec.agg
-    block = (prep.plan.y.chunks[0], prep.plan.x.chunks[0])
+    block = _out_block(prep)
     ds = template.to_dataset(name=var)
     if "spatial_ref" in ds.coords:
         # CF grid mapping, so plain xr.open_zarr + rioxarray finds the CRS
@@ -200,6 +211,7 @@ def _create(prep: Prepared, store: str, var: str, sums: tuple[str, ...], compres
     book = group.require_group(BOOK)
     ny, nx = prep.plan.n_blocks
     book.create_array("done", shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0)
+    book.create_array("failed", shape=(ny, nx), chunks=(1, 1), dtype="int32", fill_value=0)
     for key in sums:
         _create_sum(book, key, agg, template.shape, block, compressors)
     crs = template.rio.crs
@@ -350,10 +362,11 @@ def run(
                     f"{key}_next",
                     agg,
                     prep.result().shape,
-                    (prep.plan.y.chunks[0], prep.plan.x.chunks[0]),
+                    _out_block(prep),
                     compressors,
                 )
             zarr.open_array(path, path=f"{BOOK}/done", mode="r+")[...] = 0
+            zarr.open_array(path, path=f"{BOOK}/failed", mode="r+")[...] = 0
             _set_meta(path, status="accumulating")
     elif resume and meta.get("status") == "accumulating":
         accumulate = True
@@ -363,7 +376,7 @@ def run(
         store=path,
         var=var,
         nlead=len(agg.result_lead()),
-        block=(prep.plan.y.chunks[0], prep.plan.x.chunks[0]),
+        block=_out_block(prep),
         sums=sums,
         accumulate=accumulate,
     )
@@ -391,11 +404,14 @@ def run(
         )
     if accumulate:
         _promote_sums(path, sums)
-    _set_meta(path, status="complete", passes=int(meta.get("passes", 0)) + 1)
+    failed = int(np.asarray(zarr.open_array(path, path=f"{BOOK}/failed", mode="r")[...]).sum())
+    _set_meta(path, status="complete", passes=int(meta.get("passes", 0)) + 1, failed_chips=failed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # "consolidated … not in v3 spec"
         zarr.consolidate_metadata(path)
-    return RunReport(path, var, ny * nx, len(keys), ny * nx - len(keys), seconds, mode)
+    return RunReport(
+        path, var, ny * nx, len(keys), ny * nx - len(keys), seconds, mode, failed_chips=failed
+    )
 
 
 def _regular_prepare(obj: Any, op: Any, params: dict[str, Any]) -> Prepared:

@@ -337,8 +337,10 @@ def test_errors_bad_parameters(kwargs: dict[str, Any], match: str) -> None:
 
 def test_error_wrong_shape_at_dry_run() -> None:
     arr = xr.DataArray(np.zeros((1, 300, 300)), dims=("band", "y", "x"))
-    with pytest.raises(patchflow.OperatorError, match=r"returned shape \(1, 32, 32\)"):
-        arr.patch.apply(lambda c: c[..., :32, :32], size=64, stride=48)
+    with pytest.raises(patchflow.OperatorError, match=r"returned shape \(1, 32, 64\)"):
+        arr.patch.apply(lambda c: c[..., :32, :], size=64, stride=48)
+    with pytest.raises(patchflow.OperatorError, match=r"returned shape \(64,\)"):
+        arr.patch.apply(lambda c: c[0, 0], size=64, stride=48)
 
 
 def test_error_wrong_shape_on_one_chip_names_it() -> None:
@@ -350,7 +352,7 @@ def test_error_wrong_shape_on_one_chip_names_it() -> None:
 
     arr = xr.DataArray(data, dims=("band", "y", "x"))
     out = arr.patch.apply(flaky, size=64, stride=48)
-    with pytest.raises(patchflow.OperatorError, match=r"chip \d+ \(rows \d+:\d+, cols \d+:\d+\)"):
+    with pytest.raises(patchflow.OperatorError, match=r"chip \d+ \(rows \d+:\d+, cols \d+:\d+"):
         out.compute()
 
 
@@ -358,7 +360,10 @@ def test_error_batched_wrong_count() -> None:
     arr = xr.DataArray(np.zeros((1, 300, 300)), dims=("band", "y", "x"))
     op = patchflow.batched(lambda c: c[:1])
     out = arr.patch.apply(op, size=64, stride=48, output_dtype="float64", output_bands=1)
-    with pytest.raises(patchflow.OperatorError, match="batched operator returned shape"):
+    with pytest.raises(
+        patchflow.OperatorError,
+        match=r"operator returned shape \(1, 1, 64, 64\).*expected \(36, 1, 64, 64\)",
+    ):
         out.compute()
 
 
@@ -370,3 +375,111 @@ def test_operator_exception_is_chained() -> None:
     with pytest.raises(patchflow.OperatorError, match="test chip") as info:
         arr.patch.apply(boom, size=64, stride=48)
     assert isinstance(info.value.__cause__, KeyError)
+
+
+# ---------------------------------------------------------------- resolution change
+def up2(chips: np.ndarray) -> np.ndarray:
+    """×2 nearest-neighbour super-resolution of NDVI."""
+    return dn_ndvi(chips).repeat(2, axis=-2).repeat(2, axis=-1)
+
+
+def down4(chips: np.ndarray) -> np.ndarray:
+    """÷4 encoder: 4×4 mean pooling of NDVI."""
+    v = dn_ndvi(chips)
+    n, c, h, w = v.shape
+    return v.reshape(n, c, h // 4, 4, w // 4, 4).mean(axis=(3, 5))
+
+
+@pytest.mark.parametrize(("op", "factor"), [(up2, 2.0), (down4, 0.25)])
+def test_resolution_change(op: Any, factor: float) -> None:
+    from affine import Affine
+
+    scene = make_scene((1000, 804), chunks=400)
+    out = scene.patch.apply(patchflow.batched(op), size=128, stride=96)
+    full = op(scene.values[None])[0]
+    assert out.shape == full.shape == (1, int(1000 * factor), int(804 * factor))
+    assert np.abs(out.values - full).max() <= 1e-6
+    expected = scene.rio.transform() * Affine.scale(1 / factor)
+    assert out.rio.transform() == expected
+    assert out.rio.crs == scene.rio.crs
+    # coordinates are the new pixel centres, in CRS units
+    np.testing.assert_allclose(out.x.values[:2], expected.c + expected.a * np.array([0.5, 1.5]))
+    np.testing.assert_allclose(out.y.values[-1], expected.f + expected.e * (out.sizes["y"] - 0.5))
+
+
+def test_resolution_change_needs_divisible_sizes() -> None:
+    scene = make_scene((1001, 804), chunks=None)
+    with pytest.raises(patchflow.ParameterError, match=r"multiple of 4.*scene height 1001"):
+        scene.patch.apply(patchflow.batched(down4), size=128, stride=96)
+
+
+# ---------------------------------------------------------------- per-chip error policy
+class FailsOnMarkedChip:
+    """Fails (KeyError, or OSError `transient` times) on chips containing the marker value."""
+
+    def __init__(self, exc: type[Exception] = KeyError, transient: int | None = None) -> None:
+        self.exc = exc
+        self.transient = transient
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, chip: np.ndarray) -> np.ndarray:
+        if (chip == 7777).any():
+            with self.lock:
+                self.calls += 1
+                if self.transient is None or self.calls <= self.transient:
+                    raise self.exc("model exploded")
+        return ndvi64(chip)
+
+
+def marked_scene() -> xr.DataArray:
+    scene = make_scene((700, 600), chunks=None).astype(np.float64)
+    scene[0, 450, 500] = 7777.0  # only chips covering (450, 500) fail
+    return scene
+
+
+def test_on_error_raise_names_chip_window_and_bounds() -> None:
+    out = marked_scene().patch.apply(
+        FailsOnMarkedChip(), size=128, stride=96, output_dtype="float64", output_bands=1
+    )
+    with pytest.raises(patchflow.OperatorError, match=r"chip \d+ \(rows \d+:\d+, cols") as info:
+        out.compute()
+    assert "EPSG:32610" in str(info.value)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_on_error_mask_continues_and_counts(tmp_path: Any) -> None:
+    scene = marked_scene()
+    kw: dict[str, Any] = {"size": 128, "stride": 96, "output_dtype": "float64", "output_bands": 1}
+    out = scene.patch.apply(FailsOnMarkedChip(), on_error="mask", **kw).values[0]
+    ref = ndvi64(scene.values)[0]
+    grid = patchflow.ChipGrid((700, 600), 128, 96)
+    bad = [(r, c) for r, c in grid.anchors if r <= 450 < r + 128 and c <= 500 < c + 128]
+    assert bad
+    only_bad = np.zeros((700, 600), bool)
+    cover = np.zeros((700, 600), int)
+    for r, c in grid.anchors:
+        cover[r : r + 128, c : c + 128] += 1
+    bad_cover = np.zeros((700, 600), int)
+    for r, c in bad:
+        bad_cover[r : r + 128, c : c + 128] += 1
+    only_bad = cover == bad_cover
+    assert np.isnan(out[only_bad]).all()
+    np.testing.assert_allclose(out[~only_bad], ref[~only_bad], atol=1e-9)
+    report = patchflow.run(
+        scene, FailsOnMarkedChip(), store=tmp_path / "m.zarr", on_error="mask", **kw
+    )
+    assert report.failed_chips == len(bad)
+
+
+def test_on_error_retry_transient() -> None:
+    kw: dict[str, Any] = {"size": 128, "stride": 96, "output_dtype": "float64", "output_bands": 1}
+    op = FailsOnMarkedChip(OSError, transient=2)
+    scene = marked_scene()
+    out = scene.patch.apply(op, on_error="retry", retries=3, **kw)
+    np.testing.assert_allclose(out.values, ndvi64(scene.values), atol=1e-9)
+    flaky = FailsOnMarkedChip(OSError, transient=5)
+    with pytest.raises(patchflow.OperatorError, match="OSError"):
+        scene.patch.apply(flaky, on_error="retry", retries=1, **kw).compute()
+    with pytest.raises(patchflow.ParameterError, match="valid: raise, mask, retry"):
+        scene.patch.apply(op, on_error="ignore", **kw)
