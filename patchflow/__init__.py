@@ -18,6 +18,7 @@ from patchflow.errors import (
     OperatorError,
     ParameterError,
     PatchflowError,
+    PatchflowWarning,
     WindowError,
 )
 from patchflow.grid import BOUNDARIES, AxisGrid, ChipGrid
@@ -26,6 +27,7 @@ from patchflow.plan import BlockPlan
 from patchflow.store import (
     IncompleteStoreError,
     RunReport,
+    StoreError,
     StoreExistsError,
     StoreMismatchError,
     open_result,
@@ -49,7 +51,9 @@ __all__ = [
     "OperatorError",
     "ParameterError",
     "PatchflowError",
+    "PatchflowWarning",
     "RunReport",
+    "StoreError",
     "StoreExistsError",
     "StoreMismatchError",
     "Window",

@@ -7,6 +7,7 @@ untouched instead of scanning them for keys.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,6 +56,8 @@ class EngineSpec:
     #: affine ``(a, b, c, d, e, f)`` and CRS text, only to name chips in error messages
     transform: tuple[float, ...] | None = None
     crs: str | None = None
+    #: shape of the looped non-spatial dims (op called once per step, e.g. per time)
+    loop: tuple[int, ...] = ()
 
     def sc(self, value: int) -> int:
         """``value`` input pixels in output pixels (exact: the plan checks divisibility)."""
@@ -135,8 +138,12 @@ def _assemble(chunks: list[list[np.ndarray]], task: BlockTask) -> np.ndarray:
     return np.concatenate(rows, axis=-2) if len(rows) > 1 else rows[0]
 
 
-def _invalid(arr: np.ndarray, nodata: Any) -> np.ndarray | None:
-    """Pixels where any non-spatial component is NaN or nodata, or ``None`` if there are none."""
+def _invalid(arr: np.ndarray, nodata: Any, keep: int = 0) -> np.ndarray | None:
+    """Pixels where any op-visible component is NaN or nodata (``None`` if there are none).
+
+    The first ``keep`` axes (looped dims such as time) are kept: a cloud on one date
+    invalidates that date only.
+    """
     bad: np.ndarray | None = None
     if arr.dtype.kind in "fc":
         bad = ~np.isfinite(arr)
@@ -145,8 +152,8 @@ def _invalid(arr: np.ndarray, nodata: Any) -> np.ndarray | None:
         bad = eq if bad is None else (bad | eq)
     if bad is None:
         return None
-    if bad.ndim > 2:
-        bad = np.asarray(bad.reshape(-1, *bad.shape[-2:]).any(axis=0))
+    if bad.ndim > keep + 2:
+        bad = np.asarray(bad.any(axis=tuple(range(keep, bad.ndim - 2))))
     return bad if bad.any() else None
 
 
@@ -209,6 +216,20 @@ def _check(
         )
 
 
+def _run_looped(
+    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
+) -> tuple[np.ndarray, list[int]]:
+    """Like :func:`_run_batch`, running the op once per step of the looped dims (e.g. time)."""
+    if not spec.loop:
+        return _run_batch(spec, chips, mask, labels)
+    n, steps = len(chips), math.prod(spec.loop)
+    flat = chips.reshape(n * steps, *chips.shape[1 + len(spec.loop) :])
+    flat_mask = None if mask is None else mask.reshape(n * steps, *mask.shape[-2:])
+    flat_labels = [f"{label}, step {t}" for label in labels for t in range(steps)]
+    out, failed = _run_batch(spec, flat, flat_mask, flat_labels)
+    return out.reshape(n, *spec.loop, *out.shape[1:]), sorted({f // steps for f in failed})
+
+
 def _run_batch(
     spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
 ) -> tuple[np.ndarray, list[int]]:
@@ -267,8 +288,9 @@ def _rescale_mask(mask: np.ndarray, num: int, den: int) -> np.ndarray:
     if num > 1:
         mask = mask.repeat(num, axis=-2).repeat(num, axis=-1)
     if den > 1:
-        n, h, w = mask.shape
-        mask = np.asarray(mask.reshape(n, h // den, den, w // den, den).all(axis=(2, 4)))
+        *lead, h, w = mask.shape
+        blocks = mask.reshape(*lead, h // den, den, w // den, den)
+        mask = np.asarray(blocks.all(axis=(-3, -1)))
     return mask
 
 
@@ -285,10 +307,12 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     arr = _assemble(chunks, task)
     assert arr.shape[-2:] == (read_h, read_w)
 
-    bad = _invalid(arr, spec.nodata)
+    nloop = len(spec.loop)
+    bad = _invalid(arr, spec.nodata, keep=nloop)
     valid = None
     if bad is not None:
-        arr = np.where(bad, np.asarray(spec.fill_value, arr.dtype), arr)
+        spread = bad.reshape(*bad.shape[:-2], *(1,) * (arr.ndim - 2 - nloop), *bad.shape[-2:])
+        arr = np.where(spread, np.asarray(spec.fill_value, arr.dtype), arr)
         valid = ~bad
     pad_y, pad_x = (r1 - r0) - read_h, (c1 - c0) - read_w
     if pad_y or pad_x:
@@ -298,7 +322,7 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             kw["constant_values"] = np.asarray(spec.fill_value, arr.dtype)
         arr = np.pad(arr, widths, mode=spec.pad_mode, **kw)  # type: ignore[call-overload]
         if valid is not None:
-            valid = np.pad(valid, widths[-2:], constant_values=True)
+            valid = np.pad(valid, [(0, 0)] * nloop + widths[-2:], constant_values=True)
 
     agg = spec.agg
     state = agg.new((sc(r1 - r0), sc(c1 - c0)))
@@ -314,15 +338,20 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     for lo in range(0, len(positions), spec.batch_size):
         pos = np.asarray(positions[lo : lo + spec.batch_size], dtype=np.int64)
         chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
-        vmask = None if valid is None else np.stack([valid[r : r + h, c : c + w] for r, c in pos])
+        vmask = (
+            None if valid is None else np.stack([valid[..., r : r + h, c : c + w] for r, c in pos])
+        )
         labels = [spec.describe(ids[lo + k], r + r0, c + c0) for k, (r, c) in enumerate(pos)]
-        out, failed = _run_batch(spec, chips, vmask, labels)
+        out, failed = _run_looped(spec, chips, vmask, labels)
         omask = None if vmask is None else _rescale_mask(vmask, *spec.scale)
         if failed:
             n_failed += len(failed)
             if omask is None:
-                omask = np.ones((len(pos), oh, ow), bool)
+                omask = np.ones((len(pos), *spec.loop, oh, ow), bool)
             omask[failed] = False
+        if omask is not None and spec.loop:
+            # (n, *loop, h, w) → broadcastable against (n, *loop, *out_lead, h, w)
+            omask = omask.reshape(*omask.shape[:-2], *(1,) * len(spec.out_lead), oh, ow)
         if window is None:
             weights = [_ones((oh, ow))] * len(pos)
         else:

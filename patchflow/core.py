@@ -24,7 +24,7 @@ from affine import Affine
 
 from patchflow.aggregate import make_aggregator
 from patchflow.blocks import EngineSpec
-from patchflow.errors import DimensionError, OperatorError, ParameterError
+from patchflow.errors import DimensionError, OperatorError, ParameterError, PatchflowWarning
 from patchflow.graph import build_graph
 from patchflow.grid import ChipGrid, pair
 from patchflow.ops import is_batched
@@ -77,8 +77,9 @@ def _as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
         missing = [str(n) for n, v in obj.data_vars.items() if y not in v.dims or x not in v.dims]
         if missing:
             raise DimensionError(
-                f"data variables {missing} lack the spatial dims ({y!r}, {x!r}); "
-                "select the variables to process first, e.g. ds[['red', 'nir']]"
+                f"data variables {missing} are not on the ({y!r}, {x!r}) grid the others use "
+                "(different spatial dims); resample them onto it first (e.g. "
+                "rio.reproject_match), or select the variables to process, e.g. ds[['red', 'nir']]"
             )
         # variables become the leading 'variable' axis, in data_vars order
         out = obj.to_dataarray(dim="variable")
@@ -129,15 +130,25 @@ def _prepare_data(
     lead = {i: -1 for i in range(arr.ndim - 2)}
     target = tuple(_default_block(s, t) for s, t in zip(size, stride, strict=True))
     override = _spatial_chunks(chunks, y, x)
-    if not isinstance(data, da.Array):
-        spatial = override or target
-        return da.from_array(data, chunks=(*(-1 for _ in lead), *spatial))
     if override is not None:
+        small = [c for c, s in zip(override, size, strict=True) if isinstance(c, int) and 0 < c < s]
+        if small:
+            warnings.warn(
+                f"chunks={override} are smaller than the chip {size}: every block then reads "
+                f"several chunks and many blocks own no chip; it works but is slow — use "
+                f"chunks >= {max(size)} (the default picks a multiple of the stride >= 2048)",
+                PatchflowWarning,
+                stacklevel=4,
+            )
         if any(isinstance(c, int) and c > 0 and c % den for c in override):
             raise ParameterError(
                 f"chunks {override} must be multiples of {den} for an operator that "
                 f"downsamples by {den}"
             )
+    if not isinstance(data, da.Array):
+        spatial = override or target
+        return da.from_array(data, chunks=(*(-1 for _ in lead), *spatial))
+    if override is not None:
         return data.rechunk({**lead, arr.ndim - 2: override[0], arr.ndim - 1: override[1]})
     new: dict[int, Any] = dict(lead)
     for k, axis in enumerate((arr.ndim - 2, arr.ndim - 1)):
@@ -200,22 +211,28 @@ def _int_nodata(dtype: np.dtype, nodata: Any) -> Any:
 
 
 def _out_dims(
-    arr: xr.DataArray, lead: tuple[int, ...], output_dims: Sequence[Hashable] | None
+    arr: xr.DataArray,
+    lead: tuple[int, ...],
+    output_dims: Sequence[Hashable] | None,
+    n_loop: int = 0,
 ) -> tuple[Hashable, ...]:
-    in_lead = arr.dims[:-2]
+    """Output dims: the looped dims (e.g. time), then the op's output dims."""
+    loop_dims = tuple(arr.dims[:n_loop])
+    in_lead = arr.dims[n_loop:-2]
+    lead = lead[n_loop:]
     if output_dims is not None:
         dims = tuple(output_dims)
         if len(dims) != len(lead):
             raise ParameterError(
-                f"output_dims {dims} has {len(dims)} names but the output has "
+                f"output_dims {dims} has {len(dims)} names but the operator's output has "
                 f"{len(lead)} non-spatial dims of shape {lead}"
             )
-        return dims
+        return loop_dims + dims
     if len(lead) == len(in_lead):
-        return tuple(in_lead)
+        return loop_dims + tuple(in_lead)
     if len(lead) == 1:
-        return ("band",)
-    return tuple(f"dim_{k}" for k in range(len(lead)))
+        return (*loop_dims, "band")
+    return loop_dims + tuple(f"dim_{k}" for k in range(len(lead)))
 
 
 def _wrap(
@@ -281,6 +298,7 @@ def prepare(
     pass_mask: bool = False,
     allow_gaps: bool = False,
     scale: float | None = None,
+    over: Hashable | Sequence[Hashable] | None = None,
     on_error: str = "raise",
     retries: int = 3,
     retry_on: Sequence[type[BaseException]] = (OSError,),
@@ -295,8 +313,12 @@ def prepare(
         raise ParameterError(f"op must be callable, got {type(op).__name__}")
     arr = _as_dataarray(obj)
     y, x = spatial_dims(arr)
-    others = [d for d in arr.dims if d not in (y, x)]
-    arr = arr.transpose(*others, y, x)
+    _check_coords(arr, y, x)
+    loop_dims, op_dims = _split_over(arr, over, y, x)
+    arr = arr.transpose(*loop_dims, *op_dims, y, x)
+    n_loop = len(loop_dims)
+    loop_shape = tuple(arr.shape[:n_loop])
+    op_lead = tuple(arr.shape[n_loop:-2])
     size_yx, stride_yx = pair(size, "size"), pair(stride, "stride")
     grid = ChipGrid(arr.shape[-2:], size_yx, stride_yx, boundary, allow_gaps)  # type: ignore[arg-type]
     if pad_mode not in PAD_MODES:
@@ -316,7 +338,7 @@ def prepare(
 
     if output_bands is not None:
         output_shape = (int(output_bands),)
-    declared = _declared(op, arr.shape[:-2], in_dtype)
+    declared = _declared(op, op_lead, in_dtype)
     ratio = _ratio(scale if scale is not None else getattr(op, "scale", 1))
     if output_dtype is not None and output_shape is not None:
         out_lead, op_dtype = tuple(int(v) for v in output_shape), np.dtype(output_dtype)
@@ -324,7 +346,7 @@ def prepare(
         out_lead, op_dtype = declared
     else:
         sample = _dry_run(
-            op, batched=is_b, pass_mask=pass_mask, lead=arr.shape[:-2], size=size_yx, dtype=in_dtype
+            op, batched=is_b, pass_mask=pass_mask, lead=op_lead, size=size_yx, dtype=in_dtype
         )
         out_lead = tuple(output_shape) if output_shape is not None else sample.shape[:-2]
         op_dtype = np.dtype(output_dtype) if output_dtype is not None else sample.dtype
@@ -345,15 +367,16 @@ def prepare(
         },
     )
 
+    agg_lead = loop_shape + out_lead
     probe = make_aggregator(
-        agg, out_dtype=op_dtype, lead=out_lead, n_classes=n_classes, n_chips=grid.n_chips
+        agg, out_dtype=op_dtype, lead=agg_lead, n_classes=n_classes, n_chips=grid.n_chips
     )
     res_dtype = probe.result_dtype()
     out_nodata = np.nan if res_dtype.kind in "fc" else _int_nodata(res_dtype, in_nodata)
     aggregator = make_aggregator(
         agg,
         out_dtype=op_dtype,
-        lead=out_lead,
+        lead=agg_lead,
         nodata=out_nodata,
         n_classes=n_classes,
         n_chips=grid.n_chips,
@@ -388,16 +411,57 @@ def prepare(
         retry_on=tuple(retry_on),
         transform=None if transform is None else tuple(transform)[:6],
         crs=None if crs is None else str(crs),
+        loop=loop_shape,
     )
     return Prepared(
         arr=arr,
         data=data,
         plan=plan,
         spec=spec,
-        dims=_out_dims(arr, aggregator.result_lead(), output_dims),
+        dims=_out_dims(arr, aggregator.result_lead(), output_dims, n_loop),
         nodata=out_nodata,
         name=name if name is not None else arr.name,
     )
+
+
+def _split_over(
+    arr: xr.DataArray, over: Any, y: Hashable, x: Hashable
+) -> tuple[list[Hashable], list[Hashable]]:
+    """``(looped dims, op dims)``: the op sees the last non-spatial dim plus ``over``."""
+    others = [d for d in arr.dims if d not in (y, x)]
+    if over is None:
+        wanted: set[Hashable] = set()
+    elif isinstance(over, str) or not isinstance(over, Sequence):
+        wanted = {over}
+    else:
+        wanted = set(over)
+    unknown = [d for d in wanted if d not in others]
+    if unknown:
+        raise DimensionError(
+            f"over={over!r} names {unknown}, which are not non-spatial dims of the input "
+            f"{tuple(arr.dims)}; over lists the dims the operator sees besides the band dim"
+        )
+    op_dims = [d for d in others if d in wanted or d == (others[-1] if others else None)]
+    return [d for d in others if d not in op_dims], op_dims
+
+
+def _check_coords(arr: xr.DataArray, y: Hashable, x: Hashable) -> None:
+    """Spatial coords (if any) must be monotonic and evenly spaced: chips assume a grid."""
+    for dim in (y, x):
+        if dim not in arr.coords or arr.sizes[dim] < 3:
+            continue
+        values = np.asarray(arr.coords[dim].values, dtype=np.float64)
+        step = np.diff(values)
+        if not (np.all(step > 0) or np.all(step < 0)):
+            raise DimensionError(
+                f"the {dim!r} coordinate is not monotonic; sort it first "
+                f"(obj.sortby({dim!r})) — chips need a regular pixel grid"
+            )
+        if not np.allclose(step, step[0], rtol=1e-6, atol=0):
+            raise DimensionError(
+                f"the {dim!r} coordinate is irregularly spaced (steps {step.min():g} to "
+                f"{step.max():g}); resample onto a regular grid first (e.g. rio.reproject)"
+            )
 
 
 def _bind_bands(op: Any, arr: xr.DataArray) -> Any:
@@ -529,6 +593,20 @@ def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any)
         the op is called as ``op(chips, valid_mask)``.
     allow_gaps
         Allow ``stride > size``.
+    scale
+        Output pixels per input pixel (e.g. 2 for ×2 super-resolution, 0.25 for a stride-4
+        encoder). Default: ``op.scale`` if the op declares it, else found by the dry run.
+    over
+        Non-spatial dims the op sees besides the band (last non-spatial) dim. Default: none,
+        so for ``(time, band, y, x)`` the op runs per time step on ``(band, h, w)``;
+        ``over="time"`` hands it ``(time, band, h, w)`` (e.g. a temporal composite).
+    on_error, retries, retry_on
+        Per-chip failure policy: ``"raise"`` (error names the chip, its pixel window and CRS
+        bounds), ``"mask"`` (the chip gets zero weight; :func:`patchflow.run` reports the
+        count), ``"retry"`` (``retries`` more attempts on ``retry_on`` exceptions).
+    per_variable
+        Dataset input only: apply ``op`` to each data variable separately and return a
+        Dataset (default: variables stacked along ``variable`` into one DataArray).
     name
         Name of the output DataArray.
 
@@ -548,12 +626,28 @@ def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any)
     >>> bool(abs(out - (scene[1:] - scene[:1].values)).max() < 1e-9)
     True
     """
+    if isinstance(obj, xr.Dataset) and params.pop("per_variable", False):
+        # each variable on its own (its own bands/dtype), results gathered in a Dataset
+        return xr.Dataset(  # type: ignore[return-value]
+            {name: prepare(var, op, **params).result() for name, var in obj.data_vars.items()},
+            attrs=obj.attrs,
+        )
+    params.pop("per_variable", None)
     return prepare(obj, op, **params).result()
 
 
-apply.__signature__ = inspect.signature(prepare).replace(  # type: ignore[attr-defined]
-    return_annotation="xr.DataArray"
-)
+def _apply_signature() -> inspect.Signature:
+    sig = inspect.signature(prepare)
+    params = list(sig.parameters.values())
+    extra = inspect.Parameter(
+        "per_variable", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool"
+    )
+    return sig.replace(
+        parameters=[*params[:-1], extra, params[-1]], return_annotation="xr.DataArray"
+    )
+
+
+apply.__signature__ = _apply_signature()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ __all__ = [
     "OperatorError",
     "ParameterError",
     "PatchflowError",
+    "PatchflowWarning",
     "WindowError",
 ]
 
@@ -39,3 +40,7 @@ class DimensionError(PatchflowError, ValueError):
 
 class OperatorError(PatchflowError, RuntimeError):
     """A per-chip operator failed or returned something that breaks its contract."""
+
+
+class PatchflowWarning(UserWarning):
+    """Something works but is probably not what you want (slow chunking, empty output...)."""

@@ -46,12 +46,13 @@ from dask.delayed import Delayed
 
 from patchflow.aggregate import Aggregator, State
 from patchflow.core import Prepared, prepare
-from patchflow.errors import ParameterError, PatchflowError
+from patchflow.errors import ParameterError, PatchflowError, PatchflowWarning
 from patchflow.graph import build_graph
 
 __all__ = [
     "IncompleteStoreError",
     "RunReport",
+    "StoreError",
     "StoreExistsError",
     "StoreMismatchError",
     "open_result",
@@ -61,6 +62,10 @@ __all__ = [
 META = "patchflow"
 BOOK = "_patchflow"
 MODES = ("w", "accumulate")
+
+
+class StoreError(PatchflowError, OSError):
+    """The output store cannot be written."""
 
 
 class StoreExistsError(PatchflowError, FileExistsError):
@@ -114,6 +119,8 @@ class BlockSink:
         out = agg.finalize(state)
         zarr.open_array(self.store, path=self.var, mode="r+")[self._region(index, out.shape)] = out
         zarr.open_array(self.store, path=f"{BOOK}/failed", mode="r+")[index] = failed
+        good = np.isfinite(out) if out.dtype.kind == "f" else out != agg.nodata
+        zarr.open_array(self.store, path=f"{BOOK}/valid", mode="r+")[index] = int(good.sum())
         # the marker goes last: a block is done only once all its data are on disk
         zarr.open_array(self.store, path=f"{BOOK}/done", mode="r+")[index] = 1
         return np.ones((1,) * (self.nlead + 2), np.int8)
@@ -192,7 +199,6 @@ def _done(store: str) -> np.ndarray:
 
 def _create(prep: Prepared, store: str, var: str, sums: tuple[str, ...], compressors: Any) -> None:
     template = prep.result()
-    agg = prep.spec.agg
     block = _out_block(prep)
     ds = template.to_dataset(name=var)
     if "spatial_ref" in ds.coords:
@@ -206,12 +212,19 @@ def _create(prep: Prepared, store: str, var: str, sums: tuple[str, ...], compres
         }
     }
     # metadata and coordinates only: the data variable is written block by block below
-    ds.to_zarr(store, mode="w", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
+    with warnings.catch_warnings():
+        # string band labels have no final Zarr v3 dtype spec yet; xarray reads them back
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        ds.to_zarr(
+            store, mode="w", compute=False, zarr_format=3, encoding=encoding, consolidated=False
+        )
+    agg = prep.spec.agg
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     book = group.require_group(BOOK)
     ny, nx = prep.plan.n_blocks
     book.create_array("done", shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0)
     book.create_array("failed", shape=(ny, nx), chunks=(1, 1), dtype="int32", fill_value=0)
+    book.create_array("valid", shape=(ny, nx), chunks=(1, 1), dtype="int64", fill_value=0)
     for key in sums:
         _create_sum(book, key, agg, template.shape, block, compressors)
     crs = template.rio.crs
@@ -260,6 +273,7 @@ def run(
     var: str | None = None,
     compressors: Any = None,
     scheduler: Any = None,
+    progress: bool = False,
     **params: Any,
 ) -> RunReport:
     """Stream ``apply(obj, op, **params)`` into a Zarr v3 store, block by block.
@@ -286,6 +300,9 @@ def run(
         Zarr v3 compressors for the result (default: Zstd level 1).
     scheduler
         Passed to ``dask.compute`` (default: the active scheduler or distributed client).
+    progress
+        Show a progress bar of blocks written (dask's ``ProgressBar`` locally,
+        ``distributed.progress`` on a cluster).
 
     Returns
     -------
@@ -345,7 +362,14 @@ def run(
                 "rerun its first pass with keep_sums=True"
             )
     if meta is None:
-        _create(prep, path, var, sums, compressors)
+        try:
+            _create(prep, path, var, sums, compressors)
+        except OSError as exc:  # permission denied, read-only file system, not a directory
+            reason = exc.strerror or type(exc).__name__
+            raise StoreError(
+                f"cannot create the output store {path!r}: {reason.lower()}; choose a "
+                "writable location"
+            ) from exc
         meta = _read_meta(path)
         assert meta is not None
     ny, nx = prep.plan.n_blocks
@@ -393,7 +417,7 @@ def run(
     keys = [(markers.name, *lead0, int(i), int(j)) for i, j in todo]
     t0 = time.perf_counter()
     if keys:
-        dask.compute(*[Delayed(k, graph, layer=markers.name) for k in keys], scheduler=scheduler)
+        _compute([Delayed(k, graph, layer=markers.name) for k in keys], scheduler, progress)
     seconds = time.perf_counter() - t0
 
     missing = int((_done(path) == 0).sum())
@@ -405,6 +429,14 @@ def run(
     if accumulate:
         _promote_sums(path, sums)
     failed = int(np.asarray(zarr.open_array(path, path=f"{BOOK}/failed", mode="r")[...]).sum())
+    valid = int(np.asarray(zarr.open_array(path, path=f"{BOOK}/valid", mode="r")[...]).sum())
+    if valid == 0:
+        warnings.warn(
+            f"{path!r}: no valid output pixel — the input is all NaN/nodata, or the operator "
+            "returned NaN/inf (or failed) everywhere; check the input's nodata and the op",
+            PatchflowWarning,
+            stacklevel=2,
+        )
     _set_meta(path, status="complete", passes=int(meta.get("passes", 0)) + 1, failed_chips=failed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # "consolidated … not in v3 spec"
@@ -412,6 +444,33 @@ def run(
     return RunReport(
         path, var, ny * nx, len(keys), ny * nx - len(keys), seconds, mode, failed_chips=failed
     )
+
+
+def _compute(tasks: list[Delayed], scheduler: Any, progress: bool) -> None:
+    client = None
+    if scheduler is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+    if progress and client is not None:
+        from distributed import progress as show_progress
+        from distributed import wait
+
+        futures = client.compute(tasks)
+        show_progress(futures)
+        wait(futures)
+        client.gather(futures)  # re-raises a task's error here
+        return
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            dask.compute(*tasks, scheduler=scheduler)
+        return
+    dask.compute(*tasks, scheduler=scheduler)
 
 
 def _regular_prepare(obj: Any, op: Any, params: dict[str, Any]) -> Prepared:

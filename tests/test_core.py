@@ -283,18 +283,39 @@ def test_dataset_variables_stacked_in_order() -> None:
     np.testing.assert_allclose(out.values, ndvi64(scene.values), atol=1e-9)
 
 
-def test_time_band_stack_keeps_leading_dims() -> None:
+def test_time_band_stack_per_step_and_over_time() -> None:
     scene = make_scene((300, 260), chunks=None).values.astype(np.float64)
     cube = xr.DataArray(
-        np.stack([scene, scene * 2]),
+        np.stack([scene, scene * 2, scene * 3]),
         dims=("time", "band", "y", "x"),
-        coords={"time": np.array(["2024-06-01", "2024-07-01"], dtype="datetime64[ns]")},
+        coords={"time": np.array(["2024-06-01", "2024-07-01", "2024-08-01"], "datetime64[ns]")},
     )
-    out = cube.patch.apply(lambda c: c[:, 1:] - c[:, :1], size=128, stride=96)
+    cube[1, :, 50:80, 60:90] = np.nan  # a cloud on one date only
+    seen = []
+
+    def per_step(chip: np.ndarray) -> np.ndarray:
+        seen.append(chip.shape)
+        return chip[1:] - chip[:1]
+
+    out = cube.patch.apply(per_step, size=128, stride=96)
+    assert seen[-1] == (2, 128, 128)  # default: the op sees (band, h, w) for each time
     assert out.dims == ("time", "band", "y", "x")
-    assert out.shape == (2, 1, 300, 260)
+    assert out.shape == (3, 1, 300, 260)
     np.testing.assert_array_equal(out.time.values, cube.time.values)
-    np.testing.assert_allclose(out.values, cube.values[:, 1:] - cube.values[:, :1])
+    ref = cube.values[:, 1:] - cube.values[:, :1]
+    np.testing.assert_allclose(out.values, ref, equal_nan=True)
+    # the cloud invalidates that date only
+    assert np.isnan(out.values[1, 0, 50:80, 60:90]).all()
+    assert not np.isnan(out.values[[0, 2]]).any()
+
+    def median_composite(chip: np.ndarray) -> np.ndarray:
+        return np.median(chip, axis=0)  # (time, band, h, w) -> (band, h, w)
+
+    comp = cube.fillna(0).patch.apply(median_composite, over="time", size=128, stride=96)
+    assert comp.dims == ("band", "y", "x")
+    np.testing.assert_allclose(comp.values, np.median(cube.fillna(0).values, axis=0))
+    with pytest.raises(patchflow.DimensionError, match="over="):
+        cube.patch.apply(median_composite, over="season")
 
 
 def test_grid_accessor_bounds() -> None:

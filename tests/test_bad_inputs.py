@@ -1,0 +1,174 @@
+"""The bad-input catalogue (issue 5): every case gets a clear, asserted message."""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import patchflow
+from patchflow.demo import dn_ndvi
+from patchflow.synthetic import make_scene
+
+
+def scene(h: int = 300, w: int = 260) -> xr.DataArray:
+    return make_scene((h, w), chunks=None)
+
+
+def ident(chip: np.ndarray) -> np.ndarray:
+    return chip.astype(np.float64)
+
+
+def test_missing_spatial_dims() -> None:
+    arr = xr.DataArray(np.zeros((2, 50, 50)), dims=("band", "row", "col"))
+    with pytest.raises(patchflow.DimensionError, match=r"no spatial dimensions.*set_spatial_dims"):
+        arr.patch.apply(ident)
+
+
+def test_non_monotonic_coords() -> None:
+    arr = scene()
+    shuffled = arr.isel(x=np.r_[1, 0, 2 : arr.sizes["x"]])
+    with pytest.raises(patchflow.DimensionError, match=r"'x' coordinate is not monotonic.*sortby"):
+        shuffled.patch.apply(ident, size=64, stride=48)
+
+
+def test_irregular_coords() -> None:
+    arr = scene()
+    x = arr.x.values.copy()
+    x[100:] += 3.0
+    with pytest.raises(patchflow.DimensionError, match="irregularly spaced"):
+        arr.assign_coords(x=x).patch.apply(ident, size=64, stride=48)
+
+
+def test_chunks_smaller_than_chip_warn_but_work() -> None:
+    arr = scene()
+    with pytest.warns(patchflow.PatchflowWarning, match=r"smaller than the chip.*chunks >= 128"):
+        out = arr.patch.apply(dn_ndvi, size=128, stride=96, chunks=(50, 40))
+    np.testing.assert_allclose(out.values, dn_ndvi(arr.values[None])[0], atol=1e-6)
+
+
+def test_chip_larger_than_scene_with_shift() -> None:
+    with pytest.raises(patchflow.GridError, match=r"larger than the scene.*boundary='pad'"):
+        scene(100, 100).patch.apply(ident, size=128, stride=96)
+
+
+@pytest.mark.parametrize("stride", [0, -4])
+def test_stride_not_positive(stride: int) -> None:
+    with pytest.raises(patchflow.GridError, match="stride must be positive"):
+        scene().patch.apply(ident, size=64, stride=stride)
+
+
+def test_nan_only_scene(tmp_path: Path) -> None:
+    arr = xr.DataArray(np.full((1, 200, 200), np.nan), dims=("band", "y", "x"))
+    out = arr.patch.apply(ident, size=64, stride=48)
+    assert np.isnan(out.values).all()
+    with pytest.warns(patchflow.PatchflowWarning, match="no valid output pixel"):
+        patchflow.run(arr, ident, store=tmp_path / "nan.zarr", size=64, stride=48)
+
+
+def test_op_returning_nan_everywhere(tmp_path: Path) -> None:
+    def nan_op(chip: np.ndarray) -> np.ndarray:
+        return np.full(chip.shape, np.nan)
+
+    with pytest.warns(patchflow.PatchflowWarning, match="operator returned NaN/inf"):
+        patchflow.run(scene(), nan_op, store=tmp_path / "n.zarr", size=64, stride=48)
+
+
+def test_op_wrong_dtype_kind() -> None:
+    def strings(chip: np.ndarray) -> np.ndarray:
+        return chip.astype(str)
+
+    with pytest.raises(patchflow.OperatorError, match=r"dtype <U\d+.*must return numbers"):
+        scene().patch.apply(strings, size=64, stride=48)
+
+
+def test_op_changing_batch_length() -> None:
+    drop_one = patchflow.batched(lambda c: dn_ndvi(c)[:-1] if len(c) > 1 else dn_ndvi(c))
+    out = scene().patch.apply(drop_one, size=64, stride=48)
+    with pytest.raises(patchflow.OperatorError, match="batch length"):
+        out.compute()
+
+
+def test_window_array_wrong_shape() -> None:
+    with pytest.raises(patchflow.WindowError, match=r"shape \(10, 10\).*chips are \(64, 64\)"):
+        scene().patch.apply(ident, size=64, stride=48, window=np.ones((10, 10)))
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan])
+def test_window_negative_or_nan(bad: float) -> None:
+    w = np.ones((64, 64))
+    w[3, 3] = bad
+    with pytest.raises(patchflow.WindowError, match="finite and non-negative"):
+        scene().patch.apply(ident, size=64, stride=48, window=w)
+
+
+def test_output_store_exists(tmp_path: Path) -> None:
+    path = tmp_path / "out.zarr"
+    patchflow.run(scene(), dn_ndvi, store=path, size=64, stride=48)
+    with pytest.raises(patchflow.StoreExistsError, match="already exists; pass overwrite=True"):
+        patchflow.run(scene(), dn_ndvi, store=path, size=64, stride=48)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_store_on_read_only_directory(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(patchflow.StoreError, match="permission denied"):
+            patchflow.run(scene(), dn_ndvi, store=ro / "out.zarr", size=64, stride=48)
+    finally:
+        ro.chmod(stat.S_IRWXU)
+
+
+def test_store_on_read_only_path_as_root(tmp_path: Path) -> None:
+    # root bypasses permissions; a path under a *file* cannot be created by anyone
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(patchflow.StoreError, match=r"cannot create the output store .*out\.zarr"):
+        patchflow.run(scene(), dn_ndvi, store=blocker / "out.zarr", size=64, stride=48)
+
+
+def test_dataset_variables_on_different_grids() -> None:
+    base = scene()
+    ds = xr.Dataset(
+        {
+            "red": base.sel(band="red", drop=True),
+            "swir": xr.DataArray(np.zeros((150, 130)), dims=("y20", "x20")),
+        }
+    )
+    with pytest.raises(patchflow.DimensionError, match=r"\['swir'\] are not on the .* grid"):
+        ds.patch.apply(ident, size=64, stride=48)
+
+
+def test_over_names_unknown_dim() -> None:
+    with pytest.raises(patchflow.DimensionError, match=r"over='time'.*not non-spatial dims"):
+        scene().patch.apply(ident, size=64, stride=48, over="time")
+
+
+def test_messages_never_leak_dask_tracebacks() -> None:
+    # an op failing inside a dask task surfaces as our OperatorError, chained to the cause
+    def fails_late(chip: np.ndarray) -> np.ndarray:
+        if chip.max() > 2:
+            raise ValueError("bad weights file")
+        return chip
+
+    arr = xr.DataArray(np.zeros((1, 200, 200)), dims=("band", "y", "x"))
+    arr[0, 150:, 150:] = 5.0
+    out = arr.patch.apply(fails_late, size=64, stride=48)
+    with pytest.raises(patchflow.OperatorError, match="bad weights file") as info:
+        out.compute()
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_no_warnings_on_the_happy_path() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", patchflow.PatchflowWarning)
+        out: Any = scene().patch.apply(dn_ndvi, size=64, stride=48)
+        out.compute()
