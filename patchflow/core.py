@@ -27,7 +27,7 @@ from patchflow.blocks import EngineSpec
 from patchflow.errors import DimensionError, OperatorError, ParameterError, PatchflowWarning
 from patchflow.graph import build_graph
 from patchflow.grid import ChipGrid, pair
-from patchflow.ops import is_batched
+from patchflow.ops import is_batched, op_output_spec, op_scale
 from patchflow.plan import BlockPlan
 from patchflow.windows import Window, make_window
 
@@ -338,12 +338,12 @@ def prepare(
 
     if output_bands is not None:
         output_shape = (int(output_bands),)
-    declared = _declared(op, op_lead, in_dtype)
-    ratio = _ratio(scale if scale is not None else getattr(op, "scale", 1))
+    declared = op_output_spec(op, op_lead, in_dtype)
+    ratio = _ratio(scale if scale is not None else op_scale(op))
     if output_dtype is not None and output_shape is not None:
         out_lead, op_dtype = tuple(int(v) for v in output_shape), np.dtype(output_dtype)
     elif declared is not None and output_shape is None and output_dtype is None:
-        out_lead, op_dtype = declared
+        out_lead, op_dtype = tuple(int(v) for v in declared[0]), np.dtype(declared[1])
     else:
         sample = _dry_run(
             op, batched=is_b, pass_mask=pass_mask, lead=op_lead, size=size_yx, dtype=in_dtype
@@ -421,6 +421,7 @@ def prepare(
         dims=_out_dims(arr, aggregator.result_lead(), output_dims, n_loop),
         nodata=out_nodata,
         name=name if name is not None else arr.name,
+        band_names=_band_names(op, arr),
     )
 
 
@@ -464,29 +465,28 @@ def _check_coords(arr: xr.DataArray, y: Hashable, x: Hashable) -> None:
             )
 
 
+def _band_names(op: Any, arr: xr.DataArray) -> tuple[str, ...] | None:
+    """Output band labels an operator derives from the input's (e.g. ``("ndvi",)``)."""
+    labels = _labels(arr)
+    namer = getattr(op, "output_band_names", None)
+    if labels is None or namer is None:
+        return None
+    names = namer(labels)
+    return None if names is None else tuple(str(n) for n in names)
+
+
+def _labels(arr: xr.DataArray) -> list[str] | None:
+    if arr.ndim < 3 or arr.dims[-3] not in arr.coords:
+        return None
+    values = arr.coords[arr.dims[-3]].values
+    return [str(v) for v in values] if values.dtype.kind in "UO" else None
+
+
 def _bind_bands(op: Any, arr: xr.DataArray) -> Any:
     """Let ops that address bands by name resolve them against the band coordinate."""
     bind = getattr(op, "bind", None)
-    if bind is None or arr.ndim < 3:
-        return op
-    band_dim = arr.dims[-3]
-    if band_dim not in arr.coords:
-        return op
-    labels = arr.coords[band_dim].values
-    if labels.dtype.kind not in "UO":
-        return op
-    return bind([str(v) for v in labels])
-
-
-def _declared(op: Any, lead: tuple[int, ...], dtype: np.dtype) -> Any:
-    describe = getattr(op, "output_spec", None)
-    if describe is None:
-        return None
-    found = describe(tuple(lead), dtype)
-    if found is None:
-        return None
-    out_lead, out_dtype = found
-    return tuple(int(v) for v in out_lead), np.dtype(out_dtype)
+    labels = _labels(arr)
+    return op if bind is None or labels is None else bind(labels)
 
 
 def _ratio(value: Any) -> tuple[int, int]:
@@ -540,6 +540,7 @@ class Prepared:
     dims: tuple[Hashable, ...]
     nodata: Any
     name: Hashable | None
+    band_names: tuple[str, ...] | None = None
 
     def result(self) -> xr.DataArray:
         """The lazy stitched DataArray."""
@@ -551,7 +552,11 @@ class Prepared:
             out_lead=agg.result_lead(),
             out_dtype=agg.result_dtype(),
         )
-        return _wrap(self.arr, lazy, self.dims, self.nodata, self.name, self.spec.scale)
+        out = _wrap(self.arr, lazy, self.dims, self.nodata, self.name, self.spec.scale)
+        band = self.dims[-1] if self.dims else None
+        if self.band_names and band is not None and out.sizes[band] == len(self.band_names):
+            out = out.assign_coords({band: list(self.band_names)})
+        return out
 
 
 def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any) -> xr.DataArray:
