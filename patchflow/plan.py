@@ -78,6 +78,7 @@ class AxisPlan:
     edges: np.ndarray = field(init=False, repr=False, compare=False)
     owner: np.ndarray = field(init=False, repr=False, compare=False)
     bounds: np.ndarray = field(init=False, repr=False, compare=False)
+    regions: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         chunks = tuple(int(c) for c in self.chunks)
@@ -92,9 +93,22 @@ class AxisPlan:
             ],
             axis=1,
         )
-        for name, value in (("edges", edges), ("owner", owner), ("bounds", bounds)):
+        # per block region [start, stop) (empty blocks: start == stop == their first edge)
+        lo, hi = bounds[:, 0], bounds[:, 1]
+        anchors = self.grid.anchors
+        has = hi > lo
+        start = np.where(has, anchors[np.minimum(lo, anchors.size - 1)], edges[:-1])
+        stop = np.where(has, anchors[np.maximum(hi - 1, 0)] + self.grid.size, start)
+        regions = np.stack([start, stop], axis=1)
+        for name, value in (
+            ("edges", edges),
+            ("owner", owner),
+            ("bounds", bounds),
+            ("regions", regions),
+        ):
             value.setflags(write=False)
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "_pieces", {})
 
     @property
     def n_blocks(self) -> int:
@@ -116,11 +130,8 @@ class AxisPlan:
 
         Empty (``start == stop``) when the block owns no chip.
         """
-        anchors = self.owned(block)
-        if anchors.size == 0:
-            start = int(self.edges[block])
-            return start, start
-        return int(anchors[0]), int(anchors[-1]) + self.grid.size
+        start, stop = self.regions[block]
+        return int(start), int(stop)
 
     def read(self, block: int) -> tuple[int, int]:
         """In-scene part of :meth:`region` (what the block reads from the input)."""
@@ -138,15 +149,20 @@ class AxisPlan:
 
     def pieces(self, block: int) -> list[Piece]:
         """Slices of source regions that land in output ``block``, in source order."""
+        cache: dict[int, list[Piece]] = self._pieces  # type: ignore[attr-defined]
+        if block in cache:
+            return list(cache[block])
         lo, hi = int(self.edges[block]), int(self.edges[block + 1])
+        starts = self.regions[: block + 1, 0]
+        stops = np.minimum(self.regions[: block + 1, 1], self.grid.length)
         out = []
         # only blocks at or before this one can own chips whose pixels reach it
-        for src in range(block + 1):
-            start, stop = self.read(src)
+        for src in np.flatnonzero(np.maximum(starts, lo) < np.minimum(stops, hi)):
+            start, stop = int(starts[src]), int(stops[src])
             a, b = max(start, lo), min(stop, hi)
-            if a < b:
-                out.append(Piece(src, (a - start, b - start), (a - lo, b - lo)))
-        return out
+            out.append(Piece(int(src), (a - start, b - start), (a - lo, b - lo)))
+        cache[block] = out
+        return list(out)
 
 
 @dataclass(frozen=True)
