@@ -243,13 +243,28 @@ def _run_batch(
             raise
         except Exception:
             # rerun chip by chip: names the failing chip (raise) or isolates it (mask)
-            return _one_by_one(spec, chips, mask, labels)
+            return _per_chip(spec, chips, mask, labels)
         _check(spec, out, (len(chips), *expected), where, chips.shape)
         return out, []
+    return _per_chip(spec, chips, mask, labels)
+
+
+def _per_chip(
+    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
+) -> tuple[np.ndarray, list[int]]:
+    """Call the op chip by chip: the plain convention, or a failed batch being isolated.
+
+    A batched op gets ``(1, …)`` stacks; on failure the error names the chip (raise) or
+    the chip is marked failed and gets zeros with zero weight (mask).
+    """
+    lead = (1,) if spec.batched else ()
+    expected = (*lead, *spec.out_lead, *spec.out_size)
     outs, failed = [], []
     for k in range(len(chips)):
+        chip = chips[k : k + 1] if spec.batched else chips[k]
+        sub = None if mask is None else (mask[k : k + 1] if spec.batched else mask[k])
         try:
-            out = _call_once(spec, chips[k], None if mask is None else mask[k])
+            out = _call_once(spec, chip, sub)
         except OperatorError:
             raise
         except Exception as exc:
@@ -257,29 +272,8 @@ def _run_batch(
                 raise _failed(spec, labels[k], exc) from exc
             failed.append(k)
             out = np.zeros(expected, spec.agg.op_dtype)
-        _check(spec, out, expected, labels[k], chips[k].shape)
-        outs.append(out)
-    return np.stack(outs), failed
-
-
-def _one_by_one(
-    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
-) -> tuple[np.ndarray, list[int]]:
-    """Rerun a failed batch chip by chip to name (raise) or isolate (mask) the culprit."""
-    outs, failed = [], []
-    for k in range(len(chips)):
-        sub_mask = None if mask is None else mask[k : k + 1]
-        try:
-            out = _call_once(spec, chips[k : k + 1], sub_mask)
-        except OperatorError:
-            raise
-        except Exception as exc:
-            if spec.on_error != "mask":
-                raise _failed(spec, labels[k], exc) from exc
-            failed.append(k)
-            out = np.zeros((1, *spec.out_lead, *spec.out_size), spec.agg.op_dtype)
-        _check(spec, out, (1, *spec.out_lead, *spec.out_size), labels[k], chips[k : k + 1].shape)
-        outs.append(out[0])
+        _check(spec, out, expected, labels[k], chip.shape)
+        outs.append(out[0] if spec.batched else out)
     return np.stack(outs), failed
 
 

@@ -372,7 +372,13 @@ def prepare(
         agg, out_dtype=op_dtype, lead=agg_lead, n_classes=n_classes, n_chips=grid.n_chips
     )
     res_dtype = probe.result_dtype()
-    out_nodata = np.nan if res_dtype.kind in "fc" else _int_nodata(res_dtype, in_nodata)
+    if res_dtype.kind in "fc":
+        out_nodata: Any = np.nan
+    elif agg in ("vote", "soft_vote"):
+        # class labels: the input's nodata (often 0) would hide class 0; use the dtype max
+        out_nodata = _int_nodata(res_dtype, None)
+    else:
+        out_nodata = _int_nodata(res_dtype, in_nodata)
     aggregator = make_aggregator(
         agg,
         out_dtype=op_dtype,

@@ -48,8 +48,10 @@ def scene_block(rows: np.ndarray, cols: np.ndarray, seed: int = 0) -> np.ndarray
     lake = (((r - 1400.0) / 1100.0) ** 2 + ((c - 2300.0) / 1500.0) ** 2) < 1.0 + shore
     red = np.where(lake, 450.0, red)
     nir = np.where(lake, 180.0, nir)
-    noise = _hash(r * 2_147_483_647 + c, seed + 1) - 0.5
-    out = np.stack([red + 160.0 * noise, nir + 240.0 * noise[::-1, ::-1]])
+    pixel = r * 2_147_483_647 + c
+    red_noise = _hash(pixel, seed + 1) - 0.5
+    nir_noise = _hash(pixel, seed + 2) - 0.5
+    out = np.stack([red + 160.0 * red_noise, nir + 240.0 * nir_noise])
     return np.clip(np.rint(out), 1, 10_000).astype(np.uint16)
 
 
