@@ -71,6 +71,7 @@ def _as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
     if isinstance(obj, xr.DataArray):
         return obj
     if isinstance(obj, xr.Dataset):
+        obj = _grid_mappings_as_coords(obj)
         if not obj.data_vars:
             raise DimensionError("the Dataset has no data variables to process")
         y, x = spatial_dims(obj)
@@ -81,13 +82,35 @@ def _as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
                 "(different spatial dims); resample them onto it first (e.g. "
                 "rio.reproject_match), or select the variables to process, e.g. ds[['red', 'nir']]"
             )
+        # each variable's own nodata becomes NaN first: stacking would drop its attrs
+        masked = {name: _mask_nodata(var) for name, var in obj.data_vars.items()}
         # variables become the leading 'variable' axis, in data_vars order
-        out = obj.to_dataarray(dim="variable")
+        out = obj.assign(masked).to_dataarray(dim="variable")
         crs = obj.rio.crs
         if crs is not None:
             out = out.rio.write_crs(crs)
         return out
     raise TypeError(f"patchflow.apply needs an xarray DataArray or Dataset, got {type(obj)}")
+
+
+def _grid_mappings_as_coords(ds: xr.Dataset) -> xr.Dataset:
+    """CF grid-mapping variables (``spatial_ref``) are metadata, not data to process."""
+    names = {
+        str(v.attrs.get("grid_mapping") or v.encoding.get("grid_mapping") or "")
+        for v in ds.data_vars.values()
+    }
+    names.add("spatial_ref")
+    found = [n for n in names if n in ds.data_vars and ds[n].ndim == 0]
+    return ds.set_coords(found) if found else ds
+
+
+def _mask_nodata(var: xr.DataArray) -> xr.DataArray:
+    nodata = var.rio.nodata
+    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)):
+        return var
+    dtype = np.float32 if var.dtype.itemsize <= 2 else np.float64
+    masked = var.astype(dtype).where(var != nodata)
+    return masked.rio.write_nodata(np.nan, encoded=False)
 
 
 def _spatial_chunks(chunks: Any, y: Hashable, x: Hashable) -> tuple[Any, Any] | None:
@@ -235,6 +258,36 @@ def _out_dims(
     return loop_dims + tuple(f"dim_{k}" for k in range(len(lead)))
 
 
+DROPPED_ATTRS = (
+    "_FillValue",
+    "nodata",
+    "scale_factor",
+    "add_offset",
+    "missing_value",
+    "scales",
+    "offsets",
+)
+
+
+def _carried_attrs(arr: xr.DataArray, out: xr.DataArray) -> dict[Hashable, Any]:
+    """Input attrs that still describe the output.
+
+    Encoding/packing attrs never do (the op changed the values), and per-band attrs
+    (rioxarray's ``long_name`` tuple, ``units`` per band…) only while the band count is kept.
+    """
+    n_in = arr.shape[-3] if arr.ndim >= 3 else 1
+    n_out = out.shape[-3] if out.ndim >= 3 else 1
+    kept: dict[Hashable, Any] = {}
+    for key, value in arr.attrs.items():
+        if key in DROPPED_ATTRS:
+            continue
+        per_band = isinstance(value, list | tuple) and len(value) == n_in and n_in > 1
+        if per_band and n_out != n_in:
+            continue
+        kept[key] = value
+    return kept
+
+
 def _wrap(
     arr: xr.DataArray,
     data: da.Array,
@@ -261,11 +314,7 @@ def _wrap(
             coords[x] = transform.c + transform.a * (np.arange(sizes[x]) + 0.5)
             coords[y] = transform.f + transform.e * (np.arange(sizes[y]) + 0.5)
     out = xr.DataArray(data, dims=all_dims, coords=coords, name=name)
-    out.attrs = {
-        k: v
-        for k, v in arr.attrs.items()
-        if k not in ("_FillValue", "nodata", "scale_factor", "add_offset", "missing_value")
-    }
+    out.attrs = _carried_attrs(arr, out)
     crs = arr.rio.crs
     if crs is not None:
         out = out.rio.write_crs(crs)

@@ -200,7 +200,7 @@ def _done(store: str) -> np.ndarray:
 def _create(prep: Prepared, store: str, var: str, sums: tuple[str, ...], compressors: Any) -> None:
     template = prep.result()
     block = _out_block(prep)
-    ds = template.to_dataset(name=var)
+    ds = _storable(template.to_dataset(name=var))
     if "spatial_ref" in ds.coords:
         # CF grid mapping, so plain xr.open_zarr + rioxarray finds the CRS
         ds[var].attrs["grid_mapping"] = "spatial_ref"
@@ -238,6 +238,27 @@ def _create(prep: Prepared, store: str, var: str, sums: tuple[str, ...], compres
         "crs": None if crs is None else crs.to_wkt(),
         "transform": list(transform)[:6],
     }
+
+
+def _storable(ds: xr.Dataset) -> xr.Dataset:
+    """Drop what Zarr cannot hold: object-dtype non-index coords (stackstac's ``proj:*``
+    metadata) and attrs that are not JSON values (stackstac's ``spec``)."""
+    drop = [
+        name for name, coord in ds.coords.items() if coord.dtype.kind == "O" and name not in ds.dims
+    ]
+    ds = ds.drop_vars(drop)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if _jsonable(v)}
+    for variable in ds.variables.values():
+        variable.attrs = {k: v for k, v in variable.attrs.items() if _jsonable(v)}
+    return ds
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else v.tolist())
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _create_sum(
