@@ -63,6 +63,18 @@ class Timer:
 
 def max_error_vs_full(result_path: str, var: str, scene_path: str, block: int = 2048) -> float:
     """Max |result - NDVI(scene)| over every pixel, block by block (never whole arrays)."""
+    return error_stats(result_path, var, scene_path, block)["max_error"]
+
+
+def error_stats(
+    result_path: str, var: str, scene_path: str, block: int = 2048, tol: float = 1e-6
+) -> dict[str, float]:
+    """Errors of a stored result vs NDVI(scene), block by block (never whole arrays).
+
+    ``max_error``: max |result - reference| over every pixel (``inf`` where exactly one of
+    the two is NaN); ``bad_pixels``: pixels off by more than ``tol`` (NaN mismatches
+    included); ``inner_max_error``: ``max_error`` without the outermost pixel ring.
+    """
     import xarray as xr
 
     from patchflow.demo import dn_ndvi
@@ -70,7 +82,8 @@ def max_error_vs_full(result_path: str, var: str, scene_path: str, block: int = 
     out = xr.open_zarr(result_path, consolidated=False)[var]
     dn = xr.open_zarr(scene_path, consolidated=False)["dn"]
     h, w = dn.shape[-2:]
-    worst = 0.0
+    worst = inner = 0.0
+    bad = 0
     for r in range(0, h, block):
         for c in range(0, w, block):
             ref = dn_ndvi(dn[:, r : r + block, c : c + block].values[None])[0]
@@ -78,5 +91,11 @@ def max_error_vs_full(result_path: str, var: str, scene_path: str, block: int = 
             diff = np.abs(got.astype(np.float64) - ref)
             both_nan = np.isnan(got) & np.isnan(ref)
             diff = np.where(both_nan, 0.0, diff)
-            worst = max(worst, float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))))
-    return worst
+            diff = np.where(np.isnan(diff), np.inf, diff)
+            worst = max(worst, float(diff.max()))
+            bad += int(np.count_nonzero(diff > tol))
+            rows = np.arange(r, r + diff.shape[-2])
+            cols = np.arange(c, c + diff.shape[-1])
+            ring = ((rows == 0) | (rows == h - 1))[:, None] | ((cols == 0) | (cols == w - 1))
+            inner = max(inner, float(np.where(ring, 0.0, diff).max()))
+    return {"max_error": worst, "bad_pixels": float(bad), "inner_max_error": inner}

@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 import xarray as xr
 
 from patchflow.core import ChipLayout, apply, plan_grid
+from patchflow.sampling import polygon_chips, sample, stitch_anchors, zonal_stats
 from patchflow.store import RunReport, run
 
 __all__ = ["PatchAccessor"]
@@ -43,6 +44,27 @@ class PatchAccessor(Generic[T]):
     def grid(self, **params: Any) -> ChipLayout:
         """Same as :func:`patchflow.plan_grid` on this object."""
         return plan_grid(self._obj, **params)
+
+    def sample(self, sampler: Any, **params: Any) -> xr.DataArray:
+        """Same as :func:`patchflow.sample`: a lazy ``(chip, …, y, x)`` chip dataset."""
+        return sample(self._obj, sampler, **params)
+
+    def zonal_stats(
+        self,
+        gdf: Any,
+        stats: Any = ("mean", "std", "min", "max", "count", "median"),
+        **params: Any,
+    ) -> Any:
+        """Same as :func:`patchflow.zonal_stats`: per-polygon statistics (a DataFrame)."""
+        return zonal_stats(self._obj, gdf, stats, **params)
+
+    def stitch_anchors(self, chip_outputs: Any, anchors: Any = None, **params: Any) -> Any:
+        """Same as :func:`patchflow.stitch_anchors`: blend chips at arbitrary anchors."""
+        return stitch_anchors(self._obj, chip_outputs, anchors, **params)
+
+    def polygon_chips(self, gdf: Any, **params: Any) -> Any:
+        """Same as :func:`patchflow.polygon_chips`: one chip per polygon bounding box."""
+        return polygon_chips(self._obj, gdf, **params)
 
 
 xr.register_dataarray_accessor("patch")(PatchAccessor)

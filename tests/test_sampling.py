@@ -1,0 +1,463 @@
+"""Chip datasets, chip stores, torch adapter, stitching arbitrary anchors, zonal statistics
+(issue 7)."""
+
+from __future__ import annotations
+
+import pickle
+import tracemalloc
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from dask.callbacks import Callback
+
+import patchflow
+from patchflow.errors import ParameterError
+from patchflow.samplers import Explicit, PoissonDisk, Random, RegularStride, Stratified
+from patchflow.sampling import (
+    READ_PREFIX,
+    open_chips,
+    polygon_chips,
+    sample,
+    stitch_anchors,
+    write_chips,
+    zonal_stats,
+)
+from patchflow.synthetic import make_scene
+from patchflow.torch_data import ChipStoreDataset, LazyChipDataset
+
+
+@pytest.fixture(scope="module")
+def scene() -> xr.DataArray:
+    return make_scene((700, 600), seed=4, chunks=128)
+
+
+@pytest.fixture(scope="module")
+def scene_values(scene: xr.DataArray) -> np.ndarray:
+    return scene.values
+
+
+def direct(values: np.ndarray, anchors: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    return np.stack([values[..., r : r + h, c : c + w] for r, c in anchors])
+
+
+# --------------------------------------------------------------------------- sample
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 100), (128, 128)])
+def test_sample_matches_direct_slicing(scene, scene_values, size) -> None:
+    chips = sample(scene, PoissonDisk(30, seed=1), size=size)
+    anchors = np.stack([chips.row.values, chips.col.values], axis=1)
+    assert chips.dims == ("chip", "band", "y", "x")
+    assert chips.shape[1:] == (2, *size)
+    assert isinstance(chips.data, da.Array)  # lazy
+    assert np.array_equal(chips.values, direct(scene_values, anchors, size))
+    assert list(chips.band.values) == ["red", "nir"]
+    assert chips.y.values.tolist() == list(range(size[0]))  # chip-local pixel offsets
+
+
+def test_sample_coords_are_crs_bounds(scene) -> None:
+    chips = sample(scene, Random(20, seed=3), size=(50, 80))
+    t = scene.rio.transform()
+    r, c = chips.row.values, chips.col.values
+    assert np.allclose(chips.xmin, t.c + t.a * c)
+    assert np.allclose(chips.xmax, t.c + t.a * (c + 80))
+    assert np.allclose(chips.ymax, t.f + t.e * r)
+    assert np.allclose(chips.ymin, t.f + t.e * (r + 50))
+    assert np.allclose(chips.x_center, (chips.xmin + chips.xmax) / 2)
+    assert np.allclose(chips.y_center, (chips.ymin + chips.ymax) / 2)
+    # the centre coordinate falls inside the chip, equal to the scene's coords there
+    k = 7
+    sub = scene.isel(y=slice(int(r[k]), int(r[k]) + 50), x=slice(int(c[k]), int(c[k]) + 80))
+    assert float(sub.x.min()) - 5 == pytest.approx(float(chips.xmin[k]))
+    assert chips.attrs["scene_shape"] == [700, 600]
+    assert "32610" in chips.attrs["scene_crs"] or "UTM zone 10N" in chips.attrs["scene_crs"]
+
+
+def test_sample_numpy_and_zarr_inputs(tmp_path: Path) -> None:
+    values = np.arange(3 * 500 * 400, dtype=np.float32).reshape(3, 500, 400)
+    arr = xr.DataArray(values, dims=("band", "y", "x"))
+    anchors = np.array([[0, 0], [100, 390 - 64], [436, 300]])
+    chips = sample(arr, anchors, size=64)
+    assert np.array_equal(chips.values, direct(values, anchors, (64, 64)))
+    assert chips.point.values.tolist() == [0, 1, 2]
+    # a Dataset is stacked along 'variable'
+    ds = xr.Dataset({"a": arr[0], "b": arr[1]})
+    chips_ds = sample(ds, anchors, size=64)
+    assert chips_ds.dims == ("chip", "variable", "y", "x")
+    assert np.array_equal(chips_ds.values, direct(values[:2], anchors, (64, 64)))
+    # storage-backed input (Zarr getter tasks): chips read their windows, not whole chunks
+    arr.chunk({"y": 128, "x": 128}).to_dataset(name="v").to_zarr(
+        tmp_path / "s.zarr", consolidated=False
+    )
+    stored = xr.open_zarr(tmp_path / "s.zarr", consolidated=False)["v"]
+    chips = sample(stored, anchors, size=64)
+    graph = dict(chips.data.__dask_graph__())
+    assert any(isinstance(k, tuple) and str(k[0]).startswith(READ_PREFIX) for k in graph)
+    assert np.array_equal(chips.values, direct(values, anchors, (64, 64)))
+
+
+def test_sample_nodata_validity_and_errors(scene) -> None:
+    values = scene.values.astype(np.float32)
+    values[:, 200:400, 100:500] = np.nan
+    holed = scene.copy(data=da.from_array(values, chunks=(2, 128, 128)))
+    chips = sample(holed, Random(60, seed=0), size=64, valid="nodata", max_invalid=0.05)
+    assert len(chips) == 60
+    frac = np.isnan(chips.values).any(axis=1).mean(axis=(1, 2))
+    assert (frac <= 0.05).all()
+    with pytest.raises(ParameterError, match="'nodata'"):
+        sample(scene, Random(3), size=32, valid="bogus")
+    with pytest.raises(ParameterError, match="anchor array"):
+        sample(scene, "random", size=32)  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="outside the scene"):
+        sample(scene, np.array([[690, 0]]), size=32)
+
+
+def test_thousand_poisson_chips_from_a_16k_scene_bounded_memory() -> None:
+    big = make_scene((16384, 16384), chunks=1024)  # 1 GiB of uint16 if read whole
+    sampler = PoissonDisk(400, seed=0, n=1000)
+    chips = sample(big, sampler, size=256)
+    assert chips.shape == (1000, 2, 256, 256)
+    anchors = np.stack([chips.row.values, chips.col.values], axis=1)
+    assert np.array_equal(anchors, sampler.anchors((16384, 16384), 256))
+    # compute 48 consecutive chips (8 tasks) with 2 threads, tracing memory and counting
+    # how many of the scene's 256 source chunks get generated
+    pick = slice(400, 448)
+    counter = ChunkCounter(big.data.name)
+    tracemalloc.start()
+    try:
+        with dask.config.set(scheduler="threads", num_workers=2), counter:
+            got = chips.isel(chip=pick).values
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    full_bytes = 2 * 16384 * 16384 * 2
+    # the synthetic generator alone needs ~110 MB per chunk per thread
+    assert peak < 0.4 * full_bytes, f"peak {peak / 2**20:.0f} MiB"
+    assert counter.n <= 64, counter.n
+    # equal to direct slicing of the lazy scene
+    for k in range(0, 48, 6):
+        r, c = anchors[400 + k]
+        assert np.array_equal(got[k], big[:, r : r + 256, c : c + 256].values)
+
+
+class ChunkCounter(Callback):
+    """Counts finished tasks of one dask layer (the source scene's chunks)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.n = name, 0
+
+    def _posttask(self, key, result, dsk, state, id) -> None:
+        if isinstance(key, tuple) and key[0] == self.name:
+            self.n += 1
+
+
+# --------------------------------------------------------------------------- chip store
+
+
+def label_raster(scene: xr.DataArray) -> xr.DataArray:
+    red = scene.sel(band="red")
+    labels = xr.where(red < 800, 2, xr.where(red < 1500, 1, 0)).astype(np.uint8)
+    return labels.rio.write_crs(scene.rio.crs)
+
+
+def test_chip_store_round_trip(scene, scene_values, tmp_path: Path) -> None:
+    labels = label_raster(scene)
+    lab_values = labels.values
+    sampler = Stratified(labels, 12, seed=0)
+    chips = sample(scene, sampler, size=48, labels=labels)
+    assert chips.coords["label"].dims == ("chip", "y", "x")
+    assert isinstance(chips.coords["label"].data, da.Array)  # lazy too
+    path = write_chips(chips, tmp_path / "chips.zarr", chips_per_chunk=5)
+    ds = open_chips(path)
+    assert set(ds.data_vars) == {"image", "label"}
+    assert ds["image"].encoding["chunks"][0] == 5
+    anchors = np.stack([ds.row.values, ds.col.values], axis=1)
+    assert np.array_equal(anchors, np.stack([chips.row.values, chips.col.values], axis=1))
+    assert np.array_equal(ds["image"].values, direct(scene_values, anchors, (48, 48)))
+    assert np.array_equal(ds["label"].values, direct(lab_values, anchors, (48, 48)))
+    # the stratified class is the label at the chip centre, and each class has 12 chips
+    assert np.array_equal(ds["class"].values, ds["label"].values[:, 24, 24])
+    assert np.bincount(ds["class"].values).tolist() == [12, 12, 12]
+    for key in ("xmin", "ymax", "x_center", "band"):
+        assert np.array_equal(ds[key].values, chips[key].values)
+    assert ds.attrs["scene_shape"] == [700, 600]
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_chips(chips, path)
+    write_chips(chips.isel(chip=slice(0, 4)), path, overwrite=True)
+    assert open_chips(path).sizes["chip"] == 4
+
+
+def test_labels_must_align(scene) -> None:
+    with pytest.raises(ParameterError, match="shape"):
+        sample(scene, Random(2), size=16, labels=np.zeros((10, 10)))
+    shifted = label_raster(scene).assign_coords(x=scene.x + 10)
+    with pytest.raises(ParameterError, match="transform"):
+        sample(scene, Random(2), size=16, labels=shifted)
+
+
+# --------------------------------------------------------------------------- torch
+
+
+@pytest.fixture(scope="module")
+def store(scene, tmp_path_factory) -> Path:
+    chips = sample(scene, Random(24, seed=2), size=32, labels=label_raster(scene))
+    return write_chips(chips, tmp_path_factory.mktemp("chips") / "train.zarr")
+
+
+def test_store_dataset_numpy_and_pickle(store: Path) -> None:
+    ds = ChipStoreDataset(store, as_tensor=False, dtype="float32")
+    assert len(ds) == 24
+    image, label = ds[-1]
+    ref = open_chips(store)
+    assert image.dtype == np.float32 and np.array_equal(image, ref["image"].values[23])
+    assert np.array_equal(label, ref["label"].values[23])
+    ds[0]  # opens the store in this process
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._group is None and np.array_equal(clone[3][0], ds[3][0])
+    with pytest.raises(IndexError):
+        ds[24]
+    images_only = ChipStoreDataset(store, label=None, as_tensor=False)
+    assert images_only[0].shape == (2, 32, 32)
+
+
+def test_torch_dataloader_two_workers(store: Path, scene) -> None:
+    torch = pytest.importorskip("torch")
+    ref = open_chips(store)
+    ds = ChipStoreDataset(store, dtype="float32", label_dtype="int64")
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=2, shuffle=False)
+    images, labels = zip(*loader, strict=True)
+    images, labels = torch.cat(images), torch.cat(labels)
+    assert images.shape == (24, 2, 32, 32) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64
+    assert np.array_equal(images.numpy(), ref["image"].values.astype(np.float32))
+    assert np.array_equal(labels.numpy(), ref["label"].values)
+    # lazily from the source: same chips, read on demand inside the workers
+    anchors = np.stack([ref.row.values, ref.col.values], axis=1)
+    lazy = LazyChipDataset(scene, anchors, size=32, labels=label_raster(scene), dtype="float32")
+    loader = torch.utils.data.DataLoader(lazy, batch_size=6, num_workers=2)
+    got = torch.cat([batch[0] for batch in loader])
+    assert np.array_equal(got.numpy(), images.numpy())
+
+
+# --------------------------------------------------------------------------- stitching
+
+
+def brute_stitch(
+    shape: tuple[int, int],
+    chips: np.ndarray,
+    anchors: np.ndarray,
+    window: patchflow.Window,
+) -> np.ndarray:
+    h, w = window.shape
+    num = np.zeros((*chips.shape[1:-2], *shape))
+    den = np.zeros_like(num)
+    for chip, (r, c) in zip(chips, anchors, strict=True):
+        flags = (r == 0, r + h == shape[0], c == 0, c + w == shape[1])
+        wgt = window.weights(*flags).astype(np.float64)
+        num[..., r : r + h, c : c + w] += wgt * chip
+        den[..., r : r + h, c : c + w] += wgt
+    with np.errstate(invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def test_stitch_poisson_predictions(scene, scene_values) -> None:
+    chips = sample(scene, PoissonDisk(45, seed=3), size=64)
+    # a non-pointwise "model": each chip predicts its mean NDVI minus a ramp
+    values = chips.values.astype(np.float64)
+    ndvi = (values[:, 1] - values[:, 0]) / (values[:, 1] + values[:, 0])
+    ramp = np.linspace(0, 1, 64)[None, None, :, None]
+    pred = np.broadcast_to(
+        ndvi.mean(axis=(1, 2))[:, None, None, None] - ramp, (len(ndvi), 1, 64, 64)
+    )
+    anchors = np.stack([chips.row.values, chips.col.values], axis=1)
+    preds = xr.DataArray(pred, dims=("chip", "band", "y", "x")).assign_coords(
+        row=("chip", chips.row.values), col=("chip", chips.col.values)
+    )
+    out = stitch_anchors(scene, preds)
+    assert out.dims == ("band", "y", "x") and out.shape == (1, 700, 600)
+    assert out.rio.crs == scene.rio.crs and out.rio.transform() == scene.rio.transform()
+    window = patchflow.make_window("hann", (64, 64))
+    expect = brute_stitch((700, 600), pred, anchors, window)
+    got = out.values
+    assert np.array_equal(np.isnan(got), np.isnan(expect))
+    assert np.nanmax(np.abs(got - expect)) < 1e-6
+    # uncovered pixels are NaN, covered ones are finite
+    covered = np.zeros((700, 600), bool)
+    for r, c in anchors:
+        covered[r : r + 64, c : c + 64] = True
+    assert np.array_equal(np.isfinite(got[0]), covered)
+    assert not covered.all()
+
+
+def test_stitch_regular_anchors_equals_apply(scene) -> None:
+    """On the regular grid, stitching chip outputs equals the engine's overlap-add."""
+
+    def chip_mean(chip: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(
+            chip.astype(np.float32).mean(axis=(-2, -1), keepdims=True), chip.shape
+        )
+
+    size, stride = 128, 96
+    engine = scene.patch.apply(chip_mean, size=size, stride=stride, window="hann").values
+    chips = sample(scene, RegularStride(stride=stride), size=size)
+    outs = xr.apply_ufunc(chip_mean, chips, dask="allowed")
+    got = stitch_anchors(scene, outs, window="hann").values
+    np.testing.assert_allclose(got, engine, rtol=1e-5)
+
+
+def test_stitch_numpy_outputs_and_errors(scene) -> None:
+    anchors = np.array([[0, 0], [100, 100]])
+    ones = np.ones((2, 32, 32), np.float32)
+    out = stitch_anchors(scene, ones, anchors, window="boxcar", chunks=256)
+    assert out.dims == ("y", "x") and out.data.chunksize == (256, 256)
+    values = out.values
+    assert np.nansum(values) == 2 * 32 * 32 and np.isnan(values).sum() == 700 * 600 - 2048
+    with pytest.raises(ParameterError, match="anchors"):
+        stitch_anchors(scene, ones)
+    with pytest.raises(ParameterError, match="outside"):
+        stitch_anchors(scene, ones, np.array([[0, 0], [690, 0]]))
+    with pytest.raises(ParameterError, match="2 chip outputs but 1"):
+        stitch_anchors(scene, ones, anchors[:1])
+
+
+# --------------------------------------------------------------------------- polygons
+
+
+def random_polygons(scene: xr.DataArray, n: int, seed: int) -> list:
+    from shapely.geometry import Polygon, box
+
+    rng = np.random.default_rng(seed)
+    t = scene.rio.transform()
+    width, height = scene.sizes["x"] * t.a, scene.sizes["y"] * -t.e
+    polys = []
+    for k in range(n):
+        # centres spread slightly beyond the scene so some polygons cross its edge
+        cx = t.c + rng.uniform(-0.05, 1.05) * width
+        cy = t.f - rng.uniform(-0.05, 1.05) * height
+        if k % 10 == 0:  # axis-aligned boxes exactly on block boundaries
+            polys.append(box(cx - 1280, cy - 640, cx + 1280, cy + 640))
+            continue
+        m = int(rng.integers(3, 10))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, m))
+        rad = rng.uniform(30, 1800, m)
+        polys.append(Polygon(np.c_[cx + rad * np.cos(ang), cy + rad * np.sin(ang)]))
+    polys.append(box(0, 0, 10, 10))  # far outside the scene
+    return polys
+
+
+def brute_zonal(values: np.ndarray, transform, geoms: list, nodata=None) -> dict:
+    import rasterio.features
+
+    out: dict = {s: [] for s in ("count", "mean", "std", "min", "max", "median", "sum")}
+    for geom in geoms:
+        mask = rasterio.features.rasterize(
+            [(geom, 1)], out_shape=values.shape[-2:], transform=transform, fill=0, dtype="uint8"
+        ).astype(bool)
+        rows = {s: [] for s in out}
+        for band in values.reshape(-1, *values.shape[-2:]):
+            v = band[mask].astype(np.float64)
+            v = v[np.isfinite(v)]
+            if nodata is not None:
+                v = v[v != nodata]
+            rows["count"].append(v.size)
+            rows["sum"].append(v.sum())
+            for s, f in [("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max),
+                         ("median", np.median)]:  # fmt: skip
+                rows[s].append(f(v) if v.size else np.nan)
+        for s in out:
+            out[s].append(rows[s])
+    return {s: np.array(v) for s, v in out.items()}
+
+
+def test_zonal_stats_equal_brute_force(scene) -> None:
+    gpd = pytest.importorskip("geopandas")
+    values = scene.values.astype(np.float32)
+    values[:, 300:360, 50:400] = np.nan  # a nodata stripe crossing blocks
+    values[0, 500:520, 500:520] = 0  # nodata value in one band only
+    raster = scene.copy(data=da.from_array(values, chunks=(2, 128, 128))).rio.write_nodata(0)
+    geoms = random_polygons(scene, 70, seed=11)
+    gdf = gpd.GeoDataFrame({"name": range(len(geoms))}, geometry=geoms, crs=scene.rio.crs)
+    gdf.index = gdf.index * 10 + 5
+    df = zonal_stats(raster, gdf, stats=("mean", "std", "min", "max", "count", "median", "sum"))
+    assert df.index.equals(gdf.index)
+    ref = brute_zonal(values, scene.rio.transform(), geoms, nodata=0)
+    assert (ref["count"][:, 0] > 0).sum() >= 50
+    # several polygons span more than one 128-px block, some cross the scene edge
+    t = scene.rio.transform()
+    bounds = np.array([g.bounds for g in geoms])
+    cols = (bounds[:, [0, 2]] - t.c) / t.a
+    assert ((cols[:, 0] // 128) != (cols[:, 1] // 128)).sum() >= 20
+    assert ((cols[:, 0] < 0) | (cols[:, 1] > 600)).sum() >= 3
+    for b, band in enumerate(["red", "nir"]):
+        assert np.array_equal(df[f"{band}_count"].values, ref["count"][:, b])
+        for s in ("mean", "std", "min", "max", "median", "sum"):
+            np.testing.assert_allclose(df[f"{band}_{s}"].values, ref[s][:, b], rtol=1e-9, atol=1e-9)
+    assert df.loc[gdf.index[-1], "red_count"] == 0 and np.isnan(df.loc[gdf.index[-1], "red_mean"])
+
+
+def test_zonal_stats_reprojects_and_is_lazy(scene) -> None:
+    gpd = pytest.importorskip("geopandas")
+    geoms = random_polygons(scene, 12, seed=2)[:-1]
+    gdf = gpd.GeoDataFrame(geometry=geoms, crs=scene.rio.crs)
+    red = scene.sel(band="red", drop=True)
+    expect = zonal_stats(red, gdf, stats=["count", "mean"])
+    assert list(expect.columns) == ["count", "mean"]  # 2-D raster: plain stat names
+    ref = brute_zonal(red.values, scene.rio.transform(), geoms)
+    assert np.array_equal(expect["count"].values, ref["count"][:, 0])
+    pending = zonal_stats(red, gdf.to_crs("EPSG:4326"), stats=["count", "mean"], compute=False)
+    got = pending.compute()
+    # reprojected polygons are no longer exactly the same shapes: counts agree closely
+    assert (
+        np.abs(got["count"].values - expect["count"].values).max() <= 0.02 * expect["count"].max()
+    )
+    with pytest.raises(ParameterError, match="unknown stats"):
+        zonal_stats(red, gdf, stats=["mode"])
+
+
+def test_polygon_chips(scene, scene_values) -> None:
+    pytest.importorskip("shapely")
+    import rasterio.features
+    from shapely.geometry import Point
+
+    t = scene.rio.transform()
+    geoms = [
+        Point(t.c + 1000, t.f - 2000).buffer(400),
+        Point(t.c - 10_000, t.f).buffer(10),  # outside
+        Point(t.c + 5990, t.f - 6990).buffer(300),  # crosses the bottom-right corner
+    ]
+    chips = list(polygon_chips(scene, geoms))
+    assert [c.index for c in chips] == [0, 2]
+    for chip, geom in zip(chips, [geoms[0], geoms[2]], strict=True):
+        r0, r1, c0, c1 = chip.window
+        full = rasterio.features.rasterize(
+            [(geom, 1)], out_shape=(700, 600), transform=t, fill=0, dtype="uint8"
+        ).astype(bool)
+        assert full.sum() == chip.mask.sum() > 0
+        assert np.array_equal(full[r0:r1, c0:c1], chip.mask)
+        assert np.array_equal(chip.data.values, scene_values[:, r0:r1, c0:c1])
+
+
+def test_explicit_and_stitch_with_lazy_operator(scene) -> None:
+    """End to end: Explicit anchors → lazy op on chips → stitched map, never computed early."""
+    anchors = np.array([[10, 20], [40, 60], [300, 500]])
+    chips = sample(scene, Explicit(anchors), size=(64, 80))
+    pred = chips.astype(np.float32) * 2
+    out = stitch_anchors(scene, pred, window="boxcar")
+    assert isinstance(out.data, da.Array)
+    got = out.values
+    ref = scene.values.astype(np.float32) * 2
+    assert np.allclose(got[:, 10:74, 20:100], ref[:, 10:74, 20:100])
+    assert np.isnan(got[:, 200, 200]).all()
+
+
+def test_no_chips(scene) -> None:
+    chips = sample(scene, Random(0), size=32, labels=label_raster(scene))
+    assert chips.shape == (0, 2, 32, 32) and chips.values.shape == (0, 2, 32, 32)
+    assert chips.label.values.shape == (0, 32, 32)
+    assert np.isnan(stitch_anchors(scene, chips.astype(np.float32)).values).all()
