@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 import patchflow
@@ -90,16 +91,22 @@ def test_worker_killed_mid_run(client: Any, tmp_path: Path) -> None:
     assert done.all()  # every block complete, none left half-written
 
 
-def _peak_rss_mb() -> float:
-    import resource
+def _rss_mb() -> float:
+    import psutil
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return float(psutil.Process().memory_info().rss) / 1e6
 
 
+@pytest.mark.timeout(300)
 def test_memory_bounded_on_small_workers(tmp_path: Path) -> None:
-    # a 10240² × 2-band float64 scene (1.7 GB in, 0.4 GB out) on two workers capped at
-    # 400 MB each: the input alone is 2.1× the cluster's total memory limit
+    # a 12288² scene on disk, decoded to float32 on read (1.2 GB) plus a float32 result
+    # (0.6 GB), on two workers capped at 400 MB each: 2.25× the cluster's total memory limit
     limit = 400e6
+    make_scene((12288, 12288), chunks=1024).to_dataset(name="dn").to_zarr(
+        tmp_path / "scene.zarr", zarr_format=3
+    )
+    scene = xr.open_zarr(tmp_path / "scene.zarr")["dn"]
+    assert scene.nbytes + scene.nbytes // 2 > 2 * 2 * limit
     with (
         distributed.LocalCluster(
             n_workers=2,
@@ -110,17 +117,28 @@ def test_memory_bounded_on_small_workers(tmp_path: Path) -> None:
         ) as cluster,
         distributed.Client(cluster) as c,
     ):
-        before = c.run(_peak_rss_mb)
-        scene = make_scene((10240, 10240), chunks=1024).astype(np.float64)
-        assert scene.nbytes > 2 * 2 * limit
-        report = patchflow.run(scene, dn_ndvi, store=tmp_path / "big.zarr")
-        peaks = c.run(_peak_rss_mb)
-        assert set(peaks) == set(before), "a worker was restarted (ran out of memory)"
-    assert report.computed == report.blocks == 10 * 10
+        before = c.run(os.getpid)
+        peaks: dict[str, float] = {}
+        result: list[Any] = []
+        job = threading.Thread(
+            target=lambda: result.append(patchflow.run(scene, dn_ndvi, store=tmp_path / "big.zarr"))
+        )
+        job.start()
+        while job.is_alive():
+            # workers are forked from this process, so ru_maxrss would start at our own
+            # peak: sample their current RSS instead
+            for worker, rss in c.run(_rss_mb).items():
+                peaks[worker] = max(peaks.get(worker, 0.0), rss)
+            time.sleep(0.1)
+        job.join()
+        assert c.run(os.getpid) == before, "a worker was restarted (ran out of memory)"
+    assert result, "the job failed"
+    report = result[0]
+    assert report.computed == report.blocks == 12 * 12
     for worker, peak in peaks.items():
         assert peak * 1e6 < limit, f"{worker} peaked at {peak:.0f} MB"
     corner = patchflow.open_result(tmp_path / "big.zarr").isel(
-        y=slice(10000, None), x=slice(10000, None)
+        y=slice(12000, None), x=slice(12000, None)
     )
-    ref = dn_ndvi(scene.isel(y=slice(10000, None), x=slice(10000, None)).values[None])[0]
+    ref = dn_ndvi(scene.isel(y=slice(12000, None), x=slice(12000, None)).values[None])[0]
     assert np.abs(corner.values - ref).max() <= 1e-6
