@@ -40,7 +40,15 @@ def job(kind: str, scene: str, out: str, check: bool) -> None:
             res.to_zarr(out, zarr_format=3, consolidated=False)
             var = "ndvi"
         else:
-            rep = patchflow.run(dn, dn_ndvi, store=out, size=256, stride=192, window="hann")
+            rep = patchflow.run(
+                dn,
+                dn_ndvi,
+                store=out,
+                size=256,
+                stride=192,
+                window="hann",
+                keep_sums=kind == "sums",
+            )
             var = rep.var
     result = {"seconds": t.seconds, "rss_mb": peak_rss_mb()}
     if check:
@@ -54,6 +62,9 @@ def main() -> None:
     parser.add_argument("--huge", action="store_true", help="also 65536²")
     parser.add_argument("--workdir", default="/tmp/patchflow-bench")
     parser.add_argument("--check-max", type=int, default=16384, help="max size to verify")
+    parser.add_argument(
+        "--sums", action="store_true", help="also time keep_sums=True (num/den written)"
+    )
     parser.add_argument("--child", nargs=4, metavar=("KIND", "SCENE", "OUT", "CHECK"))
     args = parser.parse_args()
     if args.child:
@@ -77,6 +88,13 @@ def main() -> None:
             print(f"{size:>7} | failed: {floor.get('error') or ours.get('error')}")
             continue
         err = f"{ours['max_error']:.2g}" if "max_error" in ours else "-"
+        if args.sums:
+            sums = child(Path(__file__), "sums", str(scene), str(work / "sums.zarr"), "0")
+            shutil.rmtree(work / "sums.zarr", ignore_errors=True)
+            err += (
+                f" | with num/den stored: {sums['seconds']:.1f} s, {sums['rss_mb']:.0f} MB "
+                f"({sums['seconds'] / ours['seconds']:.2f}× patchflow)"
+            )
         print(
             f"{size:>7} | {floor['seconds']:8.1f} {floor['rss_mb']:9.0f} | "
             f"{ours['seconds']:11.1f} {ours['rss_mb']:7.0f} | "

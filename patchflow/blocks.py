@@ -128,14 +128,70 @@ def slice_state(state: State, ys: tuple[int, int], xs: tuple[int, int]) -> State
     return out
 
 
-def _assemble(chunks: list[list[np.ndarray]], task: BlockTask) -> np.ndarray:
-    """The block's read window: its own chunk (sliced here) plus pre-sliced halo strips."""
+def _parts(chunks: list[list[np.ndarray]], task: BlockTask) -> list[list[np.ndarray]]:
+    """The block's read window as a grid of parts: its own chunk (sliced, a view) and the
+    pre-sliced halo strips of its neighbours."""
     (y0, y1), (x0, x1) = task.y_parts[0], task.x_parts[0]
-    rows = []
-    for a, row in enumerate(chunks):
-        parts = [row[0][..., y0:y1, x0:x1] if a == 0 else row[0], *row[1:]]
-        rows.append(np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0])
-    return np.concatenate(rows, axis=-2) if len(rows) > 1 else rows[0]
+    grid = [list(row) for row in chunks]
+    grid[0][0] = grid[0][0][..., y0:y1, x0:x1]
+    return grid
+
+
+def _window(
+    parts: list[list[np.ndarray]], rows: tuple[int, int], cols: tuple[int, int]
+) -> np.ndarray:
+    """Rows/cols ``[a, b)`` of the read window, copied out of the parts that hold them."""
+    out_rows, top = [], 0
+    for row in parts:
+        height = row[0].shape[-2]
+        ra, rb = max(rows[0], top) - top, min(rows[1], top + height) - top
+        top += height
+        if ra >= rb:
+            continue
+        pieces, left = [], 0
+        for part in row:
+            width = part.shape[-1]
+            ca, cb = max(cols[0], left) - left, min(cols[1], left + width) - left
+            left += width
+            if ca < cb:
+                pieces.append(part[..., ra:rb, ca:cb])
+        out_rows.append(np.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0])
+    return np.concatenate(out_rows, axis=-2) if len(out_rows) > 1 else out_rows[0]
+
+
+class _Reader:
+    """Chip windows of a block without copying the whole block first.
+
+    Chips inside the block's own chunk are views of it; only the bottom and right fringes,
+    where chips reach into the halo, are assembled (a few chip heights, not the block).
+    """
+
+    def __init__(
+        self, parts: list[list[np.ndarray]], size: tuple[int, int], positions: list[tuple[int, int]]
+    ) -> None:
+        self.own = parts[0][0]
+        self.size = size
+        h, w = size
+        h0, w0 = self.own.shape[-2:]
+        height = sum(row[0].shape[-2] for row in parts)
+        width = sum(part.shape[-1] for part in parts[0])
+        low = [r for r, _ in positions if r + h > h0]
+        right = [c for r, c in positions if c + w > w0 and r + h <= h0]
+        self.by = min(low) if low else height
+        self.rx = min(right) if right else width
+        self.bottom = _window(parts, (self.by, height), (0, width)) if low else None
+        self.right = _window(parts, (0, h0), (self.rx, width)) if right else None
+        self.h0, self.w0 = h0, w0
+
+    def chip(self, r: int, c: int) -> np.ndarray:
+        h, w = self.size
+        if r + h <= self.h0 and c + w <= self.w0:
+            return self.own[..., r : r + h, c : c + w]
+        if r + h > self.h0:
+            assert self.bottom is not None
+            return self.bottom[..., r - self.by : r - self.by + h, c : c + w]
+        assert self.right is not None
+        return self.right[..., r : r + h, c - self.rx : c - self.rx + w]
 
 
 def _invalid(arr: np.ndarray, nodata: Any, keep: int = 0) -> np.ndarray | None:
@@ -298,17 +354,26 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     sc = spec.sc
     (r0, r1), (c0, c1) = task.region
     read_h, read_w = min(r1, spec.scene[0]) - r0, min(c1, spec.scene[1]) - c0
-    arr = _assemble(chunks, task)
-    assert arr.shape[-2:] == (read_h, read_w)
-
+    parts = _parts(chunks, task)
     nloop = len(spec.loop)
-    bad = _invalid(arr, spec.nodata, keep=nloop)
+    pad_y, pad_x = (r1 - r0) - read_h, (c1 - c0) - read_w
+    positions = [(y - r0, x - c0) for y in task.ys for x in task.xs]
+    clean = all(_invalid(p, spec.nodata, keep=nloop) is None for row in parts for p in row)
+    reader = None
+    if clean and not (pad_y or pad_x):
+        # fast path: no filling or padding needed, so chips come straight from the parts
+        reader = _Reader(parts, spec.size, positions)
+        arr = reader.own
+    else:
+        arr = _window(parts, (0, read_h), (0, read_w))
+    assert reader is not None or arr.shape[-2:] == (read_h, read_w)
+
+    bad = None if reader is not None else _invalid(arr, spec.nodata, keep=nloop)
     valid = None
     if bad is not None:
         spread = bad.reshape(*bad.shape[:-2], *(1,) * (arr.ndim - 2 - nloop), *bad.shape[-2:])
         arr = np.where(spread, np.asarray(spec.fill_value, arr.dtype), arr)
         valid = ~bad
-    pad_y, pad_x = (r1 - r0) - read_h, (c1 - c0) - read_w
     if pad_y or pad_x:
         widths = [(0, 0)] * (arr.ndim - 2) + [(0, pad_y), (0, pad_x)]
         kw: dict[str, Any] = {}
@@ -320,7 +385,6 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
 
     agg = spec.agg
     state = agg.new((sc(r1 - r0), sc(c1 - c0)))
-    positions = [(y - r0, x - c0) for y in task.ys for x in task.xs]
     iy0, ix0 = task.first_chip
     ids = [
         (iy0 + a) * spec.n_chips_x + (ix0 + b)
@@ -331,7 +395,10 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     n_failed = 0
     for lo in range(0, len(positions), spec.batch_size):
         pos = np.asarray(positions[lo : lo + spec.batch_size], dtype=np.int64)
-        chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
+        if reader is not None:
+            chips = np.stack([reader.chip(int(r), int(c)) for r, c in pos])
+        else:
+            chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
         vmask = (
             None if valid is None else np.stack([valid[..., r : r + h, c : c + w] for r, c in pos])
         )

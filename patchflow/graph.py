@@ -38,7 +38,14 @@ from patchflow.blocks import (
 )
 from patchflow.plan import BlockPlan
 
-__all__ = ["CHIPS_PREFIX", "STITCH_PREFIX", "WRITE_PREFIX", "build_graph"]
+__all__ = [
+    "CHIPS_PREFIX",
+    "STITCH_PREFIX",
+    "WRITE_PREFIX",
+    "build_graph",
+    "direct_read",
+    "input_tasks",
+]
 
 DIRECT_GETTERS = (getter, getter_nofancy, getter_inline)
 CHIPS_PREFIX = "patchflow-chips"
@@ -63,14 +70,14 @@ def _scaled(span: tuple[int, int], sc: Any) -> tuple[int, int]:
     return sc(span[0]), sc(span[1])
 
 
-def _input_tasks(x: da.Array) -> Mapping[Any, Any]:
+def input_tasks(x: da.Array) -> Mapping[Any, Any]:
     """The input's own layer (chunk tasks), if it can be read without computing anything."""
     graph = x.__dask_graph__()
     layer = getattr(graph, "layers", {}).get(x.name)
     return layer if layer is not None else {}
 
 
-def _direct_read(
+def direct_read(
     source: Mapping[Any, Any],
     key: Any,
     new_key: Any,
@@ -128,7 +135,7 @@ def build_graph(
     piece_name = f"{PIECE_PREFIX}-{tokenize(token, sink)}"
     lead_idx = (0,) * (x.ndim - 2)
 
-    source = _input_tasks(x)
+    source = input_tasks(x)
     chips: dict[Any, Any] = {}
     for i, j in plan.working_blocks:
         ry, rx = plan.y.region(i), plan.x.region(j)
@@ -149,7 +156,7 @@ def build_graph(
                 key = (x.name, *lead_idx, a, b)
                 if (a, b) != (i, j):
                     halo = (halo_name, i, j, a, b)
-                    direct = _direct_read(source, key, halo, (y0, y1), (x0, x1))
+                    direct = direct_read(source, key, halo, (y0, y1), (x0, x1))
                     # a neighbour's strip is read straight from storage when the input is a
                     # plain getter (Zarr, COG, from_array): then no task waits on a whole
                     # neighbour chunk, and memory stays flat however wide the scene is

@@ -48,7 +48,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from patchflow.core import spatial_dims
 from patchflow.errors import DimensionError, ParameterError, PatchflowError
-from patchflow.graph import _direct_read, _input_tasks
+from patchflow.graph import direct_read, input_tasks
 from patchflow.grid import pair
 from patchflow.samplers import Draw, Explicit, Sampler
 from patchflow.windows import Window, make_window
@@ -232,7 +232,7 @@ def chip_array(
     ex = np.concatenate([[0], np.cumsum(data.chunks[-1])])
     token = tokenize(data.name, np.asarray(anchors).tobytes(), size, chips_per_task)
     name, read_name = f"{CHIP_PREFIX}-{token}", f"{READ_PREFIX}-{token}"
-    source = _input_tasks(data)
+    source = input_tasks(data)
     layer: dict[Any, Any] = {}
     groups = [(s, min(s + chips_per_task, n)) for s in range(0, n, chips_per_task)]
     for g, (s, e) in enumerate(groups):
@@ -244,7 +244,7 @@ def chip_array(
                 for b, sx, dx in _pieces(c, w, ex):
                     key = (data.name, *lead_idx, a, b)
                     read_key = (read_name, k, a, b)
-                    direct = _direct_read(source, key, read_key, sy, sx)
+                    direct = direct_read(source, key, read_key, sy, sx)
                     if direct is not None:
                         layer[read_key] = direct
                         keys.append(read_key)
