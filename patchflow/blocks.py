@@ -26,6 +26,7 @@ __all__ = [
     "process_block",
     "slice_array",
     "slice_state",
+    "split_halo",
     "stitch_block",
 ]
 
@@ -111,6 +112,14 @@ def slice_array(arr: np.ndarray, ys: tuple[int, int], xs: tuple[int, int]) -> np
     return np.array(arr[..., ys[0] : ys[1], xs[0] : xs[1]])
 
 
+def split_halo(
+    arr: np.ndarray,
+    cuts: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int]], ...],
+) -> dict[tuple[int, int], np.ndarray]:
+    """Copied halo strips of one chunk, keyed by the block that needs each."""
+    return {index: slice_array(arr, ys, xs) for index, ys, xs in cuts}
+
+
 def slice_state(state: State, ys: tuple[int, int], xs: tuple[int, int]) -> State:
     """A copied spatial window of a partial state (spill-over sent to a neighbour block)."""
     out: State = {}
@@ -132,7 +141,9 @@ def _parts(chunks: list[list[np.ndarray]], task: BlockTask) -> list[list[np.ndar
     """The block's read window as a grid of parts: its own chunk (sliced, a view) and the
     pre-sliced halo strips of its neighbours."""
     (y0, y1), (x0, x1) = task.y_parts[0], task.x_parts[0]
-    grid = [list(row) for row in chunks]
+    grid: list[list[Any]] = [
+        [part[task.index] if isinstance(part, dict) else part for part in row] for row in chunks
+    ]
     grid[0][0] = grid[0][0][..., y0:y1, x0:x1]
     return grid
 

@@ -32,8 +32,8 @@ from patchflow.blocks import (
     EngineSpec,
     StitchTask,
     process_block,
-    slice_array,
     slice_state,
+    split_halo,
     stitch_block,
 )
 from patchflow.plan import BlockPlan
@@ -136,6 +136,8 @@ def build_graph(
     lead_idx = (0,) * (x.ndim - 2)
 
     source = input_tasks(x)
+    read_name = f"{HALO_PREFIX}-read-{token}"
+    requests: dict[tuple[int, int], list[Any]] = {}
     chips: dict[Any, Any] = {}
     for i, j in plan.working_blocks:
         ry, rx = plan.y.region(i), plan.x.region(j)
@@ -153,18 +155,33 @@ def build_graph(
         for a, (y0, y1) in zip(sy, task.y_parts, strict=True):
             row: list[Any] = []
             for b, (x0, x1) in zip(sx, task.x_parts, strict=True):
-                key = (x.name, *lead_idx, a, b)
-                if (a, b) != (i, j):
-                    halo = (halo_name, i, j, a, b)
-                    direct = direct_read(source, key, halo, (y0, y1), (x0, x1))
-                    # a neighbour's strip is read straight from storage when the input is a
-                    # plain getter (Zarr, COG, from_array): then no task waits on a whole
-                    # neighbour chunk, and memory stays flat however wide the scene is
-                    chips[halo] = direct or (slice_array, key, (y0, y1), (x0, x1))
-                    key = halo
-                row.append(key)
+                if (a, b) == (i, j):
+                    row.append((x.name, *lead_idx, a, b))
+                else:
+                    requests.setdefault((a, b), []).append(((i, j), (y0, y1), (x0, x1)))
+                    row.append((halo_name, a, b))
             keys.append(row)
         chips[(chips_name, i, j)] = (process_block, spec, task, keys)
+
+    # one halo task per source chunk cuts the strips every neighbour needs from it. When
+    # the input is a plain getter (Zarr, COG, from_array) the strips' bounding box is read
+    # straight from storage, so no task waits on a whole neighbour chunk and memory stays
+    # flat however wide the scene is; otherwise they are cut from the chunk itself.
+    for (a, b), wanted in requests.items():
+        key = (x.name, *lead_idx, a, b)
+        box_y = (min(w[1][0] for w in wanted), max(w[1][1] for w in wanted))
+        box_x = (min(w[2][0] for w in wanted), max(w[2][1] for w in wanted))
+        read = (read_name, a, b)
+        direct = direct_read(source, key, read, box_y, box_x)
+        origin = (0, 0)
+        if direct is not None:
+            chips[read] = direct
+            key, origin = read, (box_y[0], box_x[0])
+        cuts = tuple(
+            (idx, (ys[0] - origin[0], ys[1] - origin[0]), (xs[0] - origin[1], xs[1] - origin[1]))
+            for idx, ys, xs in wanted
+        )
+        chips[(halo_name, a, b)] = (split_halo, key, cuts)
 
     stitch: dict[Any, Any] = {}
     sc = spec.sc
