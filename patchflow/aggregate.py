@@ -73,7 +73,7 @@ def _fill(dtype: np.dtype, nodata: Any) -> Any:
     return nodata
 
 
-def _pixel_mask(batch: ChipBatch, k: int, lead: int) -> np.ndarray | None:
+def _pixel_mask(batch: ChipBatch, k: int) -> np.ndarray | None:
     """Per-element validity of chip ``k``'s output (input validity × finite output)."""
     out = batch.out[k]
     mask = None
@@ -196,7 +196,7 @@ class OverlapAdd(Aggregator):
         for k, (r, c) in enumerate(batch.pos):
             sl = (..., slice(r, r + h), slice(c, c + w))
             wk = batch.weights[k]
-            mask = _pixel_mask(batch, k, len(self.lead))
+            mask = _pixel_mask(batch, k)
             if mask is None:
                 num[sl] += batch.out[k] * wk
                 if state["den"] is None:
@@ -325,7 +325,7 @@ class Extreme(Aggregator):
         for k, (r, c) in enumerate(batch.pos):
             sl = (..., slice(r, r + h), slice(c, c + w))
             out = batch.out[k].astype(self._dtype(), copy=False)
-            mask = _pixel_mask(batch, k, len(self.lead))
+            mask = _pixel_mask(batch, k)
             if mask is not None:
                 out = np.where(mask, out, self._identity())
                 state["hit"][sl] |= mask
@@ -383,7 +383,7 @@ class Vote(Aggregator):
         for k, (r, c) in enumerate(batch.pos):
             sl = (..., slice(r, r + h), slice(c, c + w))
             lab = batch.out[k]
-            mask = _pixel_mask(batch, k, len(self.lead))
+            mask = _pixel_mask(batch, k)
             check = lab if mask is None else lab[mask]
             if check.size and (check.min() < 0 or check.max() >= self.k):
                 raise OperatorError(
@@ -437,11 +437,10 @@ class Centre(Aggregator):
 
     def add(self, state: State, batch: ChipBatch) -> None:
         h, w = batch.out.shape[-2:]
-        nlead = len(self.lead)
         for k, (r, c) in enumerate(batch.pos):
             sl = (slice(r, r + h), slice(c, c + w))
             score = self._score(h, w, int(batch.chip_ids[k]))
-            mask = _pixel_mask(batch, k, nlead)
+            mask = _pixel_mask(batch, k)
             if mask is not None:
                 pix = mask.reshape(-1, h, w).all(axis=0)
                 score = np.where(pix, score, self.MISSING)

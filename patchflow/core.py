@@ -417,10 +417,10 @@ def prepare(
     )
 
     agg_lead = loop_shape + out_lead
-    probe = make_aggregator(
+    aggregator = make_aggregator(
         agg, out_dtype=op_dtype, lead=agg_lead, n_classes=n_classes, n_chips=grid.n_chips
     )
-    res_dtype = probe.result_dtype()
+    res_dtype = aggregator.result_dtype()
     if res_dtype.kind in "fc":
         out_nodata: Any = np.nan
     elif agg in ("vote", "soft_vote"):
@@ -428,14 +428,8 @@ def prepare(
         out_nodata = _int_nodata(res_dtype, None)
     else:
         out_nodata = _int_nodata(res_dtype, in_nodata)
-    aggregator = make_aggregator(
-        agg,
-        out_dtype=op_dtype,
-        lead=agg_lead,
-        nodata=out_nodata,
-        n_classes=n_classes,
-        n_chips=grid.n_chips,
-    )
+    # the fill for pixels nothing valid reaches depends on the result dtype found above
+    aggregator.nodata = out_nodata
     num, den = ratio
     out_size = (size_yx[0] * num // den, size_yx[1] * num // den)
     win = None
@@ -577,7 +571,7 @@ def _check_ratio(ratio: tuple[int, int], lengths: dict[str, int]) -> None:
         )
 
 
-def _transform(arr: xr.DataArray) -> Any:
+def _transform(arr: xr.DataArray | xr.Dataset) -> Any:
     try:
         return arr.rio.transform(recalc=True)
     except Exception:  # no regular y/x coordinates: nothing to carry
@@ -599,14 +593,7 @@ class Prepared:
 
     def result(self) -> xr.DataArray:
         """The lazy stitched DataArray."""
-        agg = self.spec.agg
-        lazy = build_graph(
-            self.data,
-            self.spec,
-            self.plan,
-            out_lead=agg.result_lead(),
-            out_dtype=agg.result_dtype(),
-        )
+        lazy = build_graph(self.data, self.spec, self.plan)
         out = _wrap(self.arr, lazy, self.dims, self.nodata, self.name, self.spec.scale)
         band = self.dims[-1] if self.dims else None
         if self.band_names and band is not None and out.sizes[band] == len(self.band_names):
@@ -785,8 +772,4 @@ def plan_grid(
         boundary,  # type: ignore[arg-type]
         allow_gaps,
     )
-    try:
-        transform = obj.rio.transform(recalc=True)
-    except Exception:
-        transform = None
-    return ChipLayout(grid, transform, obj.rio.crs)
+    return ChipLayout(grid, _transform(obj), obj.rio.crs)

@@ -114,18 +114,18 @@ def build_graph(
     spec: EngineSpec,
     plan: BlockPlan,
     *,
-    out_lead: tuple[int, ...],
-    out_dtype: np.dtype,
     sink: Any = None,
 ) -> da.Array:
     """Lazy stitched output for ``x`` (``(*lead, y, x)``, lead dims in one chunk).
 
     ``plan.chunks`` must equal ``x``'s spatial chunks; the output has the same spatial
-    chunks and ``out_lead`` as its (single-chunk) leading shape.
+    chunks (× the op's scale), and the aggregation's result shape and dtype.
 
     With a ``sink`` each stitch task persists its block through ``sink.write`` and the
     returned array holds one marker element per block (``patchflow-write-…`` tasks).
     """
+    out_lead = spec.agg.result_lead()
+    out_dtype = spec.agg.result_dtype()
     if tuple(x.chunks[-2:]) != plan.chunks:
         raise AssertionError("the block plan does not match the input's chunks")
     token = tokenize(x.name, spec, plan.chunks, plan.grid)

@@ -406,7 +406,7 @@ def run(
                     book,
                     f"{key}_next",
                     agg,
-                    prep.result().shape,
+                    zarr.open_array(path, path=var, mode="r").shape,
                     _out_block(prep),
                     compressors,
                 )
@@ -425,14 +425,7 @@ def run(
         sums=sums,
         accumulate=accumulate,
     )
-    markers = build_graph(
-        prep.data,
-        prep.spec,
-        prep.plan,
-        out_lead=agg.result_lead(),
-        out_dtype=agg.result_dtype(),
-        sink=sink,
-    )
+    markers = build_graph(prep.data, prep.spec, prep.plan, sink=sink)
     graph = markers.__dask_graph__()
     lead0 = (0,) * len(agg.result_lead())
     keys = [(markers.name, *lead0, int(i), int(j)) for i, j in todo]
