@@ -6,17 +6,26 @@ call, so an object whose georeferencing changes is never processed with stale me
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import xarray as xr
 
 from patchflow.core import ChipLayout, apply, plan_grid
+from patchflow.errors import check_keywords
 from patchflow.sampling import polygon_chips, sample, stitch_anchors, zonal_stats
 from patchflow.store import RunReport, run
 
 __all__ = ["PatchAccessor"]
 
 T = TypeVar("T", xr.DataArray, xr.Dataset)
+
+
+def _keywords(fn: Callable[..., Any]) -> list[str]:
+    """The keyword-only parameter names of ``fn``."""
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
 class PatchAccessor(Generic[T]):
@@ -42,7 +51,13 @@ class PatchAccessor(Generic[T]):
         return run(self._obj, op, **params)
 
     def grid(self, **params: Any) -> ChipLayout:
-        """Same as :func:`patchflow.plan_grid` on this object."""
+        """Same as :func:`patchflow.plan_grid` on this object.
+
+        Unknown keywords raise :class:`~patchflow.errors.ParameterError` with patchflow's
+        equivalent of other libraries' names (``overlap=`` → ``stride=``) or the closest
+        valid name.
+        """
+        check_keywords("grid", params, _keywords(plan_grid))
         return plan_grid(self._obj, **params)
 
     def sample(self, sampler: Any, **params: Any) -> xr.DataArray:

@@ -29,12 +29,13 @@ pixel stores just those 1-D sums (``dy``, ``dx``) instead of a full denominator 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from patchflow.errors import OperatorError, ParameterError
+from patchflow.nodata import check_collision
 
 __all__ = ["AGGREGATIONS", "Aggregator", "ChipBatch", "make_aggregator"]
 
@@ -47,8 +48,12 @@ class ChipBatch:
     """Op outputs for a batch of chips, with what the aggregators need to place them.
 
     ``out`` is ``(n, *lead, h, w)``; ``pos`` holds each chip's ``(row, col)`` inside the
-    region; ``weights`` the per-chip 2-D window; ``valid`` the per-chip input validity
-    ``(n, h, w)`` or ``None`` when every pixel is valid; ``chip_ids`` global chip indices.
+    region; ``weights`` the per-chip 2-D window; ``valid`` the per-chip pixel validity
+    (every input element under the pixel valid, broadcastable against ``out``) or ``None``
+    when every pixel is valid; ``chip_ids`` global chip indices. With ``nan_marks`` the op
+    saw invalid inputs as NaN, so a float output's own NaNs say what is invalid (per
+    band) and ``valid`` only matters for non-float outputs. ``failed`` lists chips whose
+    op call failed (``on_error="mask"``): they contribute nothing.
     """
 
     out: np.ndarray
@@ -56,28 +61,24 @@ class ChipBatch:
     weights: list[np.ndarray]
     valid: np.ndarray | None
     chip_ids: np.ndarray
+    nan_marks: bool = False
+    failed: list[int] = field(default_factory=list)
 
 
-def _acc_dtype(dtype: np.dtype) -> np.dtype:
-    """Accumulator: float32 unless the values need float64 to stay exact enough."""
+def _float_dtype(dtype: np.dtype) -> np.dtype:
+    """The float dtype that holds every value of ``dtype`` exactly (float32 up to 16 bits)."""
     if dtype.itemsize >= 8 or (dtype.kind in "iu" and dtype.itemsize >= 4):
         return np.dtype(np.float64)
     return np.dtype(np.float32)
 
 
-def _fill(dtype: np.dtype, nodata: Any) -> Any:
-    if dtype.kind in "fc":
-        return np.nan if nodata is None else nodata
-    if nodata is None:
-        raise ParameterError(f"an integer output ({dtype}) needs a nodata value")
-    return nodata
-
-
 def _pixel_mask(batch: ChipBatch, k: int) -> np.ndarray | None:
     """Per-element validity of chip ``k``'s output (input validity × finite output)."""
     out = batch.out[k]
+    if k in batch.failed:
+        return np.zeros(out.shape, bool)
     mask = None
-    if batch.valid is not None:
+    if batch.valid is not None and not (batch.nan_marks and out.dtype.kind in "fc"):
         mask = np.broadcast_to(batch.valid[k], out.shape)
     if out.dtype.kind in "fc":
         finite = np.isfinite(out)
@@ -105,8 +106,31 @@ class Aggregator:
     ) -> None:
         self.op_dtype = np.dtype(out_dtype)
         self.lead = tuple(int(v) for v in lead)
+        #: fill for invalid pixels (NaN for floats; ``None``: no pixel can be invalid)
         self.nodata = nodata
+        #: a float result's on-disk nodata (e.g. the input's −99999), checked like ``nodata``
+        self.encoded: Any = None
+        #: where ``nodata`` came from, for the collision error
+        self.nodata_origin = "the default"
         self.n_classes = n_classes
+
+    def _finish(self, value: np.ndarray, ok: np.ndarray | None) -> np.ndarray:
+        """Result pixels: ``value`` where ``ok``, nodata elsewhere; never a valid value that
+        equals the nodata (:class:`~patchflow.errors.NodataCollisionError`)."""
+        dtype = self.result_dtype()
+        value = value.astype(dtype, copy=False)
+        check_collision(
+            value, ok, self.encoded if dtype.kind in "fc" else self.nodata, self.nodata_origin
+        )
+        if ok is None or bool(ok.all()):
+            return value
+        fill = np.nan if dtype.kind in "fc" and self.nodata is None else self.nodata
+        if fill is None:
+            raise OperatorError(
+                f"{int((~ok).sum())} output pixels are invalid (NaN input, failed chip or no "
+                f"chip) but the {dtype} result has no nodata value; pass nodata=<value>"
+            )
+        return np.where(ok, value, np.asarray(fill).astype(dtype))
 
     def result_dtype(self) -> np.dtype:
         """Dtype of the finalised output."""
@@ -116,8 +140,18 @@ class Aggregator:
         """Non-spatial shape of the finalised output."""
         return self.lead
 
-    def new(self, shape: tuple[int, int]) -> State:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
+        """An empty partial state over ``shape`` pixels (``acc``: accumulator dtype, for
+        aggregations that sum)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def accumulator_for(self, out: np.ndarray) -> np.dtype | None:
+        """The accumulator a block needs, given its first op outputs (``None``: n/a)."""
+        return None
+
+    def merged_accumulator(self, partials: list[State]) -> np.dtype | None:
+        """The accumulator a stitched block needs to hold all of ``partials`` exactly."""
+        return None
 
     def seal(self, state: State, dy: np.ndarray | None, dx: np.ndarray | None) -> State:
         """Finish a block's partial before it leaves the worker (see :class:`OverlapAdd`)."""
@@ -142,9 +176,9 @@ class Aggregator:
 
     def sum_shape(self, key: str, shape: tuple[int, int]) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of sum array ``key`` for a ``shape`` block."""
-        value = self.new(shape)[key]
+        value = self.new(shape, np.dtype(np.float64))[key]
         if value is None:  # OverlapAdd's deferred denominator: same layout as num
-            value = self.new(shape)["num"]
+            value = self.new(shape, np.dtype(np.float64))["num"]
         return tuple(value.shape), value.dtype
 
     def __repr__(self) -> str:
@@ -156,6 +190,7 @@ class Aggregator:
             str(self.op_dtype),
             self.lead,
             repr(self.nodata),
+            repr(self.encoded),
             self.n_classes,
             getattr(self, "n_chips", None),
         )
@@ -169,14 +204,38 @@ class OverlapAdd(Aggregator):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.acc = _acc_dtype(self.op_dtype)
+        # float64 sums where float32 ones would drift: integer outputs, float64 outputs,
+        # and (decided per block, see accumulator_for) float outputs holding whole numbers
+        wide = self.op_dtype.kind in "biu" or self.op_dtype.itemsize >= 8
+        self.acc = np.dtype(np.float64) if wide else np.dtype(np.float32)
 
     def result_dtype(self) -> np.dtype:
-        return self.op_dtype if self.op_dtype.kind == "f" else self.acc
+        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
 
-    def new(self, shape: tuple[int, int]) -> State:
+    def accumulator_for(self, out: np.ndarray) -> np.dtype:
+        """float64 when the outputs look like whole numbers, else the default.
+
+        float32 sums of whole numbers drift (933 → 932.99994); with fixed-point window
+        weights float64 sums of integer values are exact, so an identity op on integer data
+        (even read as float32, ``masked=True``) returns its input bit for bit. The choice is
+        made on a sparse sample of the block's first outputs: a wrong "whole" guess only
+        costs speed (float64 is never less exact), a wrong "fractional" guess only hits
+        outputs that are not all whole numbers, which float32 sums to ~1e-7 anyway.
+        """
+        if self.acc == np.float64:
+            return self.acc
+        sample = out[..., ::7, ::7]
+        with np.errstate(invalid="ignore"):
+            whole = bool(np.all((sample == np.rint(sample)) | ~np.isfinite(sample)))
+        return np.dtype(np.float64) if whole else self.acc
+
+    def merged_accumulator(self, partials: list[State]) -> np.dtype:
+        dtypes = [p["num"].dtype for p in partials if p.get("num") is not None]
+        return np.result_type(self.acc, *dtypes)
+
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
         return {
-            "num": np.zeros((*self.lead, *shape), self.acc),
+            "num": np.zeros((*self.lead, *shape), acc or self.acc),
             "den": None,
             "dy": np.zeros(shape[0], np.float64),
             "dx": np.zeros(shape[1], np.float64),
@@ -185,20 +244,21 @@ class OverlapAdd(Aggregator):
     def _full_den(self, state: State) -> np.ndarray:
         """The explicit denominator of a merged (stitch-side) state."""
         if state["den"] is None:
-            den2d = np.outer(state["dy"], state["dx"]).astype(self.acc)
+            den2d = np.outer(state["dy"], state["dx"]).astype(state["num"].dtype)
             state["den"] = np.broadcast_to(den2d, state["num"].shape).copy()
         den: np.ndarray = state["den"]
         return den
 
     def add(self, state: State, batch: ChipBatch) -> None:
         num = state["num"]
+        acc = num.dtype
         h, w = batch.out.shape[-2:]
         for k, (r, c) in enumerate(batch.pos):
             sl = (..., slice(r, r + h), slice(c, c + w))
             wk = batch.weights[k]
             mask = _pixel_mask(batch, k)
             if mask is None:
-                num[sl] += batch.out[k] * wk
+                num[sl] += np.multiply(batch.out[k], wk, dtype=acc)
                 if state["den"] is None:
                     # defer: if every chip stays valid the denominator is pure geometry
                     state.setdefault("_pending", []).append((r, c, wk))
@@ -207,14 +267,14 @@ class OverlapAdd(Aggregator):
             else:
                 self._materialise(state)
                 wm = np.where(mask, wk, np.float32(0))
-                num[sl] += np.where(mask, batch.out[k], 0) * wm
+                num[sl] += np.multiply(np.where(mask, batch.out[k], 0), wm, dtype=acc)
                 state["den"][sl] += wm
 
     def _materialise(self, state: State) -> None:
         """Replace the deferred (geometric) denominator by an explicit array."""
         if state["den"] is not None:
             return
-        den = np.zeros(state["num"].shape, self.acc)
+        den = np.zeros(state["num"].shape, state["num"].dtype)
         for r, c, wk in state.pop("_pending", []):
             h, w = wk.shape
             den[..., r : r + h, c : c + w] += wk
@@ -255,11 +315,7 @@ class OverlapAdd(Aggregator):
 
     def finalize(self, state: State) -> np.ndarray:
         value, ok = self.normalised(state)
-        dtype = self.result_dtype()
-        fill = _fill(dtype, self.nodata)
-        if dtype.kind in "iu":
-            value = np.rint(value)
-        return np.where(ok, value, fill).astype(dtype, copy=False)
+        return self._finish(value, ok)
 
 
 class Mean(OverlapAdd):
@@ -283,8 +339,7 @@ class SoftVote(OverlapAdd):
     def finalize(self, state: State) -> np.ndarray:
         value, ok = self.normalised(state)
         labels = np.argmax(value, axis=0)
-        fill = _fill(self.result_dtype(), self.nodata)
-        return np.where(ok.all(axis=0), labels, fill).astype(self.result_dtype())
+        return self._finish(labels, np.asarray(ok.all(axis=0)))
 
 
 def _label_dtype(n_classes: int) -> np.dtype:
@@ -316,7 +371,7 @@ class Extreme(Aggregator):
     def _pick(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.maximum(a, b) if self.sign > 0 else np.minimum(a, b)
 
-    def new(self, shape: tuple[int, int]) -> State:
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
         full = (*self.lead, *shape)
         return {"val": np.full(full, self._identity(), self._dtype()), "hit": np.zeros(full, bool)}
 
@@ -339,8 +394,7 @@ class Extreme(Aggregator):
         dst["hit"][d] |= src["hit"][s]
 
     def finalize(self, state: State) -> np.ndarray:
-        dt = self.result_dtype()
-        return np.where(state["hit"], state["val"], _fill(dt, self.nodata)).astype(dt)
+        return self._finish(state["val"], state["hit"])
 
 
 class Max(Extreme):
@@ -372,7 +426,7 @@ class Vote(Aggregator):
     def result_dtype(self) -> np.dtype:
         return self.op_dtype if self.op_dtype.kind in "iu" else _label_dtype(self.k)
 
-    def new(self, shape: tuple[int, int]) -> State:
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
         full = (self.k, *self.lead, *shape)
         # float64 weight sums of 12-bit window weights are exact: ties stay exact ties,
         # whatever the chunking (float32 rounding would break them differently per block)
@@ -407,8 +461,7 @@ class Vote(Aggregator):
         top = count.max(axis=0)
         tie_break = np.where(count == top, wsum, -1.0)
         labels = np.argmax(tie_break, axis=0)
-        dt = self.result_dtype()
-        return np.where(top > 0, labels, _fill(dt, self.nodata)).astype(dt)
+        return self._finish(labels, top > 0)
 
 
 class Centre(Aggregator):
@@ -422,10 +475,12 @@ class Centre(Aggregator):
         super().__init__(**kw)
         self.n_chips = int(n_chips)
 
-    def new(self, shape: tuple[int, int]) -> State:
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
+        # one score per element: validity is per band, so each band picks its own chip
+        full = (*self.lead, *shape)
         return {
-            "score": np.full(shape, self.MISSING, np.int64),
-            "val": np.zeros((*self.lead, *shape), self.op_dtype),
+            "score": np.full(full, self.MISSING, np.int64),
+            "val": np.zeros(full, self.op_dtype),
         }
 
     def _score(self, h: int, w: int, chip_id: int) -> np.ndarray:
@@ -438,28 +493,23 @@ class Centre(Aggregator):
     def add(self, state: State, batch: ChipBatch) -> None:
         h, w = batch.out.shape[-2:]
         for k, (r, c) in enumerate(batch.pos):
-            sl = (slice(r, r + h), slice(c, c + w))
-            score = self._score(h, w, int(batch.chip_ids[k]))
+            sl = (..., slice(r, r + h), slice(c, c + w))
+            score = np.broadcast_to(self._score(h, w, int(batch.chip_ids[k])), batch.out[k].shape)
             mask = _pixel_mask(batch, k)
             if mask is not None:
-                pix = mask.reshape(-1, h, w).all(axis=0)
-                score = np.where(pix, score, self.MISSING)
+                score = np.where(mask, score, self.MISSING)
             better = score > state["score"][sl]
             state["score"][sl] = np.where(better, score, state["score"][sl])
-            state["val"][(..., *sl)] = np.where(better, batch.out[k], state["val"][(..., *sl)])
+            state["val"][sl] = np.where(better, batch.out[k], state["val"][sl])
 
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
-        s_score = src["score"][src_sl]
-        better = s_score > dst["score"][dst_sl]
-        dst["score"][dst_sl] = np.where(better, s_score, dst["score"][dst_sl])
-        dst["val"][(..., *dst_sl)] = np.where(
-            better, src["val"][(..., *src_sl)], dst["val"][(..., *dst_sl)]
-        )
+        d, s = (..., *dst_sl), (..., *src_sl)
+        better = src["score"][s] > dst["score"][d]
+        dst["score"][d] = np.where(better, src["score"][s], dst["score"][d])
+        dst["val"][d] = np.where(better, src["val"][s], dst["val"][d])
 
     def finalize(self, state: State) -> np.ndarray:
-        dt = self.result_dtype()
-        hit = state["score"] > self.MISSING
-        return np.where(hit, state["val"], _fill(dt, self.nodata)).astype(dt)
+        return self._finish(state["val"], state["score"] > self.MISSING)
 
 
 AGGREGATIONS: dict[str, type[Aggregator]] = {

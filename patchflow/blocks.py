@@ -46,6 +46,8 @@ class EngineSpec:
     n_chips_x: int
     out_lead: tuple[int, ...]
     nodata: Any
+    #: ``None``: invalid input values reach the op as NaN (in ``work_dtype``); a number:
+    #: they are replaced by it and the op's output pixel is invalid wherever they were
     fill_value: Any
     pad_mode: str
     #: output pixels per input pixel as an exact ratio ``(num, den)``: (2, 1) = ×2, (1, 4) = ÷4
@@ -59,6 +61,14 @@ class EngineSpec:
     crs: str | None = None
     #: shape of the looped non-spatial dims (op called once per step, e.g. per time)
     loop: tuple[int, ...] = ()
+    #: dtype the op sees (integer input with nodata is promoted to float so invalid
+    #: values can be NaN); ``None``: the input's own dtype
+    work_dtype: np.dtype | None = None
+
+    @property
+    def pad_value(self) -> Any:
+        """Constant used by ``pad_mode="constant"`` past the scene edge."""
+        return 0 if self.fill_value is None else self.fill_value
 
     def sc(self, value: int) -> int:
         """``value`` input pixels in output pixels (exact: the plan checks divisibility)."""
@@ -96,6 +106,9 @@ class BlockTask:
     #: per source chunk along y (resp. x): the ``(start, stop)`` rows (cols) the block reads
     y_parts: tuple[tuple[int, int], ...]
     x_parts: tuple[tuple[int, int], ...]
+    #: the single part already holds the whole region, padding included (scene-level
+    #: ``reflect``/``symmetric``/``wrap`` padding gathered by the graph)
+    padded: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,11 +218,11 @@ class _Reader:
         return self.right[..., r : r + h, c - self.rx : c - self.rx + w]
 
 
-def _invalid(arr: np.ndarray, nodata: Any, keep: int = 0) -> np.ndarray | None:
-    """Pixels where any op-visible component is NaN or nodata (``None`` if there are none).
+def _invalid(arr: np.ndarray, nodata: Any) -> np.ndarray | None:
+    """Per-element invalidity (NaN or nodata), or ``None`` if every element is valid.
 
-    The first ``keep`` axes (looped dims such as time) are kept: a cloud on one date
-    invalidates that date only.
+    Validity is per element, as GDAL's nodata is per band: one band's nodata (or one date's
+    cloud) never invalidates the other bands (dates) of the pixel.
     """
     bad: np.ndarray | None = None
     if arr.dtype.kind in "fc":
@@ -219,8 +232,6 @@ def _invalid(arr: np.ndarray, nodata: Any, keep: int = 0) -> np.ndarray | None:
         bad = eq if bad is None else (bad | eq)
     if bad is None:
         return None
-    if bad.ndim > keep + 2:
-        bad = np.asarray(bad.any(axis=tuple(range(keep, bad.ndim - 2))))
     return bad if bad.any() else None
 
 
@@ -365,11 +376,14 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     sc = spec.sc
     (r0, r1), (c0, c1) = task.region
     read_h, read_w = min(r1, spec.scene[0]) - r0, min(c1, spec.scene[1]) - c0
+    in_h, in_w = read_h, read_w  # the part of the region inside the scene
     parts = _parts(chunks, task)
     nloop = len(spec.loop)
+    if task.padded:
+        read_h, read_w = r1 - r0, c1 - c0
     pad_y, pad_x = (r1 - r0) - read_h, (c1 - c0) - read_w
     positions = [(y - r0, x - c0) for y in task.ys for x in task.xs]
-    clean = all(_invalid(p, spec.nodata, keep=nloop) is None for row in parts for p in row)
+    clean = all(_invalid(p, spec.nodata) is None for row in parts for p in row)
     reader = None
     if clean and not (pad_y or pad_x):
         # fast path: no filling or padding needed, so chips come straight from the parts
@@ -379,23 +393,46 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
         arr = _window(parts, (0, read_h), (0, read_w))
     assert reader is not None or arr.shape[-2:] == (read_h, read_w)
 
-    bad = None if reader is not None else _invalid(arr, spec.nodata, keep=nloop)
+    work = spec.work_dtype or arr.dtype
+    bad = None if reader is not None else _invalid(arr, spec.nodata)
     valid = None
+    # per-element validity, used when the op saw NaN for invalid inputs and keeps their
+    # non-spatial shape (astype, rescale …): a non-float output then stays invalid per band,
+    # as its input was. A fill value hides which bands the op mixed, so there the pixel
+    # rule (any invalid element invalidates the pixel) stays, conservatively.
+    per_element = (
+        bad is not None
+        and spec.fill_value is None
+        and spec.out_lead == tuple(arr.shape[nloop:-2])
+        and spec.scale == (1, 1)
+    )
+    elem_valid = None
     if bad is not None:
-        spread = bad.reshape(*bad.shape[:-2], *(1,) * (arr.ndim - 2 - nloop), *bad.shape[-2:])
-        arr = np.where(spread, np.asarray(spec.fill_value, arr.dtype), arr)
-        valid = ~bad
+        if spec.fill_value is None:
+            arr = arr.astype(work, copy=True)
+            arr[bad] = np.nan
+        else:
+            arr = np.where(bad, np.asarray(spec.fill_value, arr.dtype), arr)
+        # the pixel mask: where every op-visible element is valid (used with a fill value,
+        # for integer op outputs, and as the op's ``pass_mask`` argument)
+        lead_axes = tuple(range(nloop, bad.ndim - 2))
+        valid = ~(np.asarray(bad.any(axis=lead_axes)) if lead_axes else bad)
+        if per_element:
+            elem_valid = ~bad
     if pad_y or pad_x:
         widths = [(0, 0)] * (arr.ndim - 2) + [(0, pad_y), (0, pad_x)]
         kw: dict[str, Any] = {}
         if spec.pad_mode == "constant":
-            kw["constant_values"] = np.asarray(spec.fill_value, arr.dtype)
+            kw["constant_values"] = np.asarray(spec.pad_value, arr.dtype)
         arr = np.pad(arr, widths, mode=spec.pad_mode, **kw)  # type: ignore[call-overload]
         if valid is not None:
             valid = np.pad(valid, [(0, 0)] * nloop + widths[-2:], constant_values=True)
+        if elem_valid is not None:
+            elem_valid = np.pad(elem_valid, widths, constant_values=True)
 
     agg = spec.agg
-    state = agg.new((sc(r1 - r0), sc(c1 - c0)))
+    region_shape = (sc(r1 - r0), sc(c1 - c0))
+    state: State | None = None  # created once the first outputs say which accumulator
     iy0, ix0 = task.first_chip
     ids = [
         (iy0 + a) * spec.n_chips_x + (ix0 + b)
@@ -410,18 +447,24 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             chips = np.stack([reader.chip(int(r), int(c)) for r, c in pos])
         else:
             chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
+        if chips.dtype != work:
+            chips = chips.astype(work)
         vmask = (
             None if valid is None else np.stack([valid[..., r : r + h, c : c + w] for r, c in pos])
         )
         labels = [spec.describe(ids[lo + k], r + r0, c + c0) for k, (r, c) in enumerate(pos)]
         out, failed = _run_looped(spec, chips, vmask, labels)
-        omask = None if vmask is None else _rescale_mask(vmask, *spec.scale)
+        omask: np.ndarray | None
+        if elem_valid is not None:
+            omask = np.stack([elem_valid[..., r : r + h, c : c + w] for r, c in pos])
+        else:
+            omask = None if vmask is None else _rescale_mask(vmask, *spec.scale)
         if failed:
             n_failed += len(failed)
             if omask is None:
                 omask = np.ones((len(pos), *spec.loop, oh, ow), bool)
             omask[failed] = False
-        if omask is not None and spec.loop:
+        if omask is not None and spec.loop and elem_valid is None:
             # (n, *loop, h, w) → broadcastable against (n, *loop, *out_lead, h, w)
             omask = omask.reshape(*omask.shape[:-2], *(1,) * len(spec.out_lead), oh, ow)
         if window is None:
@@ -437,8 +480,21 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
                 for r, c in pos
             ]
         opos = np.asarray([(sc(int(r)), sc(int(c))) for r, c in pos], dtype=np.int64)
-        agg.add(state, ChipBatch(out, opos, weights, omask, np.asarray(ids[lo : lo + len(pos)])))
+        batch = ChipBatch(
+            out,
+            opos,
+            weights,
+            omask,
+            np.asarray(ids[lo : lo + len(pos)]),
+            nan_marks=spec.fill_value is None,
+            failed=failed,
+        )
+        if state is None:
+            state = agg.new(region_shape, agg.accumulator_for(out))
+        agg.add(state, batch)
 
+    if state is None:  # a block that owns no chip
+        state = agg.new(region_shape)
     dy = dx = None
     if isinstance(agg, OverlapAdd):
         oys = tuple(sc(a) for a in task.ys)
@@ -451,8 +507,8 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             dy = _axis_sum(window, 0, oys, sc(r0), sc(r1 - r0), oscene[0], oh)
             dx = _axis_sum(window, 1, oxs, sc(c0), sc(c1 - c0), oscene[1], ow)
     state = agg.seal(state, dy, dx)
-    if pad_y or pad_x:
-        state = _crop(state, sc(read_h), sc(read_w))
+    if (in_h, in_w) != (r1 - r0, c1 - c0):
+        state = _crop(state, sc(in_h), sc(in_w))
     state["_failed"] = n_failed
     return state
 
@@ -488,7 +544,7 @@ def stitch_block(
     ``sink.write(index, state, agg)`` instead, which persists it and returns a marker.
     """
     agg = spec.agg
-    state = agg.new(task.shape)
+    state = agg.new(task.shape, agg.merged_accumulator(partials))
     for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
         agg.merge(
             state,

@@ -1,4 +1,4 @@
-"""The ``patchflow`` command: ``demo``, ``apply`` and ``grid``.
+"""The ``patchflow`` command: ``demo``, ``apply``, ``resume``, ``inspect`` and ``grid``.
 
 ``patchflow demo``
     Synthetic red/NIR scene → DN → NDVI on 256/192 Hann chips → Zarr store + PNG preview,
@@ -6,6 +6,12 @@
 ``patchflow apply INPUT OUTPUT``
     Run an operator (``--op ndvi`` or a JSON ``--pipeline``) over a GeoTIFF/COG or Zarr
     and write a Zarr store (streamed block by block, resumable) or a COG.
+``patchflow resume STORE``
+    Finish an interrupted ``.zarr`` run (or recompute its damaged blocks) from the job the
+    store records: no need to retype INPUT and the options.
+``patchflow inspect STORE``
+    Status of a ``.zarr`` OUTPUT: blocks done, missing and corrupt (checksums verified);
+    exit status 1 if it is incomplete or damaged.
 ``patchflow grid INPUT``
     Print (and optionally plot) the chips ``apply`` would use.
 
@@ -31,6 +37,8 @@ from typing import Any, ClassVar, NoReturn
 
 import numpy as np
 
+from patchflow.errors import PatchflowError
+
 __all__ = ["CommandError", "DNToNDVI", "UsageError", "build_parser", "load_input", "main"]
 
 PROG = "patchflow"
@@ -45,15 +53,22 @@ SCHEDULER_HELP = (
 )
 
 
+#: how ``--red``/``--nir`` address bands (the CLI counts like GDAL; Python APIs are 0-based)
+BAND_CONVENTION = "band numbers are 1-based like GDAL's (gdal_translate -b): 1 is the first band"
+BAND_HELP = (
+    "a GDAL-style 1-based band number (1 = the first band; the Python API's positions are "
+    "0-based) or a band name"
+)
+
 #: Built-in operators of ``patchflow apply --op``.
 OPS = {"ndvi": "DN -> reflectance (x --scale) -> NDVI of bands --red and --nir (1 band out)"}
 
 
-class UsageError(Exception):
+class UsageError(PatchflowError):
     """The command line is wrong (exit status 2)."""
 
 
-class CommandError(Exception):
+class CommandError(PatchflowError):
     """The command could not do its job (exit status 1)."""
 
 
@@ -94,6 +109,18 @@ def _demo_size(text: str) -> int:
     return value
 
 
+def _number(text: str) -> float | int:
+    """An int when the text is one (integer nodata stays exact), else a float."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -117,7 +144,7 @@ def _scheduler(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``patchflow`` argument parser (subcommands ``demo``, ``apply``, ``grid``)."""
+    """The ``patchflow`` parser (``demo``, ``apply``, ``grid``, ``resume``, ``inspect``)."""
     from patchflow import AGGREGATIONS, BOUNDARIES, WINDOWS, __version__
 
     common = _Parser(add_help=False)
@@ -205,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="operator pipeline from a JSON file (patchflow.ops.from_json) instead of --op",
     )
-    what.add_argument("--red", metavar="BAND", default="0", help="red band: index or band name")
-    what.add_argument("--nir", metavar="BAND", default="1", help="NIR band: index or band name")
+    what.add_argument("--red", metavar="BAND", default="1", help="red band: " + BAND_HELP)
+    what.add_argument("--nir", metavar="BAND", default="2", help="NIR band: " + BAND_HELP)
     what.add_argument(
         "--scale",
         metavar="FACTOR",
@@ -236,6 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chips.add_argument(
         "--batch-size", metavar="N", type=_positive_int, default=None, help="chips per op call"
+    )
+    chips.add_argument(
+        "--nodata",
+        metavar="VALUE",
+        type=_number,
+        default=None,
+        help="nodata of OUTPUT (wins over the input's); default: NaN for float results, the "
+        "input's nodata (else the dtype's max/min, else none) for integer results. A real "
+        "result equal to it is an error, never masked",
+    )
+    chips.add_argument(
+        "--input-nodata",
+        metavar="VALUE",
+        type=_number,
+        default=None,
+        help="treat VALUE as the input's nodata (default: the file's own, per band)",
     )
     io = app.add_argument_group("input, output, execution")
     io.add_argument(
@@ -285,6 +328,45 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--rows", metavar="N", type=int, default=10, help="chip table rows to print")
     grid.add_argument("--png", metavar="FILE", help="also draw the grid over the scene")
     grid.set_defaults(func=cmd_grid)
+
+    finish = sub.add_parser(
+        "resume",
+        parents=[common],
+        formatter_class=fmt,
+        help="finish an interrupted .zarr OUTPUT (or repair it) from the job it records",
+        description=(
+            "Finish the job of a .zarr OUTPUT of 'patchflow apply' (or patchflow.run) that "
+            "was interrupted, reading INPUT, the operator and every option from the store: "
+            "only blocks not yet written, or failing their checksum, are computed. Works "
+            "when the input is a file or Zarr store and the operator is --op or a "
+            "--pipeline; otherwise rerun 'patchflow apply ... --resume'."
+        ),
+    )
+    finish.add_argument("store", metavar="STORE", help="the .zarr OUTPUT to finish")
+    finish.add_argument(
+        "--scheduler", metavar="SCHEDULER", type=_scheduler, default=None, help=SCHEDULER_HELP
+    )
+    finish.set_defaults(func=cmd_resume)
+
+    inspect_ = sub.add_parser(
+        "inspect",
+        parents=[common],
+        formatter_class=fmt,
+        help="check a .zarr OUTPUT: status, blocks done/missing/corrupt (exit 1 if damaged)",
+        description=(
+            "Print the status of a .zarr store written by patchflow (complete, incomplete, "
+            "being written), its job, and how many blocks are done, missing or corrupt. "
+            "Every done block is read once and its checksum compared with the one recorded "
+            "when it was written (the cost of reading the whole result; --quick skips it). "
+            "Exit status 1 if the store is incomplete or damaged ('patchflow resume STORE' "
+            "repairs it)."
+        ),
+    )
+    inspect_.add_argument("store", metavar="STORE", help="the .zarr store to check")
+    inspect_.add_argument(
+        "--quick", action="store_true", help="only read the done markers (no checksums)"
+    )
+    inspect_.set_defaults(func=cmd_inspect)
     return parser
 
 
@@ -366,7 +448,20 @@ def load_input(path: str, *, var: str | None = None, chunks: int | None = None) 
 
 
 def _band_index(obj: Any, value: str, option: str) -> int:
-    """Resolve ``--red``/``--nir``: an index, a ``band`` coordinate value or a band name."""
+    """Resolve ``--red``/``--nir`` to a 0-based position for the operators.
+
+    A number is a GDAL-style 1-based band number (``1`` is the first band, as in
+    ``gdal_translate -b`` or rasterio); anything else is a band name: a value of the band
+    coordinate, or a band description (rioxarray's ``long_name``).
+
+    Raises
+    ------
+    UsageError
+        Unknown name (with the input's band names and the closest match), or a number
+        outside ``1..N`` (saying the CLI counts from 1; ``0`` gets its own hint).
+    """
+    import difflib
+
     from patchflow.core import spatial_dims
 
     y, x = spatial_dims(obj)
@@ -378,18 +473,29 @@ def _band_index(obj: Any, value: str, option: str) -> int:
         names = obj.attrs.get("long_name")
         if isinstance(names, (list, tuple)) and len(names) == n:
             labels = [*labels, *map(str, names)]
+    plural = "band" if n == 1 else "bands"
     try:
-        index = int(value)
+        number = int(value)
     except ValueError:
         found = [i % n for i, label in enumerate(labels) if label == value]
-        if not found:
-            raise UsageError(
-                f"argument {option}: no band named {value!r} (bands: {', '.join(labels[:n]) or n})"
-            ) from None
-        return found[0]
-    if not -n <= index < n:
-        raise UsageError(f"argument {option}: band {index} out of range (the input has {n})")
-    return index % n
+        if found:
+            return found[0]
+        folded = [label for label in labels if label.casefold() == value.casefold()]
+        close = folded or difflib.get_close_matches(value, labels, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        words = [label for label in dict.fromkeys(labels) if not label.lstrip("-").isdigit()]
+        listed = f" named {', '.join(words)}" if words else " without names"
+        raise UsageError(
+            f"argument {option}: no band named {value!r}: the input has {n} {plural}{listed} "
+            f"(or give a band number 1..{n}; {BAND_CONVENTION}){hint}"
+        ) from None
+    if not 1 <= number <= n:
+        hint = " (0 looks like a Python 0-based position)" if number == 0 else ""
+        raise UsageError(
+            f"argument {option}: band {number} out of range: the input has {n} {plural}, "
+            f"numbered 1..{n}; {BAND_CONVENTION}{hint}"
+        )
+    return number - 1
 
 
 @dataclass(frozen=True)
@@ -552,6 +658,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise UsageError(f"--stride {args.stride} is larger than --size {args.size}")
     if args.agg == "vote" and args.n_classes is None:
         raise UsageError("--agg vote needs --n-classes")
+    from patchflow.store import check_output_path, cli_wording
+
+    # before anything is read, let alone replaced: OUTPUT may not be (or be inside) INPUT
+    with cli_wording():
+        check_output_path(args.output, [args.input])
 
     obj = load_input(args.input, var=args.var, chunks=args.chunks)
     out_path = Path(args.output)
@@ -576,14 +687,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "boundary": args.boundary,
         **extra,
     }
-    for key in ("n_classes", "batch_size", "chunks"):
+    for key in ("n_classes", "batch_size", "chunks", "nodata", "input_nodata"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     if name is not None:
         params["name"] = name
     layout = patchflow.plan_grid(obj, size=args.size, stride=args.stride, boundary=args.boundary)
 
-    with _execution(args) as where:
+    with _execution(args) as where, cli_wording():
         if kind == "zarr":
             with where.progress():
                 report = patchflow.run(
@@ -598,18 +709,50 @@ def cmd_apply(args: argparse.Namespace) -> int:
             result = report.open()
         else:
             report, result = _write_cog(obj, op, args.output, where, params)
-    done = (
-        f"{report.computed} computed, {report.skipped} already done"
-        if report.skipped
-        else f"{report.computed} computed"
-    )
     _say(
         args,
         f"wrote {args.output}: {_describe(result)}",
         f"  chips: {layout.grid.n_chips} ({args.size}x{args.size}, stride {args.stride}, "
-        f"{args.window}, {args.agg}), blocks: {report.blocks} ({done})",
+        f"{args.window}, {args.agg}), blocks: {report.blocks} ({_blocks_done(report)})",
         f"  wall time: {report.seconds:.2f} s",
     )
+    return 0
+
+
+def _blocks_done(report: Any) -> str:
+    done = f"{report.computed} computed"
+    if report.skipped:
+        done += f", {report.skipped} already done"
+    repaired = getattr(report, "repaired", 0)
+    if repaired:
+        done += f" ({repaired} damaged block{'s' if repaired > 1 else ''} recomputed)"
+    return done
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """``patchflow resume``."""
+    from patchflow.store import cli_wording, resume
+
+    with _execution(args) as where, cli_wording():
+        with where.progress():
+            report = resume(args.store, scheduler=where.scheduler)
+    _say(
+        args,
+        f"resumed {args.store}: blocks: {report.blocks} ({_blocks_done(report)})",
+        f"  wall time: {report.seconds:.2f} s",
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``patchflow inspect``: exit status 1 (a named error) if the store is not healthy."""
+    from patchflow.store import check_store, cli_wording
+
+    with cli_wording():
+        health = check_store(args.store, checksums=not args.quick)
+    _say(args, *health.lines())
+    if not health.ok:
+        raise health.error()
     return 0
 
 

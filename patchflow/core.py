@@ -27,6 +27,9 @@ from patchflow.blocks import EngineSpec
 from patchflow.errors import DimensionError, OperatorError, ParameterError, PatchflowWarning
 from patchflow.graph import build_graph
 from patchflow.grid import ChipGrid, pair
+from patchflow.nodata import input_nodata as input_nodata_of
+from patchflow.nodata import is_value as is_nodata_value
+from patchflow.nodata import output_nodata, work_dtype
 from patchflow.ops import is_batched, op_output_spec, op_scale
 from patchflow.plan import BlockPlan
 from patchflow.windows import Window, make_window
@@ -39,14 +42,6 @@ TARGET_BLOCK = 2048
 BATCH_BYTES = 8 * 2**20
 ON_ERROR = ("raise", "mask", "retry")
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "<from input>"
-
-
-UNSET: Any = _Unset()
 
 
 def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, Hashable]:
@@ -116,15 +111,27 @@ def _mask_nodata(var: xr.DataArray) -> xr.DataArray:
 def _spatial_chunks(chunks: Any, y: Hashable, x: Hashable) -> tuple[Any, Any] | None:
     if chunks is None:
         return None
+    pair_: tuple[Any, Any]
     if isinstance(chunks, Mapping):
-        return chunks.get(y, -1), chunks.get(x, -1)
-    if isinstance(chunks, int):
-        return chunks, chunks
-    if isinstance(chunks, Sequence) and len(chunks) == 2:
-        return chunks[0], chunks[1]
-    raise ParameterError(
-        f"chunks must be an int, a (y, x) pair or a {{dim: size}} mapping, got {chunks!r}"
-    )
+        pair_ = chunks.get(y, -1), chunks.get(x, -1)
+    elif isinstance(chunks, int):
+        pair_ = chunks, chunks
+    elif isinstance(chunks, Sequence) and len(chunks) == 2:
+        pair_ = chunks[0], chunks[1]
+    else:
+        raise ParameterError(
+            f"chunks must be an int, a (y, x) pair or a {{dim: size}} mapping, got {chunks!r}"
+        )
+    for value in pair_:
+        # -1 (dask's "whole axis") is fine; 0 and other negatives would divide by zero
+        if isinstance(value, bool) or (
+            isinstance(value, int | np.integer) and value != -1 and value <= 0
+        ):
+            raise ParameterError(
+                f"chunks={chunks!r}: block sizes must be positive pixel counts (or -1 for the "
+                f"whole axis); use e.g. chunks=2048, or leave chunks=None for the default"
+            )
+    return pair_
 
 
 def _default_block(size: int, stride: int) -> int:
@@ -224,13 +231,23 @@ def _dry_run(
     return out[0] if batched else out
 
 
-def _int_nodata(dtype: np.dtype, nodata: Any) -> Any:
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        info = np.iinfo(dtype)
-        if float(nodata).is_integer() and info.min <= nodata <= info.max:
-            return dtype.type(nodata)
-    info = np.iinfo(dtype)
-    return dtype.type(info.max if dtype.kind == "u" else info.min)
+def _covers(grid: ChipGrid) -> bool:
+    """Whether the chips cover every scene pixel (no gaps, nothing dropped)."""
+    for axis in (grid.y, grid.x):
+        anchors = np.asarray(axis.anchors, dtype=np.int64)
+        if anchors.size == 0 or anchors[0] > 0:
+            return False
+        ends = anchors + axis.size
+        if np.any(anchors[1:] > ends[:-1]) or ends[-1] < axis.length:
+            return False
+    return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _out_dims(
@@ -295,6 +312,9 @@ def _wrap(
     nodata: Any,
     name: Hashable | None,
     ratio: tuple[int, int] = (1, 1),
+    *,
+    encoded: Any = None,
+    attrs: Mapping[Hashable, Any] | None = None,
 ) -> xr.DataArray:
     y, x = arr.dims[-2:]
     all_dims = (*dims, y, x)
@@ -314,12 +334,17 @@ def _wrap(
             coords[x] = transform.c + transform.a * (np.arange(sizes[x]) + 0.5)
             coords[y] = transform.f + transform.e * (np.arange(sizes[y]) + 0.5)
     out = xr.DataArray(data, dims=all_dims, coords=coords, name=name)
-    out.attrs = _carried_attrs(arr, out)
+    out.attrs = dict(attrs) if attrs is not None else _carried_attrs(arr, out)
     crs = arr.rio.crs
     if crs is not None:
         out = out.rio.write_crs(crs)
     if transform is not None:
         out = out.rio.write_transform(transform)
+    if encoded is not None:
+        # NaN in memory, the input's value on disk (rio.to_raster / to_netcdf write it back)
+        return out.rio.write_nodata(encoded, encoded=True)
+    if nodata is None:
+        return out  # nothing can be invalid: declare no nodata
     return out.rio.write_nodata(nodata, encoded=False)
 
 
@@ -342,8 +367,9 @@ def prepare(
     output_shape: Sequence[int] | None = None,
     output_bands: int | None = None,
     output_dims: Sequence[Hashable] | None = None,
-    nodata: Any = UNSET,
-    fill_value: Any = 0,
+    nodata: Any = None,
+    input_nodata: Any = None,
+    fill_value: Any = None,
     pass_mask: bool = False,
     allow_gaps: bool = False,
     scale: float | None = None,
@@ -379,8 +405,10 @@ def prepare(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive int, got {batch_size!r}")
     is_b = is_batched(op) if batched is None else bool(batched)
-    in_nodata = arr.rio.nodata if nodata is UNSET else nodata
-    in_dtype = np.dtype(arr.dtype)
+    in_nodata = input_nodata_of(arr, input_nodata)
+    src_dtype = np.dtype(arr.dtype)
+    # the op sees invalid inputs as NaN: integer input with nodata becomes float for it
+    in_dtype = work_dtype(src_dtype, in_nodata, fill_value)
     if on_error not in ON_ERROR:
         raise ParameterError(f"unknown on_error {on_error!r}; valid: {', '.join(ON_ERROR)}")
     op = _bind_bands(op, arr)
@@ -418,18 +446,39 @@ def prepare(
 
     agg_lead = loop_shape + out_lead
     aggregator = make_aggregator(
-        agg, out_dtype=op_dtype, lead=agg_lead, n_classes=n_classes, n_chips=grid.n_chips
+        agg,
+        out_dtype=op_dtype,
+        lead=agg_lead,
+        n_classes=n_classes,
+        n_chips=grid.n_chips,
     )
     res_dtype = aggregator.result_dtype()
-    if res_dtype.kind in "fc":
-        out_nodata: Any = np.nan
-    elif agg in ("vote", "soft_vote"):
-        # class labels: the input's nodata (often 0) would hide class 0; use the dtype max
-        out_nodata = _int_nodata(res_dtype, None)
-    else:
-        out_nodata = _int_nodata(res_dtype, in_nodata)
+    full_cover = _covers(grid)
+    can_be_invalid = (
+        not full_cover
+        or on_error == "mask"
+        or src_dtype.kind in "fc"
+        or is_nodata_value(in_nodata)
+        or op_dtype.kind in "fc"
+    )
+    out_nodata, encoded = output_nodata(
+        res_dtype,
+        explicit=nodata,
+        source=in_nodata,
+        labels=agg in ("vote", "soft_vote"),
+        can_be_invalid=can_be_invalid,
+    )
     # the fill for pixels nothing valid reaches depends on the result dtype found above
     aggregator.nodata = out_nodata
+    aggregator.encoded = encoded
+    aggregator.nodata_origin = (
+        "given as nodata="
+        if nodata is not None
+        else "the input's nodata"
+        if is_nodata_value(in_nodata)
+        and _same(out_nodata if encoded is None else encoded, in_nodata)
+        else f"the {res_dtype} default"
+    )
     num, den = ratio
     out_size = (size_yx[0] * num // den, size_yx[1] * num // den)
     win = None
@@ -454,6 +503,7 @@ def prepare(
         nodata=in_nodata,
         fill_value=fill_value,
         pad_mode=pad_mode,
+        work_dtype=None if in_dtype == src_dtype else in_dtype,
         scale=ratio,
         on_error=on_error,
         retries=int(retries) if on_error == "retry" else 0,
@@ -469,9 +519,53 @@ def prepare(
         spec=spec,
         dims=_out_dims(arr, aggregator.result_lead(), output_dims, n_loop),
         nodata=out_nodata,
-        name=name if name is not None else arr.name,
+        name=name if name is not None else _result_name(op, arr),
         band_names=_band_names(op, arr),
+        encoded_nodata=encoded,
+        attrs=_output_attrs(op, arr, aggregator.result_lead()),
     )
+
+
+def prepare_from(
+    obj: xr.DataArray | xr.Dataset,
+    op: Callable[..., Any],
+    params: Mapping[str, Any],
+    *,
+    caller: str = "apply",
+    also: Sequence[str] = (),
+) -> Prepared:
+    """:func:`prepare` with its keywords in a mapping, unknown keywords rejected helpfully.
+
+    Parameters
+    ----------
+    obj, op
+        As for :func:`apply`.
+    params
+        Keyword arguments of :func:`prepare`. Any it does not take raise a
+        :class:`~patchflow.errors.ParameterError` naming them: other tiling libraries'
+        names get patchflow's equivalent with a worked conversion (``overlap=0.25`` with
+        ``size=256`` → ``stride=192``), typos the closest valid name
+        (:func:`patchflow.errors.check_keywords`).
+    caller
+        The public function named in that message (``"apply"``, ``"run"``...).
+    also
+        Keywords the caller handles itself: accepted by the check, not passed on.
+
+    Returns
+    -------
+    Prepared
+        The planned job.
+    """
+    from patchflow.errors import check_keywords
+
+    skip = set(also)
+    names = [
+        p.name
+        for p in inspect.signature(prepare).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    check_keywords(caller, params, [*names, *skip])
+    return prepare(obj, op, **{k: v for k, v in params.items() if k not in skip})
 
 
 def _split_over(
@@ -512,6 +606,80 @@ def _check_coords(arr: xr.DataArray, y: Hashable, x: Hashable) -> None:
                 f"the {dim!r} coordinate is irregularly spaced (steps {step.min():g} to "
                 f"{step.max():g}); resample onto a regular grid first (e.g. rio.reproject)"
             )
+
+
+#: attrs that describe the *values*; an operator changes the values, so they are dropped
+#: unless the operator states its own (``op.output_attrs()``)
+VALUE_ATTRS = frozenset(
+    {
+        "units",
+        "long_name",
+        "standard_name",
+        "description",
+        "valid_range",
+        "valid_min",
+        "valid_max",
+        "actual_range",
+        "flag_values",
+        "flag_meanings",
+        "flag_masks",
+        "comment",
+    }
+)
+
+
+def _output_attrs(op: Any, arr: xr.DataArray, lead: tuple[int, ...]) -> dict[Hashable, Any]:
+    """Attrs of the result: the input's that are not about values, plus the op's own.
+
+    Encoding attrs (``_FillValue``, ``scale_factor`` …) never carry over; ``long_name``,
+    ``units`` and the like only come from the operator (``output_attrs()``), because what
+    was true of the input's values (``units: DN``) is rarely true of the result's.
+    """
+    n_in = arr.shape[-3] if arr.ndim >= 3 else 1
+    n_out = lead[-1] if lead else 1
+
+    def band_names(key: Hashable, value: Any) -> bool:
+        # rioxarray keeps GDAL band descriptions as a per-band ``long_name`` tuple: they
+        # name the bands, so they stay while the op keeps the band count
+        per_band = isinstance(value, list | tuple) and len(value) == n_in and n_in > 1
+        return key == "long_name" and per_band and n_out == n_in
+
+    kept = {
+        k: v
+        for k, v in arr.attrs.items()
+        if k not in DROPPED_ATTRS
+        and (k not in VALUE_ATTRS or band_names(k, v))
+        and not str(k).startswith("STATISTICS_")
+    }
+    if n_out != n_in:
+        # per-band lists (one entry per input band) no longer line up with the bands
+        kept = {
+            k: v
+            for k, v in kept.items()
+            if not (isinstance(v, list | tuple) and len(v) == n_in and n_in > 1)
+        }
+    declared = getattr(op, "output_attrs", None)
+    if callable(declared):
+        extra = declared()
+        if extra:
+            kept.update(extra)
+    return kept
+
+
+def _result_name(op: Any, arr: xr.DataArray) -> Hashable:
+    """The op's output name (``"ndvi"``) if it has one, else the input's, else ``"result"``."""
+    namer = getattr(op, "output_band_names", None)
+    if namer is not None:
+        labels = _labels(arr) or [f"band_{k}" for k in range(arr.shape[-3] if arr.ndim > 2 else 1)]
+        try:
+            names = namer(labels)
+        except Exception:  # a namer that needs real labels: fall back to the input's name
+            names = None
+        if names is not None and len(names) == 1 and not str(names[0]).startswith("band_"):
+            return str(names[0])
+    if arr.name is not None and not str(arr.name).startswith("patchflow-"):
+        return arr.name
+    return "result"
 
 
 def _band_names(op: Any, arr: xr.DataArray) -> tuple[str, ...] | None:
@@ -590,11 +758,24 @@ class Prepared:
     nodata: Any
     name: Hashable | None
     band_names: tuple[str, ...] | None = None
+    #: a float result's on-disk nodata (the input's, e.g. −99999), for ``rio.to_raster``
+    encoded_nodata: Any = None
+    #: attrs that still describe the output (see :func:`_output_attrs`)
+    attrs: Mapping[Hashable, Any] | None = None
 
     def result(self) -> xr.DataArray:
         """The lazy stitched DataArray."""
         lazy = build_graph(self.data, self.spec, self.plan)
-        out = _wrap(self.arr, lazy, self.dims, self.nodata, self.name, self.spec.scale)
+        out = _wrap(
+            self.arr,
+            lazy,
+            self.dims,
+            self.nodata,
+            self.name,
+            self.spec.scale,
+            encoded=self.encoded_nodata,
+            attrs=self.attrs,
+        )
         band = self.dims[-1] if self.dims else None
         if self.band_names and band is not None and out.sizes[band] == len(self.band_names):
             out = out.assign_coords({band: list(self.band_names)})
@@ -634,10 +815,21 @@ def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any)
         What ``op`` returns per chip (non-spatial shape; ``output_bands=n`` means
         ``(n,)``). With dtype and shape given the dry run is skipped. ``output_dims`` names
         the output's non-spatial dims.
-    nodata, fill_value, pass_mask
-        Input nodata (default: the input's, via rioxarray); invalid pixels are filled with
-        ``fill_value`` before ``op`` sees them and carry zero weight. With ``pass_mask``
-        the op is called as ``op(chips, valid_mask)``.
+    nodata
+        Nodata of the *result* (see :mod:`patchflow.nodata` for the rules): integer results
+        use it for invalid pixels, float results hold NaN in memory and get it as their
+        encoded (on-disk) nodata. Default: NaN for floats; for integers the input's nodata,
+        else the dtype's max/min, else none when no pixel can be invalid. A valid result
+        equal to it raises :class:`~patchflow.errors.NodataCollisionError`.
+    input_nodata
+        Override the input's nodata (default: rioxarray's ``nodata``/``encoded_nodata``).
+        Validity is per element: one band's nodata leaves the pixel's other bands valid.
+    fill_value, pass_mask
+        ``None`` (default): invalid input values reach ``op`` as NaN (integer input with
+        nodata is promoted to float64 for the op), and NaN/inf outputs carry zero weight.
+        A number: invalid values are replaced by it (for models that cannot take NaN) and
+        the output pixel is invalid wherever any input element under it was. With
+        ``pass_mask`` the op is called as ``op(chips, valid_mask)`` (pixel validity).
     allow_gaps
         Allow ``stride > size``.
     scale
@@ -673,14 +865,35 @@ def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any)
     >>> bool(abs(out - (scene[1:] - scene[:1].values)).max() < 1e-9)
     True
     """
-    if isinstance(obj, xr.Dataset) and params.pop("per_variable", False):
+    also = ("per_variable",)  # handled here; unknown keywords fail in prepare_from
+    if isinstance(obj, xr.Dataset) and params.get("per_variable", False):
         # each variable on its own (its own bands/dtype), results gathered in a Dataset
-        return xr.Dataset(  # type: ignore[return-value]
-            {name: prepare(var, op, **params).result() for name, var in obj.data_vars.items()},
-            attrs=obj.attrs,
-        )
-    params.pop("per_variable", None)
-    return prepare(obj, op, **params).result()
+        results = {
+            name: prepare_from(var, op, params, also=also).result()
+            for name, var in obj.data_vars.items()
+        }
+        return _gather(results, obj.attrs)  # type: ignore[return-value]
+    return prepare_from(obj, op, params, also=also).result()
+
+
+def _gather(results: dict[Hashable, xr.DataArray], attrs: Mapping[Any, Any]) -> xr.Dataset:
+    """Per-variable results in one Dataset, never outer-joined.
+
+    A Dataset aligns its variables, so two results with different band labels (or band
+    counts) would be padded with NaN where the other has a band. Non-spatial dims that do
+    not line up get the variable's name as a suffix instead (``band_dn``, ``band_refl``).
+    """
+    arrays = list(results.values())
+    try:
+        xr.align(*arrays, join="exact")
+    except ValueError:
+        renamed = {}
+        for name, arr in results.items():
+            y, x = arr.dims[-2:]
+            lead = {d: f"{d}_{name}" for d in arr.dims if d not in (y, x)}
+            renamed[name] = arr.rename(lead)
+        results = renamed
+    return xr.Dataset(results, attrs=dict(attrs))
 
 
 def _apply_signature() -> inspect.Signature:

@@ -7,14 +7,35 @@ can catch ours without catching everything. Errors about bad arguments also deri
 
 from __future__ import annotations
 
+import difflib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
 __all__ = [
+    "PEER_KEYWORDS",
+    "ConfigError",
+    "CorruptStoreError",
     "DimensionError",
+    "ForeignFilesError",
     "GridError",
+    "IncompleteStoreError",
+    "NodataCollisionError",
     "OperatorError",
+    "OutputOverlapsInputError",
     "ParameterError",
     "PatchflowError",
     "PatchflowWarning",
+    "ResumeMismatchError",
+    "ResumeRecipeError",
+    "StoreError",
+    "StoreExistsError",
+    "StoreLockedError",
+    "StoreMismatchError",
+    "StorePathError",
+    "StoreWriteError",
     "WindowError",
+    "check_keywords",
 ]
 
 
@@ -34,6 +55,10 @@ class WindowError(ParameterError):
     """The blending window is unknown or malformed."""
 
 
+class ConfigError(ParameterError):
+    """An operator config cannot be written or read (unknown name, bad params, Lambda…)."""
+
+
 class DimensionError(PatchflowError, ValueError):
     """The input lacks the dimensions patchflow needs (spatial y/x)."""
 
@@ -44,3 +69,312 @@ class OperatorError(PatchflowError, RuntimeError):
 
 class PatchflowWarning(UserWarning):
     """Something works but is probably not what you want (slow chunking, empty output...)."""
+
+
+class NodataCollisionError(PatchflowError, ValueError):
+    """A valid output value equals the chosen nodata value (it would read back as missing)."""
+
+
+# --------------------------------------------------------------------------- keywords
+
+#: chip size used in worked examples when the call gives none (prepare's default)
+_DEFAULT_SIZE = 256
+
+#: keywords that other tiling libraries use → (where they come from, patchflow's equivalent)
+PEER_KEYWORDS: dict[str, tuple[str, str]] = {
+    "overlap": ("tiler/MONAI", "stride= (pixels between chip starts: stride = size - overlap)"),
+    "input_overlap": ("xbatcher", "stride= (stride = size - overlap, per axis)"),
+    "depth": ("dask map_overlap", "stride= (neighbouring chips overlap by 2*depth)"),
+    "roi_size": ("MONAI", "size="),
+    "tile_shape": ("tiler", "size= (the chip's (y, x); bands are not part of it)"),
+    "input_dims": ("xbatcher", "size= (a (y, x) pair)"),
+    "patch_size": ("patchify/torch", "size="),
+    "window_shape": ("skimage view_as_windows", "size="),
+    "window_size": ("other tiling tools", "size="),
+    "chip_size": ("other tiling tools", "size="),
+    "tile_size": ("other tiling tools", "size="),
+    "step": ("patchify/skimage", "stride="),
+    "steps": ("other tiling tools", "stride="),
+    "sw_batch_size": ("MONAI", "batch_size= (chips per operator call)"),
+    "mode": ("MONAI (its blend mode)", "window= (the blending window)"),
+    "sigma_scale": ("MONAI", "window_params={'sigma': pixels} with window='gaussian'"),
+    "padding_mode": ("MONAI", "boundary='pad' with pad_mode="),
+    "device": ("MONAI", "patchflow.ModelOp(model, device=...) as the operator"),
+    "progress": ("MONAI", "patchflow.run(..., progress=True), or a dask ProgressBar"),
+}
+
+_SIZE_KEYS = (
+    "size",
+    "roi_size",
+    "patch_size",
+    "tile_shape",
+    "window_shape",
+    "input_dims",
+    "chip_size",
+    "tile_size",
+    "window_size",
+)
+_MONAI_PAD = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _yx(value: Any) -> tuple[float, float] | None:
+    """``(y, x)`` from a number, a sequence (its last two entries) or a ``{dim: n}`` mapping."""
+    if _is_number(value):
+        return float(value), float(value)
+    if isinstance(value, Mapping):
+        named = {str(k).lower(): v for k, v in value.items()}
+        y = next((named[k] for k in ("y", "lat", "latitude", "row", "rows") if k in named), None)
+        x = next((named[k] for k in ("x", "lon", "longitude", "col", "cols") if k in named), None)
+        items = [y, x] if y is not None and x is not None else list(named.values())
+    elif isinstance(value, str):
+        return None
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            return None
+    if len(items) == 1:
+        items = items * 2
+    if len(items) < 2 or not all(_is_number(v) for v in items[-2:]):
+        return None
+    return float(items[-2]), float(items[-1])
+
+
+def _show(pair: tuple[float, float]) -> str:
+    """``256`` for an equal pair, ``(256, 128)`` otherwise (ints shown without ``.0``)."""
+    a, b = (int(v) if float(v).is_integer() else v for v in pair)
+    return f"{a}" if a == b else f"({a}, {b})"
+
+
+def _chip_size(given: Mapping[str, Any]) -> tuple[tuple[float, float], str]:
+    """The chip size the call gives (or names via a peer keyword), and how to say it."""
+    for key in _SIZE_KEYS:
+        if key in given:
+            yx = _yx(given[key])
+            if yx is not None and min(yx) > 0 and all(float(v).is_integer() for v in yx):
+                said = f"size={_show(yx)}"
+                return yx, said if key == "size" else f"{said} (from {key})"
+    size = float(_DEFAULT_SIZE)
+    return (size, size), f"size={_DEFAULT_SIZE} (the default)"
+
+
+def _overlap(key: str, value: Any, given: Mapping[str, Any]) -> str | None:
+    size, said = _chip_size(given)
+    ov = _yx(value)
+    if ov is None:
+        return None
+    stride = []
+    for o, s in zip(ov, size, strict=True):
+        if key == "depth":
+            px = 2 * o
+        elif 0 <= o < 1:  # a fraction of the chip (MONAI; tiler for floats)
+            px = round(o * s)
+        elif o >= 1 and float(o).is_integer():  # pixels (tiler ints, xbatcher)
+            px = o
+        else:
+            return None
+        stride.append(s - px)
+    if min(stride) <= 0:
+        return f"{key}={value!r} with {said} would leave no stride: overlap must be < size"
+    return f"{key}={value!r} with {said} → stride={_show((stride[0], stride[1]))}"
+
+
+def _size(key: str, value: Any, given: Mapping[str, Any]) -> str | None:
+    yx = _yx(value)
+    if yx is None:
+        return None
+    return f"{key}={value!r} → size={_show(yx)}"
+
+
+def _stride(key: str, value: Any, given: Mapping[str, Any]) -> str | None:
+    yx = _yx(value)
+    return None if yx is None else f"{key}={value!r} → stride={_show(yx)}"
+
+
+def _batch(key: str, value: Any, given: Mapping[str, Any]) -> str | None:
+    return f"{key}={value!r} → batch_size={value!r}"
+
+
+def _mode(key: str, value: Any, given: Mapping[str, Any]) -> str | None:
+    size, _ = _chip_size(given)
+    if value == "constant":
+        return "mode='constant' → window='boxcar' (equal weights)"
+    if value == "gaussian":
+        sigma = _show((0.125 * size[0], 0.125 * size[1]))
+        return (
+            f"mode='gaussian' → window='gaussian', window_params={{'sigma': {sigma}}} "
+            "(MONAI's default sigma_scale=0.125 of the chip, in pixels)"
+        )
+    return "e.g. mode='gaussian' → window='gaussian'; mode='constant' → window='boxcar'"
+
+
+def _sigma(key: str, value: Any, given: Mapping[str, Any]) -> str | None:
+    size, said = _chip_size(given)
+    if not _is_number(value):
+        return None
+    sigma = _show((float(value) * size[0], float(value) * size[1]))
+    return (
+        f"sigma_scale={value!r} with {said} → window='gaussian', window_params={{'sigma': {sigma}}}"
+    )
+
+
+def _padding(key: str, value: Any, given: Mapping[str, Any]) -> str | None:
+    mode = _MONAI_PAD.get(str(value))
+    if mode is None:
+        return "pad_mode is one of numpy's pad modes: constant, reflect, edge, symmetric, wrap"
+    return f"padding_mode={value!r} → boundary='pad', pad_mode={mode!r}"
+
+
+def _nothing(key: str, value: Any, given: Mapping[str, Any]) -> str | None:
+    return None
+
+
+_CONVERT: dict[str, Callable[[str, Any, Mapping[str, Any]], str | None]] = {
+    "overlap": _overlap,
+    "input_overlap": _overlap,
+    "depth": _overlap,
+    "step": _stride,
+    "steps": _stride,
+    "sw_batch_size": _batch,
+    "mode": _mode,
+    "sigma_scale": _sigma,
+    "padding_mode": _padding,
+    **{k: _size for k in _SIZE_KEYS[1:]},
+}
+
+
+def _explain(func_name: str, key: str, value: Any, given: Mapping[str, Any]) -> str:
+    origin, equivalent = PEER_KEYWORDS[key]
+    text = f"{key!r} comes from {origin}; patchflow's equivalent is {equivalent}"
+    try:
+        example = _CONVERT.get(key, _nothing)(key, value, given)
+    except Exception:  # a worked example is a courtesy: never let it mask the real error
+        example = None
+    return f"{text}: {example}" if example else text
+
+
+def check_keywords(func_name: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Reject keywords ``func_name`` does not take, with the fix for each.
+
+    Keywords other tiling libraries use (tiler's ``overlap``/``tile_shape``, MONAI's
+    ``roi_size``/``sw_batch_size``/``mode``, xbatcher's ``input_dims``/``input_overlap``,
+    ``patch_size``, ``step``...) get patchflow's equivalent with a worked conversion
+    computed from the call's own values; other unknown names get the closest valid name.
+
+    Parameters
+    ----------
+    func_name
+        The public function being called, for the message (``"apply"``, ``"run"``...).
+    given
+        The keyword arguments of the call.
+    allowed
+        The keyword names the function accepts.
+
+    Raises
+    ------
+    ParameterError
+        Naming every unknown keyword (a :class:`ValueError`, not Python's usual
+        :class:`TypeError`, like every patchflow bad-argument error).
+
+    Examples
+    --------
+    >>> check_keywords("apply", {"size": 256, "stride": 192}, ["size", "stride"])
+    >>> check_keywords("apply", {"size": 256, "overlap": 0.25}, ["size", "stride"])
+    Traceback (most recent call last):
+    ...
+    patchflow.errors.ParameterError: apply() got an unknown keyword: 'overlap' comes from \
+tiler/MONAI; patchflow's equivalent is stride= (pixels between chip starts: \
+stride = size - overlap): overlap=0.25 with size=256 → stride=192
+    >>> check_keywords("apply", {"strid": 96}, ["size", "stride"])
+    Traceback (most recent call last):
+    ...
+    patchflow.errors.ParameterError: apply() got an unknown keyword: 'strid'; did you mean \
+'stride'?
+    """
+    valid = sorted(set(allowed))
+    unknown = [str(k) for k in given if k not in valid]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        if key in PEER_KEYWORDS:
+            parts.append(_explain(func_name, key, given[key], given))
+            continue
+        close = difflib.get_close_matches(key, valid, n=2, cutoff=0.6)
+        if close:
+            parts.append(f"{key!r}; did you mean {' or '.join(map(repr, close))}?")
+        else:
+            parts.append(f"{key!r}; {func_name}() takes: {', '.join(valid)}")
+    head = "an unknown keyword" if len(parts) == 1 else f"{len(parts)} unknown keywords"
+    raise ParameterError(f"{func_name}() got {head}: " + "; ".join(parts))
+
+
+# --------------------------------------------------------------------------- stores
+# (patchflow.store re-exports these; they live here so the hierarchy is in one place)
+
+
+class StoreError(PatchflowError, OSError):
+    """The output store cannot be written (permissions, disk full, file too large...)."""
+
+
+class StoreWriteError(StoreError):
+    """Writing the store failed part-way; it is left incomplete (never marked complete)."""
+
+
+class StorePathError(StoreError):
+    """The store path cannot hold a store: it is a file, or a symbolic link."""
+
+
+class StoreLockedError(StoreError):
+    """Another run (in this or another process) is writing the store right now."""
+
+
+class StoreExistsError(PatchflowError, FileExistsError):
+    """The output store exists and neither ``overwrite`` nor ``resume`` was given."""
+
+
+class ForeignFilesError(StoreExistsError):
+    """``overwrite`` refused: the store directory holds files patchflow did not write."""
+
+
+class IncompleteStoreError(PatchflowError, RuntimeError):
+    """The store's job did not finish: some blocks are missing."""
+
+
+class CorruptStoreError(IncompleteStoreError):
+    """Blocks of a store fail verification (a result chunk is missing or damaged)."""
+
+
+class StoreMismatchError(PatchflowError, ValueError):
+    """``resume``/``accumulate`` on a store written by a different job layout."""
+
+
+class ResumeMismatchError(StoreMismatchError):
+    """``resume``/``accumulate`` on a store written by a different job.
+
+    ``fields`` holds ``(field, value in the store, value now)`` for every difference.
+    """
+
+    def __init__(self, message: str, fields: tuple[tuple[str, Any, Any], ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.fields)
+
+
+class ResumeRecipeError(PatchflowError, RuntimeError):
+    """A store cannot be resumed on its own: it records no usable input/operator recipe."""
+
+
+class OutputOverlapsInputError(ParameterError):
+    """The output path is, contains, or lies inside an input: writing would destroy it."""

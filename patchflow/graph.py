@@ -18,6 +18,7 @@ so rebuilding the same computation yields the same graph.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import dask.array as da
@@ -109,6 +110,28 @@ def direct_read(
     )
 
 
+def _scene_padding(spec: EngineSpec, plan: BlockPlan) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row/col source indices of the padded scene, for pad modes that read far pixels.
+
+    ``np.pad(np.arange(n), (0, p), mode)`` says which scene row each padded row copies, so
+    gathering those rows reproduces ``np.pad(scene, ..., mode)`` exactly, whatever the
+    chunking. ``None`` when no gathering is needed (no padding, or a mode that only uses
+    the block's own last row/col or a constant).
+    """
+    if spec.pad_mode not in ("reflect", "symmetric", "wrap"):
+        return None
+    ny, nx = plan.n_blocks
+    end_y = max(plan.y.region(i)[1] for i in range(ny)) if ny else 0
+    end_x = max(plan.x.region(j)[1] for j in range(nx)) if nx else 0
+    h, w = spec.scene
+    if end_y <= h and end_x <= w:
+        return None
+    mode = spec.pad_mode
+    rows = np.pad(np.arange(h), (0, max(0, end_y - h)), mode=mode)  # type: ignore[call-overload]
+    cols = np.pad(np.arange(w), (0, max(0, end_x - w)), mode=mode)  # type: ignore[call-overload]
+    return rows, cols
+
+
 def build_graph(
     x: da.Array,
     spec: EngineSpec,
@@ -139,6 +162,8 @@ def build_graph(
     read_name = f"{HALO_PREFIX}-read-{token}"
     requests: dict[tuple[int, int], list[Any]] = {}
     chips: dict[Any, Any] = {}
+    extra: list[da.Array] = []
+    scene_pad = _scene_padding(spec, plan)
     for i, j in plan.working_blocks:
         ry, rx = plan.y.region(i), plan.x.region(j)
         sy, sx = plan.y.sources(i), plan.x.sources(j)
@@ -151,6 +176,17 @@ def build_graph(
             y_parts=_parts(plan.y.read(i), plan.y.edges, sy),
             x_parts=_parts(plan.x.read(j), plan.x.edges, sx),
         )
+        if scene_pad is not None and (ry[1] > spec.scene[0] or rx[1] > spec.scene[1]):
+            # reflect/symmetric/wrap padding comes from the whole scene (the far edge for
+            # wrap), not from this block: gather the padded region as one small array
+            rows, cols = scene_pad[0][ry[0] : ry[1]], scene_pad[1][rx[0] : rx[1]]
+            region = x[..., rows, :][..., cols].rechunk(-1)
+            extra.append(region)
+            whole_y, whole_x = ((0, ry[1] - ry[0]),), ((0, rx[1] - rx[0]),)
+            task = replace(task, y_parts=whole_y, x_parts=whole_x, padded=True)
+            key = (region.name, *((0,) * region.ndim))
+            chips[(chips_name, i, j)] = (process_block, spec, task, [[key]])
+            continue
         keys: list[list[Any]] = []
         for a, (y0, y1) in zip(sy, task.y_parts, strict=True):
             row: list[Any] = []
@@ -208,7 +244,7 @@ def build_graph(
             )
             stitch[(stitch_name, *out_idx, i, j)] = (stitch_block, spec, task_s, deps, sink)
 
-    base = HighLevelGraph.from_collections(chips_name, chips, dependencies=[x])  # type: ignore[list-item]
+    base = HighLevelGraph.from_collections(chips_name, chips, dependencies=[x, *extra])  # type: ignore[list-item]
     layers = {**base.layers, stitch_name: stitch}
     dependencies = {**base.dependencies, stitch_name: {chips_name}}
     graph = HighLevelGraph(layers, dependencies)

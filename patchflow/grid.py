@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from patchflow.errors import GridError
+from patchflow.errors import GridError, ParameterError
 
 __all__ = ["BOUNDARIES", "AxisGrid", "ChipGrid", "pair"]
 
@@ -41,21 +41,32 @@ BOUNDARIES: tuple[str, ...] = ("shift", "pad", "drop", "raise")
 def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     """Normalise an int or a ``(y, x)`` pair to a tuple of two Python ints.
 
+    Raises
+    ------
+    ParameterError
+        When ``value`` is neither an int nor a pair of ints (a plain parameter mistake;
+        whether the values make a plannable grid is :class:`GridError`'s business).
+
+    Examples
+    --------
     >>> pair(256, "size")
     (256, 256)
+    >>> pair((256, 128), "size")
+    (256, 128)
     """
-    if isinstance(value, bool):
-        raise GridError(f"{name} must be an int or a (y, x) pair of ints, got {value!r}")
+    wrong = f"{name} must be an int or a (y, x) pair of ints, got {value!r}"
+    if isinstance(value, bool | np.bool_):
+        raise ParameterError(wrong)
     if isinstance(value, int | np.integer):
         return int(value), int(value)
     try:
         items = tuple(value)
     except TypeError:
-        raise GridError(f"{name} must be an int or a (y, x) pair of ints, got {value!r}") from None
+        raise ParameterError(wrong) from None
     if len(items) != 2 or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in items
+        isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) for v in items
     ):
-        raise GridError(f"{name} must be an int or a (y, x) pair of ints, got {value!r}")
+        raise ParameterError(wrong)
     return int(items[0]), int(items[1])
 
 
@@ -78,6 +89,15 @@ class AxisGrid:
     axis
         Name used in error messages.
 
+    Raises
+    ------
+    ParameterError
+        ``length``, ``size`` or ``stride`` is not an int.
+    GridError
+        The values make no plannable grid: not positive, ``stride > size`` without
+        ``allow_gaps``, a chip larger than the scene (unless ``"pad"``), an unknown
+        boundary, or (``"raise"``) an uncovered margin.
+
     Examples
     --------
     >>> AxisGrid(1000, 256, 192).anchors.tolist()
@@ -98,7 +118,7 @@ class AxisGrid:
         for name in ("length", "size", "stride"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool):
-                raise GridError(f"{name} along {self.axis} must be an int, got {value!r}")
+                raise ParameterError(f"{name} along {self.axis} must be an int, got {value!r}")
         if self.length <= 0:
             raise GridError(f"the scene has no pixels along {self.axis} (length {self.length})")
         if self.size <= 0:
@@ -184,6 +204,13 @@ class ChipGrid:
         Boundary policy, see the module docstring.
     allow_gaps
         Permit ``stride > size``.
+
+    Raises
+    ------
+    ParameterError
+        ``shape``, ``size`` or ``stride`` is not an int or a pair of ints.
+    GridError
+        As for :class:`AxisGrid`, naming the axis.
 
     Examples
     --------

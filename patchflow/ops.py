@@ -21,7 +21,11 @@ contract and declare what they can, so the engine can plan without a dry run:
 * :meth:`Operator.bind` — resolve bands given *by name* (``NDVI(red="red", nir="nir")``)
   to indices, from the input's band coordinate labels; the engine calls it when the input
   has a coordinate on its first non-spatial dim. Bands are always the first non-spatial
-  axis of a chip (axis 1 of a batch).
+  axis of a chip (axis 1 of a batch). Band references are Python-style: 0-based positions
+  (negative ones count from the end) or names. A name the input lacks, a name on an input
+  without band labels, or a position out of range fails while ``patchflow.apply`` plans
+  (in ``bind`` and ``output_spec``), not when the graph computes; a position equal to the
+  band count is called out as a likely GDAL-style 1-based number.
 
 Operators compose with ``|`` into a :class:`Sequential`, print their full configuration,
 round-trip through :meth:`Operator.get_config` / :meth:`Operator.from_config` and JSON
@@ -47,6 +51,7 @@ True
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import math
 import warnings
@@ -56,9 +61,10 @@ from typing import Any, ClassVar, TypeVar, overload
 import numpy as np
 import numpy.typing as npt
 
-from patchflow.errors import ParameterError
+from patchflow.errors import ConfigError, ParameterError
 
 __all__ = [
+    "COMPOSITE_STATS",
     "NBR",
     "NDVI",
     "NDWI",
@@ -67,6 +73,7 @@ __all__ = [
     "TTA_TRANSFORMS",
     "Astype",
     "Batched",
+    "Composite",
     "ConfigError",
     "DNToReflectance",
     "Lambda",
@@ -144,9 +151,7 @@ def is_batched(op: Any) -> bool:
 # --------------------------------------------------------------------------- registry
 
 
-class ConfigError(ParameterError):
-    """An operator config cannot be written or read (unknown name, bad params, Lambda…)."""
-
+# ConfigError lives in patchflow.errors (one hierarchy); it stays importable from here.
 
 _REGISTRY: dict[str, type[Operator]] = {}
 
@@ -322,18 +327,45 @@ def _band(value: Any, what: str) -> Band:
     raise ParameterError(f"{what} must be a band index (int) or name (str), got {value!r}")
 
 
-def _resolve(band: Band, names: Sequence[str], op: Operator) -> int:
-    if isinstance(band, str):
-        try:
-            return list(names).index(band)
-        except ValueError:
-            raise ParameterError(
-                f"{op!r}: band {band!r} not found among the input's bands {list(names)}"
-            ) from None
-    if not -len(names) <= band < len(names):
-        raise ParameterError(
-            f"{op!r}: band index {band} out of range for {len(names)} bands {list(names)}"
+def _out_of_range(op: Any, band: int, n: int, names: Sequence[str] | None = None) -> str:
+    """Why ``band`` is not a position among ``n`` bands (0-based), spotting 1-based numbers.
+
+    Examples
+    --------
+    >>> print(_out_of_range("NDVI(red=2, nir=4)", 4, 4))
+    NDVI(red=2, nir=4): band index 4 is out of range: the input has 4 bands, at 0-based \
+positions 0..3 (or -4..-1 from the end); band 4 looks like a GDAL-style 1-based number; \
+Python positions are 0-based: use 3 (if you counted every band from 1, subtract 1 from each)
+    """
+    listed = f" {list(names)}" if names else ""
+    plural = "band" if n == 1 else "bands"
+    text = (
+        f"{op}: band index {band} is out of range: the input has {n} {plural}{listed}, "
+        f"at 0-based positions 0..{n - 1} (or -{n}..-1 from the end)"
+    )
+    if band == n:
+        text += (
+            f"; band {band} looks like a GDAL-style 1-based number; Python positions are "
+            f"0-based: use {n - 1} (if you counted every band from 1, subtract 1 from each)"
         )
+    elif names:
+        text += "; or give band names"
+    return text
+
+
+def _resolve(band: Band, names: Sequence[str], op: Operator) -> int:
+    names = list(names)
+    if isinstance(band, str):
+        if band in names:
+            return names.index(band)
+        text = f"{op!r}: band {band!r} not found among the input's bands {names}"
+        folded = [n for n in names if n.casefold() == band.casefold()]
+        close = folded or difflib.get_close_matches(band, names, n=1, cutoff=0.6)
+        if close:
+            text += f"; did you mean {close[0]!r}?"
+        raise ParameterError(text)
+    if not -len(names) <= band < len(names):
+        raise ParameterError(_out_of_range(repr(op), band, len(names), names))
     return band
 
 
@@ -436,6 +468,28 @@ class Operator:
                 f"{self!r} names bands; resolve them with op.bind(band_names) first "
                 "(patchflow.apply does it when the input has band coordinate labels)"
             )
+
+    def _check_bands(self, lead: tuple[int, ...]) -> None:
+        """Plan-time check of the band references against chips ``(*lead, h, w)``.
+
+        Called from :meth:`output_spec`, which ``patchflow.apply`` calls while planning,
+        so a band that cannot exist fails at call time, not when the graph computes.
+        Names left unresolved here mean the input had no band labels to bind them to.
+        """
+        if not lead:
+            raise ParameterError(f"{self!r} needs input with a band dim; the chips have none")
+        names = [b for a in self._band_params for b in _as_list(getattr(self, a))]
+        unbound = [b for b in names if isinstance(b, str)]
+        if unbound:
+            raise ParameterError(
+                f"{self!r} addresses bands by name, but the input's {lead[0]} bands have no "
+                "names (no string coordinate on the band dim); use 0-based positions, or "
+                "label the bands, e.g. obj.assign_coords(band=['red', 'nir', ...]) (for a "
+                "GeoTIFF read with rioxarray: band=list(obj.attrs['long_name']))"
+            )
+        for band in names:
+            if not -lead[0] <= band < lead[0]:
+                raise ParameterError(_out_of_range(repr(self), band, lead[0]))
 
     # ---- config
 
@@ -759,7 +813,7 @@ def _indices(op: Operator, bands: Sequence[Band], n_bands: int) -> list[int]:
             op._check_bound()
         assert isinstance(band, int)
         if not -n_bands <= band < n_bands:
-            raise ParameterError(f"{op!r}: band index {band} out of range for {n_bands} bands")
+            raise ParameterError(_out_of_range(repr(op), band, n_bands))
         out.append(band)
     return out
 
@@ -853,13 +907,7 @@ class NormalizedDifference(Operator):
         return out
 
     def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:
-        if not lead:
-            raise ParameterError(f"{self!r} needs input with a band dim; the chips have none")
-        for band in (self.a, self.b):
-            if isinstance(band, int) and not -lead[0] <= band < lead[0]:
-                raise ParameterError(
-                    f"{self!r}: band index {band} out of range for {lead[0]} bands"
-                )
+        self._check_bands(lead)
         return (1, *lead[1:]), _float_dtype(dtype)
 
     def output_band_names(self, names: Sequence[str]) -> list[str]:
@@ -954,8 +1002,7 @@ class SelectBands(Operator):
         return chips[:, _indices(self, self.indices, chips.shape[1])]
 
     def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:
-        if not lead:
-            raise ParameterError(f"{self!r} needs input with a band dim; the chips have none")
+        self._check_bands(lead)
         return (len(self.indices), *lead[1:]), dtype
 
     def output_band_names(self, names: Sequence[str]) -> list[str]:
@@ -1185,6 +1232,13 @@ class PercentileClip(Operator):
         return out
 
     def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:
+        for v in self.limits or ():
+            if isinstance(v, tuple) and (not lead or lead[0] != len(v)):
+                bands = f"{lead[0]} bands" if lead else "no band dim"
+                raise ParameterError(
+                    f"{self!r}: {len(v)} per-band limits but the input chips have {bands} "
+                    f"(non-spatial shape {lead}); give one limit per band, or plain numbers"
+                )
         return lead, _float_dtype(dtype)
 
     def output_band_names(self, names: Sequence[str]) -> list[str]:
@@ -1274,6 +1328,117 @@ def global_percentiles(
             return [float(v) for v in lo], [float(v) for v in hi]
         lo, hi = np.nanpercentile(sample, [p_min, p_max])
     return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- composites
+
+#: statistics :class:`Composite` can reduce a time stack with
+COMPOSITE_STATS: tuple[str, ...] = ("median", "mean", "min", "max")
+
+
+def _nan_median(x: np.ndarray, axis: int) -> np.ndarray:
+    """``numpy.nanmedian`` along ``axis`` by one sort (NaN sorts last), without warnings.
+
+    All-NaN slices give NaN silently; odd counts return the middle value exactly.
+    """
+    s = np.sort(x, axis=axis)
+    k = np.sum(~np.isnan(x), axis=axis, keepdims=True)
+    lo = np.take_along_axis(s, np.maximum(k - 1, 0) // 2, axis=axis)
+    hi = np.take_along_axis(s, np.minimum(k // 2, x.shape[axis] - 1), axis=axis)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mid = np.where(lo == hi, lo, (lo + hi) / 2)
+    mid[k == 0] = np.nan
+    return np.squeeze(mid, axis=axis)
+
+
+def _nan_mean(x: np.ndarray, axis: int) -> np.ndarray:
+    valid = ~np.isnan(x)
+    count = np.sum(valid, axis=axis).astype(x.dtype)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # inf - inf, 0/0
+        total = np.sum(np.where(valid, x, 0), axis=axis, dtype=x.dtype)
+        return np.asarray(total / count)  # NaN where no date is valid
+
+
+_REDUCERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "median": _nan_median,
+    "mean": _nan_mean,
+    # fmin/fmax skip NaN and give NaN only for all-NaN slices, without a warning
+    "min": lambda x, axis: np.fmin.reduce(x, axis=axis),
+    "max": lambda x, axis: np.fmax.reduce(x, axis=axis),
+}
+
+
+@register
+class Composite(Operator):
+    """Per-pixel temporal composite of a time stack (median, mean, min or max), NaN-skipping.
+
+    For ``apply(stack, Composite(), over="time")`` on a ``(time, band, y, x)`` stack (the
+    order stackstac gives): each chip is ``(time, band, h, w)``, batched
+    ``(n, time, band, h, w)``, and the output ``(band, h, w)`` (``(n, band, h, w)``), float32
+    (float64 for float64 input). Each band of each pixel is reduced over the dates where it
+    is not NaN, exactly like ``numpy.nanmedian``/``nanmean``/``nanmin``/``nanmax``; a band
+    NaN on every date gives NaN, without a RuntimeWarning.
+
+    Parameters
+    ----------
+    stat
+        ``"median"`` (default), ``"mean"``, ``"min"`` or ``"max"``.
+    count
+        Add one last band, ``"count"``: the number of valid observations of the pixel —
+        the dates on which every band is finite — as float.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> stack = np.array([1.0, np.nan, 3.0, 10.0]).reshape(1, 4, 1, 1, 1)  # n, time, band, h, w
+    >>> Composite("median", count=True)(stack).ravel().tolist()
+    [3.0, 3.0]
+    >>> Composite("max").output_spec((4, 3), np.dtype("uint16"))
+    ((3,), dtype('float32'))
+    """
+
+    def __init__(self, stat: str = "median", count: bool = False) -> None:
+        if stat not in COMPOSITE_STATS:
+            close = difflib.get_close_matches(str(stat), COMPOSITE_STATS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ParameterError(
+                f"unknown Composite stat {stat!r}; valid: {', '.join(COMPOSITE_STATS)}{hint}"
+            )
+        if not isinstance(count, bool | np.bool_):
+            raise ParameterError(f"Composite count must be True or False, got {count!r}")
+        self.stat = stat
+        self.count = bool(count)
+
+    def __call__(self, chips: np.ndarray) -> np.ndarray:
+        chips = np.asarray(chips)
+        if chips.ndim != 5:
+            raise ParameterError(
+                f"{self!r} needs chips (n, time, band, h, w), got shape {chips.shape}: run it "
+                "with apply(..., over='time') on a (time, band, y, x) stack (for one chip "
+                "(time, band, h, w), call it on chip[None])"
+            )
+        x = chips.astype(_float_dtype(chips.dtype), copy=False)
+        out = _REDUCERS[self.stat](x, 1)
+        if self.count:
+            valid = np.isfinite(x).all(axis=2).sum(axis=1)  # (n, h, w)
+            out = np.concatenate([out, valid[:, None].astype(out.dtype)], axis=1)
+        return out
+
+    def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:
+        if len(lead) != 2:
+            raise ParameterError(
+                f"{self!r} reduces over time: its chips must be (time, band, h, w), but "
+                f"these have the non-spatial shape {lead}. Pass over='time' (without it the "
+                "operator runs per date on (band, h, w)); for a (time, y, x) stack add a "
+                "band dim first: stack.expand_dims('band', axis=1)"
+            )
+        return (lead[1] + int(self.count),), _float_dtype(dtype)
+
+    def output_band_names(self, names: Sequence[str]) -> list[str]:
+        return [*names, "count"] if self.count else list(names)
+
+    def _params(self) -> dict[str, Any]:
+        return {"stat": self.stat, "count": self.count}
 
 
 # --------------------------------------------------------------------------- TTA

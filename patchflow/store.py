@@ -3,81 +3,234 @@
 Store layout (Zarr v3 group, readable with ``xr.open_zarr`` + rioxarray)::
 
     store.zarr/
-      zarr.json              group attrs["patchflow"]: status, block grid, job signature,
-                             CRS (WKT) and transform, pass count
+      zarr.json              group attrs["patchflow"]: status, block grid, the job record
+                             (operator, input identity, every grid/stitch parameter), the
+                             resume recipe, CRS (WKT) and transform, pass count, and the
+                             names of the entries patchflow wrote
       <var>/                 the normalised result, dims (out dims…, y, x), one Zarr chunk
                              per output block (chunk shape = block shape)
       y/, x/, spatial_ref/   coordinates and the CRS (CF grid mapping, as rioxarray writes)
       _patchflow/done        uint8 (n_blocks_y, n_blocks_x), chunk (1, 1): 1 once a block's
                              data are written; written *after* the data
+      _patchflow/checksum    uint32, same grid: CRC-32 of the block's result bytes (the
+                             array the task already holds), written before ``done``
+      _patchflow/failed, valid  per block: chips masked by ``on_error``, valid pixels
       _patchflow/num, den    (``keep_sums=True`` or ``mode="accumulate"``) the overlap-add
                              numerator and denominator (``count``/``wsum`` for ``vote``),
                              float, same block chunks
+      .patchflow-lock        ``flock``-ed by the run writing the store (dies with it)
+      .patchflow-creating    exists only while the store is being created or replaced:
+                             marks a half-created store as patchflow's (with its job)
 
 Every output block is produced by exactly one task, and that task is the only writer of
-that block's chunk in every array (output, sums, done marker), so no locks are needed under
-threads, processes or dask.distributed.
+that block's chunk in every array (output, checksum, sums, done marker), so no locks are
+needed between tasks under threads, processes or dask.distributed. One *run* per store is
+enforced by the lock file: a second run (or ``overwrite``) is refused with
+:class:`StoreLockedError` while the first holds it; a killed run's lock goes with it.
+
+Crash safety: Zarr's local store writes each file atomically (temporary file + rename),
+the done marker follows the block's data and checksum, metadata updates are atomic renames,
+an accumulate pass's sums are promoted by idempotent renames, and the status only becomes
+``"complete"`` after the last block and the consolidated metadata. A process killed at any
+point (not a power loss: nothing is fsync'ed) leaves a store that ``resume=True`` (or
+:func:`resume`, which reopens the input and operator from the recorded recipe) finishes
+bit-identically, and that :func:`open_result` refuses until then. Resuming checks the job:
+a different operator, input or parameter is a :class:`ResumeMismatchError` naming each
+difference (``mode="accumulate"`` may change the operator and window, not the input or
+grid). Resuming also re-reads the blocks already marked done and recomputes any whose
+checksum no longer matches (a deleted or damaged chunk file) — except in a store summing
+several passes, where that is a :class:`CorruptStoreError` (one operator cannot recompute
+it). :func:`check_store` (``patchflow inspect``) and ``open_result(verify=True)`` run the
+same verification.
 
 The numerator/denominator of a block are summed in memory by the block's stitch task (from
 the block's own chips and its neighbours' spill-over) and normalised there; writing them to
 the store is only needed to add later passes. For a separable window on valid data the
 denominator is geometry (outer product of per-axis weight sums), so by default neither is
 written: one array of output bytes is the whole I/O cost.
+
+Only local directories are supported as stores; an output path that is, contains or lies
+inside one of the inputs is refused (:class:`OutputOverlapsInputError`) before anything is
+written or deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+import errno
+import inspect
+import itertools
 import json
+import math
 import os
+import re
 import shutil
+import signal
+import sys
 import time
+import types
 import warnings
-from collections.abc import Callable, Hashable
+import zlib
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 import zarr.codecs
+from dask.base import tokenize
 from dask.delayed import Delayed
 
 from patchflow.aggregate import Aggregator, State
-from patchflow.core import Prepared, prepare
-from patchflow.errors import ParameterError, PatchflowError, PatchflowWarning
+from patchflow.core import Prepared, prepare, prepare_from, spatial_dims
+from patchflow.errors import (
+    CorruptStoreError,
+    ForeignFilesError,
+    IncompleteStoreError,
+    OutputOverlapsInputError,
+    ParameterError,
+    PatchflowError,
+    PatchflowWarning,
+    ResumeMismatchError,
+    ResumeRecipeError,
+    StoreError,
+    StoreExistsError,
+    StoreLockedError,
+    StoreMismatchError,
+    StorePathError,
+    StoreWriteError,
+)
 from patchflow.graph import build_graph
 
+if sys.platform != "win32":
+    import fcntl
+
 __all__ = [
+    "CorruptStoreError",
+    "ForeignFilesError",
     "IncompleteStoreError",
+    "OutputOverlapsInputError",
+    "ResumeMismatchError",
+    "ResumeRecipeError",
     "RunReport",
     "StoreError",
     "StoreExistsError",
+    "StoreHealth",
+    "StoreLockedError",
     "StoreMismatchError",
+    "StorePathError",
+    "StoreWriteError",
+    "check_output_path",
+    "check_store",
+    "cli_wording",
     "open_result",
+    "resume",
     "run",
 ]
 
 META = "patchflow"
 BOOK = "_patchflow"
 MODES = ("w", "accumulate")
+LOCK = ".patchflow-lock"
+CREATING = ".patchflow-creating"
+#: version of the job record in ``attrs["patchflow"]``
+RECORD = 2
+#: testing hook: ``PATCHFLOW_CRASH_AT=<stage>`` SIGKILLs the writing process at that point so
+#: tests can kill a run at exact moments. Stages: ``create`` (marker written, arrays being
+#: created), ``replace`` (overwrite: old entries partly deleted), ``block-N`` (the N-th block
+#: this process writes: data and checksum on disk, done marker not yet), ``accumulate`` (a
+#: new pass declared, its arrays not yet ready), ``promote`` (a pass's sums half renamed into
+#: place), ``finalise`` (all blocks done, status not yet complete).
+CRASH_AT = "PATCHFLOW_CRASH_AT"
+#: temporary files of atomic writes (Zarr's and ours) that a killed run may leave behind
+_TEMPORARY = re.compile(r"^(zarr\.[0-9a-f]{32}\.partial|\.patchflow-.+\.tmp)$")
+_BLOCKS_WRITTEN = itertools.count(1)
 
 
-class StoreError(PatchflowError, OSError):
-    """The output store cannot be written."""
+def _crc(values: np.ndarray) -> int:
+    """CRC-32 of a C-contiguous array's bytes (no copy)."""
+    return zlib.crc32(values.data.cast("B")) if values.size else 0
 
 
-class StoreExistsError(PatchflowError, FileExistsError):
-    """The output store exists and neither ``overwrite`` nor ``resume`` was given."""
+def _checkpoint(stage: str) -> None:
+    if os.environ.get(CRASH_AT) == stage:
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
-class IncompleteStoreError(PatchflowError, RuntimeError):
-    """The store's job did not finish: some blocks are missing."""
+# --------------------------------------------------------------------------- wording
+
+_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("patchflow_cli_wording", default=False)
+
+#: the fixes errors offer, in the caller's words: (Python, command line)
+_WORDS = {
+    "overwrite": ("overwrite=True", "--overwrite"),
+    "resume": ("resume=True", "--resume"),
+    "finish": (
+        "patchflow.store.resume(store), or patchflow.run(..., resume=True) with the same "
+        "input, operator and parameters",
+        "'patchflow resume STORE', or 'patchflow apply INPUT OUTPUT --resume' with the same "
+        "INPUT and options",
+    ),
+    "same": (
+        "the same input, operator and parameters",
+        "the same INPUT and options (--op/--pipeline, --red/--nir/--scale, chips)",
+    ),
+    "rerun": (
+        "call patchflow.run(obj, op, store=..., resume=True) with the same input, operator "
+        "and parameters",
+        "run 'patchflow apply INPUT OUTPUT --resume' again with the same INPUT and options",
+    ),
+    "another": ("write to another store", "choose another OUTPUT"),
+    "store": ("the output store", "OUTPUT"),
+    "input": ("the input", "INPUT"),
+}
+#: ``prepare`` keywords that ``patchflow apply`` exposes as ``--flags``
+_CLI_FLAGS = frozenset(
+    {"size", "stride", "window", "agg", "n_classes", "boundary", "batch_size", "chunks"}
+)
 
 
-class StoreMismatchError(PatchflowError, ValueError):
-    """``resume``/``accumulate`` on a store written by a different job layout."""
+@contextlib.contextmanager
+def cli_wording() -> Iterator[None]:
+    """Word this module's errors for the ``patchflow`` command (``--overwrite``, not
+    ``overwrite=True``) inside the ``with`` block."""
+    token = _CLI.set(True)
+    try:
+        yield
+    finally:
+        _CLI.reset(token)
+
+
+def _w(key: str, cli: bool | None = None) -> str:
+    python, command = _WORDS[key]
+    return command if (_CLI.get() if cli is None else cli) else python
+
+
+def _field_label(key: str) -> str:
+    """A job-record field in the caller's words (``stride`` / ``--stride``)."""
+    cli = _CLI.get()
+    if key.startswith("params."):
+        name = key.removeprefix("params.")
+        return f"--{name.replace('_', '-')}" if cli and name in _CLI_FLAGS else name
+    if key == "op" or key.startswith(("op.", "op[")):
+        rest = key.removeprefix("op").removeprefix(".config").removeprefix(".callable")
+        rest = " (its state)" if rest == ".token" else rest
+        return ("operator" if cli else "op") + rest
+    if key.startswith("input."):
+        return f"{'INPUT' if cli else 'input'} {key.removeprefix('input.')}"
+    if key == "var":
+        return "result variable" if cli else "var"
+    return key.replace(".", " ")
+
+
+# --------------------------------------------------------------------------- compressors
 
 
 def default_compressors(dtype: np.dtype) -> Any:
@@ -85,9 +238,65 @@ def default_compressors(dtype: np.dtype) -> Any:
     return [zarr.codecs.ZstdCodec(level=1)]
 
 
+# --------------------------------------------------------------------------- I/O errors
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):  # zarr's NodeNotFoundError is one too
+        return "part of the store is gone (removed or replaced by someone else while writing)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _fix(exc: BaseException) -> str:
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make it writable or choose a writable location"
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return "free disk space (or choose another location)"
+    if code == errno.EFBIG:
+        return "raise the file-size limit ('ulimit -f') or choose another location"
+    return "check the store's location"
+
+
+def _write_error(path: str, what: str, exc: BaseException, cli: bool | None = None) -> StoreError:
+    return StoreWriteError(
+        f"cannot write {what} of the output store {path!r}: {_reason(exc)}; {_fix(exc)}, then "
+        f"finish the job with {_w('finish', cli)} (the store stays incomplete until then)"
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Zarr's remarks on what patchflow writes on purpose."""
+    with warnings.catch_warnings():
+        # our lock file and creation marker are not Zarr nodes (Zarr notes it when listing)
+        warnings.filterwarnings("ignore", message=r"Object at \.patchflow-")
+        # string band labels have no final Zarr v3 dtype spec yet; xarray reads them back
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        # consolidated metadata is not in the v3 spec yet; xarray and zarr read it
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not")
+        yield
+
+
+@contextlib.contextmanager
+def _writing(path: str, what: str) -> Iterator[None]:
+    """Turn OS/Zarr write failures into :class:`StoreWriteError` naming the fix."""
+    try:
+        yield
+    except PatchflowError:
+        raise
+    except OSError as exc:  # includes zarr's NodeNotFoundError (a FileNotFoundError)
+        raise _write_error(path, what, exc) from exc
+
+
+# --------------------------------------------------------------------------- block sink
+
+
 @dataclass(frozen=True)
 class BlockSink:
-    """Writes one output block (result, optional sums, done marker). Picklable."""
+    """Writes one output block (result, checksum, optional sums, done marker). Picklable."""
 
     store: str
     var: str
@@ -95,6 +304,8 @@ class BlockSink:
     block: tuple[int, int]
     sums: tuple[str, ...]
     accumulate: bool
+    #: word errors for the command line (the context of the caller does not reach workers)
+    cli: bool = False
 
     def _region(self, index: tuple[int, int], shape: tuple[int, ...]) -> tuple[slice, ...]:
         (i, j), (by, bx) = index, self.block
@@ -105,6 +316,15 @@ class BlockSink:
         self, index: tuple[int, int], state: State, agg: Aggregator, failed: int = 0
     ) -> np.ndarray:
         """Persist block ``index`` of a merged state; return a one-element marker."""
+        try:
+            self._write(index, state, agg, failed)
+        except PatchflowError:
+            raise
+        except OSError as exc:  # disk full, file too large, read-only, store removed
+            raise _write_error(self.store, f"block {tuple(index)}", exc, self.cli) from exc
+        return np.ones((1,) * (self.nlead + 2), np.int8)
+
+    def _write(self, index: tuple[int, int], state: State, agg: Aggregator, failed: int) -> None:
         if self.sums:
             sums = agg.to_sums(state)
             if self.accumulate:
@@ -117,13 +337,25 @@ class BlockSink:
                 arr[self._region(index, sums[key].shape)] = sums[key]
             state = agg.from_sums(sums)
         out = agg.finalize(state)
-        zarr.open_array(self.store, path=self.var, mode="r+")[self._region(index, out.shape)] = out
-        zarr.open_array(self.store, path=f"{BOOK}/failed", mode="r+")[index] = failed
+        # every chunk is written, even all-nodata ones, so the bytes read back are exactly
+        # the bytes checksummed here (Zarr would otherwise drop it and return its fill value)
+        result = zarr.open_array(
+            self.store, path=self.var, mode="r+", config={"write_empty_chunks": True}
+        )
+        out = np.ascontiguousarray(out, dtype=result.dtype)
+        result[self._region(index, out.shape)] = out
+        checksum = _crc(out)  # the array in hand: no re-read
         good = np.isfinite(out) if out.dtype.kind == "f" else out != agg.nodata
+        zarr.open_array(self.store, path=f"{BOOK}/failed", mode="r+")[index] = failed
         zarr.open_array(self.store, path=f"{BOOK}/valid", mode="r+")[index] = int(good.sum())
+        zarr.open_array(self.store, path=f"{BOOK}/checksum", mode="r+")[index] = checksum
+        if CRASH_AT in os.environ:
+            _checkpoint(f"block-{next(_BLOCKS_WRITTEN)}")
         # the marker goes last: a block is done only once all its data are on disk
         zarr.open_array(self.store, path=f"{BOOK}/done", mode="r+")[index] = 1
-        return np.ones((1,) * (self.nlead + 2), np.int8)
+
+
+# --------------------------------------------------------------------------- reports
 
 
 @dataclass(frozen=True)
@@ -139,10 +371,611 @@ class RunReport:
     mode: str
     #: chips whose operator call failed and were masked (``on_error="mask"``)
     failed_chips: int = 0
+    #: blocks that were marked done but failed verification and were recomputed
+    repaired: int = 0
 
-    def open(self) -> xr.DataArray:
-        """The result, lazily, from the store."""
-        return open_result(self.store, var=self.var)
+    def open(self, *, verify: bool = False) -> xr.DataArray:
+        """The result, lazily, from the store (``verify``: see :func:`open_result`; off by
+        default because the run has just written and checked every block)."""
+        return open_result(self.store, var=self.var, verify=verify)
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """What :func:`check_store` found."""
+
+    store: str
+    #: ``"complete"``, ``"incomplete"``, ``"accumulating"``, ``"creating"`` (creation or
+    #: replacement interrupted) or ``"not a patchflow store"``
+    status: str
+    blocks: tuple[int, int] = (0, 0)
+    done: int = 0
+    missing: tuple[tuple[int, int], ...] = ()
+    corrupt: tuple[tuple[int, int], ...] = ()
+    #: whether the checksums of the done blocks were verified (``checksums=True``)
+    checked: bool = False
+    #: a run is writing the store right now
+    locked: bool = False
+    passes: int = 0
+    var: str | None = None
+    #: ``resume`` can finish the job from the store alone (a recipe is recorded)
+    resumable: bool = False
+    job: Mapping[str, Any] | None = None
+    #: the problem and its fix, in the caller's words (``None`` when healthy)
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Complete, nothing missing, nothing corrupt."""
+        return self.problem is None
+
+    def error(self) -> IncompleteStoreError:
+        """The named error for :attr:`problem` (:class:`CorruptStoreError` for bad chunks)."""
+        cls = CorruptStoreError if self.corrupt else IncompleteStoreError
+        return cls(self.problem or f"{self.store!r} is healthy")
+
+    def lines(self) -> list[str]:
+        """A human-readable summary (``patchflow inspect``)."""
+        ny, nx = self.blocks
+        out = [f"{self.store}: {self.status}" + (" (being written now)" if self.locked else "")]
+        if self.status == "not a patchflow store":
+            return out
+        if self.var is not None:
+            out.append(f"  result: {self.var!r}, passes: {self.passes}")
+        check = "checksums verified" if self.checked else "checksums not verified (--quick)"
+        out.append(
+            f"  blocks: {ny} x {nx} = {ny * nx}: {self.done} done, {len(self.missing)} missing, "
+            f"{len(self.corrupt)} corrupt ({check})"
+        )
+        if self.corrupt:
+            out.append(f"  corrupt blocks: {_blocks_text(self.corrupt)}")
+        if self.missing and self.status != "creating":
+            out.append(f"  missing blocks: {_blocks_text(self.missing)}")
+        job = self.job or {}
+        op = job.get("op") or {}
+        if op:
+            shown = op.get("config", op.get("callable"))
+            out.append(f"  operator: {_short(json.dumps(shown), 200)}")
+        source = (job.get("input") or {}).get("source")
+        if source:
+            out.append(f"  input: {', '.join(source)}")
+        params = job.get("params") or {}
+        if params:
+            keys = ("size", "stride", "window", "agg", "boundary", "chunks")
+            out.append("  " + ", ".join(f"{k} {params[k]}" for k in keys if k in params))
+        out.append(
+            "  resumable from the store alone: " + ("yes" if self.resumable else "no (no recipe)")
+        )
+        return out
+
+
+def _blocks_text(blocks: Sequence[tuple[int, int]], limit: int = 10) -> str:
+    text = ", ".join(f"({i}, {j})" for i, j in blocks[:limit])
+    return text + (f" and {len(blocks) - limit} more" if len(blocks) > limit else "")
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- JSON values
+
+
+def _qualname(obj: Any) -> str:
+    named = isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__"))
+    target = obj if named else type(obj)
+    module = getattr(target, "__module__", None) or "?"
+    return f"{module}:{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def _jsonify(value: Any, depth: int = 0) -> Any:
+    """A JSON value for the job record: numpy scalars → Python, tuples → lists, dtypes →
+    str, NaN/inf → ``"nan"``/``"inf"``, arrays and objects → a type name and a token."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, np.bool_):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else str(v)  # "nan", "inf", "-inf"
+    if isinstance(value, np.dtype):
+        return str(value)
+    if isinstance(value, type):
+        if issubclass(value, np.generic):
+            return str(np.dtype(value))
+        return _qualname(value)
+    if depth > 8:
+        return {"object": _qualname(value), "token": _token(value)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonify(v, depth + 1) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonify(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"array": list(value.shape), "dtype": str(value.dtype), "token": tokenize(value)}
+    if callable(value):
+        return _op_identity(value)
+    return {"object": _qualname(value), "token": _token(value)}
+
+
+def _deterministic(value: Any) -> bool:
+    try:
+        return bool(tokenize(value) == tokenize(value))
+    except Exception:
+        return False
+
+
+def _stable(value: Any, depth: int = 0) -> Any:
+    """A stand-in for ``value`` that tokenizes the same in every process.
+
+    ``tokenize`` pickles objects it does not know; cloudpickle pickles classes defined in
+    ``__main__`` (scripts, notebooks) by value with a random class id, so their instances
+    would never match across processes. Those are described by their state instead.
+    """
+    if depth > 6:
+        return _qualname(value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes, np.generic, np.ndarray)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, *(_stable(v, depth + 1) for v in value)]
+    if isinstance(value, dict):
+        return ["dict", *((str(k), _stable(v, depth + 1)) for k, v in value.items())]
+    if isinstance(value, types.MethodType):
+        return ["method", value.__func__.__qualname__, _stable(value.__self__, depth + 1)]
+    if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
+        return value  # by reference, or (``__main__`` functions) by code: deterministic
+    cls = type(value)
+    if cls.__module__ != "__main__" and _deterministic(value):
+        return value
+    state: Any
+    if dataclasses.is_dataclass(value):
+        state = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+    elif hasattr(value, "__dict__"):
+        state = dict(vars(value))
+    else:
+        slots = [s for c in cls.__mro__ for s in getattr(c, "__slots__", ())]
+        state = {s: getattr(value, s, None) for s in slots}
+    return ["object", _qualname(cls), _stable(state, depth + 1)]
+
+
+def _token(value: Any) -> str | None:
+    """A token for ``value`` that is the same in every process (``None`` when impossible)."""
+    stand_in = _stable(value)
+    return str(tokenize(stand_in)) if _deterministic(stand_in) else None
+
+
+def _op_identity(op: Any) -> dict[str, Any]:
+    """The operator's full config (patchflow operators) or its qualified name + token."""
+    config = _op_config(op)
+    if config is not None:
+        return {"config": config}
+    inner = getattr(op, "fn", None)  # patchflow.batched(fn): name the function
+    name = f"batched({_qualname(inner)})" if callable(inner) else _qualname(op)
+    return {"callable": name, "token": _token(op)}
+
+
+def _op_config(op: Any) -> Any:
+    from patchflow.ops import Operator, to_json
+
+    if not isinstance(op, Operator):
+        return None
+    try:
+        return json.loads(to_json(op))
+    except (PatchflowError, TypeError, ValueError):  # Lambda, ModelOp, unregistered class
+        return None
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _prepare_defaults() -> dict[str, Any]:
+    sig = inspect.signature(prepare)
+    return {
+        name: p.default
+        for name, p in sig.parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+    }
+
+
+def _params_identity(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every grid/stitch parameter: ``params`` over :func:`prepare`'s defaults, as JSON."""
+    full = {**_prepare_defaults(), **params}
+    for key in ("size", "stride", "chunks"):
+        value = full.get(key)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            full[key] = [int(value), int(value)]
+    if full.get("output_dtype") is not None:
+        with contextlib.suppress(TypeError):
+            full["output_dtype"] = np.dtype(full["output_dtype"])
+    return {key: _jsonify(full[key]) for key in sorted(full)}
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path or path.startswith("/vsi")
+
+
+def _real(path: Any) -> str:
+    text = os.fspath(path)
+    return text if _is_remote(text) else os.path.realpath(text)
+
+
+def _walk_source(value: Any, found: list[tuple[str, str | None]], depth: int = 0) -> None:
+    """Find the file or Zarr array behind an xarray/rioxarray lazy-array wrapper."""
+    if value is None or depth > 12:
+        return
+    if isinstance(value, zarr.Array):
+        root = getattr(value.store, "root", None)
+        if root is not None:
+            found.append((_real(root), value.path or None))
+        return
+    manager = getattr(value, "manager", None)  # rioxarray: CachingFileManager(open, path)
+    args = getattr(manager, "_args", None)
+    if isinstance(args, tuple) and args and isinstance(args[0], (str, os.PathLike)):
+        found.append((_real(args[0]), None))
+        return
+    for attr in ("_array", "array"):
+        inner = getattr(value, attr, None)
+        if inner is not None and inner is not value:
+            _walk_source(inner, found, depth + 1)
+            return
+
+
+def _sources(obj: Any, *, coords: bool = True) -> list[tuple[str, str | None]]:
+    """``(path, array path)`` of every file/store ``obj`` reads: ``encoding["source"]`` of
+    the object and its variables, and the storage behind every lazy variable (``coords``:
+    also behind the coordinates)."""
+    found: list[tuple[str, str | None]] = []
+    if isinstance(obj, xr.DataArray):
+        variables = [obj.variable]
+        if coords:
+            variables += [c.variable for c in obj.coords.values()]
+    elif isinstance(obj, xr.Dataset):
+        variables = list((obj if coords else obj.data_vars).variables.values())
+    else:
+        return found
+    encodings = [obj.encoding, *(v.encoding for v in variables)]
+    for encoding in encodings:
+        source = encoding.get("source")
+        if isinstance(source, (str, os.PathLike)) and os.fspath(source):
+            found.append((_real(source), None))
+    for variable in variables:
+        data = variable.data
+        if isinstance(data, da.Array):
+            layers = getattr(data.__dask_graph__(), "layers", {})
+            for name, layer in layers.items():
+                if str(name).startswith("original-"):
+                    for value in layer.values():
+                        _walk_source(value, found)
+        else:
+            _walk_source(getattr(variable, "_data", None), found)
+    unique: dict[tuple[str, str | None], None] = dict.fromkeys(found)
+    return list(unique)
+
+
+def _coord_identity(coord: xr.DataArray) -> Any:
+    values = np.asarray(coord.values)
+    if values.size <= 64:
+        return _jsonify(values.tolist() if values.dtype.kind != "O" else [str(v) for v in values])
+    return {"token": tokenize(values)}
+
+
+def _variable_identity(var: xr.DataArray) -> dict[str, Any]:
+    try:
+        y, x = spatial_dims(var)
+    except PatchflowError:
+        y, x = var.dims[-2:] if var.ndim >= 2 else (None, None)
+    try:
+        nodata = var.rio.nodata
+    except Exception:  # not georeferenced
+        nodata = None
+    return {
+        "dims": [str(d) for d in var.dims],
+        "shape": list(var.shape),
+        "dtype": str(var.dtype),
+        "chunks": None if var.chunks is None else [list(c) for c in var.chunks],
+        "nodata": _jsonify(nodata),
+        "coords": {
+            str(d): _coord_identity(var[d]) for d in var.dims if d not in (y, x) and d in var.coords
+        },
+    }
+
+
+def _data_name(var: xr.DataArray) -> str:
+    data = var.data
+    return str(data.name) if isinstance(data, da.Array) else str(tokenize(np.asarray(data)))
+
+
+def _input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
+    """Source files (or, without one, the dask name / data token), shape, dtype, chunks,
+    band coordinates, nodata, CRS and transform of the input."""
+    found = _sources(obj, coords=False)
+    sources = sorted({root if arr is None else f"{root}/{arr}" for root, arr in found})
+    ident: dict[str, Any] = {"source": sources or None}
+    if isinstance(obj, xr.DataArray):
+        ident.update(_variable_identity(obj))
+        items = [obj]
+    else:
+        items = [obj[name] for name in obj.data_vars]
+        ident["vars"] = {str(v.name): _variable_identity(v) for v in items}
+    try:
+        crs = obj.rio.crs
+    except Exception:
+        crs = None
+    ident["crs"] = None if crs is None else crs.to_wkt()
+    try:
+        transform: Any = list(obj.rio.transform(recalc=True))[:6]
+    except Exception:  # no regular y/x coordinates
+        transform = None
+    ident["transform"] = transform
+    if not sources:
+        ident["name"] = str(tokenize(*(_data_name(v) for v in items)))
+    result: dict[str, Any] = _jsonify(ident)
+    return result
+
+
+def _result_identity(prep: Prepared) -> dict[str, Any]:
+    sc = prep.spec.sc
+    return {
+        "shape": [sc(n) for n in prep.arr.shape[-2:]],
+        "block": list(_out_block(prep)),
+        "dtype": str(prep.spec.agg.result_dtype()),
+        "lead": list(prep.spec.agg.result_lead()),
+    }
+
+
+def _job_record(
+    obj: Any, op: Any, prep: Prepared, params: Mapping[str, Any], var: str
+) -> dict[str, Any]:
+    return {
+        "op": _op_identity(op),
+        "input": _input_identity(obj),
+        "params": _params_identity(params),
+        "var": var,
+        "result": _result_identity(prep),
+    }
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        if any(isinstance(v, dict) for v in value):
+            for k, item in enumerate(value):
+                _flatten(item, f"{prefix}[{k}]", out)
+        else:
+            out[prefix] = value
+    else:
+        out[prefix] = value
+    return out
+
+
+#: fields a ``mode="accumulate"`` pass may change: the operator and how chips are weighted
+_PASS_FIELDS = frozenset(
+    f"params.{name}"
+    for name in (
+        "window",
+        "window_params",
+        "batched",
+        "batch_size",
+        "pass_mask",
+        "fill_value",
+        "on_error",
+        "retries",
+        "retry_on",
+        "output_dtype",
+        "output_shape",
+        "output_bands",
+        "output_dims",
+        "name",
+    )
+)
+_ABSENT = "(not recorded)"
+
+
+def _differences(
+    old: Mapping[str, Any], new: Mapping[str, Any], *, accumulate: bool
+) -> list[tuple[str, Any, Any]]:
+    old, new = dict(old), dict(new)
+    was, now = old.get("op"), new.get("op")
+    if isinstance(was, dict) and isinstance(now, dict) and ("config" in was) != ("config" in now):
+        # a config against a plain callable: one field, not every key of the config
+        old["op"], new["op"] = _op_summary(was), _op_summary(now)
+    before, after = _flatten(old, "", {}), _flatten(new, "", {})
+    keys = list(after) + [k for k in before if k not in after]
+    diffs = [
+        (k, before.get(k, _ABSENT), after.get(k, _ABSENT))
+        for k in keys
+        if before.get(k, _ABSENT) != after.get(k, _ABSENT)
+    ]
+    if accumulate:
+        diffs = [
+            d
+            for d in diffs
+            if not (d[0] == "op" or d[0].startswith(("op.", "op[")) or d[0] in _PASS_FIELDS)
+        ]
+    return diffs
+
+
+def _op_summary(op: Mapping[str, Any]) -> str:
+    if "config" in op:
+        return json.dumps(op["config"])
+    return str(op.get("callable"))
+
+
+def _show_value(value: Any) -> str:
+    if value == _ABSENT:
+        return value
+    return _short(json.dumps(value) if not isinstance(value, str) else repr(value), 100)
+
+
+def _check_job(
+    path: str, meta: Mapping[str, Any], job: Mapping[str, Any], *, accumulate: bool
+) -> None:
+    old = meta.get("job")
+    if not isinstance(old, dict):
+        raise ResumeMismatchError(
+            f"{path!r} was written by an older patchflow that did not record its job, so "
+            f"there is no way to check this is the same job; pass {_w('overwrite')} to "
+            f"rewrite it, or {_w('another')}"
+        )
+    diffs = _differences(old, job, accumulate=accumulate)
+    if not diffs:
+        return
+    details = "; ".join(
+        f"{_field_label(k)}: store {_show_value(a)}, now {_show_value(b)}" for k, a, b in diffs
+    )
+    if accumulate:
+        message = (
+            f"{path!r} holds another grid or input: mode='accumulate' may add a pass of "
+            f"another operator or window, but the input and the grid must stay the same "
+            f"({details}). Use the store's input and grid parameters, or {_w('another')}"
+        )
+    else:
+        message = (
+            f"{path!r} was written by a different job, so resuming it would blend two "
+            f"results ({details}). Give {_w('same')} to finish it, or pass "
+            f"{_w('overwrite')} to replace it (or {_w('another')})"
+        )
+    raise ResumeMismatchError(message, tuple(diffs))
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+class _Unstorable(Exception):
+    def __init__(self, name: str, value: Any) -> None:
+        super().__init__(name)
+        self.name, self.value = name, value
+
+
+def _encode(value: Any, name: str) -> Any:
+    """A JSON form of a parameter that decodes to an equivalent value (or _Unstorable)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else {"$float": str(v)}
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        return {"$dtype": str(np.dtype(value))}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, name) for v in value]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        if any(k.startswith("$") for k in value):
+            raise _Unstorable(name, value)
+        return {k: _encode(v, name) for k, v in value.items()}
+    raise _Unstorable(name, value)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"$float"}:
+            return float(value["$float"])
+        if set(value) == {"$dtype"}:
+            return np.dtype(value["$dtype"])
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+def _is_zarr_path(path: str) -> bool:
+    return Path(path).is_dir() or path.rstrip("/").lower().endswith(".zarr")
+
+
+def _chunks_of(obj: xr.DataArray | xr.Dataset) -> dict[str, list[int]] | None:
+    sizes = obj.chunksizes if isinstance(obj, xr.DataArray) else obj.chunks
+    return {str(d): [int(c) for c in v] for d, v in sizes.items()} or None
+
+
+def _reopenable(obj: Any) -> dict[str, Any] | str:
+    """How to open ``obj`` again from its file, or why that is impossible."""
+    if isinstance(obj, xr.Dataset):
+        source = obj.encoding.get("source")
+        if not isinstance(source, str) or not _is_zarr_path(source):
+            return "the input Dataset has no Zarr store behind it (encoding['source'])"
+        return {"path": _real(source), "format": "zarr", "var": None, "chunks": _chunks_of(obj)}
+    sources = _sources(obj, coords=False)
+    if not sources:
+        return "the input is in memory or computed (no file behind it to open again)"
+    roots = {root for root, _ in sources}
+    if len(roots) != 1:
+        return f"the input combines several sources ({', '.join(sorted(roots))})"
+    root = roots.pop()
+    if _is_zarr_path(root):
+        arrays = {arr for _, arr in sources if arr is not None}
+        var = arrays.pop() if len(arrays) == 1 else (str(obj.name) if obj.name else None)
+        if var is None:
+            return f"cannot tell which variable of {root} the input is"
+        return {"path": root, "format": "zarr", "var": var, "chunks": _chunks_of(obj)}
+    return {"path": root, "format": "raster", "var": None, "chunks": _chunks_of(obj)}
+
+
+def _open_input(source: Mapping[str, Any]) -> xr.DataArray | xr.Dataset:
+    """Open a recipe's input the way the original run had it (same chunks)."""
+    import rioxarray
+
+    path = str(source["path"])
+    chunks = source.get("chunks")
+    spec: Any = None if chunks is None else {k: tuple(v) for k, v in chunks.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unconsolidated / v3-spec chatter
+        if source.get("format") == "zarr":
+            ds = xr.open_zarr(path, decode_coords="all", chunks=spec)
+            var = source.get("var")
+            return ds if var is None else ds[str(var)]
+        out = rioxarray.open_rasterio(path, chunks=spec)
+    if not isinstance(out, xr.DataArray):
+        raise ResumeRecipeError(f"{path} now holds several rasters; it cannot be reopened")
+    return out
+
+
+def _shapes(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
+    if isinstance(obj, xr.DataArray):
+        return {"": obj.shape}
+    return {str(name): v.shape for name, v in obj.data_vars.items()}
+
+
+def _recipe(
+    obj: Any, job: Mapping[str, Any], params: Mapping[str, Any], var: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """What :func:`resume` needs to finish the job alone, or why it cannot be recorded."""
+    config = job["op"].get("config")
+    if config is None:
+        return None, (
+            f"its operator ({job['op'].get('callable')}) is not a patchflow.ops operator with "
+            "a JSON config"
+        )
+    try:
+        encoded = {k: _encode(v, k) for k, v in params.items()}
+    except _Unstorable as exc:
+        return None, f"the parameter {exc.name}={_short(repr(exc.value), 60)} is not JSON"
+    source = _reopenable(obj)
+    if isinstance(source, str):
+        return None, source
+    selected = (
+        f"opening {source['path']} again does not give the same input (it was selected "
+        "or modified after opening)"
+    )
+    try:
+        # shapes first (the recorded chunks only fit the same shape), then everything
+        plain = _open_input({**source, "chunks": None})
+        if _shapes(plain) != _shapes(obj):
+            return None, selected
+        same = _input_identity(_open_input(source)) == job["input"]
+    except Exception as exc:  # any failure just means: no recipe
+        return None, f"opening {source['path']} again failed ({_reason(exc)})"
+    if not same:
+        return None, selected
+    return {"input": source, "op": config, "params": encoded, "var": var}, None
+
+
+# --------------------------------------------------------------------------- layout
 
 
 def _out_block(prep: Prepared) -> tuple[int, int]:
@@ -156,6 +989,7 @@ def _regular(chunks: tuple[int, ...]) -> bool:
 
 
 def _signature(prep: Prepared, var: str) -> dict[str, Any]:
+    """The result layout (kept for readers of older stores; the job record is richer)."""
     spec, plan = prep.spec, prep.plan
     win = spec.window
     return {
@@ -172,72 +1006,259 @@ def _signature(prep: Prepared, var: str) -> dict[str, Any]:
     }
 
 
-def _read_meta(store: str) -> dict[str, Any] | None:
+# --------------------------------------------------------------------------- store state
+
+
+def _read_json(file: Path) -> Any:
     try:
-        group = zarr.open_group(store, mode="r", use_consolidated=False)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
         return None
-    meta = group.attrs.get(META)
+
+
+def _write_json(file: Path, value: Any) -> None:
+    """Atomically (temporary file + rename): a kill leaves the old or the new file."""
+    tmp = file.with_name(f".patchflow-{file.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, file)
+
+
+def _read_meta(store: str) -> dict[str, Any] | None:
+    doc = _read_json(Path(store) / "zarr.json")
+    meta = doc.get("attributes", {}).get(META) if isinstance(doc, dict) else None
     return dict(meta) if isinstance(meta, dict) else None
 
 
 def _set_meta(store: str, **updates: Any) -> None:
-    group = zarr.open_group(store, mode="r+", use_consolidated=False)
-    current = group.attrs.get(META)
-    meta: dict[str, Any] = dict(current) if isinstance(current, dict) else {}
+    """Update ``attrs["patchflow"]`` atomically, keeping the consolidated metadata."""
+    file = Path(store) / "zarr.json"
+    doc = json.loads(file.read_text())
+    attrs = doc.setdefault("attributes", {})
+    meta = dict(attrs.get(META) or {})
     meta.update(updates)
-    group.attrs[META] = meta
+    attrs[META] = meta
+    _write_json(file, doc)
 
 
-def _exists(store: str) -> bool:
-    return Path(store).exists() and any(Path(store).iterdir())
+def _state(path: str) -> tuple[str, dict[str, Any] | None]:
+    """``("absent" | "foreign" | "creating" | "store", meta)``."""
+    root = Path(path)
+    if not root.is_dir():
+        return ("absent" if not root.exists() else "foreign"), None
+    if (root / CREATING).exists():
+        marker = _read_json(root / CREATING)
+        return "creating", marker if isinstance(marker, dict) else {}
+    meta = _read_meta(path)
+    if meta is not None:
+        return "store", meta
+    names = [n for n in os.listdir(root) if n != LOCK and not _TEMPORARY.match(n)]
+    return ("foreign" if names else "absent"), None
 
 
-def _done(store: str) -> np.ndarray:
-    return np.asarray(zarr.open_array(store, path=f"{BOOK}/done", mode="r")[...])
+def _ours(path: str, meta: Mapping[str, Any] | None) -> set[str]:
+    """Top-level names patchflow wrote in the store directory."""
+    names = {"zarr.json", BOOK, LOCK, CREATING}
+    entries = (meta or {}).get("entries")
+    if isinstance(entries, list):
+        names |= {e for e in entries if _plain_name(e)}
+    else:  # a store from before entries were recorded: its Zarr nodes
+        names |= {p.name for p in Path(path).iterdir() if (p / "zarr.json").is_file()}
+    return names
 
 
-def _create(prep: Prepared, store: str, var: str, sums: tuple[str, ...], compressors: Any) -> None:
-    template = prep.result()
-    block = _out_block(prep)
-    ds = _storable(template.to_dataset(name=var))
-    if "spatial_ref" in ds.coords:
-        # CF grid mapping, so plain xr.open_zarr + rioxarray finds the CRS
-        ds[var].attrs["grid_mapping"] = "spatial_ref"
-        ds[var].encoding["coordinates"] = "spatial_ref"
-    encoding = {
-        var: {
-            "chunks": (*template.shape[:-2], *block),
-            "compressors": compressors or default_compressors(template.dtype),
-        }
-    }
-    # metadata and coordinates only: the data variable is written block by block below
-    with warnings.catch_warnings():
-        # string band labels have no final Zarr v3 dtype spec yet; xarray reads them back
-        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        ds.to_zarr(
-            store, mode="w", compute=False, zarr_format=3, encoding=encoding, consolidated=False
+def _plain_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+
+
+def _foreign(path: str, meta: Mapping[str, Any] | None) -> list[str]:
+    ours = _ours(path, meta)
+    return sorted(n for n in os.listdir(path) if n not in ours and not _TEMPORARY.match(n))
+
+
+def _remove_entries(path: str, names: Iterable[str]) -> None:
+    """Delete patchflow's entries (``zarr.json`` first: readers stop seeing a store at once)."""
+    root = Path(path)
+    wanted = {n for n in names if _plain_name(n) and n not in (LOCK, CREATING)}
+    wanted |= {n for n in os.listdir(root) if _TEMPORARY.match(n)}
+    for name in sorted(wanted, key=lambda n: (n != "zarr.json", n)):
+        target = root / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        if name == "zarr.json":
+            _checkpoint("replace")
+
+
+def _book(path: str, name: str) -> np.ndarray | None:
+    """A bookkeeping array; unreadable chunks read as 0 (not done / no checksum)."""
+    try:
+        arr = zarr.open_array(path, path=f"{BOOK}/{name}", mode="r")
+    except (OSError, ValueError):  # missing (old store) or damaged metadata
+        return None
+    try:
+        return np.asarray(arr[...])
+    except Exception:  # a damaged chunk: keep what can be read
+        out = np.zeros(arr.shape, dtype=arr.dtype)
+        for index in np.ndindex(*arr.shape):
+            with contextlib.suppress(Exception):
+                out[index] = arr[index]
+        return out
+
+
+def _done(path: str, meta: Mapping[str, Any] | None = None) -> np.ndarray:
+    done = _book(path, "done")
+    if done is None:
+        ny, nx = (meta or {}).get("blocks", [0, 0])
+        return np.zeros((int(ny), int(nx)), np.uint8)
+    return done
+
+
+def _damaged(path: str, meta: Mapping[str, Any], candidates: np.ndarray) -> list[tuple[int, int]]:
+    """Blocks among ``candidates`` whose result bytes do not match their checksum.
+
+    Reads each candidate block once (in parallel threads): about the cost of reading the
+    result. A chunk that cannot be read (missing metadata, garbage bytes) counts as damaged.
+    """
+    blocks = [(int(i), int(j)) for i, j in np.argwhere(candidates)]
+    if not blocks:
+        return []
+    sums = _book(path, "checksum")
+    if sums is None:  # written before checksums existed: nothing to compare against
+        return []
+    var = str((meta.get("signature") or {}).get("var") or (meta.get("job") or {}).get("var"))
+    try:
+        arr = zarr.open_array(path, path=var, mode="r")
+    except (OSError, ValueError):
+        return blocks
+    by, bx = arr.chunks[-2:]
+    height, width = arr.shape[-2:]
+    lead = (slice(None),) * (arr.ndim - 2)
+
+    def intact(block: tuple[int, int]) -> bool:
+        i, j = block
+        region = (
+            *lead,
+            slice(i * by, min(height, (i + 1) * by)),
+            slice(j * bx, min(width, (j + 1) * bx)),
         )
-    agg = prep.spec.agg
-    group = zarr.open_group(store, mode="r+", use_consolidated=False)
-    book = group.require_group(BOOK)
-    ny, nx = prep.plan.n_blocks
-    book.create_array("done", shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0)
-    book.create_array("failed", shape=(ny, nx), chunks=(1, 1), dtype="int32", fill_value=0)
-    book.create_array("valid", shape=(ny, nx), chunks=(1, 1), dtype="int64", fill_value=0)
-    for key in sums:
-        _create_sum(book, key, agg, template.shape, block, compressors)
-    crs = template.rio.crs
-    transform = template.rio.transform()
-    group.attrs[META] = {
-        "status": "incomplete",
-        "signature": _signature(prep, var),
-        "blocks": [ny, nx],
-        "sums": list(sums),
-        "passes": 0,
-        "crs": None if crs is None else crs.to_wkt(),
-        "transform": list(transform)[:6],
-    }
+        try:
+            data = np.ascontiguousarray(arr[region])
+        except Exception:  # garbage bytes: the codec's own error, whatever it is
+            return False
+        return _crc(data) == int(sums[i, j])
+
+    workers = max(1, min(8, os.cpu_count() or 1, len(blocks)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        verdicts = list(pool.map(intact, blocks))
+    return [block for block, good in zip(blocks, verdicts, strict=True) if not good]
+
+
+# --------------------------------------------------------------------------- paths and lock
+
+
+def check_output_path(output: str | os.PathLike[str], inputs: Iterable[Any]) -> None:
+    """Refuse an output path that is, contains, or lies inside one of ``inputs``.
+
+    Paths are compared after resolving symbolic links; remote URLs are skipped.
+
+    Raises
+    ------
+    OutputOverlapsInputError
+        Naming the input and how they overlap.
+    """
+    out_text = os.fspath(output)
+    out = Path(_real(out_text))
+    for source in inputs:
+        text = os.fspath(source)
+        if _is_remote(text):
+            continue
+        real = Path(_real(text))
+        if out == real:
+            how = "is"
+        elif out.is_relative_to(real):
+            how = "lies inside"
+        elif real.is_relative_to(out):
+            how = "contains"
+        else:
+            continue
+        linked = any(_real(p) != os.path.abspath(p) for p in (out_text, text))
+        links = " (after resolving links)" if linked else ""
+        raise OutputOverlapsInputError(
+            f"{_w('store')} {out_text!r} {how} {_w('input')} {text!r}{links}: writing there "
+            f"(let alone replacing it) would destroy the input before it is read; "
+            f"{_w('another')} outside the input"
+        )
+
+
+def _check_store_path(path: str) -> None:
+    root = Path(path)
+    if root.is_symlink():
+        raise StorePathError(
+            f"the store path {path!r} is a symbolic link (to {os.readlink(root)!r}); patchflow "
+            f"does not write or delete through links: give the real path "
+            f"{os.path.realpath(path)!r}, or {_w('another')}"
+        )
+    if root.exists() and not root.is_dir():
+        raise StorePathError(
+            f"the store path {path!r} is a file, not a directory (a Zarr store is a "
+            f"directory); {_w('another')}, or remove the file"
+        )
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Hold the store's lock file for the run (``flock``: released when the process dies)."""
+    root = Path(path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create {_w('store')} {path!r}: {_reason(exc)}; {_fix(exc)}"
+        ) from exc
+    try:
+        if sys.platform != "win32" and not _flock(fd):
+            raise StoreLockedError(
+                f"{path!r} is being written by another run (this or another process "
+                f"holds its lock {LOCK}); wait for that run to finish, or stop it (its "
+                f"lock goes with it) and then finish the job with {_w('finish')}"
+            )
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _flock(fd: int, patience: float = 0.5) -> bool:
+    """Take the exclusive lock; a brief holder (``check_store`` probing) gets ``patience``."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+
+def _is_locked(path: str) -> bool:
+    if sys.platform == "win32":
+        return False
+    try:
+        fd = os.open(Path(path) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# --------------------------------------------------------------------------- creation
 
 
 def _storable(ds: xr.Dataset) -> xr.Dataset:
@@ -261,6 +1282,66 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
+def _create(
+    prep: Prepared,
+    store: str,
+    var: str,
+    sums: tuple[str, ...],
+    compressors: Any,
+    record: dict[str, Any],
+    old_entries: Iterable[str] = (),
+) -> None:
+    """Create the store (replacing patchflow's old entries), marked as ours from the start."""
+    template = prep.result()
+    block = _out_block(prep)
+    ds = _storable(template.to_dataset(name=var))
+    if "spatial_ref" in ds.coords:
+        # CF grid mapping, so plain xr.open_zarr + rioxarray finds the CRS
+        ds[var].attrs["grid_mapping"] = "spatial_ref"
+        ds[var].encoding["coordinates"] = "spatial_ref"
+    entries = sorted({"zarr.json", BOOK, *(str(n) for n in ds.variables)})
+    old = sorted(set(old_entries))
+    # the marker first: until it is removed, whatever is here is a half-made patchflow store
+    _write_json(Path(store) / CREATING, {**record, "entries": sorted({*entries, *old})})
+    _remove_entries(store, old)
+    _checkpoint("create")
+    encoding = {
+        var: {
+            "chunks": (*template.shape[:-2], *block),
+            "compressors": compressors or default_compressors(template.dtype),
+        }
+    }
+    # metadata and coordinates only: the data variable is written block by block; mode "a"
+    # keeps the lock file and the marker (mode "w" would delete the whole directory)
+    agg = prep.spec.agg
+    ny, nx = prep.plan.n_blocks
+    with _quiet():
+        ds.to_zarr(
+            store, mode="a", compute=False, zarr_format=3, encoding=encoding, consolidated=False
+        )
+        group = zarr.open_group(store, mode="r+", use_consolidated=False)
+        book = group.require_group(BOOK)
+        for name, dtype in (("done", "uint8"), ("failed", "int32"), ("valid", "int64")):
+            book.create_array(name, shape=(ny, nx), chunks=(1, 1), dtype=dtype, fill_value=0)
+        book.create_array("checksum", shape=(ny, nx), chunks=(1, 1), dtype="uint32", fill_value=0)
+        for key in sums:
+            _create_sum(book, key, agg, template.shape, block, compressors)
+    crs = template.rio.crs
+    transform = template.rio.transform()
+    _set_meta(
+        store,
+        **record,
+        status="incomplete",
+        blocks=[ny, nx],
+        sums=list(sums),
+        passes=0,
+        crs=None if crs is None else crs.to_wkt(),
+        transform=list(transform)[:6],
+        entries=entries,
+    )
+    os.unlink(Path(store) / CREATING)
+
+
 def _create_sum(
     book: Any,
     key: str,
@@ -280,6 +1361,9 @@ def _create_sum(
         compressors=compressors or default_compressors(dtype),
         overwrite=True,
     )
+
+
+# --------------------------------------------------------------------------- run
 
 
 def run(
@@ -304,15 +1388,23 @@ def run(
     obj, op, **params
         As for :func:`patchflow.apply` (``chunks=`` sets the block = Zarr chunk size).
     store
-        Directory of the Zarr store.
+        Directory of the Zarr store. It may not be, contain or lie inside an input file or
+        store, nor be a symbolic link.
     mode
         ``"w"``: write a new result. ``"accumulate"``: add this pass's numerator and
-        denominator to those already in the store (same grid; e.g. a second model or a
-        test-time augmentation) and re-normalise; creates the store if missing.
+        denominator to those already in the store (same input and grid; the operator and
+        window may differ, e.g. a second model or a test-time augmentation) and
+        re-normalise; creates the store if missing.
     resume
-        Finish an interrupted run: only blocks without a done marker are computed.
+        Finish an interrupted run: only blocks without a done marker are computed, after
+        re-reading the blocks already done and recomputing any whose checksum fails (so
+        this also repairs a store with deleted or damaged chunks). The job (operator,
+        input, every parameter) must be the one recorded in the store. Without the
+        original objects at hand, use :func:`resume`.
     overwrite
-        Replace an existing store (otherwise an existing store is an error).
+        Replace an existing store (otherwise an existing store is an error). Only the
+        entries patchflow wrote are deleted; a store directory holding other files is
+        refused (:class:`ForeignFilesError`).
     keep_sums
         Also store numerator/denominator so later ``mode="accumulate"`` passes can add.
     var
@@ -328,7 +1420,21 @@ def run(
     Returns
     -------
     RunReport
-        Blocks computed/skipped and wall time; ``.open()`` gives the result.
+        Blocks computed/skipped/repaired and wall time; ``.open()`` gives the result.
+
+    Raises
+    ------
+    StoreExistsError, ForeignFilesError
+        The store exists (pass ``overwrite``/``resume``), or is not patchflow's to delete.
+    ResumeMismatchError
+        ``resume``/``accumulate`` with another job than the store's (each field named).
+    StoreLockedError
+        Another run is writing the store.
+    OutputOverlapsInputError, StorePathError
+        The store path is (inside) an input, a file or a symbolic link.
+    StoreError, StoreWriteError
+        The store cannot be created or written (permissions, disk full, file too large);
+        it is left incomplete, never marked complete.
 
     Examples
     --------
@@ -343,21 +1449,9 @@ def run(
     if mode not in MODES:
         raise ParameterError(f"unknown mode {mode!r}; valid: {', '.join(map(repr, MODES))}")
     path = os.fspath(store)
-    exists = _exists(path)
-    meta = _read_meta(path) if exists else None
-    accumulate = mode == "accumulate" and meta is not None
-    if exists and meta is None:
-        # never delete a directory patchflow did not write, even with overwrite=True
-        raise StoreExistsError(
-            f"{path!r} exists and is not a patchflow store; choose another path or remove it"
-        )
-    if exists and not (overwrite or resume or accumulate):
-        raise StoreExistsError(
-            f"the output store {path!r} already exists; pass overwrite=True to replace it, "
-            "resume=True to finish an interrupted run, or mode='accumulate' to add a pass"
-        )
-    if resume and meta is None:
-        raise IncompleteStoreError(f"nothing to resume: {path!r} is not a patchflow store")
+    # before anything else looks at (let alone deletes) the path
+    check_output_path(path, [root for root, _ in _sources(obj)])
+    _check_store_path(path)
 
     prep = _regular_prepare(obj, op, params)
     var = var or (str(prep.name) if prep.name is not None else "result")
@@ -368,55 +1462,136 @@ def run(
             f"agg={agg.name!r} cannot accumulate across passes; use overlap_add, mean, "
             "soft_vote or vote, or keep_sums=False"
         )
-    sums = tuple(agg.sum_keys) if want_sums else ()
+    job = _job_record(obj, op, prep, params, var)
+    state, meta = _state(path)
+    _refuse(path, state, meta, mode=mode, resume=resume, overwrite=overwrite)
+    recipe, missing_recipe = _recipe(obj, job, params, var)
+    record = {
+        "record": RECORD,
+        "signature": _signature(prep, var),
+        "job": job,
+        "recipe": recipe,
+        "recipe_missing": missing_recipe,
+    }
+    with _locked(path):
+        # the store may have changed while we were not holding the lock
+        state, meta = _state(path)
+        _refuse(path, state, meta, mode=mode, resume=resume, overwrite=overwrite)
+        return _run_locked(
+            prep,
+            path,
+            state,
+            meta,
+            record,
+            var=var,
+            mode=mode,
+            resume=resume,
+            overwrite=overwrite,
+            sums=tuple(agg.sum_keys) if want_sums else (),
+            compressors=compressors,
+            scheduler=scheduler,
+            progress=progress,
+        )
 
-    if overwrite and exists and not resume:
-        _remove(path)
-        meta = None
+
+def _refuse(
+    path: str,
+    state: str,
+    meta: Mapping[str, Any] | None,
+    *,
+    mode: str,
+    resume: bool,
+    overwrite: bool,
+) -> None:
+    if state == "foreign":
+        # never delete a directory patchflow did not write, even with overwrite=True
+        raise StoreExistsError(
+            f"{path!r} exists and is not a patchflow store; choose another path or remove it"
+        )
+    if state == "absent" and resume:
+        raise IncompleteStoreError(f"nothing to resume: {path!r} is not a patchflow store")
+    if state == "creating" and not (resume or overwrite):
+        raise StoreExistsError(
+            f"{path!r} is a patchflow store whose creation was interrupted; pass "
+            f"{_w('overwrite')} or {_w('resume')} to create it again"
+        )
+    if state == "store" and not (overwrite or resume or mode == "accumulate"):
+        raise StoreExistsError(
+            f"the output store {path!r} already exists; pass {_w('overwrite')} to replace it, "
+            f"{_w('resume')} to finish an interrupted run, or mode='accumulate' to add a pass"
+        )
+    if state in ("store", "creating") and overwrite and not resume:
+        foreign = _foreign(path, meta)
+        if foreign:
+            raise ForeignFilesError(
+                f"{path!r} holds files patchflow did not write ({', '.join(foreign)}); "
+                f"{_w('overwrite')} deletes only patchflow's own entries and will not remove "
+                f"them: move them out of the store, or {_w('another')}"
+            )
+
+
+def _run_locked(
+    prep: Prepared,
+    path: str,
+    state: str,
+    meta: dict[str, Any] | None,
+    record: dict[str, Any],
+    *,
+    var: str,
+    mode: str,
+    resume: bool,
+    overwrite: bool,
+    sums: tuple[str, ...],
+    compressors: Any,
+    scheduler: Any,
+    progress: bool,
+) -> RunReport:
+    job = record["job"]
+    agg = prep.spec.agg
+    accumulate = mode == "accumulate" and state == "store"
+    if state == "creating" and resume and isinstance((meta or {}).get("job"), dict):
+        _check_job(path, meta or {}, job, accumulate=False)
+    if state == "absent" or state == "creating" or (overwrite and not resume):
+        old = _ours(path, meta) if state != "absent" else set()
+        try:
+            _create(prep, path, var, sums, compressors, record, old)
+        except PatchflowError:
+            raise
+        except OSError as exc:  # permission denied, read-only, disk full, file too large
+            raise StoreError(
+                f"cannot create {_w('store')} {path!r}: {_reason(exc)}; {_fix(exc)}, then "
+                f"run again with {_w('overwrite')}"
+            ) from exc
+        meta = _read_meta(path)
+        assert meta is not None
         accumulate = False
-    if meta is not None:
-        _check_signature(path, meta, _signature(prep, var), accumulate=accumulate)
+    else:
+        assert meta is not None
+        status = meta.get("status")
+        # a pass already under way must be finished by the same job
+        _check_job(path, meta, job, accumulate=accumulate and status != "accumulating")
         sums = tuple(meta.get("sums", ()))
         if accumulate and not sums:
             raise StoreMismatchError(
                 f"{path!r} was written without keep_sums=True, so there is nothing to add to; "
                 "rerun its first pass with keep_sums=True"
             )
-    if meta is None:
-        try:
-            _create(prep, path, var, sums, compressors)
-        except OSError as exc:  # permission denied, read-only file system, not a directory
-            reason = exc.strerror or type(exc).__name__
-            raise StoreError(
-                f"cannot create the output store {path!r}: {reason.lower()}; choose a "
-                "writable location"
-            ) from exc
-        meta = _read_meta(path)
-        assert meta is not None
+        if accumulate and status == "incomplete":
+            raise IncompleteStoreError(_missing_message(path, meta))
+        if accumulate or status == "accumulating":
+            accumulate = True
+            with _writing(path, "the next pass's bookkeeping"):
+                meta = _start_pass(prep, path, meta, record, var, sums, compressors)
+
+    repaired = 0
+    # once a pass's sums are being promoted its blocks are all done and must not be
+    # recomputed (the base sums may already include the pass): only the renames remain
+    if resume and state == "store" and not meta.get("promoting"):
+        repaired = _repair(path, meta)
+        meta = _read_meta(path) or meta
+
     ny, nx = prep.plan.n_blocks
-
-    if accumulate:
-        resuming_pass = meta.get("status") == "accumulating"
-        if not resuming_pass:
-            if meta.get("status") != "complete":
-                raise IncompleteStoreError(_missing_message(path, meta))
-            book = zarr.open_group(path, mode="r+", use_consolidated=False)[BOOK]
-            for key in sums:
-                _create_sum(
-                    book,
-                    f"{key}_next",
-                    agg,
-                    zarr.open_array(path, path=var, mode="r").shape,
-                    _out_block(prep),
-                    compressors,
-                )
-            zarr.open_array(path, path=f"{BOOK}/done", mode="r+")[...] = 0
-            zarr.open_array(path, path=f"{BOOK}/failed", mode="r+")[...] = 0
-            _set_meta(path, status="accumulating")
-    elif resume and meta.get("status") == "accumulating":
-        accumulate = True
-
-    todo = np.argwhere(_done(path) == 0)
+    todo = np.argwhere(_done(path, meta) == 0)
     sink = BlockSink(
         store=path,
         var=var,
@@ -424,6 +1599,7 @@ def run(
         block=_out_block(prep),
         sums=sums,
         accumulate=accumulate,
+        cli=_CLI.get(),
     )
     markers = build_graph(prep.data, prep.spec, prep.plan, sink=sink)
     graph = markers.__dask_graph__()
@@ -434,30 +1610,114 @@ def run(
         _compute([Delayed(k, graph, layer=markers.name) for k in keys], scheduler, progress)
     seconds = time.perf_counter() - t0
 
-    missing = int((_done(path) == 0).sum())
+    if not keys and not accumulate and meta.get("status") == "complete":
+        # resuming a finished, intact store: nothing to write (it may be read-only)
+        failed = int(meta.get("failed_chips", 0))
+        return RunReport(path, var, ny * nx, 0, ny * nx, seconds, mode, failed_chips=failed)
+    missing = int((_done(path, meta) == 0).sum())
     if missing:
         raise IncompleteStoreError(
             f"{missing} of {ny * nx} blocks of {path!r} were not written; "
-            "run again with resume=True"
+            f"run again with {_w('resume')}"
         )
-    if accumulate:
-        _promote_sums(path, sums)
-    failed = int(np.asarray(zarr.open_array(path, path=f"{BOOK}/failed", mode="r")[...]).sum())
-    valid = int(np.asarray(zarr.open_array(path, path=f"{BOOK}/valid", mode="r")[...]).sum())
-    if valid == 0:
-        warnings.warn(
-            f"{path!r}: no valid output pixel — the input is all NaN/nodata, or the operator "
-            "returned NaN/inf (or failed) everywhere; check the input's nodata and the op",
-            PatchflowWarning,
-            stacklevel=2,
+    with _writing(path, "the final metadata"):
+        if accumulate:
+            _set_meta(path, promoting=True)
+            _promote_sums(path, sums)
+        failed = int(np.asarray(_book(path, "failed")).sum())
+        valid = int(np.asarray(_book(path, "valid")).sum())
+        if valid == 0:
+            warnings.warn(
+                f"{path!r}: no valid output pixel — the input is all NaN/nodata, or the "
+                "operator returned NaN/inf (or failed) everywhere; check the input's nodata "
+                "and the op",
+                PatchflowWarning,
+                stacklevel=3,
+            )
+        _checkpoint("finalise")
+        with _quiet():
+            zarr.consolidate_metadata(path)
+        passes = int(meta.get("passes", 0))
+        passes = passes + 1 if accumulate or passes == 0 else passes
+        _set_meta(
+            path,
+            status="complete",
+            passes=passes,
+            failed_chips=failed,
+            pass_ready=None,
+            promoting=None,
         )
-    _set_meta(path, status="complete", passes=int(meta.get("passes", 0)) + 1, failed_chips=failed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # "consolidated … not in v3 spec"
-        zarr.consolidate_metadata(path)
     return RunReport(
-        path, var, ny * nx, len(keys), ny * nx - len(keys), seconds, mode, failed_chips=failed
+        path,
+        var,
+        ny * nx,
+        len(keys),
+        ny * nx - len(keys),
+        seconds,
+        mode,
+        failed_chips=failed,
+        repaired=repaired,
     )
+
+
+def _start_pass(
+    prep: Prepared,
+    path: str,
+    meta: dict[str, Any],
+    record: Mapping[str, Any],
+    var: str,
+    sums: tuple[str, ...],
+    compressors: Any,
+) -> dict[str, Any]:
+    """Declare a new accumulate pass (its job first), then make its arrays (idempotent)."""
+    if meta.get("status") == "complete":
+        history = [*meta.get("history", []), (meta.get("job") or {}).get("op")]
+        _set_meta(
+            path,
+            status="accumulating",
+            pass_ready=False,
+            history=history,
+            job=record["job"],
+            recipe=record["recipe"],
+            recipe_missing=record["recipe_missing"],
+        )
+        _checkpoint("accumulate")
+        meta = _read_meta(path) or meta
+    if not meta.get("pass_ready"):
+        with _quiet():
+            book = zarr.open_group(path, mode="r+", use_consolidated=False)[BOOK]
+        shape = zarr.open_array(path, path=var, mode="r").shape
+        for key in sums:
+            _create_sum(book, f"{key}_next", prep.spec.agg, shape, _out_block(prep), compressors)
+        zarr.open_array(path, path=f"{BOOK}/done", mode="r+")[...] = 0
+        zarr.open_array(path, path=f"{BOOK}/failed", mode="r+")[...] = 0
+        _set_meta(path, pass_ready=True)
+        meta = _read_meta(path) or meta
+    return meta
+
+
+def _repair(path: str, meta: Mapping[str, Any]) -> int:
+    """Re-read the done blocks; clear the done marker of every block failing its checksum."""
+    done = _done(path, meta)
+    bad = _damaged(path, meta, done == 1)
+    status = meta.get("status")
+    unmarked = [(int(i), int(j)) for i, j in np.argwhere(done == 0)] if status == "complete" else []
+    if not bad and not unmarked:
+        return 0
+    if status == "complete" and int(meta.get("passes", 0)) > 1:
+        raise CorruptStoreError(
+            f"blocks {_blocks_text(sorted(bad + unmarked))} of {path!r} are damaged, and the "
+            "store holds the sum "
+            f"of {meta.get('passes')} passes (mode='accumulate'), which one operator cannot "
+            f"recompute; rebuild it with {_w('overwrite')} and the same passes"
+        )
+    with _writing(path, "the repair markers"):
+        if status == "complete":
+            _set_meta(path, status="incomplete")
+        marks = zarr.open_array(path, path=f"{BOOK}/done", mode="r+")
+        for index in bad:
+            marks[index] = 0
+    return len(bad)
 
 
 def _compute(tasks: list[Delayed], scheduler: Any, progress: bool) -> None:
@@ -489,78 +1749,211 @@ def _compute(tasks: list[Delayed], scheduler: Any, progress: bool) -> None:
 
 def _regular_prepare(obj: Any, op: Any, params: dict[str, Any]) -> Prepared:
     """Prepare a job whose blocks form a regular grid (Zarr chunks must be regular)."""
-    prep = prepare(obj, op, **params)
+    own = ("store", "mode", "resume", "overwrite", "keep_sums", "var", "compressors")
+    prep = prepare_from(obj, op, params, caller="run", also=(*own, "scheduler", "progress"))
     cy, cx = prep.plan.y.chunks, prep.plan.x.chunks
     if _regular(cy) and _regular(cx):
         return prep
     return prepare(obj, op, **{**params, "chunks": (max(cy), max(cx))})
 
 
-def _remove(path: str) -> None:
-    if Path(path).is_dir():
-        shutil.rmtree(path)
-    else:
-        Path(path).unlink()
-
-
-def _check_signature(
-    path: str, meta: dict[str, Any], sig: dict[str, Any], *, accumulate: bool
-) -> None:
-    old = dict(meta.get("signature", {}))
-    new = json.loads(json.dumps(sig))
-    if accumulate:  # a later pass may use another window or model, not another grid
-        for key in ("window",):
-            old.pop(key, None)
-            new.pop(key, None)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if diff:
-        details = ", ".join(f"{k}: store {old.get(k)!r} vs now {new.get(k)!r}" for k in diff)
-        raise StoreMismatchError(
-            f"{path!r} was written by a job with a different layout ({details}); use the "
-            "same parameters, or overwrite=True / another store"
-        )
-
-
 def _promote_sums(path: str, sums: tuple[str, ...]) -> None:
-    """Make this pass's ``*_next`` sums current (local stores: directory renames)."""
+    """Make this pass's ``*_next`` sums current (directory renames; safe to repeat after a
+    kill at any point: ``*_next`` exists until it has become current)."""
     book = Path(path) / BOOK
     for key in sums:
-        current, nxt = book / key, book / f"{key}_next"
-        old = book / f"{key}_old"
+        current, nxt, old = book / key, book / f"{key}_next", book / f"{key}_old"
+        if nxt.exists():
+            if current.exists():
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(current, old)
+                _checkpoint("promote")
+            os.replace(nxt, current)
         if old.exists():
             shutil.rmtree(old)
-        os.replace(current, old)
-        os.replace(nxt, current)
-        shutil.rmtree(old)
 
 
-def _missing_message(path: str, meta: dict[str, Any]) -> str:
+def _missing_message(path: str, meta: Mapping[str, Any]) -> str:
     ny, nx = meta.get("blocks", [0, 0])
     try:
-        missing = int((_done(path) == 0).sum())
+        missing = int((_done(path, meta) == 0).sum())
     except Exception:  # bookkeeping unreadable: count everything as missing
         missing = ny * nx
+    what = (
+        f"{missing} of {ny * nx} blocks are missing"
+        if missing
+        else f"all {ny * nx} blocks are written but the run stopped before finishing"
+    )
     return (
-        f"{path!r} is incomplete ({meta.get('status')}): {missing} of {ny * nx} blocks are "
-        "missing. Finish it with patchflow.run(..., store=..., resume=True) using the same "
-        "input and parameters, or overwrite it"
+        f"{path!r} is incomplete ({meta.get('status')}): {what}. Finish it with "
+        f"{_w('finish')}, or replace it with {_w('overwrite')}"
     )
 
 
-def open_result(store: str | os.PathLike[str], *, var: Hashable | None = None) -> xr.DataArray:
+# --------------------------------------------------------------------------- resume
+
+
+def resume(
+    store: str | os.PathLike[str], *, scheduler: Any = None, progress: bool = False
+) -> RunReport:
+    """Finish (or repair) the job of ``store`` from what the store records.
+
+    Reopens the input file or Zarr store the job read (same chunks), rebuilds the operator
+    from its JSON config and reruns with the recorded parameters and ``resume=True``: only
+    missing blocks and blocks failing their checksum are computed.
+
+    Raises
+    ------
+    ResumeRecipeError
+        The store records no recipe (the input was in memory, or the operator is not a
+        :mod:`patchflow.ops` operator with a JSON config), or the input cannot be opened:
+        call :func:`run` with ``resume=True`` and the same input, operator and parameters.
+    IncompleteStoreError
+        ``store`` is not a patchflow store.
+    """
+    from patchflow.ops import from_config
+
+    path = os.fspath(store)
+    state, meta = _state(path)
+    if state not in ("store", "creating") or meta is None:
+        raise IncompleteStoreError(f"nothing to resume: {path!r} is not a patchflow store")
+    recipe = meta.get("recipe")
+    if not isinstance(recipe, dict):
+        why = meta.get("recipe_missing") or "it was written by an older patchflow"
+        raise ResumeRecipeError(
+            f"{path!r} cannot be resumed from the store alone: {why}. Instead, {_w('rerun')}"
+        )
+    try:
+        obj = _open_input(recipe["input"])
+    except PatchflowError:
+        raise
+    except Exception as exc:
+        raise ResumeRecipeError(
+            f"the input of {path!r}, {recipe['input'].get('path')}, cannot be opened "
+            f"({_reason(exc)}); restore it, or {_w('rerun')}"
+        ) from exc
+    op = from_config(recipe["op"])
+    params = _decode(recipe.get("params") or {})
+    return run(
+        obj,
+        op,
+        store=path,
+        resume=True,
+        var=recipe.get("var"),
+        scheduler=scheduler,
+        progress=progress,
+        **params,
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def check_store(store: str | os.PathLike[str], *, checksums: bool = True) -> StoreHealth:
+    """Status of a patchflow store: blocks done, missing and corrupt.
+
+    With ``checksums`` every block marked done is read once and its CRC-32 compared with
+    the one recorded when it was written (the cost of reading the whole result, in
+    parallel threads); without, only the done markers are read.
+    """
+    path = os.fspath(store)
+    state, meta = _state(path)
+    if state in ("absent", "foreign") or meta is None:
+        missing_store = not Path(path).exists()
+        return StoreHealth(
+            path,
+            "not a patchflow store",
+            problem=(
+                f"no store at {path!r}"
+                if missing_store
+                else f"{path!r} is not a patchflow store (no '{META}' attrs)"
+            ),
+        )
+    job = meta.get("job") if isinstance(meta.get("job"), dict) else None
+    locked = _is_locked(path)
+    resumable = isinstance(meta.get("recipe"), dict)
+    if state == "creating":
+        return StoreHealth(
+            path,
+            "creating",
+            locked=locked,
+            job=job,
+            resumable=resumable,
+            problem=(
+                f"{path!r} is being created right now; wait for the run to finish"
+                if locked
+                else f"{path!r} is incomplete: its creation was interrupted (nothing computed "
+                f"yet); finish it with {_w('finish')}, or replace it with {_w('overwrite')}"
+            ),
+        )
+    done = _done(path, meta)
+    missing = tuple((int(i), int(j)) for i, j in np.argwhere(done == 0))
+    corrupt = tuple(_damaged(path, meta, done == 1)) if checksums else ()
+    status = str(meta.get("status"))
+    problem = None
+    if corrupt:
+        problem = (
+            f"{path!r} is damaged: {len(corrupt)} block(s) fail their checksum (a result "
+            f"chunk was deleted or overwritten): {_blocks_text(corrupt)}; recompute them with "
+            f"{_w('finish')}"
+        )
+    elif locked and status != "complete":
+        problem = f"{path!r} is being written right now ({status}); wait for the run to finish"
+    elif status != "complete" or missing:
+        problem = _missing_message(path, meta)
+    return StoreHealth(
+        path,
+        status,
+        blocks=(int(done.shape[0]), int(done.shape[1])),
+        done=int((done == 1).sum()),
+        missing=missing,
+        corrupt=corrupt,
+        checked=checksums,
+        locked=locked,
+        passes=int(meta.get("passes", 0)),
+        var=(meta.get("signature") or {}).get("var"),
+        resumable=resumable,
+        job=job,
+        problem=problem,
+    )
+
+
+def open_result(
+    store: str | os.PathLike[str], *, var: Hashable | None = None, verify: bool = True
+) -> xr.DataArray:
     """Open a finished patchflow store as a lazy, georeferenced DataArray.
+
+    Parameters
+    ----------
+    store
+        The store's directory.
+    var
+        The variable (default: the job's result).
+    verify
+        Check every block before returning: read it once and compare its CRC-32 with the
+        checksum recorded when it was written, so a deleted or damaged chunk file is found
+        now rather than as wrong data or a codec error later. This costs one full read of
+        the result (in parallel threads); for a large store that was just written or
+        verified (e.g. by ``patchflow inspect``), ``verify=False`` only checks the done
+        markers and returns at once.
 
     Raises
     ------
     IncompleteStoreError
-        If the job that writes the store has not finished (names the missing blocks).
+        If the job that writes the store has not finished (names the missing blocks), or
+        ``store`` is not a patchflow store.
+    CorruptStoreError
+        If a block fails verification (names the blocks; ``resume`` recomputes them).
+
+    Note that plain ``xr.open_zarr`` does none of these checks.
     """
     path = os.fspath(store)
+    health = check_store(path, checksums=verify)
+    if not health.ok:
+        raise health.error()
     meta = _read_meta(path)
-    if meta is None:
-        raise IncompleteStoreError(f"{path!r} is not a patchflow store (no '{META}' attrs)")
-    if meta.get("status") != "complete":
-        raise IncompleteStoreError(_missing_message(path, meta))
+    assert meta is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         ds = xr.open_zarr(path, consolidated=True, decode_coords="all")

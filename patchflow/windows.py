@@ -91,14 +91,17 @@ WINDOWS: dict[str, Callable[..., np.ndarray]] = {
 
 
 def _quantise(w: np.ndarray, bits: int = 12) -> np.ndarray:
-    """Round to ``bits`` significant bits.
+    """Round to multiples of ``2**-bits`` (fixed point), never below ``2**-bits``.
 
-    The product of two such values has at most ``2 * bits`` significant bits, so the 2-D
-    float32 weights ``wy ⊗ wx`` are exact, and the geometric denominator computed from the
-    1-D sums equals the sum of the 2-D weights bit for bit (no 1e-8 relative bias).
+    1-D weights are at most 1, so each is ``k / 4096`` with ``1 <= k <= 4096``: the 2-D
+    weights ``wy ⊗ wx`` are integers over ``2**24``, exact in float32, and the geometric
+    denominator from the 1-D sums equals the sum of the 2-D weights bit for bit. Fixed
+    point (rather than 12 *significant* bits) also bounds the span of every weight sum, so
+    ``sum(w * v)`` is exact in float64 for integer values ``|v| < 2**29 / chips-per-pixel``
+    and an integer input comes back exactly (933 stays 933, not 932.99994).
     """
-    mant, exp = np.frexp(w)
-    return np.ldexp(np.round(mant * (1 << bits)) / (1 << bits), exp)
+    scale = float(1 << bits)
+    return np.maximum(np.round(w * scale), 1.0) / scale
 
 
 def _flatten_1d(w: np.ndarray, lead: bool, trail: bool) -> np.ndarray:

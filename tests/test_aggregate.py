@@ -126,8 +126,14 @@ def naive_apply(
     agg: str,
     n_classes: int | None = None,
     nodata: Any = np.nan,
+    fill: float | None = None,
 ) -> np.ndarray:
     """Per-chip loop over the whole (padded) scene, merging per pixel.
+
+    ``fill=None``: the op sees NaN inputs as they are and a float output is invalid only
+    where it is not finite (per element); a non-float output is invalid where any input
+    element under the pixel is NaN. ``fill=v``: NaN inputs are replaced by ``v`` and the
+    output pixel is invalid wherever any input element under it was NaN.
 
     For ``agg="vote"`` the summed weights are float64, which is exact for these weights
     (float32 products of 12-bit quantised factors), so exact ties are seen as ties.
@@ -140,8 +146,14 @@ def naive_apply(
     pw = max(width, max(b for _, b in anchors) + w)
 
     bad = ~np.isfinite(scene).all(axis=0)
-    filled = np.where(bad, 0.0, scene)
-    padded = np.pad(filled, ((0, 0), (0, ph - height), (0, pw - width)), mode="constant")
+    filled = scene if fill is None else np.where(np.isfinite(scene), scene, fill)
+    # pad_mode="constant" pads with the fill value (0 without one)
+    padded = np.pad(
+        filled,
+        ((0, 0), (0, ph - height), (0, pw - width)),
+        mode="constant",
+        constant_values=0.0 if fill is None else fill,
+    )
     valid = np.pad(~bad, ((0, ph - height), (0, pw - width)), mode="constant")
     win = make_window(window, (h, w))
 
@@ -151,7 +163,7 @@ def naive_apply(
         out = np.asarray(op(chip))
         ok = np.broadcast_to(valid[ay : ay + h, ax : ax + w], out.shape)
         if out.dtype.kind == "f":
-            ok = ok & np.isfinite(out)
+            ok = (ok if fill is not None else True) & np.isfinite(out)
         sl = (slice(None), slice(ay, ay + h), slice(ax, ax + w))
         if not acc:
             full = (out.shape[0], ph, pw)
@@ -160,7 +172,7 @@ def naive_apply(
                 "den": np.zeros(full),
                 "val": np.full(full, -np.inf if agg == "max" else np.inf),
                 "hit": np.zeros(full, bool),
-                "dist": np.full((ph, pw), np.inf),
+                "dist": np.full(full, np.inf),
                 "pick": np.zeros(full),
                 "count": np.zeros((n_classes or 1, *full), np.int64),
                 "wsum": np.zeros((n_classes or 1, *full)),
@@ -178,10 +190,10 @@ def naive_apply(
         elif agg == "centre":
             iy, ix = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
             dist = (2 * iy - (h - 1)) ** 2 + (2 * ix - (w - 1)) ** 2
-            pix = ok.all(axis=0)
-            # chips come in row-major index order: strict '<' keeps the lower index on ties
-            better = pix & (dist < acc["dist"][sl[1:]])
-            acc["dist"][sl[1:]] = np.where(better, dist, acc["dist"][sl[1:]])
+            # per element (band): each band takes its nearest valid chip; chips come in
+            # row-major index order: strict '<' keeps the lower index on ties
+            better = ok & (dist < acc["dist"][sl])
+            acc["dist"][sl] = np.where(better, dist, acc["dist"][sl])
             acc["pick"][sl] = np.where(better, out, acc["pick"][sl])
         elif agg == "vote":
             assert n_classes is not None
@@ -200,7 +212,7 @@ def naive_apply(
     if agg in ("max", "min"):
         return np.where(acc["hit"][crop], acc["val"][crop], np.nan)
     if agg == "centre":
-        hit = np.isfinite(acc["dist"][: crop[1].stop, : crop[2].stop])
+        hit = np.isfinite(acc["dist"][crop])
         return np.where(hit, acc["pick"][crop], np.nan)
     # vote: most votes, then the higher summed weight, then the lower label
     count, wsum = acc["count"][(slice(None), *crop)], acc["wsum"][(slice(None), *crop)]
@@ -314,13 +326,17 @@ def test_vote_matches_naive(data: st.DataObject, k: int, nans: bool) -> None:
     scene = add_nans(data.draw, case["scene"]) if nans else case["scene"]
     op = partial(labels, k=k)
     geo = geometry(case)
-    out = engine_apply(scene, op, case["chunks"], case["override"], agg="vote", n_classes=k, **geo)
+    # the labeller is not NaN-safe (int(NaN) fails), so it gets filled chips, as a model
+    # would: fill_value=0 and the pixel mask say which pixels count
+    out = engine_apply(
+        scene, op, case["chunks"], case["override"], agg="vote", n_classes=k, fill_value=0.0, **geo
+    )
     assert out.dtype == np.int64
     nodata = out.rio.nodata
     assert nodata == np.iinfo(np.int64).min
     # exact ties in (count, summed weight) are common here (mirror-symmetric chips); the
     # engine's float64 weight sums are exact, so they must go to the lower label too
-    expected = naive_apply(scene, op, agg="vote", n_classes=k, nodata=nodata, **geo)
+    expected = naive_apply(scene, op, agg="vote", n_classes=k, nodata=nodata, fill=0.0, **geo)
     np.testing.assert_array_equal(out.values, expected)
 
 
@@ -350,8 +366,9 @@ def test_engine_matches_naive_with_nans(agg: str, data: st.DataObject, op_name: 
     scene = add_nans(data.draw, case["scene"])
     op = holes if op_name == "holes" else OPS[op_name]
     geo = geometry(case)
-    expected = naive_apply(scene, op, agg=agg, **geo)
-    out = engine_apply(scene, op, case["chunks"], case["override"], agg=agg, **geo)
+    fill = data.draw(st.sampled_from([None, 0.0, -1.5]))
+    expected = naive_apply(scene, op, agg=agg, fill=fill, **geo)
+    out = engine_apply(scene, op, case["chunks"], case["override"], agg=agg, fill_value=fill, **geo)
     np.testing.assert_allclose(out.values, expected, rtol=1e-9, atol=1e-9, equal_nan=True)
 
 
@@ -363,11 +380,11 @@ def test_nan_pixels_pointwise(data: st.DataObject) -> None:
     out = engine_apply(
         scene, pointwise, case["chunks"], case["override"], agg="overlap_add", **geometry(case)
     ).values
-    bad = np.isnan(scene).any(axis=0)
     grid = ChipGrid(scene.shape[1:], case["size"], case["stride"], case["boundary"])  # type: ignore[arg-type]
     cy, cx = grid.covered()
     covered = np.outer(cy, cx)
-    expected = np.where(bad | ~covered, np.nan, pointwise(scene))
+    # per band: a NaN in one band leaves the other bands of the pixel valid (GDAL nodata)
+    expected = np.where(~covered, np.nan, pointwise(scene))
     np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12, equal_nan=True)
 

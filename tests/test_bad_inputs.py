@@ -172,3 +172,115 @@ def test_no_warnings_on_the_happy_path() -> None:
         warnings.simplefilter("error", patchflow.PatchflowWarning)
         out: Any = scene().patch.apply(dn_ndvi, size=64, stride=48)
         out.compute()
+
+
+# --------------------------------------------------------------------------- issue 12
+
+
+def test_one_error_hierarchy() -> None:
+    from patchflow import cli, ops
+
+    assert ops.ConfigError is patchflow.errors.ConfigError is patchflow.ConfigError
+    assert issubclass(patchflow.ConfigError, patchflow.ParameterError)
+    assert issubclass(cli.UsageError, patchflow.PatchflowError)
+    assert issubclass(cli.CommandError, patchflow.PatchflowError)
+    assert issubclass(patchflow.GridError, patchflow.ParameterError)
+    # a wrong type for size/stride is a parameter mistake, not an unplannable grid
+    with pytest.raises(patchflow.ParameterError, match="size must be an int") as info:
+        scene().patch.apply(ident, size="64", stride=48)
+    assert not isinstance(info.value, patchflow.GridError)
+
+
+def test_cli_exit_statuses_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from patchflow.cli import main
+
+    assert main(["apply", str(tmp_path / "in.tif"), str(tmp_path / "o.png")]) == 2  # UsageError
+    assert main(["apply", str(tmp_path / "in.tif"), str(tmp_path / "o.zarr")]) == 1  # Command…
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("patchflow: error: OUTPUT must end in")
+    assert err[1].startswith("patchflow: error: input not found")
+
+
+@pytest.mark.parametrize(
+    ("given", "expect"),
+    [
+        ({"overlap": 0.25}, "overlap=0.25 with size=256 (the default) → stride=192"),
+        ({"size": 512, "overlap": 64}, "overlap=64 with size=512 → stride=448"),
+        ({"size": (256, 128), "overlap": (0.5, 0.25)}, "→ stride=(128, 96)"),
+        ({"roi_size": (96, 96), "overlap": 0.5}, "with size=96 (from roi_size) → stride=48"),
+        ({"size": 128, "overlap": 128}, "would leave no stride"),
+        ({"depth": 32}, "depth=32 with size=256 (the default) → stride=192"),
+        ({"input_dims": {"x": 256, "y": 128}}, "→ size=(128, 256)"),
+        ({"padding_mode": "replicate"}, "boundary='pad', pad_mode='edge'"),
+        ({"mode": "constant"}, "window='boxcar'"),
+        ({"mode": "gaussian", "size": 128}, "window_params={'sigma': 16}"),
+        ({"sigma_scale": 0.25, "size": 64}, "window_params={'sigma': 16}"),
+        ({"device": "cuda"}, "ModelOp(model, device=...)"),
+        ({"overlap": "lots"}, "stride = size - overlap)"),  # no worked example, no crash
+    ],
+)
+def test_peer_keywords_get_a_worked_conversion(given: dict[str, Any], expect: str) -> None:
+    with pytest.raises(patchflow.ParameterError, match="unknown keyword") as info:
+        patchflow.errors.check_keywords("apply", given, ["size", "stride", "window"])
+    assert expect in str(info.value)
+
+
+def test_unknown_keywords_typos_and_lists() -> None:
+    check = patchflow.errors.check_keywords
+    check("run", {"size": 1, "mode": "accumulate"}, ["size", "mode"])  # known: silent
+    with pytest.raises(patchflow.ParameterError, match=r"'n_class'; did you mean 'n_classes'"):
+        check("apply", {"n_class": 3}, ["n_classes", "size"])
+    with pytest.raises(patchflow.ParameterError, match=r"'zzz'; run\(\) takes: mode, size$"):
+        check("run", {"zzz": 3}, ["size", "mode"])
+    with pytest.raises(patchflow.ParameterError, match=r"2 unknown keywords: 'strid'.*'overlap'"):
+        check("apply", {"strid": 3, "overlap": 0.5}, ["stride"])
+
+
+def test_apply_and_accessors_reject_unknown_keywords() -> None:
+    with pytest.raises(patchflow.ParameterError, match=r"'per_variabel'; did you mean"):
+        scene().patch.apply(ident, size=64, stride=48, per_variabel=True)
+    with pytest.raises(patchflow.ParameterError, match=r"^grid\(\) got .*overlap=32.* stride=96"):
+        scene().patch.grid(size=128, overlap=32)
+    from patchflow.core import prepare_from
+
+    with pytest.raises(patchflow.ParameterError, match=r"^run\(\) got .*'storee'"):
+        prepare_from(scene(), ident, {"storee": "x"}, caller="run", also=("store",))
+    prep = prepare_from(scene(), ident, {"size": 64, "stride": 48, "store": "x"}, also=("store",))
+    assert prep.result().shape == scene().shape
+
+
+def test_band_errors_come_at_call_time() -> None:
+    # a dask input whose compute would fail: nothing may be computed to find these errors
+    from patchflow import NDVI, PercentileClip, SelectBands
+
+    def boom(block: np.ndarray) -> np.ndarray:
+        raise AssertionError("computed")
+
+    lazy = scene().chunk({"y": 128, "x": 128})
+    lazy = lazy.copy(data=lazy.data.map_blocks(boom, dtype=lazy.dtype))
+    cases: list[tuple[Any, str]] = [
+        (NDVI(red="red", nir="swir"), r"'swir' not found among the input's bands"),
+        (NDVI(red=1, nir=2), r"band 2 looks like a GDAL-style 1-based number.*use 1"),
+        (SelectBands(["nir", 9]), r"band index 9 is out of range: the input has 2 bands"),
+        (
+            PercentileClip(per="global", limits=([0, 0, 0], [1, 1, 1])),
+            r"3 per-band limits but the input chips have 2 bands",
+        ),
+    ]
+    for op, match in cases:
+        with pytest.raises(patchflow.ParameterError, match=match):
+            lazy.patch.apply(op, size=64, stride=48)
+    # rioxarray-style integer band coordinate: names cannot bind
+    numbered = lazy.assign_coords(band=[1, 2])
+    with pytest.raises(patchflow.ParameterError, match=r"no names.*long_name"):
+        numbered.patch.apply(NDVI(red="red", nir="nir"), size=64, stride=48)
+
+
+def test_out_of_range_message_without_gdal_hint() -> None:
+    from patchflow import NDVI
+
+    with pytest.raises(patchflow.ParameterError) as info:
+        scene().patch.apply(NDVI(red=0, nir=-3), size=64, stride=48)
+    text = str(info.value)
+    assert "0-based positions 0..1 (or -2..-1 from the end)" in text
+    assert "GDAL" not in text

@@ -305,12 +305,11 @@ def test_empty_scene(length: int) -> None:
 
 @pytest.mark.parametrize("bad", [1.5, "10", None, True])
 def test_non_int_arguments(bad: object) -> None:
-    with pytest.raises(GridError):
-        AxisGrid(bad, 10, 5)  # type: ignore[arg-type]
-    with pytest.raises(GridError):
-        AxisGrid(100, bad, 5)  # type: ignore[arg-type]
-    with pytest.raises(GridError):
-        AxisGrid(100, 10, bad)  # type: ignore[arg-type]
+    # a wrong type is a plain parameter mistake, not an unplannable grid
+    for args in ((bad, 10, 5), (100, bad, 5), (100, 10, bad)):
+        with pytest.raises(ParameterError, match="must be an int") as info:
+            AxisGrid(*args)  # type: ignore[arg-type]
+        assert not isinstance(info.value, GridError)
 
 
 @pytest.mark.parametrize("boundary", ["shift", "drop", "raise"])
@@ -418,9 +417,9 @@ def test_chipgrid_covered_drop() -> None:
 
 
 def test_chipgrid_bad_shape() -> None:
-    with pytest.raises(GridError, match="shape"):
+    with pytest.raises(ParameterError, match="shape"):
         ChipGrid((100, 100, 3), size=10, stride=5)  # type: ignore[arg-type]
-    with pytest.raises(GridError, match="shape"):
+    with pytest.raises(ParameterError, match="shape"):
         ChipGrid((100,), size=10, stride=5)  # type: ignore[arg-type]
 
 
@@ -444,18 +443,20 @@ def test_pair_normalises() -> None:
     [True, False, (True, 3), (3, False), [np.bool_(True), 2]],
 )
 def test_pair_rejects_bools(value: object) -> None:
-    with pytest.raises(GridError, match="size"):
+    with pytest.raises(ParameterError, match="size"):
         pair(value, "size")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", [(), (1,), (1, 2, 3), [4, 5, 6, 7]])
 def test_pair_rejects_wrong_length(value: object) -> None:
-    with pytest.raises(GridError, match="stride") as info:
+    with pytest.raises(ParameterError, match="stride") as info:
         pair(value, "stride")  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
+    assert not isinstance(info.value, GridError)
 
 
 @pytest.mark.parametrize("value", [1.5, None, "ab", (1.0, 2), ("1", "2"), object()])
 def test_pair_rejects_non_ints(value: object) -> None:
-    with pytest.raises(GridError):
+    with pytest.raises(ParameterError, match="pair of ints") as info:
         pair(value, "size")  # type: ignore[arg-type]
+    assert not isinstance(info.value, GridError)

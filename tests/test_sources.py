@@ -152,8 +152,8 @@ def test_cog_band_names_kept_when_band_count_unchanged(
     out = da.patch.apply(lambda c: c * 1e-4, size=SIZE, stride=STRIDE)  # 2 bands → 2 bands
     assert out.attrs["long_name"] == ("red", "nir")
     np.testing.assert_array_equal(out.band.values, [1, 2])
+    # nodata is per band (GDAL): a 0 in one band leaves the other band of the pixel valid
     ref = np.where(dn == 0, np.nan, dn * 1e-4).astype(out.dtype)
-    ref[:, (dn == 0).any(axis=0)] = np.nan  # a pixel invalid in any band is invalid
     assert_matches(out.values, ref)
     # round trip: descriptions, georeference and values survive to_raster
     out.rio.to_raster(tmp_path / "out.tif")
@@ -366,29 +366,21 @@ def test_stackstac_over_time_median_composite(s2: xr.DataArray) -> None:
     assert "time" not in out.coords
     assert_geo(out, s2.rio.crs, T10)
     v = s2.values
-    # NaN handling seen: validity is per pixel across *every op-visible dim* (time and
-    # band): a pixel NaN on any date in any band is filled (fill_value 0) for the op and
-    # carries zero weight, so the composite is NaN there — it is np.nanmedian only where
-    # the whole (time, band) column is valid. For gap-filling composites, see below.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
-        ref = np.nanmedian(v, axis=0)
-    ref[:, np.isnan(v).any(axis=(0, 1))] = np.nan
-    assert_matches(out.values, ref, atol=1e-9)
+    # invalid values reach the op as NaN, per element: np.median (not NaN-aware) gives NaN
+    # where a band is NaN on any date, in that band only; see below for gap filling
+    assert_matches(out.values, np.median(v, axis=0), atol=1e-9)
 
 
-def test_stackstac_over_time_nanmedian_with_sentinel(s2: xr.DataArray) -> None:
-    # Gap-filling composite: hide NaN from the validity check behind a finite sentinel the
-    # op maps back to NaN. Pixels NaN on every date give a NaN op output, which carries
-    # zero weight, so the result is NaN exactly where np.nanmedian is.
-    sentinel = -9999.0
-
+def test_stackstac_over_time_nanmedian_gap_fills(s2: xr.DataArray) -> None:
+    # Gap-filling composite: the op sees NaN on cloudy dates and skips them (nanmedian);
+    # pixels NaN on every date give a NaN op output, which carries zero weight, so the
+    # result is NaN exactly where np.nanmedian is.
     def nanmedian(chip: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
-            return np.nanmedian(np.where(chip == sentinel, np.nan, chip), axis=0)
+            return np.nanmedian(chip, axis=0)
 
-    out = s2.fillna(sentinel).patch.apply(nanmedian, over="time", size=SIZE, stride=STRIDE)
+    out = s2.patch.apply(nanmedian, over="time", size=SIZE, stride=STRIDE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = np.nanmedian(s2.values, axis=0)
@@ -418,8 +410,8 @@ def test_stackstac_mixed_resolution_b11(
     out = allb.patch.apply(ndmi, size=SIZE, stride=STRIDE)
     assert out.shape == (3, 1, *STACK_SHAPE)
     assert_geo(out, CRS, T10)
+    # NaN reaches the op per element, so the index is NaN exactly where a band it uses is
     ref = ndmi(allb.values)
-    ref[np.isnan(allb.values).any(axis=1, keepdims=True)] = np.nan  # any band invalid
     assert_matches(out.values, ref)
     np.testing.assert_array_equal(allb.values[:, :2], s2.values)
 
@@ -587,7 +579,11 @@ def test_mixed_per_variable_honours_each_nodata(mixed: xr.Dataset) -> None:
 def test_mixed_stacked_honours_variable_nodata(mixed: xr.Dataset) -> None:
     ds = with_nodata_hole(mixed)
     out = ds.patch.apply(lambda c: c * 1.0, size=128, stride=96).values
-    assert np.isnan(out[:, 100:120, 50:70]).all()
+    k = list(ds.data_vars).index("dn")
+    # per band (GDAL nodata): the hole is in "dn" only; the other variables stay valid
+    assert np.isnan(out[k, 100:120, 50:70]).all()
+    others = [i for i in range(out.shape[0]) if i != k]
+    assert not np.isnan(out[others][:, 100:120, 50:70]).any()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,9 @@ from scipy.signal import windows as sw
 from patchflow.errors import ParameterError, WindowError
 from patchflow.windows import FLOOR, WINDOWS, Window, make_window
 
+#: the step of the fixed-point 1-D weights
+Q = 2.0**-12
+
 NAMES = sorted(WINDOWS)
 SHAPES = [(1, 1), (1, 7), (1, 8), (7, 1), (3, 3), (5, 8), (8, 8), (9, 16), (31, 32), (64, 64)]
 ALL_FLAGS = (True, True, True, True)
@@ -80,16 +83,19 @@ def test_hann_matches_scipy_interior(shape: tuple[int, int]) -> None:
     win = make_window("hann", shape)
     assert win.wy is not None
     assert win.wx is not None
-    np.testing.assert_allclose(win.wy, ref_y, rtol=3e-4)
-    np.testing.assert_allclose(win.wx, ref_x, rtol=3e-4)
-    np.testing.assert_allclose(win.weights(), np.outer(ref_y, ref_x), rtol=6e-4)
+    # fixed point: every 1-D weight within half a step (2**-13) of the exact value
+    np.testing.assert_allclose(win.wy, ref_y, rtol=0, atol=Q / 2)
+    np.testing.assert_allclose(win.wx, ref_x, rtol=0, atol=Q / 2)
+    np.testing.assert_allclose(win.weights(), np.outer(ref_y, ref_x), rtol=0, atol=Q)
 
 
 def test_hann_first_pixel_not_zero() -> None:
     # a plain symmetric Hann would be exactly 0 here
     w = make_window("hann", (256, 256)).weights()
     assert w[0, 0] > 0
-    assert w[0, 0] == pytest.approx(hann_reference(256)[0] ** 2, rel=3e-4)
+    # the smallest fixed-point weight, 2**-12 per axis (the exact value is below it)
+    assert w[0, 0] == Q * Q
+    assert hann_reference(256)[0] < Q
 
 
 def test_boxcar_is_all_ones() -> None:
@@ -124,8 +130,11 @@ def test_gaussian_sigma() -> None:
     assert default.wx is not None
     x = np.arange(n) - (n - 1) / 2
     expected = np.maximum(np.exp(-0.5 * (x / 2.0) ** 2), FLOOR)
-    np.testing.assert_allclose(narrow.wx, expected, rtol=3e-4)
-    np.testing.assert_allclose(default.wx, np.exp(-0.5 * (x / (n / 5.0)) ** 2), rtol=3e-4)
+    # weights are fixed point, multiples of 2**-12 and at least 2**-12
+    q = 2.0**-12
+    np.testing.assert_allclose(narrow.wx, np.maximum(expected, q), rtol=0, atol=q / 2)
+    np.testing.assert_allclose(default.wx, np.exp(-0.5 * (x / (n / 5.0)) ** 2), rtol=0, atol=q / 2)
+    assert (narrow.wx * 4096 == np.round(narrow.wx * 4096)).all()
     assert narrow.wx[0] < default.wx[0] < wide.wx[0]
     assert narrow != wide
 
@@ -133,7 +142,7 @@ def test_gaussian_sigma() -> None:
 def test_gaussian_tiny_sigma_floors_at_positive() -> None:
     w = make_window("gaussian", (1, 64), sigma=0.5).weights()
     assert (w > 0).all()
-    assert w.min() == pytest.approx(FLOOR, rel=1e-3)
+    assert w.min() == Q  # the fixed-point floor (one step), never 0
 
 
 @pytest.mark.parametrize("sigma", [0, 0.0, -1.0])
@@ -148,8 +157,8 @@ def test_tukey_alpha() -> None:
     half = make_window("tukey", (1, n), alpha=0.5).weights()[0]
     full = make_window("tukey", (1, n), alpha=1.0).weights()[0]
     np.testing.assert_allclose(flat, 1.0)  # alpha=0: rectangular
-    np.testing.assert_allclose(full, make_window("hann", (1, n)).weights()[0], rtol=3e-4)
-    np.testing.assert_allclose(half, sw.tukey(n + 2, 0.5)[1:-1], rtol=3e-4)
+    np.testing.assert_allclose(full, make_window("hann", (1, n)).weights()[0], atol=Q)
+    np.testing.assert_allclose(half, sw.tukey(n + 2, 0.5)[1:-1], rtol=0, atol=Q / 2)
     assert (half >= full - 1e-7).all()
     assert half[0] > full[0]
     assert make_window("tukey", (8, 8)) == make_window("tukey", (8, 8), alpha=0.5)
@@ -185,7 +194,7 @@ def test_spline_matches_formula() -> None:
     expected = np.where(t <= 0.5, (2 * t) ** 2 / 2, 1 - (2 * (1 - t)) ** 2 / 2)
     win = make_window("spline", (1, n))
     assert win.wx is not None
-    np.testing.assert_allclose(win.wx, expected, rtol=3e-4)
+    np.testing.assert_allclose(win.wx, expected, rtol=0, atol=Q / 2)
 
 
 def test_unknown_name_lists_valid_names() -> None:

@@ -1,0 +1,363 @@
+"""Real-world raster fixtures: small files shaped like the ones users hand to patchflow.
+
+Every fixture writes one file with rioxarray/rasterio (or xarray for NetCDF) into a
+session temp dir and returns a :class:`RealRaster`: the path plus what a correct reader
+must see — the raw values per band, the nodata value, the per-band validity mask (GDAL
+semantics: nodata is per band), the CRS and the affine transform. Each fixture reads its
+file back with plain rasterio/xarray (no patchflow) and checks it against that reference,
+so a test failure downstream is about patchflow, not about the file.
+
+Files (all small: a few hundred pixels a side, internally tiled 128 or 256):
+
+``cog_uint8_4326``      4-band uint8 COG, EPSG:4326, no nodata, many saturated 255s
+``cog_rgb_3857``        RGB uint8 COG, EPSG:3857, nodata 0: a rotated valid footprint in
+                        a 0 collar, plus pixels where only ONE band is 0 inside it
+``tif_float_2227``      float32 GeoTIFF, EPSG:2227 (California zone 3, US survey feet),
+                        nodata -99999 in a block
+``cog_dem_int16``       int16 DEM, EPSG:32636, -420 … 3000 m (Dead-Sea-like), nodata
+                        -32768 in a few pixels
+``nc_s2``               Sentinel-2-like NetCDF: B04, B08 uint16 DN, EPSG:32633, _FillValue
+                        0 with a few 0 pixels (some in one band only)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+
+
+@dataclass(frozen=True)
+class RealRaster:
+    """A file on disk and what a faithful reader must get back from it."""
+
+    path: Path
+    #: raw values as written, ``(bands, rows, cols)`` (for NetCDF: variables stacked)
+    data: np.ndarray
+    #: the declared nodata (``None``: none declared, every pixel is valid)
+    nodata: float | None
+    crs: CRS
+    transform: Affine
+    #: band labels: GeoTIFF descriptions, or the NetCDF variable names
+    bands: tuple[str, ...]
+    #: how the file was written: "COG", "GTiff" or "netcdf:<engine>"
+    driver: str
+    #: per-variable attrs (NetCDF only), for the "no input-only attrs" checks
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Per-band validity ``(bands, rows, cols)``: GDAL nodata is per band."""
+        if self.nodata is None:
+            return np.ones(self.data.shape, bool)
+        return self.data != self.nodata
+
+    @property
+    def reference(self) -> np.ndarray:
+        """The data as float64 with NaN exactly where the band is nodata."""
+        return np.where(self.valid, self.data.astype(np.float64), np.nan)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[-2], self.data.shape[-1]
+
+
+def _coords(transform: Affine, rows: int, cols: int) -> dict[str, np.ndarray]:
+    """Pixel-centre coordinates, as rioxarray builds them."""
+    x = transform.c + transform.a * (np.arange(cols) + 0.5)
+    y = transform.f + transform.e * (np.arange(rows) + 0.5)
+    return {"y": y, "x": x}
+
+
+def _to_xarray(
+    data: np.ndarray,
+    transform: Affine,
+    crs: CRS,
+    nodata: float | None,
+    bands: tuple[str, ...],
+) -> xr.DataArray:
+    rows, cols = data.shape[-2:]
+    arr = xr.DataArray(
+        data,
+        dims=("band", "y", "x"),
+        coords={"band": np.arange(1, data.shape[0] + 1), **_coords(transform, rows, cols)},
+    )
+    arr = arr.rio.write_crs(crs).rio.write_transform(transform)
+    if nodata is not None:
+        arr = arr.rio.write_nodata(nodata, encoded=False)
+    arr.attrs["long_name"] = bands  # rioxarray writes these as GDAL band descriptions
+    return arr
+
+
+def _check_tif(raster: RealRaster, block: int) -> None:
+    """The file read back with plain rasterio equals the reference."""
+    with rasterio.open(raster.path) as src:
+        assert src.count == raster.data.shape[0]
+        assert src.dtypes[0] == raster.data.dtype.name
+        assert src.crs == raster.crs, (src.crs, raster.crs)
+        assert src.transform.almost_equals(raster.transform, precision=1e-9)
+        assert src.nodata == raster.nodata, (src.nodata, raster.nodata)
+        assert src.block_shapes[0] == (block, block), src.block_shapes
+        assert src.descriptions == raster.bands
+        if raster.driver == "COG":
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        np.testing.assert_array_equal(src.read(), raster.data)
+        # GDAL's own per-band mask agrees with the reference validity
+        masks = np.stack([src.read_masks(b) for b in range(1, src.count + 1)]) > 0
+        np.testing.assert_array_equal(masks, raster.valid)
+
+
+def _write_tif(
+    path: Path,
+    data: np.ndarray,
+    *,
+    transform: Affine,
+    crs: CRS,
+    nodata: float | None,
+    bands: tuple[str, ...],
+    driver: str,
+    block: int,
+) -> RealRaster:
+    arr = _to_xarray(data, transform, crs, nodata, bands)
+    if driver == "COG":
+        arr.rio.to_raster(path, driver="COG", blocksize=block, compress="DEFLATE")
+    else:
+        arr.rio.to_raster(
+            path, driver="GTiff", tiled=True, blockxsize=block, blockysize=block, compress="LZW"
+        )
+    raster = RealRaster(path, data, nodata, crs, transform, bands, driver)
+    _check_tif(raster, block)
+    return raster
+
+
+# --------------------------------------------------------------------------- 1. uint8 4326
+
+
+@pytest.fixture(scope="session")
+def cog_uint8_4326(tmp_path_factory: pytest.TempPathFactory) -> RealRaster:
+    """4-band uint8 COG in EPSG:4326, no nodata declared; 0 and 255 are real values.
+
+    A saturated "cloud" (all bands 255), saturated pixels in single bands, and true zeros
+    (deep shadow) — none of them nodata.
+    """
+    rng = np.random.default_rng(1)
+    rows, cols = 520, 600
+    data = rng.integers(0, 256, size=(4, rows, cols), dtype=np.uint8)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    cloud = (yy - 250) ** 2 / 90**2 + (xx - 300) ** 2 / 140**2 < 1  # spans chunk edges
+    data[:, cloud] = 255
+    data[2, rng.random((rows, cols)) < 0.08] = 255  # saturated red, 8 %
+    data[3, 400:470, 20:590] = 255  # saturated NIR strip
+    data[:, 0:12, 0:600] = 0  # a black (but valid) edge row block
+    assert (data == 255).mean() > 0.15
+    transform = Affine(1e-4, 0.0, 10.25, 0.0, -1e-4, 46.5)  # ≈ 11 m pixels in the Alps
+    return _write_tif(
+        tmp_path_factory.mktemp("uint8_4326") / "bands4.tif",
+        data,
+        transform=transform,
+        crs=CRS.from_epsg(4326),
+        nodata=None,
+        bands=("blue", "green", "red", "nir"),
+        driver="COG",
+        block=256,
+    )
+
+
+# --------------------------------------------------------------------------- 2. RGB 3857
+
+
+def _rotated_footprint(rows: int, cols: int) -> np.ndarray:
+    """A rectangle rotated by 17° inside the frame: the valid area of a warped scene."""
+    yy, xx = np.mgrid[0:rows, 0:cols] + 0.5
+    cy, cx = rows / 2, cols / 2
+    a = math.radians(17)
+    u = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)
+    v = -(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a)
+    return (np.abs(u) < cols * 0.36) & (np.abs(v) < rows * 0.34)
+
+
+@pytest.fixture(scope="session")
+def cog_rgb_3857(tmp_path_factory: pytest.TempPathFactory) -> RealRaster:
+    """RGB uint8 COG in EPSG:3857, nodata 0: a rotated valid footprint in a 0 collar.
+
+    Inside the footprint values are 1…255 (many 255), except a few pixels where exactly
+    one band is 0: GDAL nodata is per band, so those pixels stay valid in the other bands.
+    """
+    rng = np.random.default_rng(2)
+    rows, cols = 480, 640
+    inside = _rotated_footprint(rows, cols)
+    data = rng.integers(1, 256, size=(3, rows, cols), dtype=np.uint8)
+    data[:, 200:230, 250:290] = 255  # saturated roof, valid
+    data[:, ~inside] = 0
+    # one band 0 inside the footprint, at chunk/chip edges and in the interior
+    single = {
+        0: [(240, 320), (255, 256), (256, 255), (300, 400)],
+        1: [(128, 330), (191, 192), (240, 321), (350, 200), (256, 256)],
+        2: [(200, 300), (300, 383), (383, 300)],
+    }
+    for band, pixels in single.items():
+        for r, c in pixels:
+            assert inside[r, c]
+            data[band, r, c] = 0
+    partial = (data == 0).any(0) & ~(data == 0).all(0)
+    assert partial.sum() == sum(len(p) for p in single.values())
+    transform = Affine(30.0, 0.0, 1_113_194.9079327357, 0.0, -30.0, 6_106_854.834885074)
+    return _write_tif(
+        tmp_path_factory.mktemp("rgb_3857") / "rgb.tif",
+        data,
+        transform=transform,
+        crs=CRS.from_epsg(3857),
+        nodata=0,
+        bands=("red", "green", "blue"),
+        driver="COG",
+        block=128,
+    )
+
+
+# --------------------------------------------------------------------------- 3. float32 2227
+
+
+@pytest.fixture(scope="session")
+def tif_float_2227(tmp_path_factory: pytest.TempPathFactory) -> RealRaster:
+    """float32 GeoTIFF (tiled 128) in EPSG:2227, feet; nodata -99999 in a block."""
+    rng = np.random.default_rng(3)
+    rows, cols = 400, 500
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    surface = 420.0 + 180.0 * np.sin(yy / 37.0) * np.cos(xx / 53.0) + rng.normal(0, 3, (rows, cols))
+    data = surface.astype(np.float32)[None]
+    data[0, 150:210, 230:300] = -99999  # spans the 256 chunk edge in x
+    data[0, 399, 499] = -99999  # the last pixel
+    transform = Affine(3.0, 0.0, 6_010_001.5, 0.0, -3.0, 2_119_998.25)
+    return _write_tif(
+        tmp_path_factory.mktemp("float_2227") / "surface_ft.tif",
+        data,
+        transform=transform,
+        crs=CRS.from_epsg(2227),
+        nodata=-99999.0,
+        bands=("elevation_ft",),
+        driver="GTiff",
+        block=128,
+    )
+
+
+# --------------------------------------------------------------------------- 4. int16 DEM
+
+
+@pytest.fixture(scope="session")
+def cog_dem_int16(tmp_path_factory: pytest.TempPathFactory) -> RealRaster:
+    """int16 DEM COG in EPSG:32636: -420 m (a Dead-Sea basin) … 3000 m; -32768 holes."""
+    rows, cols = 450, 350
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    basin = -420.0 + 3420.0 * np.clip(np.hypot(yy - 260, (xx - 150) * 1.3) / 300.0, 0, 1) ** 1.5
+    ridge = 35.0 * np.sin(xx / 11.0) * np.cos(yy / 17.0)
+    dem = np.clip(np.rint(basin + ridge), -420, 3000).astype(np.int16)
+    dem[260, 150] = -420  # the lowest point
+    dem[0, 0] = 3000
+    holes = [(10, 10), (128, 128), (255, 256), (256, 255), (260, 151), (449, 349)]
+    for r, c in holes:
+        dem[r, c] = -32768
+    dem[300:304, 90:95] = -32768  # a small void
+    assert dem[dem != -32768].min() == -420 and dem.max() == 3000
+    assert (dem[dem != -32768] < 0).sum() > 1000
+    transform = Affine(30.0, 0.0, 735_015.0, 0.0, -30.0, 3_520_005.0)
+    return _write_tif(
+        tmp_path_factory.mktemp("dem_int16") / "dem.tif",
+        dem[None],
+        transform=transform,
+        crs=CRS.from_epsg(32636),
+        nodata=-32768,
+        bands=("elevation",),
+        driver="COG",
+        block=128,
+    )
+
+
+# --------------------------------------------------------------------------- 5. S2 NetCDF
+
+
+@functools.cache
+def netcdf_engine() -> str:
+    """The best NetCDF writer that works here: NetCDF4 (netCDF4 or h5netcdf + h5py: uint16
+    on disk) if one does, else scipy (NetCDF3, where xarray stores uint16 as a signed int)."""
+    probe = xr.Dataset({"a": (("y", "x"), np.zeros((2, 2), np.uint16))})
+    for engine in ("netcdf4", "h5netcdf"):
+        try:
+            probe.to_netcdf(engine=engine)  # in memory: raises if the engine is unusable
+        except Exception:  # not installed, or installed without its HDF5 binding
+            continue
+        return engine
+    return "scipy"
+
+
+@pytest.fixture(scope="session")
+def nc_s2(tmp_path_factory: pytest.TempPathFactory) -> RealRaster:
+    """Sentinel-2-like NetCDF: B04 (red) and B08 (NIR) uint16 DN, 10 m, EPSG:32633.
+
+    Written as a user would: ``rio.write_crs`` then ``to_netcdf``, ``_FillValue`` 0 and
+    rioxarray nodata 0 on each band; a few 0 pixels, some in one band only.
+    """
+    rng = np.random.default_rng(5)
+    rows, cols = 384, 416
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    field_ = (np.sin(yy / 23.0) * np.cos(xx / 31.0) > 0).astype(np.float64)
+    red = np.rint(900 + 600 * (1 - field_) + rng.normal(0, 40, (rows, cols)))
+    nir = np.rint(1800 + 2600 * field_ + rng.normal(0, 60, (rows, cols)))
+    b04 = np.clip(red, 1, 10000).astype(np.uint16)
+    b08 = np.clip(nir, 1, 10000).astype(np.uint16)
+    b04[0, 0] = b08[0, 0] = 0  # both
+    b04[100:104, 250:262] = b08[100:104, 250:262] = 0  # a small no-data patch in both
+    for r, c in [(50, 60), (191, 192), (256, 130)]:
+        b04[r, c] = 0  # red only
+    for r, c in [(70, 300), (192, 191), (383, 415)]:
+        b08[r, c] = 0  # NIR only
+    b08[17, 17] = 10000  # saturated, valid
+    transform = Affine(10.0, 0.0, 399_960.0, 0.0, -10.0, 5_300_040.0)
+    crs = CRS.from_epsg(32633)
+    attrs = {
+        "B04": {"long_name": "B04 red, 665 nm", "units": "DN"},
+        "B08": {"long_name": "B08 NIR, 842 nm", "units": "DN"},
+    }
+    ds = xr.Dataset(
+        {
+            "B04": (("y", "x"), b04, attrs["B04"]),
+            "B08": (("y", "x"), b08, attrs["B08"]),
+        },
+        coords=_coords(transform, rows, cols),
+        attrs={"title": "S2 L1C-like subset", "processing_baseline": "05.10"},
+    )
+    ds = ds.rio.write_crs(crs).rio.write_transform(transform)
+    for name in ("B04", "B08"):
+        ds[name] = ds[name].rio.write_nodata(0, encoded=True)
+        ds[name].encoding["_FillValue"] = np.uint16(0)
+    engine = netcdf_engine()
+    path = tmp_path_factory.mktemp("s2_nc") / "s2_l1c.nc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy: uint16 stored as int32 (NetCDF3)
+        ds.to_netcdf(path, engine=engine)
+    data = np.stack([b04, b08])
+    raster = RealRaster(
+        path, data, 0, crs, transform, ("B04", "B08"), f"netcdf:{engine}", attrs=attrs
+    )
+    # read back with plain xarray + rioxarray, no patchflow
+    with xr.open_dataset(path, decode_coords="all", mask_and_scale=False) as back:
+        for k, name in enumerate(raster.bands):
+            var = back[name]
+            np.testing.assert_array_equal(var.values, data[k])
+            assert var.rio.nodata == 0
+            assert var.rio.crs == crs
+            assert np.allclose(tuple(var.rio.transform()), tuple(transform), rtol=1e-12)
+    with xr.open_dataset(path, decode_coords="all") as back:
+        for k, name in enumerate(raster.bands):
+            np.testing.assert_array_equal(back[name].values, raster.reference[k])
+    return raster

@@ -1,0 +1,721 @@
+"""The bad-input catalogue (issue 12): one list of cases, walked by one test.
+
+``CASES`` is the single source of README's "Troubleshooting (the bad-input catalogue)"
+table: its ``did``/``get`` texts are the table's two columns, and
+:func:`test_readme_table_is_the_case_list` keeps them identical.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import patchflow
+from patchflow.cli import CommandError, UsageError, build_parser
+from patchflow.demo import dn_ndvi
+from patchflow.errors import (
+    ConfigError,
+    DimensionError,
+    GridError,
+    OperatorError,
+    ParameterError,
+    PatchflowError,
+    PatchflowWarning,
+    WindowError,
+)
+from patchflow.ops import NDVI, Composite, SelectBands, from_config, from_json
+from patchflow.store import StoreError, StoreExistsError
+from patchflow.synthetic import make_scene
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Troubleshooting (the bad-input catalogue)"
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: what the user did, what they get, and how to reproduce it."""
+
+    id: str
+    did: str  # README column "you did"
+    get: str  # README column "you get"
+    call: Callable[[Path], Any]  # gets a fresh tmp_path
+    error: type[BaseException]  # an error class, or a PatchflowWarning for warn-only cases
+    match: str  # regex the message must match
+    skip: str | None = None  # reason to skip here (e.g. root ignores permissions)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def scene(h: int = 300, w: int = 260) -> xr.DataArray:
+    """A small ``(band: red/nir, y, x)`` uint16 scene with CRS and band names."""
+    return make_scene((h, w), chunks=None)
+
+
+def ident(chip: np.ndarray) -> np.ndarray:
+    return chip.astype(np.float64)
+
+
+def apply(obj: Any = None, op: Any = ident, **params: Any) -> Any:
+    """``patchflow.apply`` on the small scene, 64/48 chips unless overridden."""
+    params = {"size": 64, "stride": 48, **params}
+    return patchflow.apply(scene() if obj is None else obj, op, **params)
+
+
+def computed(**params: Any) -> Callable[[Path], Any]:
+    """A call that plans with ``params`` and computes (for errors raised by the graph)."""
+    return lambda tmp: apply(**params).compute()
+
+
+def planned(**params: Any) -> Callable[[Path], Any]:
+    """A call that only plans (``apply`` without compute): the error must come at once."""
+    return lambda tmp: apply(**params)
+
+
+def keywords(**params: Any) -> Callable[[Path], Any]:
+    """``patchflow.apply`` with exactly these keywords (no default size/stride added)."""
+    return lambda tmp: patchflow.apply(scene(), ident, **params)
+
+
+def window(bad: float) -> np.ndarray:
+    w = np.ones((64, 64))
+    w[3, 3] = bad
+    return w
+
+
+def unsorted(tmp: Path) -> Any:
+    arr = scene()
+    return apply(arr.isel(x=np.r_[1, 0, 2 : arr.sizes["x"]]))
+
+
+def irregular(tmp: Path) -> Any:
+    arr = scene()
+    x = arr.x.values.copy()
+    x[100:] += 3.0
+    return apply(arr.assign_coords(x=x))
+
+
+def two_grids(tmp: Path) -> Any:
+    base = scene()
+    swir = xr.DataArray(np.zeros((150, 130)), dims=("y20", "x20"))
+    return apply(xr.Dataset({"red": base.sel(band="red", drop=True), "swir": swir}))
+
+
+def strings(chip: np.ndarray) -> np.ndarray:
+    return chip.astype(str)
+
+
+def fails_late(chip: np.ndarray) -> np.ndarray:
+    if chip.max() > 2:
+        raise ValueError("bad weights file")
+    return chip
+
+
+def op_raising(tmp: Path) -> Any:
+    arr = xr.DataArray(np.zeros((1, 200, 200)), dims=("band", "y", "x"))
+    arr[0, 150:, 150:] = 5.0  # the dry run (a chip of ones) passes; the corner chip fails
+    return apply(arr, fails_late).compute()
+
+
+def nan_only(tmp: Path) -> Any:
+    arr = xr.DataArray(np.full((1, 200, 200), np.nan), dims=("band", "y", "x"))
+    return patchflow.run(arr, ident, store=tmp / "nan.zarr", size=64, stride=48)
+
+
+def labels(value: int) -> Callable[..., np.ndarray]:
+    return lambda chip: np.full(chip[:1].shape, value, np.uint8)
+
+
+def run(store: Path) -> Any:
+    return patchflow.run(scene(), dn_ndvi, store=store, size=64, stride=48)
+
+
+def store_exists(tmp: Path) -> Any:
+    run(tmp / "out.zarr")
+    return run(tmp / "out.zarr")
+
+
+def store_is_a_file(tmp: Path) -> Any:
+    (tmp / "out.zarr").write_text("a file, not a store")
+    return run(tmp / "out.zarr")
+
+
+def store_under_a_file(tmp: Path) -> Any:
+    (tmp / "file").write_text("not a directory")
+    return run(tmp / "file" / "out.zarr")
+
+
+def store_read_only(tmp: Path) -> Any:
+    ro = tmp / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        return run(ro / "out.zarr")
+    finally:
+        ro.chmod(stat.S_IRWXU)
+
+
+def tif(tmp: Path) -> str:
+    path = tmp / "scene.tif"
+    if not path.exists():
+        # band descriptions, as GDAL writes them: the CLI accepts them as band names
+        scene().assign_attrs(long_name=("red", "nir")).rio.to_raster(path)
+    return str(path)
+
+
+def cli(*argv: str) -> Callable[[Path], Any]:
+    """Run ``patchflow apply`` in-process (``{tif}``, ``{tmp}`` filled in), letting the
+    command's own exception out (``main`` turns it into exit status 2 or 1)."""
+
+    def call(tmp: Path) -> Any:
+        values = {"tmp": str(tmp)}
+        if any("{tif}" in a for a in argv):
+            values["tif"] = tif(tmp)
+        if any("{pipeline}" in a for a in argv):
+            (tmp / "p.json").write_text('{"op": "NDVI", "params": {"red": 0,')
+            values["pipeline"] = str(tmp / "p.json")
+        args = build_parser().parse_args(["apply", *(a.format(**values) for a in argv), "-q"])
+        return args.func(args)
+
+    return call
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+CASES: list[Case] = [
+    # ---- input geometry
+    Case(
+        "no-spatial-dims",
+        "no y/x (or lat/lon) dims",
+        "`DimensionError`: names the dims found, suggests `rio.set_spatial_dims`",
+        planned(obj=xr.DataArray(np.zeros((2, 50, 50)), dims=("band", "row", "col"))),
+        DimensionError,
+        r"no spatial dimensions.*\('band', 'row', 'col'\).*set_spatial_dims",
+    ),
+    Case(
+        "unsorted-coords",
+        "unsorted y or x coords",
+        "`DimensionError`: sort first (`obj.sortby('x')`)",
+        unsorted,
+        DimensionError,
+        r"'x' coordinate is not monotonic.*sortby",
+    ),
+    Case(
+        "irregular-coords",
+        "irregularly spaced y or x coords",
+        "`DimensionError`: resample onto a regular grid (`rio.reproject`)",
+        irregular,
+        DimensionError,
+        "irregularly spaced",
+    ),
+    Case(
+        "dataset-grids",
+        "Dataset variables on different grids",
+        "`DimensionError`: resample (`rio.reproject_match`) or select variables",
+        two_grids,
+        DimensionError,
+        r"\['swir'\] are not on the .* grid.*reproject_match",
+    ),
+    Case(
+        "over-unknown-dim",
+        '`over="time"` on an input without that dim',
+        "`DimensionError` listing the input's dims",
+        planned(over="time"),
+        DimensionError,
+        r"over='time'.*not non-spatial dims",
+    ),
+    # ---- grid
+    Case(
+        "size-wrong-type",
+        "`size=(256,)` or `size=25.6`",
+        "`ParameterError`: size must be an int or a (y, x) pair",
+        planned(size=(64,)),
+        ParameterError,
+        r"size must be an int or a \(y, x\) pair of ints, got \(64,\)",
+    ),
+    Case(
+        "size-not-positive",
+        "`size=0`",
+        "`GridError`: size must be positive",
+        planned(size=0),
+        GridError,
+        "size must be positive",
+    ),
+    Case(
+        "stride-not-positive",
+        "`stride=-4`",
+        "`GridError`: stride must be positive",
+        planned(stride=-4),
+        GridError,
+        "stride must be positive",
+    ),
+    Case(
+        "stride-over-size",
+        "`stride > size`",
+        "`GridError` naming the gap; `allow_gaps=True` if gaps (nodata) are intended",
+        planned(stride=80),
+        GridError,
+        r"stride 80 > size 64 .* 16-pixel gaps.*allow_gaps=True",
+    ),
+    Case(
+        "chip-over-scene",
+        'chip larger than the scene with `boundary="shift"`',
+        '`GridError`: smaller chips or `boundary="pad"`',
+        planned(obj=scene(100, 100), size=128, stride=96),
+        GridError,
+        r"larger than the scene.*boundary='pad'",
+    ),
+    Case(
+        "unknown-boundary",
+        '`boundary="reflect"`',
+        "`GridError` listing shift, pad, drop, raise",
+        planned(boundary="reflect"),
+        GridError,
+        r"unknown boundary 'reflect'; valid: 'shift', 'pad', 'drop', 'raise'",
+    ),
+    Case(
+        "chunks-small",
+        "`chunks=` smaller than a chip",
+        "`PatchflowWarning` (works, slowly): use chunks ≥ the chip",
+        planned(size=128, stride=96, chunks=(50, 40)),
+        PatchflowWarning,
+        r"smaller than the chip.*chunks >= 128",
+    ),
+    Case(
+        "chunks-zero",
+        "`chunks=0`",
+        "`ParameterError`: block sizes must be positive (or -1 for the whole axis)",
+        planned(chunks=0),
+        ParameterError,
+        r"chunks=0: block sizes must be positive",
+    ),
+    Case(
+        "chunks-negative",
+        "`chunks=-5`",
+        "`ParameterError`: block sizes must be positive (or -1 for the whole axis)",
+        planned(chunks=-5),
+        ParameterError,
+        r"chunks=-5: block sizes must be positive",
+    ),
+    Case(
+        "scale-not-positive",
+        "`scale=0` or negative",
+        "`ParameterError`: scale must be positive",
+        planned(scale=0),
+        ParameterError,
+        "scale must be positive, got 0",
+    ),
+    # ---- windows, merges, policies
+    Case(
+        "unknown-window",
+        '`window="hamming"`',
+        "`WindowError` listing the window names",
+        planned(window="hamming"),
+        WindowError,
+        r"unknown window 'hamming'; valid names: boxcar, gaussian, hann",
+    ),
+    Case(
+        "window-shape",
+        "window array of the wrong shape",
+        "`WindowError` naming both shapes",
+        planned(window=np.ones((10, 10))),
+        WindowError,
+        r"shape \(10, 10\).*chips are \(64, 64\)",
+    ),
+    Case(
+        "window-negative",
+        "window array with a negative weight",
+        "`WindowError`: weights must be finite and non-negative",
+        planned(window=window(-1.0)),
+        WindowError,
+        "finite and non-negative",
+    ),
+    Case(
+        "window-nan",
+        "window array with a NaN weight",
+        "`WindowError`: weights must be finite and non-negative",
+        planned(window=window(np.nan)),
+        WindowError,
+        "finite and non-negative",
+    ),
+    Case(
+        "unknown-agg",
+        '`agg="median"`',
+        "`ParameterError` listing the aggregations",
+        planned(agg="median"),
+        ParameterError,
+        r"unknown agg 'median'; valid names: centre, max, mean",
+    ),
+    Case(
+        "unknown-pad-mode",
+        '`pad_mode="mirror"`',
+        "`ParameterError` listing numpy's pad modes",
+        planned(boundary="pad", pad_mode="mirror"),
+        ParameterError,
+        r"unknown pad_mode 'mirror'; valid: constant, reflect, edge",
+    ),
+    Case(
+        "unknown-on-error",
+        '`on_error="skip"`',
+        "`ParameterError` listing raise, mask, retry",
+        planned(on_error="skip"),
+        ParameterError,
+        r"unknown on_error 'skip'; valid: raise, mask, retry",
+    ),
+    Case(
+        "vote-no-n-classes",
+        '`agg="vote"` without `n_classes`',
+        "`ParameterError`: vote needs `n_classes=`",
+        planned(op=labels(1), agg="vote"),
+        ParameterError,
+        r"agg='vote' needs n_classes=",
+    ),
+    # ---- operators
+    Case(
+        "op-returns-strings",
+        "op returning strings/objects",
+        "`OperatorError`: ops must return numbers",
+        planned(op=strings),
+        OperatorError,
+        r"dtype <U\d+.*must return numbers",
+    ),
+    Case(
+        "op-changes-shape",
+        "op changing the chip's spatial shape",
+        "`OperatorError` naming the test chip's shape and what came back",
+        planned(op=lambda c: c[..., :-1, :]),
+        OperatorError,
+        r"returned shape \(2, 63, 64\) for a test chip \(2, 64, 64\)",
+    ),
+    Case(
+        "op-changes-batch",
+        "batched op returning fewer chips than it got",
+        "`OperatorError` at compute time naming the chip and the batch length",
+        computed(op=patchflow.batched(lambda c: dn_ndvi(c)[:-1] if len(c) > 1 else dn_ndvi(c))),
+        OperatorError,
+        "batch length",
+    ),
+    Case(
+        "op-raises",
+        "op raising inside a dask task",
+        "`OperatorError` naming chip, pixel window and CRS bounds, chained to the cause",
+        op_raising,
+        OperatorError,
+        r"chip .*bad weights file",
+    ),
+    Case(
+        "vote-labels-range",
+        '`agg="vote"` with labels ≥ `n_classes`',
+        "`OperatorError` at compute time: labels outside [0, n_classes)",
+        computed(op=labels(7), agg="vote", n_classes=3),
+        OperatorError,
+        r"label values in \[7, 7\] outside \[0, n_classes=3\)",
+    ),
+    Case(
+        "nan-only",
+        "NaN-only scene, or an op returning NaN everywhere",
+        "`PatchflowWarning` from `run`: no valid output pixel (the result is all NaN)",
+        nan_only,
+        PatchflowWarning,
+        "no valid output pixel",
+    ),
+    Case(
+        "composite-no-over",
+        '`Composite()` on a time stack without `over="time"`',
+        '`ParameterError` at call time: pass `over="time"`',
+        planned(
+            obj=xr.DataArray(np.ones((3, 2, 64, 64)), dims=("time", "band", "y", "x")),
+            op=Composite(),
+            size=32,
+            stride=24,
+        ),
+        ParameterError,
+        r"reduces over time.*Pass over='time'",
+    ),
+    # ---- bands (Python: 0-based positions or names)
+    Case(
+        "band-name-missing",
+        '`NDVI(red="red", nir="swir")`, no band "swir"',
+        "`ParameterError` at call time listing the input's bands",
+        planned(op=NDVI(red="red", nir="swir")),
+        ParameterError,
+        r"band 'swir' not found among the input's bands \['red', 'nir'\]",
+    ),
+    Case(
+        "band-name-typo",
+        '`NDVI(red="Red", nir="nir")`',
+        "`ParameterError`: did you mean 'red'?",
+        planned(op=NDVI(red="Red", nir="nir")),
+        ParameterError,
+        r"band 'Red' not found.*did you mean 'red'\?",
+    ),
+    Case(
+        "band-names-unlabelled",
+        "band names on an input without band labels",
+        "`ParameterError` at call time: use 0-based positions or `assign_coords(band=...)`",
+        planned(obj=scene().drop_vars("band"), op=NDVI(red="red", nir="nir")),
+        ParameterError,
+        r"addresses bands by name, but the input's 2 bands have no names.*assign_coords",
+    ),
+    Case(
+        "band-index-range",
+        "`NDVI(red=0, nir=5)` on 2 bands",
+        "`ParameterError`: the input has 2 bands, at 0-based positions 0..1",
+        planned(op=NDVI(red=0, nir=5)),
+        ParameterError,
+        r"band index 5 is out of range: the input has 2 bands .* 0-based positions 0\.\.1",
+    ),
+    Case(
+        "band-index-1-based",
+        "`SelectBands([2])` on 2 bands (GDAL-style counting)",
+        "`ParameterError`: band 2 looks like a GDAL-style 1-based number; use 1",
+        planned(obj=scene().drop_vars("band"), op=SelectBands([2])),
+        ParameterError,
+        r"band 2 looks like a GDAL-style 1-based number; Python positions are 0-based: use 1",
+    ),
+    # ---- keywords from other libraries, typos
+    Case(
+        "kw-overlap",
+        "`overlap=0.25` (tiler/MONAI)",
+        "`ParameterError`: `stride=192` (overlap=0.25 with size=256)",
+        keywords(size=256, overlap=0.25),
+        ParameterError,
+        r"'overlap' comes from tiler/MONAI.*overlap=0\.25 with size=256 → stride=192",
+    ),
+    Case(
+        "kw-roi-size",
+        '`roi_size=(128, 128)`, `mode="gaussian"` (MONAI)',
+        '`ParameterError`: `size=128`, `window="gaussian"` with its sigma',
+        keywords(roi_size=(128, 128), mode="gaussian"),
+        ParameterError,
+        r"2 unknown keywords.*roi_size=\(128, 128\) → size=128.*window='gaussian'",
+    ),
+    Case(
+        "kw-sw-batch-size",
+        "`sw_batch_size=4` (MONAI)",
+        "`ParameterError`: `batch_size=4`",
+        keywords(sw_batch_size=4),
+        ParameterError,
+        r"sw_batch_size=4 → batch_size=4",
+    ),
+    Case(
+        "kw-tile-shape",
+        "`tile_shape=(2, 128, 128)` (tiler)",
+        "`ParameterError`: `size=128` (bands are not part of the chip size)",
+        keywords(tile_shape=(2, 128, 128)),
+        ParameterError,
+        r"tile_shape=\(2, 128, 128\) → size=128",
+    ),
+    Case(
+        "kw-xbatcher",
+        "`input_dims={'x': 256, 'y': 256}`, `input_overlap={'x': 64, 'y': 64}` (xbatcher)",
+        "`ParameterError`: `size=256`, `stride=192`",
+        keywords(input_dims={"x": 256, "y": 256}, input_overlap={"x": 64, "y": 64}),
+        ParameterError,
+        r"→ size=256.*with size=256 \(from input_dims\) → stride=192",
+    ),
+    Case(
+        "kw-patch-size",
+        "`patch_size=128`, `step=96` (patchify)",
+        "`ParameterError`: `size=128`, `stride=96`",
+        keywords(patch_size=128, step=96),
+        ParameterError,
+        r"patch_size=128 → size=128.*step=96 → stride=96",
+    ),
+    Case(
+        "kw-window-shape",
+        "`window_shape=(64, 64)` (skimage)",
+        "`ParameterError`: `size=64`",
+        keywords(window_shape=(64, 64)),
+        ParameterError,
+        r"window_shape=\(64, 64\) → size=64",
+    ),
+    Case(
+        "kw-typo",
+        "`strid=96` (a typo)",
+        "`ParameterError`: did you mean 'stride'?",
+        keywords(strid=96),
+        ParameterError,
+        r"unknown keyword: 'strid'; did you mean 'stride'\?",
+    ),
+    # ---- stores
+    Case(
+        "store-exists",
+        "output store exists",
+        '`StoreExistsError`: `overwrite=True`, `resume=True` or `mode="accumulate"`',
+        store_exists,
+        StoreExistsError,
+        "already exists; pass overwrite=True",
+    ),
+    Case(
+        "store-is-a-file",
+        "`store=` names an existing file",
+        "`StoreError`: the path is a file, not a directory; write elsewhere or remove it",
+        store_is_a_file,
+        StoreError,
+        r"out\.zarr' is a file, not a directory",
+    ),
+    Case(
+        "store-under-a-file",
+        "`store=` path below a file (impossible path)",
+        "`StoreError`: cannot create the output store; choose a writable location",
+        store_under_a_file,
+        StoreError,
+        r"cannot create the output store .*out\.zarr",
+    ),
+    Case(
+        "store-read-only",
+        "`store=` in a read-only directory",
+        "`StoreError`: permission denied",
+        store_read_only,
+        StoreError,
+        "permission denied",
+        skip="root ignores directory permissions" if IS_ROOT else None,
+    ),
+    # ---- operator configs
+    Case(
+        "config-bad-json",
+        "pipeline JSON that does not parse",
+        "`ConfigError`: not valid JSON (with the position)",
+        lambda tmp: from_json('{"op": "NDVI", "params": {"red": 0,'),
+        ConfigError,
+        r"not valid JSON: .*line 1 column",
+    ),
+    Case(
+        "config-unknown-op",
+        "config naming an unregistered operator",
+        "`ConfigError` listing the registered operators",
+        lambda tmp: from_config({"op": "NoSuchOp"}),
+        ConfigError,
+        r"unknown operator 'NoSuchOp'.*registered operators: .*NDVI",
+    ),
+    Case(
+        "config-bad-params",
+        "config with parameters the operator rejects",
+        "`ConfigError`: invalid params, with the operator's reason",
+        lambda tmp: from_config({"op": "NDVI", "params": {"red": 0}}),
+        ConfigError,
+        r"invalid params for NDVI: .*nir",
+    ),
+    # ---- command line (GDAL-style 1-based band numbers)
+    Case(
+        "cli-output-suffix",
+        "`patchflow apply in.tif out.png`",
+        "`UsageError` (exit 2): OUTPUT must end in .zarr, .tif or .tiff",
+        cli("{tmp}/in.tif", "{tmp}/out.png"),
+        UsageError,
+        "OUTPUT must end in .zarr",
+    ),
+    Case(
+        "cli-stride-over-size",
+        "`--stride` larger than `--size`",
+        "`UsageError` (exit 2)",
+        cli("{tmp}/in.tif", "{tmp}/o.zarr", "--size", "128", "--stride", "200"),
+        UsageError,
+        "--stride 200 is larger than --size 128",
+    ),
+    Case(
+        "cli-vote",
+        "`--agg vote` without `--n-classes`",
+        "`UsageError` (exit 2)",
+        cli("{tmp}/in.tif", "{tmp}/o.zarr", "--agg", "vote"),
+        UsageError,
+        "--agg vote needs --n-classes",
+    ),
+    Case(
+        "cli-missing-input",
+        "INPUT file that does not exist",
+        "`CommandError` (exit 1): input not found",
+        cli("{tmp}/nope.tif", "{tmp}/o.zarr"),
+        CommandError,
+        "input not found",
+    ),
+    Case(
+        "cli-band-zero",
+        "`--red 0` (a Python position)",
+        "`UsageError` (exit 2): CLI band numbers are 1-based like GDAL's",
+        cli("{tif}", "{tmp}/o.zarr", "--red", "0"),
+        UsageError,
+        r"band 0 out of range: .* numbered 1\.\.2; band numbers are 1-based like GDAL's",
+    ),
+    Case(
+        "cli-band-range",
+        "`--nir 3` on a 2-band input",
+        "`UsageError` (exit 2): the input has 2 bands, numbered 1..2",
+        cli("{tif}", "{tmp}/o.zarr", "--nir", "3"),
+        UsageError,
+        r"argument --nir: band 3 out of range: the input has 2 bands, numbered 1\.\.2",
+    ),
+    Case(
+        "cli-band-name",
+        "`--nir NIR` (no such band name)",
+        "`UsageError` (exit 2) listing the band names, with the closest",
+        cli("{tif}", "{tmp}/o.zarr", "--nir", "NIR"),
+        UsageError,
+        r"no band named 'NIR'.*did you mean 'nir'\?",
+    ),
+    Case(
+        "cli-bad-pipeline",
+        "`--pipeline` file with bad JSON",
+        "`CommandError` (exit 1): invalid pipeline, with the reason",
+        cli("{tif}", "{tmp}/o.zarr", "--pipeline", "{pipeline}"),
+        CommandError,
+        r"invalid pipeline .*not valid JSON",
+    ),
+]
+
+
+def _param(case: Case) -> Any:
+    marks: list[Any] = []
+    if case.skip:
+        marks.append(pytest.mark.skip(reason=case.skip))
+    return pytest.param(case, id=case.id, marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+def test_catalogue(case: Case, tmp_path: Path) -> None:
+    if issubclass(case.error, Warning):
+        with pytest.warns(case.error, match=case.match):
+            case.call(tmp_path)
+        return
+    with pytest.raises(case.error, match=case.match) as info:
+        case.call(tmp_path)
+    assert isinstance(info.value, PatchflowError), "every bad input gets a PatchflowError"
+
+
+def test_the_list_itself() -> None:
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 30
+    for case in CASES:
+        assert issubclass(case.error, PatchflowError | PatchflowWarning), case.id
+        assert f"`{case.error.__name__}`" in case.get, case.id  # the table names the class
+
+
+def readme_rows() -> list[tuple[str, str]]:
+    text = README.read_text(encoding="utf-8")
+    assert SECTION in text
+    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    cells = [tuple(c.strip() for c in row.strip().strip("|").split(" | ")) for row in rows]
+    assert cells and cells[0] == ("you did", "you get")
+    assert all(len(c) == 2 for c in cells), [c for c in cells if len(c) != 2]
+    return [(c[0], c[1]) for c in cells[1:]]
+
+
+def test_readme_table_is_the_case_list() -> None:
+    assert readme_rows() == [(c.did, c.get) for c in CASES]
+
+
+def readme_table() -> str:
+    """The README table for ``CASES`` (paste it into the troubleshooting section)."""
+    lines = ["| you did | you get |", "|---|---|"]
+    return "\n".join(lines + [f"| {c.did} | {c.get} |" for c in CASES])

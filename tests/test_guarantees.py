@@ -1,0 +1,306 @@
+"""The README's "Guarantees", one test (or more) per line, on the engine's in-memory path.
+
+Each test here failed on the code before the guarantee was introduced: they are the
+regression tests of the silent-wrong-data bugs (integer outputs losing real pixels to
+nodata, per-band nodata, float32 drift of whole numbers, chunk-dependent padding, time
+composites dropping valid dates, names/attrs that lie).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import rioxarray
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import patchflow
+from patchflow import ops
+from patchflow.errors import NodataCollisionError
+
+
+def identity(chip: np.ndarray) -> np.ndarray:
+    return chip
+
+
+def chip_mean(chip: np.ndarray) -> np.ndarray:
+    """Every pixel gets its chip's mean: any padding value shows up in the result."""
+    return np.broadcast_to(chip.mean(axis=(-2, -1), keepdims=True), chip.shape).copy()
+
+
+def aerial(seed: int = 0) -> xr.DataArray:
+    """4-band uint8 scene with many real 255s and 0s, no nodata declared."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (4, 150, 170)).astype(np.uint8)
+    data[:, :20, :] = 255
+    return xr.DataArray(data, dims=("band", "y", "x"), name="aerial")
+
+
+# --------------------------------------------------------------------------- integers, nodata
+
+
+@pytest.mark.parametrize("agg", ["overlap_add", "mean", "max", "min", "centre"])
+def test_integer_identity_keeps_every_real_pixel(agg: str) -> None:
+    scene = aerial()
+    out = patchflow.apply(scene, identity, size=32, stride=24, agg=agg, chunks=64).compute()
+    np.testing.assert_array_equal(out.values, scene.values)
+    if agg in ("max", "min", "centre"):
+        assert out.dtype == np.uint8
+        # full coverage, integer input without nodata: nothing can be invalid, so no nodata
+        assert out.rio.nodata is None
+    else:
+        assert out.dtype == np.float32
+        assert not np.isnan(out.values).any()
+
+
+def test_integer_output_uses_input_nodata_per_band() -> None:
+    a = np.full((3, 64, 64), 100, np.uint8)
+    a[2, 10, 10] = 0
+    a[0, 40:44, 50:60] = 0
+    scene = xr.DataArray(a, dims=("band", "y", "x")).rio.write_nodata(0)
+
+    def to_uint8(chip: np.ndarray) -> np.ndarray:  # the op sees NaN where the input is 0
+        return np.nan_to_num(chip, nan=0).astype(np.uint8)
+
+    kw: dict[str, Any] = {"size": 32, "stride": 24, "agg": "centre", "chunks": 40}
+    out = patchflow.apply(scene, to_uint8, **kw).compute()
+    assert out.dtype == np.uint8
+    assert out.rio.nodata == 0
+    np.testing.assert_array_equal(out.values, a)  # nodata 0 exactly where each band had 0
+    # with a fill value the op's band mixing is unknown: a pixel with any invalid band is
+    # invalid in every output band (conservative, documented)
+    filled = patchflow.apply(scene, identity, fill_value=0, **kw).compute()
+    assert filled.dtype == np.uint8
+    assert (filled.values[:, 10, 10] == 0).all()
+    assert (filled.values[:, 40:44, 50:60] == 0).all()
+
+
+def test_explicit_nodata_wins_and_collisions_are_refused() -> None:
+    scene = aerial()
+    scene = scene.where(scene != 7, 8).astype(np.uint8)  # 7 never occurs
+    kw: dict[str, Any] = {"size": 32, "stride": 24, "agg": "max", "boundary": "drop"}
+    out = patchflow.apply(scene, identity, nodata=7, **kw).compute()
+    assert out.rio.nodata == 7
+    covered = np.zeros(scene.shape[1:], bool)
+    covered[: (150 - 32) // 24 * 24 + 32, : (170 - 32) // 24 * 24 + 32] = True
+    assert (out.values[:, ~covered] == 7).all()
+    np.testing.assert_array_equal(out.values[:, covered], scene.values[:, covered])
+    # 8 is a real value: a covered 8 must not silently read back as missing
+    with pytest.raises(NodataCollisionError, match=r"nodata=.*never returns"):
+        patchflow.apply(scene, identity, nodata=8, **kw).compute()
+
+
+def test_default_integer_nodata_collision_is_refused() -> None:
+    # boundary="drop" leaves pixels uncovered; uint8 then defaults to nodata 255, which is
+    # a real value of this scene: refuse instead of masking the real 255s
+    with pytest.raises(NodataCollisionError, match="255"):
+        patchflow.apply(
+            aerial(), identity, size=32, stride=24, agg="max", boundary="drop"
+        ).compute()
+
+
+# --------------------------------------------------------------------------- per-band nodata
+
+
+def test_one_band_nodata_does_not_wipe_the_pixel() -> None:
+    a = np.full((3, 64, 64), 100, np.uint8)
+    a[2, 10, 10] = 0
+    scene = xr.DataArray(a, dims=("band", "y", "x")).rio.write_nodata(0)
+    nd = patchflow.apply(scene, ops.NormalizedDifference(1, 0), size=32, stride=24)
+    assert float(nd[0, 10, 10]) == 0.0
+    same = patchflow.apply(scene, identity, size=32, stride=24).compute()
+    assert same[:2, 10, 10].values.tolist() == [100, 100]
+    assert np.isnan(same[2, 10, 10].item())
+    assert int(np.isnan(same.values).sum()) == 1
+
+
+def test_nodata_band_makes_dependent_outputs_invalid() -> None:
+    a = np.full((2, 64, 64), 50, np.int16)
+    a[0, 5, 5] = -9999
+    scene = xr.DataArray(a, dims=("band", "y", "x")).rio.write_nodata(-9999)
+    nd = patchflow.apply(scene, ops.NormalizedDifference(1, 0), size=32, stride=24).values
+    assert np.isnan(nd[0, 5, 5])
+    assert np.isnan(nd).sum() == 1
+
+
+# --------------------------------------------------------------------------- whole numbers
+
+
+def test_int16_dem_identity_roundtrips_exactly() -> None:
+    rng = np.random.default_rng(3)
+    dem = rng.integers(-420, 3000, (1, 300, 280)).astype(np.int16)
+    dem[0, 7, 7] = -32768
+    scene = xr.DataArray(dem, dims=("band", "y", "x")).rio.write_nodata(-32768)
+    for agg in ("overlap_add", "mean"):
+        out = patchflow.apply(scene, identity, size=64, stride=40, agg=agg, chunks=100).values
+        valid = dem != -32768
+        np.testing.assert_array_equal(out[valid], dem[valid])
+        assert np.isnan(out[~valid]).all()
+
+
+def test_apply_and_store_give_the_same_dtype(tmp_path: Any) -> None:
+    scene = aerial()
+    for agg in ("centre", "overlap_add", "max"):
+        mem = patchflow.apply(scene, identity, size=32, stride=24, agg=agg, chunks=64)
+        report = patchflow.run(
+            scene, identity, store=tmp_path / f"{agg}.zarr", size=32, stride=24, agg=agg, chunks=64
+        )
+        stored = report.open()
+        assert stored.dtype == mem.dtype, agg
+        np.testing.assert_array_equal(stored.values, mem.values)
+
+
+# --------------------------------------------------------------------------- padding
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    mode=st.sampled_from(["wrap", "reflect", "symmetric", "edge", "constant"]),
+    width=st.integers(31, 100),
+    cy=st.integers(4, 20),
+    cx=st.integers(5, 100),
+)
+def test_pad_values_are_the_scenes_not_the_blocks(mode: str, width: int, cy: int, cx: int) -> None:
+    ramp = np.tile(np.arange(width, dtype=np.float64), (20, 1))[None]
+    ramp += np.arange(20.0)[None, :, None] * 1000
+    scene = xr.DataArray(ramp, dims=("band", "y", "x"))
+    size = (8, 30)
+    with dask.config.set(scheduler="synchronous"):
+        out = patchflow.apply(
+            scene,
+            chip_mean,
+            size=size,
+            stride=size,
+            boundary="pad",
+            pad_mode=mode,
+            window="boxcar",
+            chunks=(cy, cx),
+        ).values
+    grid = patchflow.ChipGrid((20, width), size, size, "pad")
+    ph = max(r for r, _ in grid.anchors) + size[0] - 20
+    pw = max(c for _, c in grid.anchors) + size[1] - width
+    padded = np.pad(ramp, ((0, 0), (0, ph), (0, pw)), mode=mode)
+    expected = np.zeros_like(ramp)
+    for r, c in grid.anchors:
+        block = padded[:, r : r + size[0], c : c + size[1]]
+        sl = (slice(None), slice(r, min(r + size[0], 20)), slice(c, min(c + size[1], width)))
+        expected[sl] = block.mean()
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- time composites
+
+
+def test_time_composite_skips_cloudy_dates_per_pixel() -> None:
+    rng = np.random.default_rng(5)
+    cube = rng.uniform(0.0, 1.0, (6, 2, 80, 90))
+    cloudy = rng.random((6, 1, 80, 90)) < 0.4  # 40 % clouds per date, both bands
+    cube = np.where(cloudy, np.nan, cube)
+    arr = xr.DataArray(cube, dims=("time", "band", "y", "x"))
+
+    def nanmedian(chip: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
+            return np.nanmedian(chip, axis=0)
+
+    out = patchflow.apply(arr, nanmedian, over="time", size=32, stride=24, chunks=40).values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(cube, axis=0)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12, equal_nan=True)
+    # only pixels cloudy on every date are invalid
+    assert np.isnan(out).sum() == 2 * cloudy.all(axis=0).sum()
+
+
+# --------------------------------------------------------------------------- names, attrs
+
+
+def test_result_is_named_and_describes_itself() -> None:
+    data = np.random.default_rng(1).integers(1, 4000, (2, 60, 70)).astype(np.uint16)
+    scene = xr.DataArray(
+        data,
+        dims=("band", "y", "x"),
+        attrs={"units": "DN", "long_name": "digital numbers", "AREA_OR_POINT": "Area"},
+    )
+    ndvi = patchflow.apply(scene, ops.NDVI(red=0, nir=1), size=32, stride=24)
+    assert ndvi.name == "ndvi"
+    assert "units" not in ndvi.attrs and "long_name" not in ndvi.attrs
+    assert ndvi.attrs.get("AREA_OR_POINT") == "Area"
+    plain = patchflow.apply(scene, lambda c: c[:1] * 2.0, size=32, stride=24)
+    assert plain.name == "result"
+    named = patchflow.apply(scene.rename("dn"), lambda c: c * 2.0, size=32, stride=24)
+    assert named.name == "dn"
+    assert not str(named.name).startswith("patchflow-")
+
+
+@pytest.mark.parametrize("writer", ["zarr", "netcdf", "geotiff"])
+def test_lazy_result_roundtrips_crs_and_transform(tmp_path: Any, writer: str) -> None:
+    from affine import Affine
+
+    data = np.random.default_rng(2).uniform(0, 1, (2, 90, 80)).astype(np.float32)
+    transform = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4200000.0)
+    scene = (
+        xr.DataArray(data, dims=("band", "y", "x"), name="refl")
+        .assign_coords(
+            y=transform.f + transform.e * (np.arange(90) + 0.5),
+            x=transform.c + transform.a * (np.arange(80) + 0.5),
+        )
+        .rio.write_crs("EPSG:32633")
+        .rio.write_transform(transform)
+    )
+    out = patchflow.apply(scene, lambda c: c * 2.0, size=32, stride=24)
+    if writer == "zarr":
+        out.to_dataset().to_zarr(tmp_path / "o.zarr", mode="w", consolidated=False)
+        back = xr.open_zarr(tmp_path / "o.zarr", decode_coords="all", consolidated=False)[out.name]
+    elif writer == "netcdf":
+        out.to_netcdf(tmp_path / "o.nc")
+        back = xr.open_dataarray(tmp_path / "o.nc", decode_coords="all")
+    else:
+        out.rio.to_raster(tmp_path / "o.tif")
+        back = rioxarray.open_rasterio(tmp_path / "o.tif")
+    assert back.rio.crs == scene.rio.crs
+    assert back.rio.transform().almost_equals(transform)
+    np.testing.assert_allclose(back.values, data * 2.0, rtol=1e-6)
+
+
+def test_per_variable_results_are_never_outer_joined() -> None:
+    from patchflow.core import _gather
+
+    a = xr.DataArray(np.ones((1, 4, 5)), dims=("band", "y", "x"), coords={"band": ["ndvi"]})
+    b = xr.DataArray(np.full((2, 4, 5), 2.0), dims=("band", "y", "x"), coords={"band": [1, 2]})
+    ds = _gather({"a": a, "b": b}, {})
+    # no NaN padding: each variable keeps exactly its own bands
+    assert ds["a"].dims == ("band_a", "y", "x") and ds["b"].dims == ("band_b", "y", "x")
+    assert not np.isnan(ds["a"].values).any() and not np.isnan(ds["b"].values).any()
+    same = _gather({"a": a, "c": a * 3}, {})
+    assert same["c"].dims == ("band", "y", "x")
+
+
+def test_cli_nodata_wins_and_collisions_fail(tmp_path: Any, capsys: Any) -> None:
+    import rasterio
+
+    from patchflow.cli import main
+
+    scene = aerial().where(aerial() != 7, 8).astype(np.uint8)
+    src = tmp_path / "aerial.tif"
+    scene.rio.write_crs("EPSG:4326").rio.to_raster(src)
+    pipeline = tmp_path / "identity.json"
+    pipeline.write_text(patchflow.to_json(ops.SelectBands([0, 1, 2, 3])))
+    base = ["apply", str(src), "--pipeline", str(pipeline), "--size", "32", "--stride", "24"]
+    base += ["--agg", "max", "--boundary", "drop", "--quiet"]
+    # 255 is a real value of this scene: refused, never masked
+    assert main([*base[:2], str(tmp_path / "bad.tif"), *base[2:], "--nodata", "255"]) == 1
+    assert "--nodata" in capsys.readouterr().err
+    assert main([*base[:2], str(tmp_path / "ok.tif"), *base[2:], "--nodata", "7"]) == 0
+    with rasterio.open(tmp_path / "ok.tif") as f:
+        assert f.nodata == 7
+        data = f.read()
+    covered = np.zeros(scene.shape[1:], bool)
+    covered[: (150 - 32) // 24 * 24 + 32, : (170 - 32) // 24 * 24 + 32] = True
+    np.testing.assert_array_equal(data[:, covered], scene.values[:, covered])
+    assert (data[:, ~covered] == 7).all()
