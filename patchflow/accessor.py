@@ -2,20 +2,47 @@
 
 Nothing is cached on the accessor: CRS and transform are re-read through rioxarray on each
 call, so an object whose georeferencing changes is never processed with stale metadata.
+
+Every method spells out the keywords of the free function it calls (same names, defaults
+and annotations; ``tests/test_signatures.py`` checks they stay the same), so ``help()``
+and editor completion show them: a shared ``**kwargs: Unpack[TypedDict]`` would hide them
+from ``inspect.signature`` and IPython's keyword completion. Each passes on only what the
+call sets (:func:`patchflow.options.given_keywords`), so the free function's defaults
+apply.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 import xarray as xr
 
 from patchflow.core import ChipLayout, apply, plan_grid
 from patchflow.errors import check_keywords
-from patchflow.sampling import polygon_chips, sample, stitch_anchors, zonal_stats
+from patchflow.options import (
+    DEFAULT_SIZE,
+    Agg,
+    Boundary,
+    OnError,
+    PadMode,
+    RunMode,
+    given_keywords,
+)
+from patchflow.samplers import Sampler
+from patchflow.sampling import (
+    DEFAULT_STATS,
+    PolygonChip,
+    polygon_chips,
+    sample,
+    stitch_anchors,
+    zonal_stats,
+)
 from patchflow.store import RunReport, run
+from patchflow.windows import WindowSpec
 
 __all__ = ["PatchAccessor"]
 
@@ -42,44 +69,184 @@ class PatchAccessor(Generic[T]):
     def __init__(self, obj: T) -> None:
         self._obj: T = obj
 
-    def apply(self, op: Any, **params: Any) -> xr.DataArray:
-        """Same as :func:`patchflow.apply` on this object."""
-        return apply(self._obj, op, **params)
+    def apply(
+        self,
+        op: Callable[..., Any],
+        *,
+        size: int | tuple[int, int] = DEFAULT_SIZE,
+        stride: int | tuple[int, int] = 192,
+        window: WindowSpec = "hann",
+        window_params: Mapping[str, Any] | None = None,
+        boundary: Boundary = "shift",
+        pad_mode: PadMode = "constant",
+        agg: Agg = "overlap_add",
+        n_classes: int | None = None,
+        batched: bool | None = None,
+        batch_size: int | None = None,
+        chunks: Any = None,
+        output_dtype: Any = None,
+        output_shape: Sequence[int] | None = None,
+        output_bands: int | None = None,
+        output_dims: Sequence[Hashable] | None = None,
+        nodata: Any = None,
+        input_nodata: Any = None,
+        fill_value: Any = None,
+        pass_mask: bool = False,
+        allow_gaps: bool = False,
+        scale: float | None = None,
+        over: Hashable | Sequence[Hashable] | None = None,
+        on_error: OnError = "raise",
+        retries: int = 3,
+        retry_on: Sequence[type[BaseException]] = (OSError,),
+        per_variable: bool = False,
+        name: Hashable | None = None,
+        **unknown: Any,
+    ) -> xr.DataArray:
+        """Same as :func:`patchflow.apply` on this object.
 
-    def run(self, op: Any, **params: Any) -> RunReport:
-        """Same as :func:`patchflow.run` on this object (stream into a Zarr store)."""
-        return run(self._obj, op, **params)
+        Every keyword is documented at :func:`patchflow.apply`. ``**unknown`` is no option:
+        it lets keywords ``apply`` does not take raise
+        :class:`~patchflow.errors.ParameterError` with the fix (``overlap=`` → ``stride=``,
+        typos → the closest valid name) instead of Python's ``TypeError``.
+        """
+        return apply(
+            self._obj, op, **given_keywords(PatchAccessor.apply, locals(), apply), **unknown
+        )
 
-    def grid(self, **params: Any) -> ChipLayout:
+    def run(
+        self,
+        op: Callable[..., Any],
+        *,
+        store: str | os.PathLike[str],
+        mode: RunMode = "w",
+        resume: bool = False,
+        overwrite: bool = False,
+        keep_sums: bool = False,
+        var: str | None = None,
+        compressors: Any = None,
+        scheduler: Any = None,
+        progress: bool = False,
+        size: int | tuple[int, int] = DEFAULT_SIZE,
+        stride: int | tuple[int, int] = 192,
+        window: WindowSpec = "hann",
+        window_params: Mapping[str, Any] | None = None,
+        boundary: Boundary = "shift",
+        pad_mode: PadMode = "constant",
+        agg: Agg = "overlap_add",
+        n_classes: int | None = None,
+        batched: bool | None = None,
+        batch_size: int | None = None,
+        chunks: Any = None,
+        output_dtype: Any = None,
+        output_shape: Sequence[int] | None = None,
+        output_bands: int | None = None,
+        output_dims: Sequence[Hashable] | None = None,
+        nodata: Any = None,
+        input_nodata: Any = None,
+        fill_value: Any = None,
+        pass_mask: bool = False,
+        allow_gaps: bool = False,
+        scale: float | None = None,
+        over: Hashable | Sequence[Hashable] | None = None,
+        on_error: OnError = "raise",
+        retries: int = 3,
+        retry_on: Sequence[type[BaseException]] = (OSError,),
+        name: Hashable | None = None,
+        **unknown: Any,
+    ) -> RunReport:
+        """Same as :func:`patchflow.run` on this object: stream into a Zarr store.
+
+        Every keyword is documented at :func:`patchflow.run`. ``**unknown`` is no option: it
+        lets keywords ``run`` does not take raise :class:`~patchflow.errors.ParameterError`
+        with the fix (``overlap=`` → ``stride=``...) instead of Python's ``TypeError``.
+        """
+        return run(
+            self._obj,
+            op,
+            store=store,
+            **given_keywords(PatchAccessor.run, locals(), run),
+            **unknown,
+        )
+
+    def grid(
+        self,
+        *,
+        size: int | tuple[int, int] = DEFAULT_SIZE,
+        stride: int | tuple[int, int] = 192,
+        boundary: Boundary = "shift",
+        allow_gaps: bool = False,
+        **unknown: Any,
+    ) -> ChipLayout:
         """Same as :func:`patchflow.plan_grid` on this object.
 
-        Unknown keywords raise :class:`~patchflow.errors.ParameterError` with patchflow's
-        equivalent of other libraries' names (``overlap=`` → ``stride=``) or the closest
-        valid name.
+        ``**unknown`` is no option: keywords ``grid`` does not take raise
+        :class:`~patchflow.errors.ParameterError` with patchflow's equivalent of other
+        libraries' names (``overlap=`` → ``stride=``) or the closest valid name.
         """
-        check_keywords("grid", params, _keywords(plan_grid))
-        return plan_grid(self._obj, **params)
+        chosen = given_keywords(PatchAccessor.grid, locals(), plan_grid)
+        if unknown:
+            check_keywords("grid", {**chosen, **unknown}, _keywords(plan_grid))
+        return plan_grid(self._obj, **chosen)
 
-    def sample(self, sampler: Any, **params: Any) -> xr.DataArray:
+    def sample(
+        self,
+        sampler: Sampler | np.ndarray | Sequence[Sequence[int]],
+        *,
+        size: int | tuple[int, int] = 256,
+        labels: Any = None,
+        valid: Any = None,
+        max_invalid: float = 0.0,
+        chips_per_task: int | None = None,
+        name: Hashable | None = None,
+    ) -> xr.DataArray:
         """Same as :func:`patchflow.sample`: a lazy ``(chip, …, y, x)`` chip dataset."""
-        return sample(self._obj, sampler, **params)
+        return sample(self._obj, sampler, **given_keywords(PatchAccessor.sample, locals(), sample))
 
     def zonal_stats(
         self,
         gdf: Any,
-        stats: Any = ("mean", "std", "min", "max", "count", "median"),
-        **params: Any,
+        stats: Sequence[str] = DEFAULT_STATS,
+        *,
+        all_touched: bool = False,
+        nodata: Any = "auto",
+        compute: bool = True,
     ) -> Any:
         """Same as :func:`patchflow.zonal_stats`: per-polygon statistics (a DataFrame)."""
-        return zonal_stats(self._obj, gdf, stats, **params)
+        return zonal_stats(
+            self._obj,
+            gdf,
+            stats,
+            **given_keywords(PatchAccessor.zonal_stats, locals(), zonal_stats),
+        )
 
-    def stitch_anchors(self, chip_outputs: Any, anchors: Any = None, **params: Any) -> Any:
+    def stitch_anchors(
+        self,
+        chip_outputs: Any,
+        anchors: Any = None,
+        *,
+        window: str | np.ndarray | Any = "hann",
+        window_params: Mapping[str, Any] | None = None,
+        chunks: int | tuple[int, int] | None = None,
+        name: Hashable | None = None,
+        agg: str = "overlap_add",
+        n_classes: int | None = None,
+        nodata: Any = None,
+    ) -> xr.DataArray:
         """Same as :func:`patchflow.stitch_anchors`: blend chips at arbitrary anchors."""
-        return stitch_anchors(self._obj, chip_outputs, anchors, **params)
+        return stitch_anchors(
+            self._obj,
+            chip_outputs,
+            anchors,
+            **given_keywords(PatchAccessor.stitch_anchors, locals(), stitch_anchors),
+        )
 
-    def polygon_chips(self, gdf: Any, **params: Any) -> Any:
+    def polygon_chips(
+        self, gdf: Any, *, all_touched: bool = False, skip_empty: bool = True
+    ) -> Iterator[PolygonChip]:
         """Same as :func:`patchflow.polygon_chips`: one chip per polygon bounding box."""
-        return polygon_chips(self._obj, gdf, **params)
+        return polygon_chips(
+            self._obj, gdf, **given_keywords(PatchAccessor.polygon_chips, locals(), polygon_chips)
+        )
 
 
 xr.register_dataarray_accessor("patch")(PatchAccessor)

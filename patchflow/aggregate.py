@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from patchflow.errors import OperatorError, ParameterError
-from patchflow.nodata import check_collision
+from patchflow.nodata import OutputNodata, check_collision
 
 __all__ = ["AGGREGATIONS", "Aggregator", "ChipBatch", "make_aggregator"]
 
@@ -113,6 +113,10 @@ class Aggregator:
         #: where ``nodata`` came from, for the collision error
         self.nodata_origin = "the default"
         self.n_classes = n_classes
+
+    def set_nodata(self, nd: OutputNodata) -> None:
+        """Use ``nd`` (see :func:`patchflow.nodata.resolve`) for invalid pixels."""
+        self.nodata, self.encoded, self.nodata_origin = nd.value, nd.encoded, nd.origin
 
     def _finish(self, value: np.ndarray, ok: np.ndarray | None) -> np.ndarray:
         """Result pixels: ``value`` where ``ok``, nodata elsewhere; never a valid value that

@@ -17,6 +17,7 @@ import numpy as np
 
 from patchflow.aggregate import Aggregator, ChipBatch, OverlapAdd, State
 from patchflow.errors import OperatorError
+from patchflow.grid import window_bounds
 from patchflow.windows import Window
 
 __all__ = [
@@ -85,10 +86,8 @@ class EngineSpec:
         h, w = self.size
         text = f"chip {chip_id} (rows {row}:{row + h}, cols {col}:{col + w}"
         if self.transform is not None:
-            a, b, c, d, e, f = self.transform[:6]
-            xs = sorted((c + a * col + b * row, c + a * (col + w) + b * (row + h)))
-            ys = sorted((f + d * col + e * row, f + d * (col + w) + e * (row + h)))
-            text += f"; x {xs[0]:.6g}..{xs[1]:.6g}, y {ys[0]:.6g}..{ys[1]:.6g}"
+            x0, y0, x1, y1 = window_bounds(self.transform, [(row, col)], (h, w))[0, :4]
+            text += f"; x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}"
             if self.crs:
                 text += f" in {self.crs}"
         return text + ")"

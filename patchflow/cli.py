@@ -33,13 +33,13 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
-from patchflow.errors import PatchflowError
+from patchflow.errors import CommandError, PatchflowError, UsageError
 
-__all__ = ["CommandError", "DNToNDVI", "UsageError", "build_parser", "load_input", "main"]
+__all__ = ["CommandError", "UsageError", "build_parser", "load_input", "main"]
 
 PROG = "patchflow"
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
@@ -62,14 +62,6 @@ BAND_HELP = (
 
 #: Built-in operators of ``patchflow apply --op``.
 OPS = {"ndvi": "DN -> reflectance (x --scale) -> NDVI of bands --red and --nir (1 band out)"}
-
-
-class UsageError(PatchflowError):
-    """The command line is wrong (exit status 2)."""
-
-
-class CommandError(PatchflowError):
-    """The command could not do its job (exit status 1)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -462,7 +454,7 @@ def _band_index(obj: Any, value: str, option: str) -> int:
     """
     import difflib
 
-    from patchflow.core import spatial_dims
+    from patchflow._xr import spatial_dims
 
     y, x = spatial_dims(obj)
     lead = [d for d in obj.dims if d not in (y, x)]
@@ -498,52 +490,16 @@ def _band_index(obj: Any, value: str, option: str) -> int:
     return number - 1
 
 
-@dataclass(frozen=True)
-class DNToNDVI:
-    """Batched DN → reflectance → NDVI: ``(n, bands, h, w)`` → ``(n, 1, h, w)`` float32.
+def _ndvi_op(red: int, nir: int, scale: float) -> Any:
+    """``--op ndvi``: the library's ``DNToReflectance(scale) | NDVI(red, nir)``."""
+    from patchflow.ops import NDVI, DNToReflectance
 
-    The CLI's ``--op ndvi`` when :mod:`patchflow.ops` has no ``DNToReflectance``/``NDVI``.
-    Picklable (process and distributed schedulers).
-
-    Examples
-    --------
-    >>> op = DNToNDVI(red=0, nir=1, scale=1e-4)
-    >>> op(np.array([[[[1000]], [[3000]]]], dtype=np.uint16)).round(3).tolist()
-    [[[[0.5]]]]
-    """
-
-    red: int = 0
-    nir: int = 1
-    scale: float = 1e-4
-    batched: ClassVar[bool] = True
-
-    def __call__(self, chips: np.ndarray) -> np.ndarray:
-        scale = np.float32(self.scale)
-        red = chips[:, self.red : self.red + 1].astype(np.float32) * scale
-        nir = chips[:, self.nir : self.nir + 1].astype(np.float32) * scale
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.asarray((nir - red) / (nir + red), dtype=np.float32)
-
-
-def _ndvi_op(red: int, nir: int, scale: float) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """``DNToReflectance(scale) | NDVI(red, nir)`` from :mod:`patchflow.ops` if present."""
-    from patchflow import ops
-
-    to_refl, ndvi = getattr(ops, "DNToReflectance", None), getattr(ops, "NDVI", None)
-    if to_refl is not None and ndvi is not None:
-        try:
-            return to_refl(scale=scale) | ndvi(red=red, nir=nir), {}
-        except TypeError:  # a different constructor signature: use the local op
-            pass
-    return DNToNDVI(red, nir, scale), {"output_dtype": np.float32, "output_bands": 1}
+    return DNToReflectance(scale=scale) | NDVI(red=red, nir=nir)
 
 
 def _pipeline_op(path: str) -> Callable[..., Any]:
-    from patchflow import ops
+    from patchflow.ops import from_json
 
-    from_json = getattr(ops, "from_json", None)
-    if from_json is None:
-        raise CommandError("pipelines need patchflow.ops.from_json (not in this patchflow)")
     file = Path(path)
     if not file.is_file():
         raise CommandError(f"pipeline not found: {path}")
@@ -616,7 +572,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             print(
-                "patchflow: note: matplotlib is not installed, skipping the PNG preview",
+                "patchflow: note: matplotlib is not installed, skipping the PNG preview "
+                "(pip install 'patchflow[plot]')",
                 file=sys.stderr,
             )
             preview = False
@@ -671,13 +628,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
         hint = " or --resume to finish an interrupted run" if kind == "zarr" else ""
         raise CommandError(f"{args.output} already exists; pass --overwrite to replace it{hint}")
 
-    extra: dict[str, Any] = {}
     if args.pipeline is not None:
         op, name = _pipeline_op(args.pipeline), None
     else:
         red = _band_index(obj, args.red, "--red")
         nir = _band_index(obj, args.nir, "--nir")
-        op, extra = _ndvi_op(red, nir, args.scale)
+        op = _ndvi_op(red, nir, args.scale)
         name = "ndvi"
     params: dict[str, Any] = {
         "size": args.size,
@@ -685,7 +641,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "window": args.window,
         "agg": args.agg,
         "boundary": args.boundary,
-        **extra,
     }
     for key in ("n_classes", "batch_size", "chunks", "nodata", "input_nodata"):
         if getattr(args, key) is not None:
@@ -836,8 +791,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
         if g.n_chips > rows:
             lines.append(f"... {g.n_chips - rows} more chips")
     if args.png:
-        from patchflow.plotting import grid_figure, save_figure
+        from patchflow.plotting import grid_figure, require_matplotlib, save_figure
 
+        require_matplotlib("--png")  # PatchflowError naming patchflow[plot] when missing
         save_figure(grid_figure(obj, layout), args.png)
         lines.append(f"plot: {args.png}")
     _say(args, *lines)
@@ -849,7 +805,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def _one_line(exc: BaseException) -> str:
     """A one-line message for ``exc`` (type name added for unexpected errors)."""
-    from patchflow.errors import PatchflowError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (UsageError, CommandError, PatchflowError, OSError)):

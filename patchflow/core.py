@@ -22,17 +22,20 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
+from patchflow._xr import as_dataarray, spatial_dims, transform_of, write_georef
 from patchflow.aggregate import make_aggregator
 from patchflow.blocks import EngineSpec
 from patchflow.errors import DimensionError, OperatorError, ParameterError, PatchflowWarning
 from patchflow.graph import build_graph
-from patchflow.grid import ChipGrid, pair
+from patchflow.grid import ChipGrid, pair, window_bounds
 from patchflow.nodata import input_nodata as input_nodata_of
 from patchflow.nodata import is_value as is_nodata_value
-from patchflow.nodata import output_nodata, work_dtype
+from patchflow.nodata import resolve as resolve_nodata
+from patchflow.nodata import work_dtype
 from patchflow.ops import is_batched, op_output_spec, op_scale
+from patchflow.options import DEFAULT_SIZE, Agg, Boundary, OnError, PadMode, given_keywords
 from patchflow.plan import BlockPlan
-from patchflow.windows import Window, make_window
+from patchflow.windows import WindowSpec, make_window
 
 __all__ = ["ChipLayout", "Prepared", "apply", "plan_grid", "prepare", "spatial_dims"]
 
@@ -42,70 +45,6 @@ TARGET_BLOCK = 2048
 BATCH_BYTES = 8 * 2**20
 ON_ERROR = ("raise", "mask", "retry")
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
-
-
-def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, Hashable]:
-    """The ``(y, x)`` dimension names rioxarray sees on ``obj``.
-
-    Raises
-    ------
-    DimensionError
-        When there are none, naming the dims found and how to declare them.
-    """
-    try:
-        return obj.rio.y_dim, obj.rio.x_dim
-    except Exception as exc:  # rioxarray raises its own MissingSpatialDimensionError
-        raise DimensionError(
-            f"no spatial dimensions found among {tuple(obj.dims)}; patchflow needs y/x "
-            "(or latitude/longitude) dims: rename yours, or declare them with "
-            "obj.rio.set_spatial_dims(x_dim=..., y_dim=...)"
-        ) from exc
-
-
-def _as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    if isinstance(obj, xr.DataArray):
-        return obj
-    if isinstance(obj, xr.Dataset):
-        obj = _grid_mappings_as_coords(obj)
-        if not obj.data_vars:
-            raise DimensionError("the Dataset has no data variables to process")
-        y, x = spatial_dims(obj)
-        missing = [str(n) for n, v in obj.data_vars.items() if y not in v.dims or x not in v.dims]
-        if missing:
-            raise DimensionError(
-                f"data variables {missing} are not on the ({y!r}, {x!r}) grid the others use "
-                "(different spatial dims); resample them onto it first (e.g. "
-                "rio.reproject_match), or select the variables to process, e.g. ds[['red', 'nir']]"
-            )
-        # each variable's own nodata becomes NaN first: stacking would drop its attrs
-        masked = {name: _mask_nodata(var) for name, var in obj.data_vars.items()}
-        # variables become the leading 'variable' axis, in data_vars order
-        out = obj.assign(masked).to_dataarray(dim="variable")
-        crs = obj.rio.crs
-        if crs is not None:
-            out = out.rio.write_crs(crs)
-        return out
-    raise TypeError(f"patchflow.apply needs an xarray DataArray or Dataset, got {type(obj)}")
-
-
-def _grid_mappings_as_coords(ds: xr.Dataset) -> xr.Dataset:
-    """CF grid-mapping variables (``spatial_ref``) are metadata, not data to process."""
-    names = {
-        str(v.attrs.get("grid_mapping") or v.encoding.get("grid_mapping") or "")
-        for v in ds.data_vars.values()
-    }
-    names.add("spatial_ref")
-    found = [n for n in names if n in ds.data_vars and ds[n].ndim == 0]
-    return ds.set_coords(found) if found else ds
-
-
-def _mask_nodata(var: xr.DataArray) -> xr.DataArray:
-    nodata = var.rio.nodata
-    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)):
-        return var
-    dtype = np.float32 if var.dtype.itemsize <= 2 else np.float64
-    masked = var.astype(dtype).where(var != nodata)
-    return masked.rio.write_nodata(np.nan, encoded=False)
 
 
 def _spatial_chunks(chunks: Any, y: Hashable, x: Hashable) -> tuple[Any, Any] | None:
@@ -243,13 +182,6 @@ def _covers(grid: ChipGrid) -> bool:
     return True
 
 
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
-
-
 def _out_dims(
     arr: xr.DataArray,
     lead: tuple[int, ...],
@@ -319,7 +251,7 @@ def _wrap(
     y, x = arr.dims[-2:]
     all_dims = (*dims, y, x)
     sizes = dict(zip(all_dims, data.shape, strict=True))
-    transform = _transform(arr)
+    transform = transform_of(arr)
     coords = {}
     for cname, coord in arr.coords.items():
         if all(d in sizes and arr.sizes[d] == sizes[d] for d in coord.dims):
@@ -335,17 +267,7 @@ def _wrap(
             coords[y] = transform.f + transform.e * (np.arange(sizes[y]) + 0.5)
     out = xr.DataArray(data, dims=all_dims, coords=coords, name=name)
     out.attrs = dict(attrs) if attrs is not None else _carried_attrs(arr, out)
-    crs = arr.rio.crs
-    if crs is not None:
-        out = out.rio.write_crs(crs)
-    if transform is not None:
-        out = out.rio.write_transform(transform)
-    if encoded is not None:
-        # NaN in memory, the input's value on disk (rio.to_raster / to_netcdf write it back)
-        return out.rio.write_nodata(encoded, encoded=True)
-    if nodata is None:
-        return out  # nothing can be invalid: declare no nodata
-    return out.rio.write_nodata(nodata, encoded=False)
+    return write_georef(out, crs=arr.rio.crs, transform=transform, nodata=nodata, encoded=encoded)
 
 
 def prepare(
@@ -354,7 +276,7 @@ def prepare(
     *,
     size: int | tuple[int, int] = 256,
     stride: int | tuple[int, int] = 192,
-    window: str | np.ndarray | Callable[[int, int], Any] | Window = "hann",
+    window: WindowSpec = "hann",
     window_params: Mapping[str, Any] | None = None,
     boundary: str = "shift",
     pad_mode: str = "constant",
@@ -386,7 +308,7 @@ def prepare(
 
     if not callable(op):
         raise ParameterError(f"op must be callable, got {type(op).__name__}")
-    arr = _as_dataarray(obj)
+    arr = as_dataarray(obj)
     y, x = spatial_dims(arr)
     _check_coords(arr, y, x)
     loop_dims, op_dims = _split_over(arr, over, y, x)
@@ -461,7 +383,7 @@ def prepare(
         or is_nodata_value(in_nodata)
         or op_dtype.kind in "fc"
     )
-    out_nodata, encoded = output_nodata(
+    nd = resolve_nodata(
         res_dtype,
         explicit=nodata,
         source=in_nodata,
@@ -469,16 +391,8 @@ def prepare(
         can_be_invalid=can_be_invalid,
     )
     # the fill for pixels nothing valid reaches depends on the result dtype found above
-    aggregator.nodata = out_nodata
-    aggregator.encoded = encoded
-    aggregator.nodata_origin = (
-        "given as nodata="
-        if nodata is not None
-        else "the input's nodata"
-        if is_nodata_value(in_nodata)
-        and _same(out_nodata if encoded is None else encoded, in_nodata)
-        else f"the {res_dtype} default"
-    )
+    aggregator.set_nodata(nd)
+    out_nodata, encoded = nd.value, nd.encoded
     num, den = ratio
     out_size = (size_yx[0] * num // den, size_yx[1] * num // den)
     win = None
@@ -487,7 +401,7 @@ def prepare(
 
     data = _prepare_data(arr, size_yx, stride_yx, chunks, y, x, den=den)
     plan = BlockPlan(grid, (data.chunks[-2], data.chunks[-1]))
-    transform = _transform(arr)
+    transform = transform_of(arr)
     crs = arr.rio.crs
     spec = EngineSpec(
         op=op,
@@ -739,13 +653,6 @@ def _check_ratio(ratio: tuple[int, int], lengths: dict[str, int]) -> None:
         )
 
 
-def _transform(arr: xr.DataArray | xr.Dataset) -> Any:
-    try:
-        return arr.rio.transform(recalc=True)
-    except Exception:  # no regular y/x coordinates: nothing to carry
-        return None
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A planned job: input as a dask array, block plan and engine spec."""
@@ -782,7 +689,39 @@ class Prepared:
         return out
 
 
-def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any) -> xr.DataArray:
+def apply(
+    obj: xr.DataArray | xr.Dataset,
+    op: Callable[..., Any],
+    *,
+    size: int | tuple[int, int] = DEFAULT_SIZE,
+    stride: int | tuple[int, int] = 192,
+    window: WindowSpec = "hann",
+    window_params: Mapping[str, Any] | None = None,
+    boundary: Boundary = "shift",
+    pad_mode: PadMode = "constant",
+    agg: Agg = "overlap_add",
+    n_classes: int | None = None,
+    batched: bool | None = None,
+    batch_size: int | None = None,
+    chunks: Any = None,
+    output_dtype: Any = None,
+    output_shape: Sequence[int] | None = None,
+    output_bands: int | None = None,
+    output_dims: Sequence[Hashable] | None = None,
+    nodata: Any = None,
+    input_nodata: Any = None,
+    fill_value: Any = None,
+    pass_mask: bool = False,
+    allow_gaps: bool = False,
+    scale: float | None = None,
+    over: Hashable | Sequence[Hashable] | None = None,
+    on_error: OnError = "raise",
+    retries: int = 3,
+    retry_on: Sequence[type[BaseException]] = (OSError,),
+    per_variable: bool = False,
+    name: Hashable | None = None,
+    **unknown: Any,
+) -> xr.DataArray:
     """Run ``op`` on overlapping chips of ``obj`` and stitch the results, lazily.
 
     Parameters
@@ -806,6 +745,9 @@ def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any)
     agg, n_classes
         Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
         ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
+    batched
+        Whether ``op`` takes a batch of chips (see ``op`` above). Default: ``op.batched``
+        (set by :func:`patchflow.batched`), else plain.
     batch_size
         Chips per operator call (batched ops) and per weighting step. Default: as many
         chips as hold ~8 MB of input (1 to 64), which bounds the op's working memory.
@@ -848,12 +790,22 @@ def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any)
         Dataset (default: variables stacked along ``variable`` into one DataArray).
     name
         Name of the output DataArray.
+    **unknown
+        Not options: a catch-all so that keywords ``apply`` does not take raise
+        :class:`~patchflow.errors.ParameterError` with the fix instead of Python's
+        ``TypeError`` (other libraries' names get patchflow's equivalent, ``overlap=0.25``
+        → ``stride=192``; typos the closest valid name). Any keyword here is an error.
 
     Returns
     -------
     xarray.DataArray
         Lazy, dims ``(out dims…, y, x)``, same y/x coords, CRS and transform as the input,
         nodata in ``rio.nodata`` (NaN for float outputs).
+
+    Raises
+    ------
+    ParameterError
+        An unknown keyword, or an option with a value patchflow cannot use.
 
     Examples
     --------
@@ -865,8 +817,10 @@ def apply(obj: xr.DataArray | xr.Dataset, op: Callable[..., Any], **params: Any)
     >>> bool(abs(out - (scene[1:] - scene[:1].values)).max() < 1e-9)
     True
     """
-    also = ("per_variable",)  # handled here; unknown keywords fail in prepare_from
-    if isinstance(obj, xr.Dataset) and params.get("per_variable", False):
+    # prepare's keywords this call sets (unknown ones fail in prepare_from)
+    params = {**given_keywords(apply, locals(), prepare), **unknown}
+    also = ("per_variable",)  # handled here: named as valid in the unknown-keyword message
+    if isinstance(obj, xr.Dataset) and per_variable:
         # each variable on its own (its own bands/dtype), results gathered in a Dataset
         results = {
             name: prepare_from(var, op, params, also=also).result()
@@ -894,20 +848,6 @@ def _gather(results: dict[Hashable, xr.DataArray], attrs: Mapping[Any, Any]) -> 
             renamed[name] = arr.rename(lead)
         results = renamed
     return xr.Dataset(results, attrs=dict(attrs))
-
-
-def _apply_signature() -> inspect.Signature:
-    sig = inspect.signature(prepare)
-    params = list(sig.parameters.values())
-    extra = inspect.Parameter(
-        "per_variable", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool"
-    )
-    return sig.replace(
-        parameters=[*params[:-1], extra, params[-1]], return_annotation="xr.DataArray"
-    )
-
-
-apply.__signature__ = _apply_signature()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -939,12 +879,8 @@ class ChipLayout:
         """``(n_chips, 4)`` chip bounds ``(xmin, ymin, xmax, ymax)`` in CRS units."""
         if self.transform is None:
             return None
-        h, w = self.grid.size_yx
-        a = self.anchors.astype(np.float64)
-        t = self.transform
-        xs = np.stack([t.c + t.a * a[:, 1], t.c + t.a * (a[:, 1] + w)])
-        ys = np.stack([t.f + t.e * a[:, 0], t.f + t.e * (a[:, 0] + h)])
-        return np.column_stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)])
+        # all four corners through the transform: true boxes on rotated grids too
+        return window_bounds(self.transform, self.anchors, self.grid.size_yx)[:, :4]
 
     def to_dataframe(self) -> Any:
         """One row per chip: ``row, col, height, width`` and CRS bounds."""
@@ -985,4 +921,4 @@ def plan_grid(
         boundary,  # type: ignore[arg-type]
         allow_gaps,
     )
-    return ChipLayout(grid, _transform(obj), obj.rio.crs)
+    return ChipLayout(grid, transform_of(obj), obj.rio.crs)

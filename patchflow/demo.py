@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from patchflow.ops import batched
+from patchflow.ops import NDVI, DNToReflectance
 from patchflow.store import run
 from patchflow.synthetic import make_scene
 
@@ -33,13 +33,9 @@ SIZE, STRIDE, WINDOW = 256, 192, "hann"
 TOLERANCE = 1e-6
 
 
-@batched
-def dn_ndvi(chips: np.ndarray) -> np.ndarray:
-    """NDVI from red/NIR DN chips ``(n, 2, h, w)`` (reflectance = DN × 1e-4)."""
-    red = chips[:, 0:1].astype(np.float32) * np.float32(1e-4)
-    nir = chips[:, 1:2].astype(np.float32) * np.float32(1e-4)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (nir - red) / (nir + red)
+#: the demo's (and benchmarks') operator: DN × 1e-4 → reflectance → NDVI of bands 0 (red)
+#: and 1 (NIR), ``(n, 2, h, w)`` → ``(n, 1, h, w)`` float32 — the library's own NDVI
+dn_ndvi = DNToReflectance(scale=1e-4) | NDVI(red=0, nir=1)
 
 
 def _ndvi_block(block: np.ndarray) -> np.ndarray:
@@ -159,6 +155,10 @@ def run_demo(
             )
         return DemoResult(**{**result.__dict__, "store": None, "preview": None})
 
+    if preview:  # fail before the run, not after it, when matplotlib is missing
+        from patchflow.plotting import demo_figure, require_matplotlib, save_figure
+
+        require_matplotlib("the demo preview (preview=True)")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     scene = make_scene((size, size), seed=seed, chunks=chunks)
@@ -186,8 +186,6 @@ def run_demo(
 
     png = None
     if preview:
-        from patchflow.plotting import demo_figure, save_figure
-
         fig = demo_figure(
             scene,
             stitched,

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "PEER_KEYWORDS",
+    "CommandError",
     "ConfigError",
     "CorruptStoreError",
     "DimensionError",
@@ -34,6 +35,7 @@ __all__ = [
     "StoreMismatchError",
     "StorePathError",
     "StoreWriteError",
+    "UsageError",
     "WindowError",
     "check_keywords",
 ]
@@ -378,3 +380,11 @@ class ResumeRecipeError(PatchflowError, RuntimeError):
 
 class OutputOverlapsInputError(ParameterError):
     """The output path is, contains, or lies inside an input: writing would destroy it."""
+
+
+class UsageError(PatchflowError):
+    """The ``patchflow`` command line is wrong (exit status 2)."""
+
+
+class CommandError(PatchflowError):
+    """The ``patchflow`` command could not do its job (exit status 1)."""

@@ -23,11 +23,10 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask._task_spec import DataNode, Task
-from dask.array.core import getter, getter_inline, getter_nofancy
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from patchflow._dask_compat import chunk_getter_call, make_getter_task
 from patchflow.blocks import (
     BlockTask,
     EngineSpec,
@@ -48,7 +47,6 @@ __all__ = [
     "input_tasks",
 ]
 
-DIRECT_GETTERS = (getter, getter_nofancy, getter_inline)
 CHIPS_PREFIX = "patchflow-chips"
 STITCH_PREFIX = "patchflow-stitch"
 WRITE_PREFIX = "patchflow-write"
@@ -84,30 +82,29 @@ def direct_read(
     new_key: Any,
     ys: tuple[int, int],
     xs: tuple[int, int],
-) -> Task | None:
+) -> Any | None:
     """A task reading only ``[..., ys, xs]`` of chunk ``key`` from storage, if possible.
 
     Works when the chunk task is dask's ``getter(array, slices)`` (``xr.open_zarr``,
-    ``rioxarray.open_rasterio``, ``da.from_array``); returns ``None`` otherwise.
+    ``rioxarray.open_rasterio``, ``da.from_array``); returns ``None`` otherwise, including
+    on a dask whose task representation :mod:`patchflow._dask_compat` does not know.
     """
     try:
         task = source[key]
     except (KeyError, TypeError):
         return None
-    if not isinstance(task, Task) or task.func not in DIRECT_GETTERS or len(task.args) < 2:
+    call = chunk_getter_call(task)
+    if call is None:
         return None
-    index = task.args[1]
-    index = index.value if isinstance(index, DataNode) else index
-    if not (isinstance(index, tuple) and len(index) >= 2):
+    index = call.index
+    if len(index) < 2:
         return None
     if not all(isinstance(s, slice) and s.step in (None, 1) for s in index[-2:]):
         return None
     sy, sx = index[-2], index[-1]
     y0, x0 = sy.start or 0, sx.start or 0
     new = (*index[:-2], slice(y0 + ys[0], y0 + ys[1]), slice(x0 + xs[0], x0 + xs[1]))
-    return Task(
-        new_key, task.func, task.args[0], DataNode(None, new), *task.args[2:], **task.kwargs
-    )
+    return make_getter_task(new_key, call, new)
 
 
 def _scene_padding(spec: EngineSpec, plan: BlockPlan) -> tuple[np.ndarray, np.ndarray] | None:
@@ -130,6 +127,36 @@ def _scene_padding(spec: EngineSpec, plan: BlockPlan) -> tuple[np.ndarray, np.nd
     rows = np.pad(np.arange(h), (0, max(0, end_y - h)), mode=mode)  # type: ignore[call-overload]
     cols = np.pad(np.arange(w), (0, max(0, end_x - w)), mode=mode)  # type: ignore[call-overload]
     return rows, cols
+
+
+def _runs(index: np.ndarray) -> list[slice]:
+    """``index`` as maximal runs of step +1 or -1, each a slice (``x[s]`` == ``x[index]``)."""
+    runs: list[slice] = []
+    start = 0
+    n = len(index)
+    while start < n:
+        end = start + 1
+        step = int(index[end] - index[start]) if end < n else 1
+        if step not in (1, -1):
+            step = 1
+        while end < n and int(index[end] - index[end - 1]) == step:
+            end += 1
+        first, last = int(index[start]), int(index[end - 1])
+        stop = last + step if last + step >= 0 else None
+        runs.append(slice(first, stop, step))
+        start = end
+    return runs
+
+
+def _gather(x: da.Array, rows: np.ndarray, cols: np.ndarray) -> da.Array:
+    """``x[..., rows, :][..., cols]`` as one chunk, from plain slices (no dask shuffle).
+
+    The padded region of a block is a few contiguous runs of scene rows/cols (forward for
+    the scene part and ``wrap``, backward for ``reflect``/``symmetric``), so slicing each
+    run keeps the graph small and reads only what is needed.
+    """
+    pieces = [[x[..., ry, rx] for rx in _runs(cols)] for ry in _runs(rows)]
+    return da.block(pieces).rechunk(-1)
 
 
 def build_graph(
@@ -180,7 +207,7 @@ def build_graph(
             # reflect/symmetric/wrap padding comes from the whole scene (the far edge for
             # wrap), not from this block: gather the padded region as one small array
             rows, cols = scene_pad[0][ry[0] : ry[1]], scene_pad[1][rx[0] : rx[1]]
-            region = x[..., rows, :][..., cols].rechunk(-1)
+            region = _gather(x, rows, cols)
             extra.append(region)
             whole_y, whole_x = ((0, ry[1] - ry[0]),), ((0, rx[1] - rx[0]),)
             task = replace(task, y_parts=whole_y, x_parts=whole_x, padded=True)

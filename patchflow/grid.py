@@ -26,13 +26,19 @@ Boundary policies (what happens where ``(length - size)`` is not a multiple of `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from patchflow.errors import GridError, ParameterError
 
-__all__ = ["BOUNDARIES", "AxisGrid", "ChipGrid", "pair"]
+__all__ = [
+    "BOUNDARIES",
+    "AxisGrid",
+    "ChipGrid",
+    "pair",
+    "window_bounds",
+]
 
 Boundary = Literal["shift", "pad", "drop", "raise"]
 BOUNDARIES: tuple[str, ...] = ("shift", "pad", "drop", "raise")
@@ -273,3 +279,30 @@ class ChipGrid:
     def covered(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-axis boolean coverage; pixel ``(i, j)`` is covered iff both are true."""
         return self.y.coverage() > 0, self.x.coverage() > 0
+
+
+def window_bounds(transform: Any, anchors: Any, size: tuple[int, int]) -> np.ndarray:
+    """``(n, 6)`` CRS ``xmin, ymin, xmax, ymax, x_center, y_center`` of pixel windows.
+
+    ``anchors`` are ``(row, col)`` offsets, ``size`` the ``(h, w)`` of every window, and
+    ``transform`` an affine ``(a, b, c, d, e, f)`` (an ``affine.Affine`` works). All four
+    corners go through the transform, so rotated/sheared grids get true bounding boxes.
+    The one home of pixel-window → CRS-bounds arithmetic.
+
+    Examples
+    --------
+    >>> window_bounds((10.0, 0.0, 500.0, 0.0, -10.0, 900.0), [(0, 0), (2, 1)], (2, 3)).tolist()
+    [[500.0, 880.0, 530.0, 900.0, 515.0, 890.0], [510.0, 860.0, 540.0, 880.0, 525.0, 870.0]]
+    """
+    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
+    anc = np.asarray(anchors, dtype=np.float64).reshape(-1, 2)
+    h, w = size
+    r, col = anc[:, 0], anc[:, 1]
+    cx = np.stack([col, col + w, col, col + w])
+    cy = np.stack([r, r, r + h, r + h])
+    xs = a * cx + b * cy + c
+    ys = d * cx + e * cy + f
+    mx, my = col + w / 2, r + h / 2
+    return np.column_stack(
+        [xs.min(0), ys.min(0), xs.max(0), ys.max(0), a * mx + b * my + c, d * mx + e * my + f]
+    )

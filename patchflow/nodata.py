@@ -31,6 +31,7 @@ Output side
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,10 +42,12 @@ if TYPE_CHECKING:
     import xarray as xr
 
 __all__ = [
+    "OutputNodata",
     "check_collision",
     "input_nodata",
     "is_value",
     "output_nodata",
+    "resolve",
     "work_dtype",
 ]
 
@@ -174,3 +177,42 @@ def check_collision(value: np.ndarray, valid: np.ndarray | None, nodata: Any, or
             f"({origin}), so they would read back as missing data; pass nodata=<a value the "
             "operator never returns> (CLI: --nodata), or return a float dtype from the op"
         )
+
+
+@dataclass(frozen=True)
+class OutputNodata:
+    """The result's nodata: in memory, encoded (on disk), and where it came from."""
+
+    value: Any
+    encoded: Any
+    #: for :class:`~patchflow.errors.NodataCollisionError` messages
+    origin: str
+
+
+def resolve(
+    dtype: np.dtype,
+    *,
+    explicit: Any,
+    source: Any,
+    labels: bool,
+    can_be_invalid: bool,
+    source_name: str = "the input's nodata",
+) -> OutputNodata:
+    """:func:`output_nodata` plus where the value came from (the one place that decides).
+
+    Examples
+    --------
+    >>> resolve(np.dtype("uint8"), explicit=None, source=0, labels=False, can_be_invalid=True)
+    OutputNodata(value=np.uint8(0), encoded=None, origin="the input's nodata")
+    """
+    value, encoded = output_nodata(
+        dtype, explicit=explicit, source=source, labels=labels, can_be_invalid=can_be_invalid
+    )
+    chosen = value if encoded is None else encoded
+    if explicit is not None:
+        origin = "given as nodata="
+    elif is_value(source) and is_value(chosen) and float(chosen) == float(source):
+        origin = source_name
+    else:
+        origin = f"the {dtype} default"
+    return OutputNodata(value, encoded, origin)

@@ -853,7 +853,8 @@ class DNToReflectance(Operator):
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
         chips = np.asarray(chips)
-        out = chips.astype(np.float32) * np.float32(self.gain)
+        out = chips.astype(np.float32)  # a fresh array: scale it in place
+        out *= np.float32(self.gain)
         if self.offset:
             out += np.float32(self.offset)
         if self.nodata is not None:
@@ -897,13 +898,19 @@ class NormalizedDifference(Operator):
         self._check_bound()
         chips = np.asarray(chips)
         _need_bands(chips, self)
-        ia, ib = _indices(self, [self.a, self.b], chips.shape[1])
+        n = chips.shape[1]
+        ia, ib = (i % n for i in _indices(self, [self.a, self.b], n))
         ft = _float_dtype(chips.dtype)
-        a = chips[:, [ia]].astype(ft)
-        b = chips[:, [ib]].astype(ft)
+        # basic slices (views) and astype without a copy when already float: this is the
+        # hot path of every NDVI job
+        a = chips[:, ia : ia + 1].astype(ft, copy=False)
+        b = chips[:, ib : ib + 1].astype(ft, copy=False)
         den = a + b
-        out = np.full(den.shape, np.nan, ft)
-        np.divide(a - b, den, out=out, where=den != 0)
+        out = a - b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out /= den
+        # 0/0 is already NaN; x/0 (only with negative inputs) is undefined too, not ±inf
+        out[den == 0] = np.nan
         return out
 
     def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:
@@ -1303,7 +1310,7 @@ def global_percentiles(
         raise ParameterError(f"need 0 <= p_min < p_max <= 100, got {p_min!r}, {p_max!r}")
     arr = data
     if hasattr(data, "dims") and hasattr(data, "rio"):
-        from patchflow.core import spatial_dims
+        from patchflow._xr import spatial_dims
 
         y, x = spatial_dims(data)
         others = [d for d in data.dims if d not in (y, x)]

@@ -7,6 +7,11 @@ PNGs headless, and a notebook displays a returned figure inline as usual.
 Scenes are never loaded whole for a plot: :func:`thumbnail` reads a decimated view
 (every ``k``-th row and column), so a lazy dask- or Zarr-backed scene of any size costs one
 pass over its chunks and ``max_pixels``² pixels of memory.
+
+matplotlib is an optional dependency (``pip install 'patchflow[plot]'``): this module
+imports it only inside the functions that draw, and :func:`decimation`, :func:`thumbnail`
+and :func:`scene_image` work without it. The drawing functions raise
+:class:`~patchflow.errors.PatchflowError` naming the ``plot`` extra when it is missing.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from patchflow.core import ChipLayout, spatial_dims
+from patchflow._xr import spatial_dims
+from patchflow.core import ChipLayout
+from patchflow.errors import PatchflowError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -31,6 +38,7 @@ __all__ = [
     "draw_chip_grid",
     "grid_figure",
     "image_axes",
+    "require_matplotlib",
     "save_figure",
     "scene_image",
     "thumbnail",
@@ -40,6 +48,25 @@ __all__ = [
 MAX_PIXELS = 1024
 #: Above this many chips only a regular subset of the outlines is drawn.
 MAX_OUTLINES = 20_000
+
+
+def require_matplotlib(what: str = "plotting") -> None:
+    """Import matplotlib, or raise :class:`~patchflow.errors.PatchflowError` if it is missing.
+
+    The error names the ``patchflow[plot]`` extra and is chained to the ``ImportError``.
+
+    Parameters
+    ----------
+    what
+        What needs matplotlib, for the message (e.g. ``"patchflow grid --png"``).
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise PatchflowError(
+            f"{what} needs matplotlib, an optional dependency: "
+            "install it with `pip install 'patchflow[plot]'` (or matplotlib)"
+        ) from exc
 
 
 def decimation(shape: Sequence[int], max_pixels: int = MAX_PIXELS) -> int:
@@ -157,6 +184,7 @@ def draw_chip_grid(
     int
         The number of chip outlines drawn.
     """
+    require_matplotlib("draw_chip_grid")
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
@@ -211,6 +239,7 @@ def grid_figure(
     ax
         Draw into this axes instead of a new figure.
     """
+    require_matplotlib("grid_figure")  # before reading the scene
     view = thumbnail(scene, max_pixels)
     k = decimation(layout.grid.shape, max_pixels)
     if ax is None:
@@ -265,6 +294,7 @@ def demo_figure(
     title
         Figure title.
     """
+    require_matplotlib("demo_figure")  # before reading the scene
     view = thumbnail(scene, max_pixels)
     ours = np.asarray(thumbnail(stitched, max_pixels).values, dtype=np.float64)
     ref = np.asarray(thumbnail(reference, max_pixels).values, dtype=np.float64)
@@ -311,6 +341,7 @@ def demo_figure(
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> str:
     """Write ``fig`` as a PNG (Agg) and return the path."""
+    require_matplotlib("save_figure")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     if not isinstance(fig.canvas, FigureCanvasAgg):

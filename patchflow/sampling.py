@@ -8,8 +8,9 @@
 ``write_chips`` / ``open_chips``
     A Zarr chip store: ``image`` (and ``label``) chips, a few chips per Zarr chunk.
 ``stitch_anchors``
-    Overlap-add of chip outputs at arbitrary anchors (Poisson-disk predictions, …) into a
-    coverage-weighted, lazily computed map; uncovered pixels are NaN.
+    Chip outputs at arbitrary anchors (Poisson-disk predictions, …) stitched into one lazily
+    computed map through :func:`patchflow.apply`'s aggregators (overlap-add, mean, max, min,
+    vote, soft vote, centre) and nodata rules; uncovered pixels are invalid (NaN).
 ``zonal_stats`` / ``polygon_chips``
     Per-polygon statistics of a GeoDataFrame, computed block by block (polygons spanning
     several blocks are merged exactly), and one chip per polygon bounding box with the
@@ -46,10 +47,13 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from patchflow.core import spatial_dims
+from patchflow._xr import as_dataarray, georef, spatial_last, write_georef
+from patchflow.aggregate import Aggregator, ChipBatch, make_aggregator
 from patchflow.errors import DimensionError, ParameterError, PatchflowError
 from patchflow.graph import direct_read, input_tasks
-from patchflow.grid import pair
+from patchflow.grid import pair, window_bounds
+from patchflow.nodata import input_nodata, is_value
+from patchflow.nodata import resolve as resolve_nodata
 from patchflow.samplers import Draw, Explicit, Sampler
 from patchflow.windows import Window, make_window
 
@@ -66,7 +70,8 @@ __all__ = [
 
 CHIP_PREFIX = "patchflow-sample"
 READ_PREFIX = "patchflow-sample-read"
-STITCH_PREFIX = "patchflow-stitch-anchors"
+#: not ``patchflow-stitch-…``: that prefix is apply's stitch layer
+STITCH_PREFIX = "patchflow-anchors-stitch"
 ZONAL_PREFIX = "patchflow-zonal"
 #: spatial block edge used when numpy input is wrapped into dask
 NUMPY_BLOCK = 2048
@@ -90,33 +95,8 @@ CHIP_COORDS: tuple[str, ...] = (
 
 
 def _as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    """DataArray ``(*lead, y, x)``; a Dataset's variables stacked along ``variable``."""
-    if isinstance(obj, xr.Dataset):
-        if not obj.data_vars:
-            raise DimensionError("the Dataset has no data variables")
-        crs = obj.rio.crs
-        arr = obj.to_dataarray(dim="variable")
-        if crs is not None:
-            arr = arr.rio.write_crs(crs)
-    elif isinstance(obj, xr.DataArray):
-        arr = obj
-    else:
-        raise TypeError(f"expected an xarray DataArray or Dataset, got {type(obj).__name__}")
-    y, x = spatial_dims(arr)
-    others = [d for d in arr.dims if d not in (y, x)]
-    return arr.transpose(*others, y, x)
-
-
-def _georef(arr: xr.DataArray) -> tuple[Any, Any]:
-    """``(transform, crs)`` of ``arr``; the transform is ``None`` without y/x coordinates."""
-    transform = None
-    y, x = arr.dims[-2:]
-    if y in arr.coords and x in arr.coords:
-        try:
-            transform = arr.rio.transform(recalc=True)
-        except Exception:
-            transform = None
-    return transform, arr.rio.crs
+    """DataArray ``(*lead, y, x)`` through the one xarray boundary (:mod:`patchflow._xr`)."""
+    return spatial_last(as_dataarray(obj))
 
 
 def _dask_data(arr: xr.DataArray, block: int = NUMPY_BLOCK) -> da.Array:
@@ -141,7 +121,7 @@ def _label_array(labels: Any, shape: tuple[int, int], transform: Any) -> xr.Data
                     f"has length {lab.sizes[dim]}"
                 )
         lab = lab.isel({d: 0 for d in lab.dims[:-2]}, drop=True)
-        ltr, _ = _georef(lab)
+        ltr, _ = georef(lab)
         if transform is not None and ltr is not None and not ltr.almost_equals(transform):
             raise ParameterError(
                 f"the label raster's transform {tuple(ltr)[:6]} differs from the scene's "
@@ -266,15 +246,9 @@ def _chip_coords(
     out = {"row": anchors[:, 0].astype(np.int64), "col": anchors[:, 1].astype(np.int64)}
     if transform is None:
         return out
-    t = transform
-    r, c = anchors[:, 0].astype(np.float64), anchors[:, 1].astype(np.float64)
-    cx = np.stack([c, c + w, c, c + w])
-    cy = np.stack([r, r, r + h, r + h])
-    xs = t.a * cx + t.b * cy + t.c
-    ys = t.d * cx + t.e * cy + t.f
-    out.update(xmin=xs.min(0), ymin=ys.min(0), xmax=xs.max(0), ymax=ys.max(0))
-    out["x_center"] = t.a * (c + w / 2) + t.b * (r + h / 2) + t.c
-    out["y_center"] = t.d * (c + w / 2) + t.e * (r + h / 2) + t.f
+    bounds = window_bounds(transform, anchors, (h, w))
+    for k, name in enumerate(("xmin", "ymin", "xmax", "ymax", "x_center", "y_center")):
+        out[name] = bounds[:, k]
     return out
 
 
@@ -344,7 +318,7 @@ def sample(
     y, x = arr.dims[-2:]
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     size_yx = pair(size, "size")
-    transform, crs = _georef(arr)
+    transform, crs = georef(arr)
     data = _dask_data(arr)
     if isinstance(valid, str):
         if valid != "nodata":
@@ -490,42 +464,154 @@ def open_chips(store: str | os.PathLike[str]) -> xr.Dataset:
 
 @dataclass(frozen=True)
 class _StitchSpec:
-    """One output block of :func:`stitch_anchors` (travels through dask as is)."""
+    """One output block of :func:`stitch_anchors` (travels through dask as is).
+
+    The block task feeds its chips to ``agg`` exactly as :func:`patchflow.apply` does
+    (:class:`~patchflow.aggregate.ChipBatch` → ``add`` into a partial state over the
+    chips' bounding region → ``merge`` of the block's window into a block state →
+    ``finalize``), so every aggregation and validity rule is the engine's own.
+    """
 
     origin: tuple[int, int]
     shape: tuple[int, int]
     scene: tuple[int, int]
-    lead: tuple[int, ...]
-    dtype: np.dtype
-    window: Window
-    #: per source chunk in ``sources``: (local chip indices, their anchors)
-    chips: tuple[tuple[np.ndarray, np.ndarray], ...]
+    agg: Aggregator
+    #: blending window (``None``: the aggregation ignores windows, every weight is 1)
+    window: Window | None
+    #: chips per ``add`` call (bounds the copy of chip outputs a batch holds)
+    batch: int
+    #: per source chunk in ``sources``: (local chip indices, anchors, global chip ids)
+    chips: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
 
     def __dask_tokenize__(self) -> Any:
-        return (self.origin, self.shape, self.lead, str(self.dtype), self.window)
+        return (
+            self.origin,
+            self.shape,
+            self.scene,
+            tokenize(self.agg),
+            tokenize(self.window),
+            self.batch,
+            [(a.tobytes(), b.tobytes(), c.tobytes()) for a, b, c in self.chips],
+        )
+
+
+def _chip_weights(
+    window: Window | None, anchors: np.ndarray, size: tuple[int, int], scene: tuple[int, int]
+) -> list[np.ndarray]:
+    """Per chip, the border-aware window weights (as the engine computes them)."""
+    h, w = size
+    if window is None:
+        ones = np.ones(size, np.float32)
+        ones.setflags(write=False)
+        return [ones] * len(anchors)
+    return [
+        window.weights(r <= 0, r + h >= scene[0], c <= 0, c + w >= scene[1])
+        for r, c in ((int(r), int(c)) for r, c in anchors)
+    ]
 
 
 def _stitch_block(spec: _StitchSpec, sources: list[np.ndarray]) -> np.ndarray:
+    """Aggregate the chips touching one output block and finalise the block."""
+    agg = spec.agg
     y0, x0 = spec.origin
     bh, bw = spec.shape
-    hh, ww = spec.window.shape
-    num = np.zeros((*spec.lead, bh, bw), np.float64)
-    den = np.zeros((*spec.lead, bh, bw), np.float64)
-    for (local, anchors), src in zip(spec.chips, sources, strict=True):
-        for k, (r, c) in zip(local, anchors, strict=True):
-            flags = (r == 0, r + hh == spec.scene[0], c == 0, c + ww == spec.scene[1])
-            wgt = spec.window.weights(*(bool(f) for f in flags)).astype(np.float64)
-            ra, rb = max(r, y0), min(r + hh, y0 + bh)
-            ca, cb = max(c, x0), min(c + ww, x0 + bw)
-            chip = np.asarray(src[k], dtype=np.float64)[..., ra - r : rb - r, ca - c : cb - c]
-            wk = np.broadcast_to(wgt[ra - r : rb - r, ca - c : cb - c], chip.shape)
-            good = np.isfinite(chip)
-            dst = (..., slice(ra - y0, rb - y0), slice(ca - x0, cb - x0))
-            num[dst] += np.where(good, chip * wk, 0.0)
-            den[dst] += np.where(good, wk, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    return out.astype(spec.dtype)
+    anchors = [a for _, a, _ in spec.chips]
+    if not sources or not sum(len(a) for a in anchors):
+        return agg.finalize(agg.new(spec.shape))
+    h, w = sources[0].shape[-2:]
+    every = np.concatenate(anchors)
+    # the partial state spans the block and every chip touching it, so whole chips are
+    # added (the centre score and the window need the whole chip) and then cropped by merge
+    ry0, rx0 = min(y0, int(every[:, 0].min())), min(x0, int(every[:, 1].min()))
+    ry1 = max(y0 + bh, int(every[:, 0].max()) + h)
+    rx1 = max(x0 + bw, int(every[:, 1].max()) + w)
+    # the accumulator (float32/float64 sums) from every chip here, not just the first batch
+    accs = [
+        agg.accumulator_for(src[int(k)])
+        for (local, _, _), src in zip(spec.chips, sources, strict=True)
+        for k in local
+    ]
+    wanted = [a for a in accs if a is not None]
+    state = agg.new((ry1 - ry0, rx1 - rx0), np.result_type(*wanted) if wanted else None)
+    origin = np.array([ry0, rx0], np.int64)
+    for (local, anc, ids), src in zip(spec.chips, sources, strict=True):
+        for lo in range(0, len(local), spec.batch):
+            sel = slice(lo, lo + spec.batch)
+            batch = ChipBatch(
+                out=np.asarray(src[local[sel]]),
+                pos=anc[sel] - origin,
+                weights=_chip_weights(spec.window, anc[sel], (h, w), spec.scene),
+                valid=None,
+                chip_ids=ids[sel],
+                # chip outputs mark their own invalid pixels: non-finite values
+                nan_marks=True,
+            )
+            agg.add(state, batch)
+    state = agg.seal(state, None, None)
+    block = agg.new(spec.shape, agg.merged_accumulator([state]))
+    agg.merge(
+        block,
+        state,
+        (slice(0, bh), slice(0, bw)),
+        (slice(y0 - ry0, y0 - ry0 + bh), slice(x0 - rx0, x0 - rx0 + bw)),
+    )
+    return agg.finalize(block)
+
+
+def _block_hits(
+    anchors: np.ndarray, size: tuple[int, int], ey: np.ndarray, ex: np.ndarray
+) -> list[np.ndarray]:
+    """Per output block (row-major), the indices (ascending) of the chips touching it.
+
+    Each chip is assigned to the blocks its rows and columns span (``O(chips × blocks per
+    chip)``, not ``O(chips × blocks)``).
+    """
+    nby, nbx = len(ey) - 1, len(ex) - 1
+    n = len(anchors)
+    if n == 0:
+        return [np.zeros(0, np.int64) for _ in range(nby * nbx)]
+    h, w = size
+    i0 = np.searchsorted(ey, anchors[:, 0], side="right") - 1
+    i1 = np.searchsorted(ey, anchors[:, 0] + h - 1, side="right") - 1
+    j0 = np.searchsorted(ex, anchors[:, 1], side="right") - 1
+    j1 = np.searchsorted(ex, anchors[:, 1] + w - 1, side="right") - 1
+    nx = j1 - j0 + 1
+    count = (i1 - i0 + 1) * nx
+    chip = np.repeat(np.arange(n, dtype=np.int64), count)
+    offset = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(count) - count, count
+    )
+    block = (i0[chip] + offset // nx[chip]) * nbx + (j0[chip] + offset % nx[chip])
+    order = np.argsort(block, kind="stable")  # stable: chips stay in index order
+    chip, block = chip[order], block[order]
+    edges = np.searchsorted(block, np.arange(nby * nbx + 1))
+    return [chip[edges[b] : edges[b + 1]] for b in range(nby * nbx)]
+
+
+def _block_covered(
+    anchors: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]
+) -> bool:
+    """Whether the chips at ``anchors`` cover every pixel of ``box`` (``y0, y1, x0, x1``).
+
+    Exact, on the grid of the chips' (clipped) edges: a 2-D difference array over at most
+    ``(2k + 2)²`` cells for ``k`` chips, never a per-pixel mask.
+    """
+    if len(anchors) == 0:
+        return False
+    y0, y1, x0, x1 = box
+    h, w = size
+    rs, re = np.clip(anchors[:, 0], y0, y1), np.clip(anchors[:, 0] + h, y0, y1)
+    cs, ce = np.clip(anchors[:, 1], x0, x1), np.clip(anchors[:, 1] + w, x0, x1)
+    ys = np.unique(np.concatenate([[y0, y1], rs, re]))
+    xs = np.unique(np.concatenate([[x0, x1], cs, ce]))
+    a0, a1 = np.searchsorted(ys, rs), np.searchsorted(ys, re)
+    b0, b1 = np.searchsorted(xs, cs), np.searchsorted(xs, ce)
+    diff = np.zeros((len(ys), len(xs)), np.int64)
+    np.add.at(diff, (a0, b0), 1)
+    np.add.at(diff, (a1, b0), -1)
+    np.add.at(diff, (a0, b1), -1)
+    np.add.at(diff, (a1, b1), 1)
+    return bool((diff.cumsum(axis=0).cumsum(axis=1)[:-1, :-1] > 0).all())
 
 
 def stitch_anchors(
@@ -537,36 +623,64 @@ def stitch_anchors(
     window_params: Mapping[str, Any] | None = None,
     chunks: int | tuple[int, int] | None = None,
     name: Hashable | None = None,
+    agg: str = "overlap_add",
+    n_classes: int | None = None,
+    nodata: Any = None,
 ) -> xr.DataArray:
-    """Blend chip outputs at arbitrary anchors into one coverage-weighted map (lazy).
+    """Stitch chip outputs at arbitrary anchors into one map (lazy, block by block).
 
-    Each output pixel is the window-weighted mean of all chips covering it
-    (``sum(w * chip) / sum(w)``, non-finite chip values carry no weight); pixels no chip
-    covers are NaN. Windows are border-aware as in :func:`patchflow.apply`: a chip touching
-    the scene edge has the outward half of its window flattened.
+    The chips go through the same aggregators as :func:`patchflow.apply` (see
+    :mod:`patchflow.aggregate`): ``agg="overlap_add"`` (default) gives each pixel the
+    window-weighted mean of the chips covering it (``sum(w * chip) / sum(w)``); ``mean``,
+    ``max``, ``min``, ``vote`` (integer labels, ``n_classes``), ``soft_vote`` (class scores
+    → argmax) and ``centre`` (value of the chip whose centre is nearest; ties: the lower
+    chip index) work for any anchors. Windows are border-aware as in ``apply``: a chip
+    touching the scene edge has the outward half of its window flattened.
+
+    Validity follows :mod:`patchflow.nodata`, as in ``apply``: non-finite chip values carry
+    zero weight; pixels no valid chip value reaches are NaN for float results and the
+    result's nodata for integer results (``max``/``min``/``centre`` of integer outputs,
+    votes). An integer result's nodata is ``nodata=`` if given, else ``obj_like``'s nodata
+    (not for votes), else the dtype's max (unsigned) / min (signed) — and none at all when
+    no pixel can be invalid (integer outputs, an integer ``obj_like`` without nodata, every
+    pixel covered). A valid value equal to that nodata raises
+    :class:`~patchflow.errors.NodataCollisionError` when the block is computed. ``nodata=``
+    on a float result becomes its encoded (on-disk) nodata.
+
+    One dask task per output block reads only the chip-output chunks holding chips that
+    touch the block; building the result computes nothing.
 
     Parameters
     ----------
     obj_like
-        The scene the chips came from (shape, coordinates, CRS, transform; its spatial
-        chunks become the output blocks).
+        The scene the chips came from (shape, coordinates, CRS, transform, nodata; its
+        spatial chunks become the output blocks).
     chip_outputs
         ``(n, out…, h, w)`` chip outputs: numpy, dask, or a DataArray with a ``chip`` dim
         (e.g. the result of an operator applied to :func:`sample` chips, whose ``row`` and
-        ``col`` coordinates then give the anchors).
+        ``col`` coordinates then give the anchors). For ``soft_vote`` the first ``out``
+        axis holds the classes.
     anchors
         ``(n, 2)`` ``(row, col)`` anchors (default: ``chip_outputs``' ``row``/``col``).
     window, window_params
-        Blending window, as in :func:`patchflow.make_window`.
+        Blending window, as in :func:`patchflow.make_window` (used by ``overlap_add``,
+        ``vote`` tie-breaks and ``soft_vote``; the other aggregations ignore it).
     chunks
         Output block size (default: ``obj_like``'s spatial chunks, or 2048).
     name
         Name of the result.
+    agg, n_classes
+        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
+        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
+    nodata
+        Nodata of the result (see above).
 
     Returns
     -------
     xarray.DataArray
-        Lazy, dims ``(out…, y, x)`` with ``obj_like``'s spatial coords and CRS, float.
+        Lazy, dims ``(out…, y, x)`` (``soft_vote``: the class axis is reduced) with
+        ``obj_like``'s spatial coords and CRS; dtype and ``rio.nodata`` as ``apply``'s for
+        the same aggregation.
 
     Examples
     --------
@@ -577,6 +691,9 @@ def stitch_anchors(
     >>> out = stitch_anchors(scene, chips * 2)
     >>> bool(np.nanmax(np.abs(out.values - 2 * scene.values)) < 1e-3)
     True
+    >>> top = stitch_anchors(scene, chips.astype("int32"), agg="max", nodata=-1)
+    >>> str(top.dtype), int(top.rio.nodata)
+    ('int32', -1)
     """
     arr = _as_dataarray(obj_like)
     ydim, xdim = arr.dims[-2:]
@@ -611,7 +728,14 @@ def stitch_anchors(
         values = da.from_array(values, chunks=(min(64, max(len(values), 1)), *values.shape[1:]))
     if values.ndim < 3:
         raise DimensionError(f"chip_outputs must be (n, …, h, w), got {values.shape}")
+    op_dtype = np.dtype(values.dtype)
+    if op_dtype.kind not in "biuf":
+        raise ParameterError(
+            f"chip_outputs must hold numbers (bool, int or float), got dtype {op_dtype}"
+        )
     n, h, w = values.shape[0], values.shape[-2], values.shape[-1]
+    if h < 1 or w < 1:
+        raise DimensionError(f"chip outputs must be at least 1x1 pixels, got {h}x{w}")
     if n != len(anchors):
         raise ParameterError(f"{n} chip outputs but {len(anchors)} anchors")
     if len(anchors) and (
@@ -622,10 +746,16 @@ def stitch_anchors(
         raise ParameterError(f"some {h}x{w} chips at these anchors are outside the scene {scene}")
     values = values.rechunk({i: -1 for i in range(1, values.ndim)})
     lead = tuple(int(v) for v in values.shape[1:-2])
-    win = make_window(window, (h, w), **dict(window_params or {}))
-    dtype = np.result_type(values.dtype, np.float32)
-    if dtype.kind != "f":
-        dtype = np.dtype(np.float64)
+    if agg == "soft_vote" and not lead:
+        raise DimensionError(
+            "agg='soft_vote' needs class scores: chip_outputs (n, classes, …, h, w)"
+        )
+    aggregator = make_aggregator(
+        agg, out_dtype=op_dtype, lead=lead, n_classes=n_classes, n_chips=max(n, 1)
+    )
+    win: Window | None = None
+    if aggregator.weighted:  # as in apply: mean/max/min/centre weigh every chip 1
+        win = make_window(window, (h, w), **dict(window_params or {}))
 
     if chunks is not None:
         cy, cx = pair(chunks, "chunks")
@@ -634,43 +764,74 @@ def stitch_anchors(
         out_chunks = arr.data.chunks[-2:]
     else:
         out_chunks = da.core.normalize_chunks((NUMPY_BLOCK, NUMPY_BLOCK), scene)
-    ey = np.concatenate([[0], np.cumsum(out_chunks[0])])
-    ex = np.concatenate([[0], np.cumsum(out_chunks[1])])
-    cstarts = np.concatenate([[0], np.cumsum(values.chunks[0])])
+    ey = np.concatenate([[0], np.cumsum(out_chunks[0])]).astype(np.int64)
+    ex = np.concatenate([[0], np.cumsum(out_chunks[1])]).astype(np.int64)
+    hits = _block_hits(anchors, (h, w), ey, ex)
+    nbx = len(out_chunks[1])
+
+    # the result's nodata: the rules of patchflow.nodata, with apply's "can be invalid"
+    res_dtype = aggregator.result_dtype()
+    in_nodata = input_nodata(arr)
+    can_be_invalid = (
+        op_dtype.kind in "fc"
+        or np.dtype(arr.dtype).kind in "fc"
+        or is_value(in_nodata)
+        or not all(
+            _block_covered(
+                anchors[hits[i * nbx + j]],
+                (h, w),
+                (int(ey[i]), int(ey[i + 1]), int(ex[j]), int(ex[j + 1])),
+            )
+            for i in range(len(out_chunks[0]))
+            for j in range(nbx)
+        )
+    )
+    nd = resolve_nodata(
+        res_dtype,
+        explicit=nodata,
+        source=in_nodata,
+        labels=agg in ("vote", "soft_vote"),
+        can_be_invalid=can_be_invalid,
+        source_name="obj_like's nodata",
+    )
+    aggregator.set_nodata(nd)
+    out_nodata, encoded = nd.value, nd.encoded
+
+    cstarts = np.concatenate([[0], np.cumsum(values.chunks[0])]).astype(np.int64)
     chunk_of = np.searchsorted(cstarts, np.arange(n), side="right") - 1
-    token = tokenize(values.name, anchors.tobytes(), win, out_chunks, scene, str(dtype))
+    chip_bytes = max(1, math.prod(values.shape[1:]) * op_dtype.itemsize)
+    batch = int(min(64, max(1, GROUP_BYTES // chip_bytes)))
+    token = tokenize(values.name, anchors.tobytes(), win, aggregator, out_chunks, scene, batch)
     out_name = f"{STITCH_PREFIX}-{token}"
-    lead_idx = (0,) * len(lead)
+    res_lead = aggregator.result_lead()
+    lead_idx = (0,) * len(res_lead)
     layer: dict[Any, Any] = {}
     for i in range(len(out_chunks[0])):
-        for j in range(len(out_chunks[1])):
+        for j in range(nbx):
             y0, y1, x0, x1 = int(ey[i]), int(ey[i + 1]), int(ex[j]), int(ex[j + 1])
-            hit = np.flatnonzero(
-                (anchors[:, 0] < y1)
-                & (anchors[:, 0] + h > y0)
-                & (anchors[:, 1] < x1)
-                & (anchors[:, 1] + w > x0)
-            )
+            hit = hits[i * nbx + j]
             parts, keys = [], []
             for ck in np.unique(chunk_of[hit]):
                 sel = hit[chunk_of[hit] == ck]
-                parts.append((sel - cstarts[ck], anchors[sel]))
-                keys.append((values.name, int(ck), *lead_idx, 0, 0))
-            spec = _StitchSpec((y0, x0), (y1 - y0, x1 - x0), scene, lead, dtype, win, tuple(parts))
+                parts.append((sel - cstarts[ck], anchors[sel], sel))
+                keys.append((values.name, int(ck), *(0,) * len(lead), 0, 0))
+            spec = _StitchSpec(
+                (y0, x0), (y1 - y0, x1 - x0), scene, aggregator, win, batch, tuple(parts)
+            )
             layer[(out_name, *lead_idx, i, j)] = (_stitch_block, spec, keys)
     graph = HighLevelGraph.from_collections(out_name, layer, dependencies=[values])
-    lazy = da.Array(graph, out_name, chunks=(*((v,) for v in lead), *out_chunks), dtype=dtype)
-    coords: dict[Hashable, Any] = dict(lead_coords)
+    lazy = da.Array(
+        graph, out_name, chunks=(*((v,) for v in res_lead), *out_chunks), dtype=res_dtype
+    )
+    # soft_vote reduces the class axis (the first output axis)
+    out_dims = lead_dims[len(lead) - len(res_lead) :]
+    coords: dict[Hashable, Any] = {d: c for d, c in lead_coords.items() if d in out_dims}
     for dim in (ydim, xdim):
         if dim in arr.coords:
             coords[dim] = arr.coords[dim]
-    out = xr.DataArray(lazy, dims=(*lead_dims, ydim, xdim), coords=coords, name=name)
-    transform, crs = _georef(arr)
-    if crs is not None:
-        out = out.rio.write_crs(crs)
-    if transform is not None:
-        out = out.rio.write_transform(transform)
-    return out.rio.write_nodata(np.nan, encoded=False)
+    out = xr.DataArray(lazy, dims=(*out_dims, ydim, xdim), coords=coords, name=name)
+    transform, crs = georef(arr)
+    return write_georef(out, crs=crs, transform=transform, nodata=out_nodata, encoded=encoded)
 
 
 # --------------------------------------------------------------------------- polygons
@@ -940,7 +1101,7 @@ def zonal_stats(
         raise ParameterError(f"unknown stats {unknown}; valid: {', '.join(ZONAL_STATS)}")
     _require_geo()
     arr = _as_dataarray(obj)
-    transform, crs = _georef(arr)
+    transform, crs = georef(arr)
     if transform is None:
         raise ParameterError("zonal_stats needs a georeferenced raster (y/x coordinates)")
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
@@ -1060,7 +1221,7 @@ def polygon_chips(
     """
     _require_geo()
     arr = _as_dataarray(obj)
-    transform, crs = _georef(arr)
+    transform, crs = georef(arr)
     if transform is None:
         raise ParameterError("polygon_chips needs a georeferenced raster (y/x coordinates)")
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))

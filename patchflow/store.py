@@ -88,8 +88,9 @@ import zarr.codecs
 from dask.base import tokenize
 from dask.delayed import Delayed
 
+from patchflow._xr import spatial_dims
 from patchflow.aggregate import Aggregator, State
-from patchflow.core import Prepared, prepare, prepare_from, spatial_dims
+from patchflow.core import Prepared, prepare, prepare_from
 from patchflow.errors import (
     CorruptStoreError,
     ForeignFilesError,
@@ -108,6 +109,16 @@ from patchflow.errors import (
     StoreWriteError,
 )
 from patchflow.graph import build_graph
+from patchflow.options import (
+    DEFAULT_SIZE,
+    Agg,
+    Boundary,
+    OnError,
+    PadMode,
+    RunMode,
+    given_keywords,
+)
+from patchflow.windows import WindowSpec
 
 if sys.platform != "win32":
     import fcntl
@@ -1371,7 +1382,7 @@ def run(
     op: Callable[..., Any],
     *,
     store: str | os.PathLike[str],
-    mode: str = "w",
+    mode: RunMode = "w",
     resume: bool = False,
     overwrite: bool = False,
     keep_sums: bool = False,
@@ -1379,13 +1390,43 @@ def run(
     compressors: Any = None,
     scheduler: Any = None,
     progress: bool = False,
-    **params: Any,
+    size: int | tuple[int, int] = DEFAULT_SIZE,
+    stride: int | tuple[int, int] = 192,
+    window: WindowSpec = "hann",
+    window_params: Mapping[str, Any] | None = None,
+    boundary: Boundary = "shift",
+    pad_mode: PadMode = "constant",
+    agg: Agg = "overlap_add",
+    n_classes: int | None = None,
+    batched: bool | None = None,
+    batch_size: int | None = None,
+    chunks: Any = None,
+    output_dtype: Any = None,
+    output_shape: Sequence[int] | None = None,
+    output_bands: int | None = None,
+    output_dims: Sequence[Hashable] | None = None,
+    nodata: Any = None,
+    input_nodata: Any = None,
+    fill_value: Any = None,
+    pass_mask: bool = False,
+    allow_gaps: bool = False,
+    scale: float | None = None,
+    over: Hashable | Sequence[Hashable] | None = None,
+    on_error: OnError = "raise",
+    retries: int = 3,
+    retry_on: Sequence[type[BaseException]] = (OSError,),
+    name: Hashable | None = None,
+    **unknown: Any,
 ) -> RunReport:
-    """Stream ``apply(obj, op, **params)`` into a Zarr v3 store, block by block.
+    """Stream ``apply(obj, op, ...)`` into a Zarr v3 store, block by block.
 
     Parameters
     ----------
-    obj, op, **params
+    obj, op
+        As for :func:`patchflow.apply`.
+    size, stride, window, window_params, boundary, pad_mode, agg, n_classes, batched, \
+batch_size, chunks, output_dtype, output_shape, output_bands, output_dims, nodata, \
+input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries, retry_on, name
         As for :func:`patchflow.apply` (``chunks=`` sets the block = Zarr chunk size).
     store
         Directory of the Zarr store. It may not be, contain or lie inside an input file or
@@ -1416,6 +1457,10 @@ def run(
     progress
         Show a progress bar of blocks written (dask's ``ProgressBar`` locally,
         ``distributed.progress`` on a cluster).
+    **unknown
+        Not options: a catch-all so that keywords ``run`` does not take raise
+        :class:`ParameterError` with the fix instead of Python's ``TypeError`` (other
+        libraries' names get patchflow's equivalent, typos the closest valid name).
 
     Returns
     -------
@@ -1446,6 +1491,8 @@ def run(
     >>> report.blocks, report.computed, report.open().shape
     (4, 4, (1, 600, 500))
     """
+    # prepare's keywords this call sets (unknown ones fail in _regular_prepare)
+    params = {**given_keywords(run, locals(), prepare), **unknown}
     if mode not in MODES:
         raise ParameterError(f"unknown mode {mode!r}; valid: {', '.join(map(repr, MODES))}")
     path = os.fspath(store)
@@ -1455,11 +1502,11 @@ def run(
 
     prep = _regular_prepare(obj, op, params)
     var = var or (str(prep.name) if prep.name is not None else "result")
-    agg = prep.spec.agg
+    aggregator = prep.spec.agg
     want_sums = keep_sums or mode == "accumulate"
-    if want_sums and not agg.sum_keys:
+    if want_sums and not aggregator.sum_keys:
         raise ParameterError(
-            f"agg={agg.name!r} cannot accumulate across passes; use overlap_add, mean, "
+            f"agg={aggregator.name!r} cannot accumulate across passes; use overlap_add, mean, "
             "soft_vote or vote, or keep_sums=False"
         )
     job = _job_record(obj, op, prep, params, var)
@@ -1487,7 +1534,7 @@ def run(
             mode=mode,
             resume=resume,
             overwrite=overwrite,
-            sums=tuple(agg.sum_keys) if want_sums else (),
+            sums=tuple(aggregator.sum_keys) if want_sums else (),
             compressors=compressors,
             scheduler=scheduler,
             progress=progress,

@@ -205,7 +205,8 @@ class LazyChipDataset(_Base):
         label_dtype: Any = None,
         transform: Transform | None = None,
     ) -> None:
-        from patchflow.sampling import _as_dataarray, _georef, _label_array
+        from patchflow._xr import georef
+        from patchflow.sampling import _as_dataarray, _label_array
 
         super().__init__(
             as_tensor=as_tensor, dtype=dtype, label_dtype=label_dtype, transform=transform
@@ -224,7 +225,7 @@ class LazyChipDataset(_Base):
         self.source = arr.data
         self.labels = None
         if labels is not None:
-            transform, _ = _georef(arr)
+            transform, _ = georef(arr)
             self.labels = _label_array(labels, (int(shape[0]), int(shape[1])), transform).data
 
     def __len__(self) -> int:

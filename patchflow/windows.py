@@ -27,11 +27,14 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.signal import windows as sw
 
 from patchflow.errors import WindowError
 
-__all__ = ["WINDOWS", "Window", "make_window"]
+# scipy.signal is imported inside the window functions, on first use: importing it takes
+# ~0.7 s (it pulls in scipy.stats, scipy.sparse and scipy.fft), which `import patchflow`
+# should not pay.
+
+__all__ = ["WINDOWS", "Window", "WindowSpec", "make_window"]
 
 FLOOR = 1e-6
 
@@ -41,18 +44,26 @@ def _interior(values: np.ndarray) -> np.ndarray:
 
 
 def _hann(n: int) -> np.ndarray:
+    from scipy.signal import windows as sw
+
     return _interior(sw.hann(n + 2, sym=True))
 
 
 def _boxcar(n: int) -> np.ndarray:
+    from scipy.signal import windows as sw
+
     return np.asarray(sw.boxcar(n), dtype=np.float64)
 
 
 def _triangular(n: int) -> np.ndarray:
+    from scipy.signal import windows as sw
+
     return _interior(sw.triang(n + 2, sym=True))
 
 
 def _gaussian(n: int, sigma: float | None = None) -> np.ndarray:
+    from scipy.signal import windows as sw
+
     # sigma in pixels; the default puts the chip edge at ~2.5 sigma, close to MONAI's 0.125*size
     std = n / 5.0 if sigma is None else float(sigma)
     if std <= 0:
@@ -61,6 +72,8 @@ def _gaussian(n: int, sigma: float | None = None) -> np.ndarray:
 
 
 def _tukey(n: int, alpha: float = 0.5) -> np.ndarray:
+    from scipy.signal import windows as sw
+
     if not 0.0 <= float(alpha) <= 1.0:
         raise WindowError(f"tukey alpha must be within [0, 1], got {alpha!r}")
     return _interior(sw.tukey(n + 2, float(alpha), sym=True))
@@ -74,6 +87,8 @@ def _spline(n: int, power: float = 2.0) -> np.ndarray:
     ``1 - (2(1-t))**p / 2``; both meet at 1/2 for ``t = 1/2``, so blending two chips that
     overlap by half gives a smooth, monotone hand-over.
     """
+    from scipy.signal import windows as sw
+
     t = _interior(sw.triang(n + 2, sym=True))
     outer = (2.0 * t) ** power / 2.0
     inner = 1.0 - (2.0 * (1.0 - t)) ** power / 2.0
@@ -242,8 +257,38 @@ def _check_2d(values: Any, shape: tuple[int, int], what: str) -> np.ndarray:
     return np.maximum(arr, FLOOR * peak)
 
 
+#: what ``window=`` accepts: a name, a scipy ``get_window`` spec, a 2-D array, a callable
+#: ``(h, w) -> array`` or a :class:`Window`
+WindowSpec = str | tuple[Any, ...] | np.ndarray | Callable[[int, int], Any] | Window
+
+
+def _spec_name(spec: str | tuple[Any, ...]) -> str:
+    return spec if isinstance(spec, str) else ":".join(str(v) for v in spec)
+
+
+def _scipy_1d(spec: str | tuple[Any, ...], n: int) -> np.ndarray:
+    """A ``scipy.signal.get_window`` spec sampled at pixel centres, peak 1.
+
+    Like the built-ins, the length-``n`` window is the interior of the symmetric length
+    ``n + 2`` one, so no weight is 0 at the chip's first and last pixel.
+    """
+    from scipy.signal import get_window
+
+    try:
+        values = np.asarray(get_window(spec, n + 2, fftbins=False), dtype=np.float64)[1:-1]
+    except (ValueError, TypeError) as exc:
+        raise WindowError(
+            f"unknown window {spec!r}: not one of patchflow's ({', '.join(sorted(WINDOWS))}) "
+            f"and scipy.signal.get_window says: {exc}. Pass a name, a scipy spec such as "
+            "('kaiser', 8.0), a 2-D array or a callable (h, w) -> array"
+        ) from None
+    if not np.isfinite(values).all() or (values < 0).any() or values.max() <= 0:
+        raise WindowError(f"window {spec!r} has negative or non-finite weights")
+    return values / values.max()
+
+
 def make_window(
-    window: str | np.ndarray | Callable[[int, int], Any] | Window,
+    window: WindowSpec,
     shape: tuple[int, int],
     **params: Any,
 ) -> Window:
@@ -253,8 +298,9 @@ def make_window(
     ----------
     window
         A name (``"hann"``, ``"boxcar"``, ``"triangular"``, ``"gaussian"``, ``"tukey"``,
-        ``"spline"``), a 2-D array of shape ``shape``, a callable ``(h, w) -> array``, or an
-        existing :class:`Window`.
+        ``"spline"``), any other ``scipy.signal.get_window`` spec (``"hamming"``,
+        ``("kaiser", 8.0)``, ``("general_gaussian", 1.5, 30)``), a 2-D array of shape
+        ``shape``, a callable ``(h, w) -> array``, or an existing :class:`Window`.
     shape
         Chip shape ``(h, w)``.
     **params
@@ -265,19 +311,25 @@ def make_window(
     --------
     >>> make_window("tukey", (8, 8), alpha=0.25).name
     'tukey'
+    >>> make_window(("kaiser", 8.0), (8, 8)).name
+    'kaiser:8.0'
     """
     h, w = int(shape[0]), int(shape[1])
     if isinstance(window, Window):
         if window.shape != (h, w):
             raise WindowError(f"window shape {window.shape} does not match chips {(h, w)}")
         return window
+    if isinstance(window, tuple) or (isinstance(window, str) and window.lower() not in WINDOWS):
+        if params:
+            raise WindowError(
+                f"window parameters {sorted(params)} only apply to patchflow's named windows; "
+                f"give scipy windows their parameters in the spec, e.g. ('kaiser', 8.0)"
+            )
+        wy, wx = _scipy_1d(window, h), _scipy_1d(window, w)
+        wy, wx = _quantise(np.maximum(wy, FLOOR)), _quantise(np.maximum(wx, FLOOR))
+        return Window(_spec_name(window), (h, w), wy=wy, wx=wx)
     if isinstance(window, str):
         key = window.lower()
-        if key not in WINDOWS:
-            raise WindowError(
-                f"unknown window {window!r}; valid names: {', '.join(sorted(WINDOWS))}, "
-                "or pass a 2-D array or a callable (h, w) -> array"
-            )
         fn = WINDOWS[key]
         try:
             wy = _check_1d(fn(h, **params), h, f"window {key!r}")

@@ -1,4 +1,10 @@
-"""Real-world raster fixtures: small files shaped like the ones users hand to patchflow.
+"""Shared test fixtures: a counting scheduler, and real-world-shaped raster files.
+
+``dask_computes``       a context manager factory: ``with dask_computes(max_computes=0):``
+                        raises if building a graph inside it computes anything (as flox's
+                        ``raise_if_dask_computes``) and counts the computes it allows.
+
+Real-world raster fixtures: small files shaped like the ones users hand to patchflow.
 
 Every fixture writes one file with rioxarray/rasterio (or xarray for NetCDF) into a
 session temp dir and returns a :class:`RealRaster`: the path plus what a correct reader
@@ -22,9 +28,11 @@ Files (all small: a few hundred pixels a side, internally tiled 128 or 256):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,39 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
+
+
+class DaskComputes:
+    """Counts dask computes inside a ``with`` block, failing past ``max_computes``."""
+
+    def __init__(self, max_computes: int) -> None:
+        self.max_computes = max_computes
+        self.calls: list[Any] = []
+
+    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        import dask
+
+        self.calls.append(keys)
+        if len(self.calls) > self.max_computes:
+            raise AssertionError(
+                f"dask computed {len(self.calls)} time(s), more than the {self.max_computes} "
+                "allowed: building a graph must compute nothing"
+            )
+        return dask.local.get_sync(dsk, keys, **kwargs)
+
+
+@pytest.fixture
+def dask_computes() -> Callable[..., contextlib.AbstractContextManager[DaskComputes]]:
+    """``with dask_computes(max_computes=0) as counter:`` — see :class:`DaskComputes`."""
+    import dask
+
+    @contextlib.contextmanager
+    def check(max_computes: int = 0) -> Iterator[DaskComputes]:
+        counter = DaskComputes(max_computes)
+        with dask.config.set(scheduler=counter.get):
+            yield counter
+
+    return check
 
 
 @dataclass(frozen=True)

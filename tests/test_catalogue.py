@@ -317,11 +317,11 @@ CASES: list[Case] = [
     # ---- windows, merges, policies
     Case(
         "unknown-window",
-        '`window="hamming"`',
-        "`WindowError` listing the window names",
-        planned(window="hamming"),
+        '`window="hamming-ish"` (neither ours nor scipy\'s)',
+        "`WindowError` listing patchflow's names and scipy's complaint",
+        planned(window="hamming-ish"),
         WindowError,
-        r"unknown window 'hamming'; valid names: boxcar, gaussian, hann",
+        r"unknown window 'hamming-ish': not one of patchflow's \(boxcar, gaussian, hann",
     ),
     Case(
         "window-shape",

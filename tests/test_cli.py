@@ -17,7 +17,8 @@ import xarray as xr
 import zarr
 
 import patchflow
-from patchflow.cli import DNToNDVI, main
+from patchflow.cli import main
+from patchflow.demo import dn_ndvi
 from patchflow.synthetic import make_scene
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +35,7 @@ def scene() -> xr.DataArray:
 @pytest.fixture(scope="module")
 def expected(scene: xr.DataArray) -> np.ndarray:
     """NDVI on the whole scene: the reference every output must match."""
-    return DNToNDVI(0, 1, 1e-4)(scene.values[None])[0]
+    return dn_ndvi(scene.values[None])[0]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_demo_writes_png_and_zarr(tmp_path: Path, capsys: pytest.CaptureFixture[
     result = patchflow.open_result(out / "ndvi.zarr")
     assert result.shape == (1, 700, 700)
     assert result.rio.crs == "EPSG:32610"
-    full = DNToNDVI()(make_scene((700, 700), chunks=384).values[None])[0]
+    full = dn_ndvi(make_scene((700, 700), chunks=384).values[None])[0]
     np.testing.assert_allclose(result.values, full, atol=1e-6, rtol=0)
 
 

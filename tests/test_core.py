@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import dask
-import dask.local
 import numpy as np
 import pytest
 import rioxarray
@@ -134,22 +132,36 @@ def test_each_chip_once_and_task_count() -> None:
     np.testing.assert_allclose(result.values, data.astype(np.float64), rtol=1e-14)
 
 
-def test_graph_build_computes_nothing(scene: xr.DataArray) -> None:
-    calls = []
-
-    def counting_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        calls.append(keys)
-        return dask.local.get_sync(dsk, keys, **kwargs)
-
+def test_graph_build_computes_nothing(dask_computes: Any) -> None:
     lazy = make_scene((900, 700), chunks=300)
-    with dask.config.set(scheduler=counting_get):
+    with dask_computes(max_computes=1) as counter:
         out = lazy.patch.apply(ndvi64, size=128, stride=96)
         again = lazy.patch.apply(ndvi64, size=128, stride=96)
-        assert calls == []
+        assert counter.calls == []
         assert out.data.name == again.data.name  # deterministic keys
         assert out.data.name.startswith("patchflow-stitch-")
         out.compute()
-    assert len(calls) == 1
+    assert len(counter.calls) == 1
+
+
+@pytest.mark.parametrize("pad_mode", ["constant", "wrap"])
+def test_graph_keys_deterministic_and_prefixes_distinct(dask_computes: Any, pad_mode: str) -> None:
+    from dask.utils import key_split
+
+    lazy = make_scene((900, 700), chunks=300)
+    kw: dict[str, Any] = {"size": 128, "stride": 96, "boundary": "pad", "pad_mode": pad_mode}
+    with dask_computes(max_computes=0):
+        a = lazy.patch.apply(ndvi64, **kw).data
+        b = lazy.patch.apply(ndvi64, **kw).data
+        c = lazy.patch.apply(ndvi64, **{**kw, "stride": 64}).data
+    keys_a = set(a.__dask_graph__().keys())
+    assert keys_a == set(b.__dask_graph__().keys())  # the same job: the same graph
+    assert a.name != c.name  # another job: other keys
+    ours = {key_split(k) for k in keys_a if str(key_split(k)).startswith("patchflow-")}
+    assert {"patchflow-chips", "patchflow-stitch"} <= ours
+    # readable, and no prefix is another one's prefix (they group apart on the dashboard)
+    names = sorted(ours)
+    assert all(not n2.startswith(n1 + "-") for n1 in names for n2 in names if n1 != n2), names
 
 
 def test_vote_pointwise_labels_exact(scene: xr.DataArray) -> None:
@@ -345,7 +357,7 @@ def test_error_no_spatial_dims() -> None:
         ({"stride": 0}, "stride must be positive"),
         ({"size": 64, "stride": 80}, "allow_gaps"),
         ({"size": 512}, "larger than the scene"),
-        ({"window": "hamming"}, "valid names: boxcar, gaussian, hann"),
+        ({"window": "hamming-ish"}, "not one of patchflow.s .boxcar, gaussian, hann"),
         ({"agg": "median"}, "valid names: centre, max, mean, min"),
         ({"agg": "vote"}, "n_classes"),
         ({"boundary": "wrap"}, "valid: 'shift', 'pad'"),

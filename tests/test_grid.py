@@ -460,3 +460,16 @@ def test_pair_rejects_non_ints(value: object) -> None:
     with pytest.raises(ParameterError, match="pair of ints") as info:
         pair(value, "size")  # type: ignore[arg-type]
     assert not isinstance(info.value, GridError)
+
+
+def test_window_bounds_rotated_grid_uses_all_corners() -> None:
+    from affine import Affine
+
+    from patchflow.grid import window_bounds
+
+    # 30° rotation: the true box of a chip is not spanned by two opposite corners
+    t = Affine.translation(1000, 2000) * Affine.rotation(30) * Affine.scale(10, -10)
+    b = window_bounds(t, [(0, 0)], (4, 6))[0]
+    corners = np.array([t * (c, r) for c, r in [(0, 0), (6, 0), (0, 4), (6, 4)]])
+    np.testing.assert_allclose(b[:4], [*corners.min(0), *corners.max(0)])
+    np.testing.assert_allclose(b[4:], t * (3, 2))

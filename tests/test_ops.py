@@ -558,3 +558,10 @@ def test_pickling_and_processes(scene: xr.DataArray, dn: np.ndarray) -> None:
         out = patchflow.apply(scene, TTA(seed_pipeline(), "flips"), size=256, stride=192)
         values = out.values
     assert np.abs(values - seed_pipeline()(dn[None])[0]).max() <= 1e-6
+
+
+def test_normalized_difference_negative_band_index() -> None:
+    c = np.random.default_rng(0).uniform(0.1, 1, (2, 3, 4, 4))
+    out = NormalizedDifference(-1, 0)(c)
+    assert out.shape == (2, 1, 4, 4)
+    np.testing.assert_allclose(out, (c[:, -1:] - c[:, :1]) / (c[:, -1:] + c[:, :1]))

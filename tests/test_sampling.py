@@ -1,5 +1,5 @@
 """Chip datasets, chip stores, torch adapter, stitching arbitrary anchors, zonal statistics
-(issue 7)."""
+(issue 7); stitching arbitrary anchors through apply's aggregators (issue 13)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,20 @@ import xarray as xr
 from dask.callbacks import Callback
 
 import patchflow
-from patchflow.errors import ParameterError
-from patchflow.samplers import Explicit, PoissonDisk, Random, RegularStride, Stratified
+from patchflow.errors import DimensionError, NodataCollisionError, OperatorError, ParameterError
+from patchflow.graph import STITCH_PREFIX as APPLY_STITCH_PREFIX
+from patchflow.samplers import (
+    Explicit,
+    JitteredStride,
+    PoissonDisk,
+    Random,
+    RegularStride,
+    Sampler,
+    Stratified,
+)
 from patchflow.sampling import (
     READ_PREFIX,
+    STITCH_PREFIX,
     open_chips,
     polygon_chips,
     sample,
@@ -461,3 +471,381 @@ def test_no_chips(scene) -> None:
     assert chips.shape == (0, 2, 32, 32) and chips.values.shape == (0, 2, 32, 32)
     assert chips.label.values.shape == (0, 32, 32)
     assert np.isnan(stitch_anchors(scene, chips.astype(np.float32)).values).all()
+
+
+# --------------------------------------------------------------------------- stitching
+# through the aggregators: every agg x every sampler against a plain numpy reference
+
+AGGS = ("overlap_add", "mean", "max", "min", "vote", "soft_vote", "centre")
+#: aggregations whose result is shaped by the window (the others weigh every chip 1)
+WEIGHTED = {"overlap_add", "vote", "soft_vote"}
+N_CLASSES = 4
+SMALL = (150, 130)
+CHIP = (24, 20)
+
+
+@pytest.fixture(scope="module")
+def small_scene() -> xr.DataArray:
+    return make_scene(SMALL, seed=7, chunks=(48, 40))
+
+
+def small_sampler(kind: str, scene: xr.DataArray) -> Sampler:
+    """The samplers of :mod:`patchflow.samplers`, sized so most leave holes."""
+    h, w = CHIP
+    if kind == "regular":
+        return RegularStride(stride=(17, 15))  # full cover
+    if kind == "regular_gaps":
+        return RegularStride(stride=(30, 27), boundary="drop")  # strips left uncovered
+    if kind == "random":
+        return Random(14, seed=5)
+    if kind == "jittered":
+        return JitteredStride(step=(26, 23), jitter=(6, 5), seed=2)
+    if kind == "poisson":
+        return PoissonDisk(28.0, seed=3)
+    if kind == "explicit":
+        top = (SMALL[0] - h, SMALL[1] - w)
+        return Explicit(
+            [[0, 0], [0, 0], [top[0], top[1]], [50, 3], [61, 90], [5, top[1]], [100, 47], [61, 91]]
+        )
+    assert kind == "stratified"
+    red = scene.sel(band="red").values.astype(np.float64)
+    labels = np.digitize(red, np.quantile(red, [1 / 3, 2 / 3])).astype(np.uint8)
+    return Stratified(labels, 3, seed=1)
+
+
+SAMPLERS = ("regular", "regular_gaps", "random", "jittered", "poisson", "explicit", "stratified")
+#: (agg, kind of chip outputs): float outputs carry NaNs, int outputs are never 0 (the
+#: scene's nodata, which integer max/min/centre results inherit)
+CASES = (
+    ("overlap_add", "float"),
+    ("overlap_add", "int"),
+    ("mean", "float"),
+    ("max", "float"),
+    ("max", "int"),
+    ("min", "float"),
+    ("min", "int"),
+    ("vote", "int"),
+    ("vote", "float"),
+    ("soft_vote", "float"),
+    ("centre", "float"),
+    ("centre", "int"),
+)
+
+
+def make_outputs(chips: np.ndarray, agg: str, kind: str, seed: int = 0) -> np.ndarray:
+    """Chip outputs that disagree between overlapping chips, with NaN holes for floats."""
+    rng = np.random.default_rng(seed)
+    n = len(chips)
+    x = chips.astype(np.float64)
+    idx = np.arange(n, dtype=np.float64)[:, None, None, None]
+    if agg == "vote":
+        out = (np.floor(x[:, :1] / 3) + idx) % N_CLASSES
+    elif agg == "soft_vote":
+        # whole-number scores: ties between classes are exact ties in both implementations
+        out = np.concatenate(
+            [np.floor(x[:, :1] / (5 + k)) % 9 + (idx + k) % 4 for k in range(N_CLASSES)], axis=1
+        )
+    elif kind == "int":
+        out = (np.floor(x / 2) + 37 * idx) % 997 + 1
+    else:
+        scale = rng.uniform(0.5, 2.0, (n, 1, 1, 1))
+        out = x * scale / 1000 + rng.normal(0, 1, (n, 1, 1, 1))
+    if kind == "int":
+        return out.astype(np.uint8 if agg == "vote" else np.int16)
+    out = out.astype(np.float32)
+    if n:
+        out[rng.random(out.shape) < 0.03] = np.nan  # scattered, per band
+        out[0, ..., 2:9, 3:12] = np.nan  # a hole in the first chip
+        out[n // 2] = np.nan  # a chip that is NaN everywhere
+        if n > 2:
+            out[1, :1, :, :] = np.inf  # one band of a chip non-finite
+    return out
+
+
+def reference_stitch(
+    shape: tuple[int, int],
+    outs: np.ndarray,
+    anchors: np.ndarray,
+    agg: str,
+    window: patchflow.Window,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain numpy: loop over chips, per-pixel merge. Returns ``(values, valid)``."""
+    n, *lead, h, w = outs.shape
+    H, W = shape
+    is_float = outs.dtype.kind == "f"
+    weights = []
+    for r, c in anchors:
+        if agg in WEIGHTED:
+            flags = (r == 0, r + h == H, c == 0, c + w == W)
+            weights.append(window.weights(*flags).astype(np.float64))
+        else:
+            weights.append(np.ones((h, w)))
+    ok = np.isfinite(outs) if is_float else np.ones(outs.shape, bool)
+    spot = [(..., slice(r, r + h), slice(c, c + w)) for r, c in anchors]
+    full = (*lead, H, W)
+    if agg in ("overlap_add", "mean", "soft_vote"):
+        num, den = np.zeros(full), np.zeros(full)
+        for k in range(n):
+            num[spot[k]] += np.where(ok[k], outs[k].astype(np.float64), 0) * weights[k]
+            den[spot[k]] += np.where(ok[k], weights[k], 0)
+        valid = den > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.where(valid, num / np.where(valid, den, 1), 0)
+        if agg == "soft_vote":
+            return np.argmax(value, axis=0), valid.all(axis=0)
+        return value, valid
+    if agg in ("max", "min"):
+        best = np.zeros(full)
+        valid = np.zeros(full, bool)
+        for k in range(n):
+            cur, seen = best[spot[k]], valid[spot[k]]
+            new = outs[k].astype(np.float64)
+            better = new > cur if agg == "max" else new < cur
+            take = ok[k] & (~seen | better)
+            best[spot[k]] = np.where(take, new, cur)
+            valid[spot[k]] = seen | ok[k]
+        return best, valid
+    if agg == "vote":
+        count = np.zeros((N_CLASSES, *full))
+        wsum = np.zeros((N_CLASSES, *full))
+        for k in range(n):
+            for cls in range(N_CLASSES):
+                eq = ok[k] & (outs[k] == cls)
+                count[cls][spot[k]] += eq
+                wsum[cls][spot[k]] += eq * weights[k]
+        label = np.zeros(full, np.int64)
+        top_n, top_w = np.zeros(full), np.zeros(full)
+        for cls in range(N_CLASSES):  # ascending: an exact tie keeps the lower label
+            better = (count[cls] > top_n) | ((count[cls] == top_n) & (wsum[cls] > top_w))
+            label = np.where(better, cls, label)
+            top_n = np.where(better, count[cls], top_n)
+            top_w = np.where(better, wsum[cls], top_w)
+        return label, top_n > 0
+    assert agg == "centre"
+    dist = np.full(full, np.inf)
+    value = np.zeros(full)
+    for k in range(n):
+        py = np.arange(h)[:, None] + 0.5 - h / 2  # pixel centre minus chip centre
+        px = np.arange(w)[None, :] + 0.5 - w / 2
+        d = np.broadcast_to(py**2 + px**2, outs[k].shape)
+        take = ok[k] & (d < dist[spot[k]])  # strict: ties keep the lower chip index
+        dist[spot[k]] = np.where(take, d, dist[spot[k]])
+        value[spot[k]] = np.where(take, outs[k], value[spot[k]])
+    return value, np.isfinite(dist)
+
+
+def result_dtype(agg: str, outs: np.ndarray) -> np.dtype:
+    if agg in ("overlap_add", "mean"):
+        return outs.dtype if outs.dtype.kind == "f" else np.dtype(np.float32)
+    if agg == "soft_vote" or (agg == "vote" and outs.dtype.kind == "f"):
+        return np.dtype(np.uint8)
+    return outs.dtype
+
+
+def covered(shape: tuple[int, int], anchors: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    for r, c in anchors:
+        out[r : r + size[0], c : c + size[1]] = True
+    return out
+
+
+@pytest.mark.parametrize("sampler_kind", SAMPLERS)
+@pytest.mark.parametrize(("agg", "kind"), CASES)
+def test_stitch_every_agg_every_sampler_matches_numpy(small_scene, agg, kind, sampler_kind) -> None:
+    chips = sample(small_scene, small_sampler(sampler_kind, small_scene), size=CHIP)
+    anchors = np.stack([chips.row.values, chips.col.values], axis=1)
+    assert len(anchors) >= 5
+    outs = make_outputs(chips.values, agg, kind, seed=len(anchors))
+    lazy_outs = da.from_array(outs, chunks=(3, *outs.shape[1:]))  # several source chunks
+    with dask.config.set(scheduler=refuse):  # building the graph computes nothing
+        out = stitch_anchors(
+            small_scene,
+            lazy_outs,
+            anchors,
+            agg=agg,
+            n_classes=N_CLASSES if agg == "vote" else None,
+            window="hann",
+            chunks=(37, 29),  # irregular blocks, unrelated to the scene's chunks
+        )
+    got = out.values
+    window = patchflow.make_window("hann", CHIP)
+    value, valid = reference_stitch(SMALL, outs, anchors, agg, window)
+    dtype = result_dtype(agg, outs)
+    assert got.dtype == dtype and out.dtype == dtype
+    assert out.dims[-2:] == ("y", "x") and got.shape == value.shape
+    holes = ~covered(SMALL, anchors, CHIP)
+    if sampler_kind != "regular":
+        assert holes.any()  # uncovered pixels are part of every case but the full grid
+    assert not valid[..., holes].any()
+    if dtype.kind == "f":
+        assert np.isnan(out.rio.nodata)
+        assert np.array_equal(np.isnan(got), ~valid)
+        np.testing.assert_allclose(got[valid], value[valid], rtol=2e-6, atol=1e-6)
+    else:
+        # integer results: the scene's nodata 0 for values, the dtype's max for labels
+        expect_nodata = np.iinfo(dtype).max if agg in ("vote", "soft_vote") else 0
+        assert out.rio.nodata == expect_nodata
+        assert np.array_equal(got, np.where(valid, value, expect_nodata).astype(dtype))
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("something was computed while building the graph")
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_stitch_graph_is_lazy_blockwise_and_named(small_scene, agg) -> None:
+    chips = sample(small_scene, Random(9, seed=2), size=CHIP, chips_per_task=2)
+    op = chips.astype(np.float32)
+    if agg == "soft_vote":
+        op = xr.concat([op, op / 2], dim="band")
+        op = op.copy(data=op.data.rechunk({1: -1}))  # the classes in one chunk
+    elif agg == "vote":
+        op = op % N_CLASSES
+    kw = {"agg": agg, "n_classes": N_CLASSES if agg == "vote" else None, "chunks": 50}
+    with dask.config.set(scheduler=refuse):
+        out = stitch_anchors(small_scene, op, **kw)
+        again = stitch_anchors(small_scene, op, **kw)
+    assert isinstance(out.data, da.Array)
+    name = out.data.name
+    assert name == again.data.name  # deterministic keys
+    assert name.startswith(STITCH_PREFIX + "-") and STITCH_PREFIX == "patchflow-anchors-stitch"
+    assert not name.startswith(APPLY_STITCH_PREFIX + "-")
+    other = "max" if agg != "max" else "min"
+    if agg not in ("vote", "soft_vote"):
+        assert stitch_anchors(small_scene, op, **{**kw, "agg": other}).data.name != name
+    # one task per output block, depending only on the chip chunks that touch it
+    graph = out.data.__dask_graph__()
+    layer = graph.layers[name]
+    anchors = np.stack([chips.row.values, chips.col.values], axis=1)
+    source = op.data.name
+    starts = np.concatenate([[0], np.cumsum(op.data.chunks[0])])
+    assert len(layer) == 3 * 3  # 150x130 in 50-px blocks
+    for key in layer:
+        i, j = key[-2:]
+        y0, x0 = 50 * i, 50 * j
+        touching = (
+            (anchors[:, 0] < y0 + 50)
+            & (anchors[:, 0] + CHIP[0] > y0)
+            & (anchors[:, 1] < x0 + 50)
+            & (anchors[:, 1] + CHIP[1] > x0)
+        )
+        want = {int(np.searchsorted(starts, k, side="right") - 1) for k in np.flatnonzero(touching)}
+        deps = {d[1] for d in graph.get_all_dependencies()[key] if d[0] == source}
+        assert deps == want, (key, deps, want)
+
+
+@pytest.fixture(scope="module")
+def apply_scene() -> xr.DataArray:
+    return make_scene((230, 210), seed=2, chunks=(96, 80))
+
+
+def _apply_op(agg: str, kind: str):
+    def op(chips: np.ndarray) -> np.ndarray:
+        x = chips.astype(np.float64)  # apply hands uint16 with nodata over as float64
+        m = np.floor(x.mean(axis=(-2, -1), keepdims=True))
+        if agg == "vote":
+            return ((np.floor(x[:, :1] / 5) + np.floor(m[:, :1] / 3)) % N_CLASSES).astype(np.uint8)
+        if agg == "soft_vote":
+            scores = [np.floor(x[:, :1] / (7 + k)) % 11 + m[:, 1:2] % (k + 2) for k in range(3)]
+            return np.concatenate(scores, axis=1).astype(np.float32)
+        if kind == "int":
+            return (np.floor(x[:, :1] / 10) + m[:, 1:2]).astype(np.int32)
+        return (x[:, :1] * 0.01 + m[:, 1:2]).astype(np.float32)
+
+    return op
+
+
+@pytest.mark.parametrize(
+    ("agg", "kind"),
+    [(a, "float") for a in AGGS] + [("max", "int"), ("min", "int"), ("centre", "int")],
+)
+def test_stitch_regular_anchors_equals_apply_every_agg(apply_scene, agg, kind) -> None:
+    """On the regular grid, stitching chip outputs equals apply, for every aggregation."""
+    size, stride = (40, 36), (30, 28)
+    op = _apply_op(agg, kind)
+    n_classes = N_CLASSES if agg == "vote" else None
+    engine = patchflow.apply(
+        apply_scene,
+        op,
+        size=size,
+        stride=stride,
+        window="hann",
+        agg=agg,
+        n_classes=n_classes,
+        batched=True,
+    )
+    chips = sample(apply_scene, RegularStride(stride=stride), size=size)
+    grid = apply_scene.patch.grid(size=size, stride=stride)
+    anchors = np.stack([chips.row.values, chips.col.values], axis=1)
+    assert np.array_equal(anchors, grid.grid.anchors)  # same chips, same order (chip ids)
+    probe = op(np.ones((1, 2, *size), np.uint16))
+    outs = chips.data.map_blocks(
+        op,
+        dtype=probe.dtype,
+        chunks=(chips.data.chunks[0], (probe.shape[1],), (size[0],), (size[1],)),
+        meta=np.empty((0,) * 4, probe.dtype),
+    )
+    got = stitch_anchors(apply_scene, outs, anchors, agg=agg, n_classes=n_classes)
+    assert got.dtype == engine.dtype and got.shape == engine.shape
+    assert got.dims == engine.dims or agg != "soft_vote"
+    assert (got.rio.nodata is None) == (engine.rio.nodata is None)
+    if engine.rio.nodata is not None and not np.isnan(engine.rio.nodata):
+        assert got.rio.nodata == engine.rio.nodata
+    if engine.dtype.kind == "f":
+        np.testing.assert_allclose(got.values, engine.values, rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(got.values, engine.values)
+
+
+def test_stitch_integer_nodata_rules(small_scene) -> None:
+    anchors = np.array([[0, 0], [10, 15], [100, 90]])
+    size = (30, 40)
+    rng = np.random.default_rng(0)
+    outs = rng.integers(1, 100, (3, *size)).astype(np.int16)
+    # the scene's nodata (0) marks the uncovered pixels of an integer result
+    out = stitch_anchors(small_scene, outs, anchors, agg="max")
+    assert out.rio.nodata == 0 and out.dtype == np.int16
+    hole = ~covered(SMALL, anchors, size)
+    assert (out.values[hole] == 0).all() and (out.values[~hole] > 0).all()
+    # nodata= wins; a valid value equal to it is refused (never silently masked)
+    out = stitch_anchors(small_scene, outs, anchors, agg="centre", nodata=-5)
+    assert out.rio.nodata == -5 and (out.values[hole] == -5).all()
+    clash = outs.copy()
+    clash[1, 15, 20] = -5  # chip 1's centre pixel: chip 1 wins it
+    with pytest.raises(NodataCollisionError, match="-5"):
+        stitch_anchors(small_scene, clash, anchors, agg="centre", nodata=-5).compute()
+    with pytest.raises(ParameterError, match="cannot be stored"):
+        stitch_anchors(small_scene, outs, anchors, agg="min", nodata=1e6)
+    # no input nodata: the dtype's default when pixels can be invalid, none at full cover
+    bare = xr.DataArray(np.zeros(SMALL, np.uint16), dims=("y", "x"))
+    out = stitch_anchors(bare, outs, anchors, agg="min")
+    assert out.rio.nodata == np.iinfo(np.int16).min
+    assert (out.values[hole] == np.iinfo(np.int16).min).all()
+    grid = RegularStride(stride=(25, 30)).anchors(SMALL, size)
+    full = rng.integers(0, 100, (len(grid), *size)).astype(np.uint8)
+    out = stitch_anchors(bare, full, grid, agg="centre")
+    assert out.rio.nodata is None and out.dtype == np.uint8
+    ref, valid = reference_stitch(SMALL, full, grid, "centre", patchflow.make_window("hann", size))
+    assert valid.all() and np.array_equal(out.values, ref)
+    # a float result: NaN in memory, nodata= as the encoded (on-disk) value
+    out = stitch_anchors(small_scene, outs.astype(np.float32), anchors, nodata=-9999.0)
+    assert out.rio.encoded_nodata == -9999.0 and np.isnan(out.values[hole]).all()
+
+
+def test_stitch_agg_errors(small_scene) -> None:
+    anchors = np.array([[0, 0], [10, 15]])
+    outs = np.ones((2, 3, 16, 16), np.float32)
+    with pytest.raises(ParameterError, match="unknown agg"):
+        stitch_anchors(small_scene, outs, anchors, agg="median")
+    with pytest.raises(ParameterError, match="n_classes"):
+        stitch_anchors(small_scene, outs, anchors, agg="vote")
+    with pytest.raises(DimensionError, match="class"):
+        stitch_anchors(small_scene, outs[:, 0], anchors, agg="soft_vote")
+    with pytest.raises(ParameterError, match="numbers"):
+        stitch_anchors(small_scene, outs.astype(np.complex64), anchors)
+    # labels outside [0, n_classes) are refused when the block is computed
+    with pytest.raises(OperatorError, match="n_classes"):
+        stitch_anchors(small_scene, outs * 7, anchors, agg="vote", n_classes=3).compute()
+    # soft_vote reduces the class axis; the chip-dim coordinates do not leak
+    lab = stitch_anchors(small_scene, outs, anchors, agg="soft_vote")
+    assert lab.dims == ("y", "x") and lab.dtype == np.uint8 and lab.rio.nodata == 255

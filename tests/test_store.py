@@ -34,7 +34,7 @@ def scene() -> xr.DataArray:
     return make_scene((1500, 1300), seed=2, chunks=512)
 
 
-def zarr_values(path: Path, var: str = "dn") -> np.ndarray:
+def zarr_values(path: Path, var: str = "ndvi") -> np.ndarray:
     return np.asarray(zarr.open_array(str(path), path=var, mode="r")[...])
 
 
@@ -47,7 +47,7 @@ def test_store_fidelity_and_georeference(scene: xr.DataArray, tmp_path: Path) ->
     assert np.abs(out.values - lazy).max() <= 1e-6
     assert np.abs(out.values - full).max() <= 1e-6
     # plain xarray + rioxarray see the CRS and transform
-    plain = xr.open_zarr(tmp_path / "ndvi.zarr")["dn"]
+    plain = xr.open_zarr(tmp_path / "ndvi.zarr")["ndvi"]
     assert plain.rio.crs == scene.rio.crs
     assert plain.rio.transform() == scene.rio.transform()
     assert out.dims == ("band", "y", "x")

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+import xarray as xr
 from dask.base import tokenize
 from scipy.signal import windows as sw
 
@@ -472,3 +475,25 @@ def test_2d_weights_exact_products_of_1d(name: str) -> None:
     assert win.wy is not None and win.wx is not None
     exact = np.outer(win.wy, win.wx)
     np.testing.assert_array_equal(win.weights().astype(np.float64), exact)
+
+
+@pytest.mark.parametrize("spec", ["hamming", ("kaiser", 8.0), ("general_gaussian", 1.5, 7)])
+def test_any_scipy_window_spec(spec: Any) -> None:
+    import patchflow
+
+    win = make_window(spec, (24, 20))
+    ref = sw.get_window(spec, 26, fftbins=False)[1:-1]
+    assert win.wy is not None
+    np.testing.assert_allclose(win.wy, ref / ref.max(), rtol=0, atol=Q / 2)
+    # and it stitches a pointwise op exactly, edges included
+    scene = np.random.default_rng(0).uniform(1, 2, (1, 90, 70))
+    arr = xr.DataArray(scene, dims=("band", "y", "x"))
+    out = patchflow.apply(arr, lambda c: c * 3.0, size=24, stride=16, window=spec).values
+    np.testing.assert_allclose(out, scene * 3.0, rtol=1e-12)
+
+
+def test_scipy_spec_errors_are_window_errors() -> None:
+    with pytest.raises(WindowError, match="get_window"):
+        make_window(("kaiser",), (8, 8))
+    with pytest.raises(WindowError, match="only apply to patchflow's named windows"):
+        make_window("hamming", (8, 8), alpha=0.5)

@@ -1,0 +1,152 @@
+"""The xarray/rioxarray boundary: every way patchflow reads labelled input lives here.
+
+What it owns: turning a DataArray or Dataset into the one DataArray layout the engine and
+the samplers work on (:func:`as_dataarray`), finding the spatial dims
+(:func:`spatial_dims`) and reading the georeference (:func:`transform_of`,
+:func:`georef`). Nodata *rules* live in :mod:`patchflow.nodata`; this module only applies
+them where a Dataset's variables are stacked (each variable's own nodata becomes NaN first,
+because stacking keeps one set of attrs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from patchflow.errors import DimensionError
+
+__all__ = [
+    "as_dataarray",
+    "georef",
+    "spatial_dims",
+    "spatial_last",
+    "transform_of",
+    "write_georef",
+]
+
+
+def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, Hashable]:
+    """The ``(y, x)`` dimension names rioxarray sees on ``obj``.
+
+    Raises
+    ------
+    DimensionError
+        When there are none, naming the dims found and how to declare them.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, rioxarray
+    >>> spatial_dims(xr.DataArray(np.zeros((2, 3, 4)), dims=("band", "y", "x")))
+    ('y', 'x')
+    """
+    try:
+        return obj.rio.y_dim, obj.rio.x_dim
+    except Exception as exc:  # rioxarray raises its own MissingSpatialDimensionError
+        raise DimensionError(
+            f"no spatial dimensions found among {tuple(obj.dims)}; patchflow needs y/x "
+            "(or latitude/longitude) dims: rename yours, or declare them with "
+            "obj.rio.set_spatial_dims(x_dim=..., y_dim=...)"
+        ) from exc
+
+
+def as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    """``obj`` as one DataArray; a Dataset's variables stacked along a leading ``variable``.
+
+    Each variable's own nodata is masked to NaN before stacking (stacking keeps one set of
+    attrs, so a per-variable nodata would otherwise be lost), grid-mapping variables
+    (``spatial_ref``) become coordinates, and the CRS is carried over.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> band = (("y", "x"), np.ones((3, 4)))
+    >>> ds = xr.Dataset({"red": band, "nir": band})
+    >>> as_dataarray(ds).dims
+    ('variable', 'y', 'x')
+    """
+    if isinstance(obj, xr.DataArray):
+        return obj
+    if isinstance(obj, xr.Dataset):
+        obj = _grid_mappings_as_coords(obj)
+        if not obj.data_vars:
+            raise DimensionError("the Dataset has no data variables to process")
+        y, x = spatial_dims(obj)
+        missing = [str(n) for n, v in obj.data_vars.items() if y not in v.dims or x not in v.dims]
+        if missing:
+            raise DimensionError(
+                f"data variables {missing} are not on the ({y!r}, {x!r}) grid the others use "
+                "(different spatial dims); resample them onto it first (e.g. "
+                "rio.reproject_match), or select the variables to process, e.g. ds[['red', 'nir']]"
+            )
+        masked = {name: _mask_nodata(var) for name, var in obj.data_vars.items()}
+        out = obj.assign(masked).to_dataarray(dim="variable")
+        crs = obj.rio.crs
+        if crs is not None:
+            out = out.rio.write_crs(crs)
+        return out
+    raise TypeError(f"patchflow needs an xarray DataArray or Dataset, got {type(obj).__name__}")
+
+
+def spatial_last(arr: xr.DataArray) -> xr.DataArray:
+    """``arr`` transposed to ``(*others, y, x)`` (the order chips are cut in)."""
+    y, x = spatial_dims(arr)
+    others = [d for d in arr.dims if d not in (y, x)]
+    return arr.transpose(*others, y, x)
+
+
+def _grid_mappings_as_coords(ds: xr.Dataset) -> xr.Dataset:
+    """CF grid-mapping variables (``spatial_ref``) are metadata, not data to process."""
+    names = {
+        str(v.attrs.get("grid_mapping") or v.encoding.get("grid_mapping") or "")
+        for v in ds.data_vars.values()
+    }
+    names.add("spatial_ref")
+    found = [n for n in names if n in ds.data_vars and ds[n].ndim == 0]
+    return ds.set_coords(found) if found else ds
+
+
+def _mask_nodata(var: xr.DataArray) -> xr.DataArray:
+    nodata = var.rio.nodata
+    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)):
+        return var
+    dtype = np.float32 if var.dtype.itemsize <= 2 else np.float64
+    masked = var.astype(dtype).where(var != nodata)
+    return masked.rio.write_nodata(np.nan, encoded=False)
+
+
+def transform_of(obj: xr.DataArray | xr.Dataset) -> Any:
+    """The affine transform from the y/x coordinates, or ``None`` without regular ones."""
+    try:
+        return obj.rio.transform(recalc=True)
+    except Exception:  # no regular y/x coordinates: nothing to carry
+        return None
+
+
+def georef(arr: xr.DataArray) -> tuple[Any, Any]:
+    """``(transform, crs)``; the transform is ``None`` without y/x coordinates."""
+    y, x = arr.dims[-2:]
+    transform = transform_of(arr) if (y in arr.coords and x in arr.coords) else None
+    return transform, arr.rio.crs
+
+
+def write_georef(
+    out: xr.DataArray, *, crs: Any, transform: Any, nodata: Any, encoded: Any = None
+) -> xr.DataArray:
+    """``out`` with CRS, transform and nodata written the rioxarray way (the one writer).
+
+    ``encoded`` (a float result's on-disk nodata) wins: NaN in memory, that value on disk.
+    ``nodata=None`` declares no nodata at all (nothing can be invalid).
+    """
+    if crs is not None:
+        out = out.rio.write_crs(crs)
+    if transform is not None:
+        out = out.rio.write_transform(transform)
+    if encoded is not None:
+        return out.rio.write_nodata(encoded, encoded=True)
+    if nodata is None:
+        return out
+    return out.rio.write_nodata(nodata, encoded=False)

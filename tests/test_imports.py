@@ -1,0 +1,153 @@
+"""What ``import patchflow`` costs, and patchflow without matplotlib (issues 13 and 14).
+
+Every check runs in a fresh interpreter: ``sys.modules`` of the test process already holds
+whatever other tests imported. matplotlib is an optional extra (``patchflow[plot]``); its
+absence is simulated with ``sys.modules["matplotlib"] = None``, which makes every
+``import matplotlib`` (and ``matplotlib.*``) raise ``ImportError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from patchflow.synthetic import make_scene
+
+#: Modules ``import patchflow`` must not load: optional (matplotlib, torch) or slow to
+#: import and only needed once a window is built (scipy.signal, ~0.7 s).
+HEAVY = ("matplotlib", "scipy.signal", "torch")
+
+NO_MATPLOTLIB = 'import sys; sys.modules["matplotlib"] = None\n'
+
+
+def python(code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (warnings off, so stderr is only ours)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def loaded_after(statement: str) -> list[str]:
+    """Which of :data:`HEAVY` are in ``sys.modules`` after ``statement``."""
+    proc = python(
+        f"import json, sys\n{statement}\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded: list[str] = json.loads(proc.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_import_patchflow_loads_no_heavy_modules() -> None:
+    assert loaded_after("import patchflow") == []
+
+
+def test_plotting_demo_and_cli_modules_import_matplotlib_lazily() -> None:
+    statement = (
+        "import patchflow.plotting, patchflow.demo, patchflow.cli\npatchflow.cli.build_parser()"
+    )
+    assert "matplotlib" not in loaded_after(statement)
+
+
+def test_scipy_signal_is_imported_when_a_window_is_built() -> None:
+    statement = "import patchflow\nassert patchflow.make_window('hann', (8, 8)).separable"
+    assert loaded_after(statement) == ["scipy.signal"]
+
+
+# --------------------------------------------------------------------------- no matplotlib
+
+PLOTTING_WITHOUT_MATPLOTLIB = (
+    NO_MATPLOTLIB
+    + """
+import tempfile
+from pathlib import Path
+
+from patchflow import PatchflowError
+from patchflow.demo import run_demo
+from patchflow.plotting import (
+    decimation, demo_figure, draw_chip_grid, grid_figure, require_matplotlib, save_figure,
+    scene_image, thumbnail,
+)
+from patchflow.synthetic import make_scene
+
+scene = make_scene((300, 300), seed=1)
+layout = scene.patch.grid(size=128, stride=96)
+# the numpy-only helpers work without matplotlib
+assert decimation((300, 300), 100) == 3
+assert scene_image(thumbnail(scene, 100)).shape == (100, 100, 3)
+
+calls = {
+    "require_matplotlib": lambda: require_matplotlib(),
+    "grid_figure": lambda: grid_figure(scene, layout),
+    "demo_figure": lambda: demo_figure(scene, scene[:1], scene[:1], layout),
+    "draw_chip_grid": lambda: draw_chip_grid(None, layout),
+    "save_figure": lambda: save_figure(None, "never.png"),
+}
+with tempfile.TemporaryDirectory() as tmp:
+    out = Path(tmp) / "demo"
+    calls["run_demo"] = lambda: run_demo(300, out, preview=True)
+    for name, call in calls.items():
+        try:
+            call()
+        except PatchflowError as exc:
+            assert "patchflow[plot]" in str(exc), (name, str(exc))
+            assert isinstance(exc.__cause__, ImportError), (name, exc.__cause__)
+        else:
+            raise AssertionError(f"{name} did not raise without matplotlib")
+    assert not out.exists(), "run_demo(preview=True) started the job before failing"
+    # ... and without a preview the demo runs
+    assert run_demo(300, out, preview=False).ok
+print("ok")
+"""
+)
+
+
+def test_plotting_functions_name_the_plot_extra_without_matplotlib() -> None:
+    proc = python(PLOTTING_WITHOUT_MATPLOTLIB)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
+CLI_WITHOUT_MATPLOTLIB = (
+    NO_MATPLOTLIB + "from patchflow.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_cli_grid_png_names_the_plot_extra_without_matplotlib(tmp_path: Path) -> None:
+    tif = tmp_path / "scene.tif"
+    make_scene((600, 500), seed=3, chunks=None).rio.to_raster(tif)
+    png = tmp_path / "grid.png"
+    proc = python(CLI_WITHOUT_MATPLOTLIB, "grid", str(tif), "--size", "256", "--png", str(png))
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("patchflow: error: --png needs matplotlib")
+    assert "patchflow[plot]" in lines[0]
+    assert not png.exists()
+    # without --png the command does not need matplotlib
+    plain = python(CLI_WITHOUT_MATPLOTLIB, "grid", str(tif), "--size", "256")
+    assert plain.returncode == 0, plain.stderr
+    assert "chips: 3 x 3 = 9" in plain.stdout
+
+
+@pytest.mark.slow
+def test_cli_demo_skips_the_preview_without_matplotlib(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = python(CLI_WITHOUT_MATPLOTLIB, "demo", "--size", "512", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "matplotlib is not installed, skipping the PNG preview" in proc.stderr
+    assert "patchflow[plot]" in proc.stderr
+    assert "-> OK" in proc.stdout and "preview:" not in proc.stdout
+    assert (out / "ndvi.zarr").is_dir()
+    assert not (out / "preview.png").exists()
