@@ -1,4 +1,8 @@
-"""The only module that builds dask graphs.
+"""The graph of ``apply``/``run``: the engine's dask graph builder.
+
+(The sampler-side graphs — chip arrays, anchor stitching, zonal statistics — are still
+built in :mod:`patchflow.sampling`, on the same aggregators and the same direct-read
+helper, :func:`direct_read`; moving them here is open work.)
 
 Two layers, each with one task per block:
 

@@ -1,4 +1,8 @@
-"""The only module that touches Zarr: streaming a job into a store, resume, accumulation.
+"""The result store: streaming a job into Zarr, resume, accumulation, verification.
+
+(Zarr is also read and written by :mod:`patchflow.sampling` — chip stores, via xarray —
+:mod:`patchflow.torch_data` and the CLI's input reader; the engine modules never touch it,
+which ``lint-imports`` enforces.)
 
 Store layout (Zarr v3 group, readable with ``xr.open_zarr`` + rioxarray)::
 
