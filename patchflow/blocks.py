@@ -8,10 +8,10 @@ untouched instead of scanning them for keys.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from functools import lru_cache, partial
+from typing import Any, overload
 
 import numpy as np
 
@@ -278,7 +278,11 @@ def _failed(spec: EngineSpec, where: str, exc: Exception) -> OperatorError:
 
 
 def _check(
-    spec: EngineSpec, out: np.ndarray, expected: tuple[int, ...], where: str, given: tuple[int, ...]
+    spec: EngineSpec,
+    out: np.ndarray,
+    expected: tuple[int, ...],
+    where: str | _Lazy,
+    given: tuple[int, ...],
 ) -> None:
     if out.shape != expected:
         raise OperatorError(
@@ -293,8 +297,48 @@ def _check(
         )
 
 
+class _ChipNames(Sequence[str]):
+    """Chip descriptions for error messages, built only when one is read.
+
+    Describing a chip (CRS bounds through the transform) costs a few small numpy calls;
+    doing it for every chip of every batch held the GIL for nothing on the happy path.
+    """
+
+    def __init__(self, describe: Callable[[int], str], n: int) -> None:
+        self._describe, self._n = describe, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, k: int) -> str: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[str]: ...
+    def __getitem__(self, k: int | slice) -> str | list[str]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self._n))]
+        if not -self._n <= k < self._n:
+            raise IndexError(k)
+        return self._describe(k % self._n)
+
+
+class _Lazy:
+    """Text formatted only if an error message needs it."""
+
+    def __init__(self, text: Callable[[], str]) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+def _batch_name(labels: Sequence[str]) -> _Lazy:
+    """``chips A … B`` for a batch (lazily)."""
+    return _Lazy(lambda: f"chips {labels[0]} … {labels[-1]}" if len(labels) > 1 else labels[0])
+
+
 def _run_looped(
-    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
+    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: Sequence[str]
 ) -> tuple[np.ndarray, list[int]]:
     """Like :func:`_run_batch`, running the op once per step of the looped dims (e.g. time)."""
     if not spec.loop:
@@ -302,18 +346,18 @@ def _run_looped(
     n, steps = len(chips), math.prod(spec.loop)
     flat = chips.reshape(n * steps, *chips.shape[1 + len(spec.loop) :])
     flat_mask = None if mask is None else mask.reshape(n * steps, *mask.shape[-2:])
-    flat_labels = [f"{label}, step {t}" for label in labels for t in range(steps)]
+    flat_labels = _ChipNames(lambda k: f"{labels[k // steps]}, step {k % steps}", n * steps)
     out, failed = _run_batch(spec, flat, flat_mask, flat_labels)
     return out.reshape(n, *spec.loop, *out.shape[1:]), sorted({f // steps for f in failed})
 
 
 def _run_batch(
-    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
+    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: Sequence[str]
 ) -> tuple[np.ndarray, list[int]]:
     """Op outputs ``(n, *out_lead, h', w')`` and the indices of chips that failed (masked)."""
     expected = (*spec.out_lead, *spec.out_size)
     if spec.batched:
-        where = f"chips {labels[0]} … {labels[-1]}" if len(labels) > 1 else labels[0]
+        where = _batch_name(labels)
         try:
             out = _call_once(spec, chips, mask)
         except OperatorError:
@@ -327,7 +371,7 @@ def _run_batch(
 
 
 def _per_chip(
-    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: list[str]
+    spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: Sequence[str]
 ) -> tuple[np.ndarray, list[int]]:
     """Call the op chip by chip: the plain convention, or a failed batch being isolated.
 
@@ -349,7 +393,7 @@ def _per_chip(
                 raise _failed(spec, labels[k], exc) from exc
             failed.append(k)
             out = np.zeros(expected, spec.agg.op_dtype)
-        _check(spec, out, expected, labels[k], chip.shape)
+        _check(spec, out, expected, _Lazy(partial(labels.__getitem__, k)), chip.shape)
         outs.append(out[0] if spec.batched else out)
     return np.stack(outs), failed
 
@@ -363,6 +407,11 @@ def _rescale_mask(mask: np.ndarray, num: int, den: int) -> np.ndarray:
         blocks = mask.reshape(*lead, h // den, den, w // den, den)
         mask = np.asarray(blocks.all(axis=(-3, -1)))
     return mask
+
+
+def _describe(spec: EngineSpec, ids: list[int], pos: np.ndarray, r0: int, c0: int, k: int) -> str:
+    """Chip ``k`` of a batch, for error messages (its id and scene window)."""
+    return spec.describe(ids[k], int(pos[k][0]) + r0, int(pos[k][1]) + c0)
 
 
 def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarray]]) -> State:
@@ -451,7 +500,9 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
         vmask = (
             None if valid is None else np.stack([valid[..., r : r + h, c : c + w] for r, c in pos])
         )
-        labels = [spec.describe(ids[lo + k], r + r0, c + c0) for k, (r, c) in enumerate(pos)]
+        labels = _ChipNames(
+            partial(_describe, spec, ids[lo : lo + len(pos)], pos, r0, c0), len(pos)
+        )
         out, failed = _run_looped(spec, chips, vmask, labels)
         omask: np.ndarray | None
         if elem_valid is not None:

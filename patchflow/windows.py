@@ -30,9 +30,8 @@ import numpy as np
 
 from patchflow.errors import WindowError
 
-# scipy.signal is imported inside the window functions, on first use: importing it takes
-# ~0.7 s (it pulls in scipy.stats, scipy.sparse and scipy.fft), which `import patchflow`
-# should not pay.
+# scipy.signal is imported only for windows given as scipy specs (_scipy_1d): importing
+# it takes ~0.6 s (it pulls in scipy.stats, scipy.sparse and scipy.fft).
 
 __all__ = ["WINDOWS", "Window", "WindowSpec", "make_window"]
 
@@ -43,40 +42,64 @@ def _interior(values: np.ndarray) -> np.ndarray:
     return np.asarray(values[1:-1], dtype=np.float64)
 
 
-def _hann(n: int) -> np.ndarray:
-    from scipy.signal import windows as sw
+# The built-in windows are the textbook formulas of scipy.signal.windows (symmetric
+# forms), written out in numpy: importing scipy.signal costs ~0.6 s per process, which the
+# default (Hann) path should not pay. tests/test_windows.py checks them against scipy;
+# other scipy windows go through scipy.signal.get_window (see _scipy_1d).
 
-    return _interior(sw.hann(n + 2, sym=True))
+
+def _hann_sym(m: int) -> np.ndarray:
+    if m == 1:
+        return np.ones(1)
+    k = np.arange(m, dtype=np.float64)
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * k / (m - 1))
+
+
+def _triang_sym(m: int) -> np.ndarray:
+    k = np.arange(1, (m + 1) // 2 + 1, dtype=np.float64)
+    if m % 2 == 0:
+        half = (2.0 * k - 1.0) / m
+        return np.concatenate([half, half[::-1]])
+    half = 2.0 * k / (m + 1.0)
+    return np.concatenate([half, half[-2::-1]])
+
+
+def _hann(n: int) -> np.ndarray:
+    return _interior(_hann_sym(n + 2))
 
 
 def _boxcar(n: int) -> np.ndarray:
-    from scipy.signal import windows as sw
-
-    return np.asarray(sw.boxcar(n), dtype=np.float64)
+    return np.ones(n, dtype=np.float64)
 
 
 def _triangular(n: int) -> np.ndarray:
-    from scipy.signal import windows as sw
-
-    return _interior(sw.triang(n + 2, sym=True))
+    return _interior(_triang_sym(n + 2))
 
 
 def _gaussian(n: int, sigma: float | None = None) -> np.ndarray:
-    from scipy.signal import windows as sw
-
     # sigma in pixels; the default puts the chip edge at ~2.5 sigma, close to MONAI's 0.125*size
     std = n / 5.0 if sigma is None else float(sigma)
     if std <= 0:
         raise WindowError(f"gaussian sigma must be positive, got {sigma!r}")
-    return np.asarray(sw.gaussian(n, std, sym=True), dtype=np.float64)
+    k = np.arange(n, dtype=np.float64) - (n - 1.0) / 2.0
+    return np.exp(-(k**2) / (2.0 * std * std))
 
 
 def _tukey(n: int, alpha: float = 0.5) -> np.ndarray:
-    from scipy.signal import windows as sw
-
     if not 0.0 <= float(alpha) <= 1.0:
         raise WindowError(f"tukey alpha must be within [0, 1], got {alpha!r}")
-    return _interior(sw.tukey(n + 2, float(alpha), sym=True))
+    a, m = float(alpha), n + 2
+    if a <= 0:
+        return np.ones(n, dtype=np.float64)
+    if a >= 1:
+        return _hann(n)
+    k = np.arange(m, dtype=np.float64)
+    width = int(np.floor(a * (m - 1) / 2.0))
+    w = np.ones(m, dtype=np.float64)
+    k1, k3 = k[: width + 1], k[m - width - 1 :]
+    w[: width + 1] = 0.5 * (1.0 + np.cos(np.pi * (-1.0 + 2.0 * k1 / a / (m - 1))))
+    w[m - width - 1 :] = 0.5 * (1.0 + np.cos(np.pi * (-2.0 / a + 1.0 + 2.0 * k3 / a / (m - 1))))
+    return _interior(w)
 
 
 def _spline(n: int, power: float = 2.0) -> np.ndarray:
@@ -87,9 +110,7 @@ def _spline(n: int, power: float = 2.0) -> np.ndarray:
     ``1 - (2(1-t))**p / 2``; both meet at 1/2 for ``t = 1/2``, so blending two chips that
     overlap by half gives a smooth, monotone hand-over.
     """
-    from scipy.signal import windows as sw
-
-    t = _interior(sw.triang(n + 2, sym=True))
+    t = _interior(_triang_sym(n + 2))
     outer = (2.0 * t) ** power / 2.0
     inner = 1.0 - (2.0 * (1.0 - t)) ** power / 2.0
     return np.where(t <= 0.5, outer, inner)
