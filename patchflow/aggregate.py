@@ -16,11 +16,14 @@ max / min      the maximum / minimum over chips
 vote           the most frequent integer label; ties go to the label with the higher
                summed window weight, then to the lower label
 soft_vote      ``argmax`` over classes of the overlap-added class scores
-centre         the value from the chip whose centre is nearest (ties: lower chip index)
+centre         the value from the chip whose centre is nearest, per band (ties: lower
+               chip index; a band invalid in that chip takes the next nearest chip's)
 ============== ===================================================================
 
-Invalid contributions (input NaN/nodata under the pixel, or a non-finite op output) carry
-zero weight. A pixel nothing valid reaches comes out as NaN (floats) or ``nodata`` (ints).
+Invalid contributions (a non-finite op output, a failed chip, or — for non-float outputs
+and with a ``fill_value`` — invalid input under the pixel; see :mod:`patchflow.nodata`)
+carry zero weight. A pixel nothing valid reaches comes out as NaN (floats) or ``nodata``
+(ints); sums are float32, or float64 where the outputs are whole numbers (exact).
 
 The overlap-add denominator of a separable window on a regular grid depends on geometry
 only: it is the outer product of per-axis weight sums. A partial whose chips saw no invalid
