@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from patchflow.errors import DimensionError
+from patchflow.errors import DimensionError, InputTypeError
 
 __all__ = [
     "as_dataarray",
@@ -88,7 +88,10 @@ def as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
         if crs is not None:
             out = out.rio.write_crs(crs)
         return out
-    raise TypeError(f"patchflow needs an xarray DataArray or Dataset, got {type(obj).__name__}")
+    raise InputTypeError(
+        f"patchflow needs an xarray DataArray or Dataset, got {type(obj).__name__}; wrap a "
+        "numpy/dask array first, e.g. xr.DataArray(arr, dims=('band', 'y', 'x'))"
+    )
 
 
 def spatial_last(arr: xr.DataArray) -> xr.DataArray:

@@ -21,6 +21,7 @@ __all__ = [
     "ForeignFilesError",
     "GridError",
     "IncompleteStoreError",
+    "InputTypeError",
     "NodataCollisionError",
     "OperatorError",
     "OutputOverlapsInputError",
@@ -59,6 +60,10 @@ class WindowError(ParameterError):
 
 class ConfigError(ParameterError):
     """An operator config cannot be written or read (unknown name, bad params, Lambda…)."""
+
+
+class InputTypeError(PatchflowError, TypeError):
+    """An argument has the wrong type (not an xarray object, not callable, not a tensor…)."""
 
 
 class DimensionError(PatchflowError, ValueError):

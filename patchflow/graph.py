@@ -1,10 +1,20 @@
-"""The graph of ``apply``/``run``: the engine's dask graph builder.
+"""The engine's dask graph builder: the only module of patchflow that builds dask graphs.
 
-(The sampler-side graphs — chip arrays, anchor stitching, zonal statistics — are still
-built in :mod:`patchflow.sampling`, on the same aggregators and the same direct-read
-helper, :func:`direct_read`; moving them here is open work.)
+Every graph patchflow writes by hand (layers of tasks, ``HighLevelGraph`` objects, and the
+``dask.array`` or ``Delayed`` collections made from them) is assembled here; other modules
+only use dask's collection API (``map_blocks``, ``rechunk``, ``dask.delayed``…) or refer to
+keys of a graph built here. The task functions run on the workers and live below, in
+:mod:`patchflow.blocks` (``apply``/``run``) and :mod:`patchflow.chip_kernels` (the sampler
+side); callers plan the work and pass the plan in as plain data.
 
-Two layers, each with one task per block:
+The sampler-side graphs, each one task per planned group or block (planned by
+:mod:`patchflow.sampling`): :func:`chip_array_graph` (``patchflow-sample-<token>``, plus
+``patchflow-sample-read-<token>`` direct reads through :func:`direct_read`),
+:func:`anchor_stitch_graph` (``patchflow-anchors-stitch-<token>``) and
+:func:`zonal_graph` (``patchflow-zonal-<token>`` and ``patchflow-zonal-merge-<token>``).
+
+The graph of ``apply``/``run`` (:func:`build_graph`) has two layers, each with one task
+per block:
 
 ``patchflow-chips-<token>``
     per working block ``(i, j)``: gathers the input chunks its region touches (its own chunk
@@ -21,13 +31,14 @@ so rebuilding the same computation yields the same graph.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
+from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from patchflow._dask_compat import chunk_getter_call, make_getter_task
@@ -40,15 +51,35 @@ from patchflow.blocks import (
     split_halo,
     stitch_block,
 )
+from patchflow.chip_kernels import (
+    GroupSpec,
+    StitchSpec,
+    ZoneSpec,
+    assemble,
+    stitch_anchor_block,
+    zonal_block,
+    zonal_merge,
+)
 from patchflow.plan import BlockPlan
 
 __all__ = [
+    "ANCHORS_STITCH_PREFIX",
     "CHIPS_PREFIX",
+    "SAMPLE_PREFIX",
+    "SAMPLE_READ_PREFIX",
     "STITCH_PREFIX",
     "WRITE_PREFIX",
+    "ZONAL_PREFIX",
+    "AnchorBlock",
+    "ChipGroup",
+    "ChipPiece",
+    "ZoneBlock",
+    "anchor_stitch_graph",
     "build_graph",
+    "chip_array_graph",
     "direct_read",
     "input_tasks",
+    "zonal_graph",
 ]
 
 CHIPS_PREFIX = "patchflow-chips"
@@ -290,3 +321,149 @@ def build_graph(
         out_dtype = np.dtype(np.int8)
     meta = np.empty((0,) * (len(out_lead) + 2), dtype=out_dtype)
     return da.Array(graph, stitch_name, chunks=chunks, meta=meta)
+
+
+# --------------------------------------------------------------------------- sampler graphs
+#
+# The graphs behind :mod:`patchflow.sampling`: the caller plans which chips (or polygons) go
+# to which task and hands the plan over as plain data; these functions only turn a plan into
+# layers and a dask collection. The task functions are in :mod:`patchflow.chip_kernels`.
+
+SAMPLE_PREFIX = "patchflow-sample"
+SAMPLE_READ_PREFIX = "patchflow-sample-read"
+#: not ``patchflow-stitch-…``: that prefix is apply's stitch layer
+ANCHORS_STITCH_PREFIX = "patchflow-anchors-stitch"
+ZONAL_PREFIX = "patchflow-zonal"
+
+#: one piece of a chip inside one source chunk: ``(chip index, (chunk row, chunk col),
+#: (rows, cols) inside the chunk, (rows, cols) inside the chip)``, spans as ``(start, stop)``
+ChipPiece = tuple[
+    int, tuple[int, int], tuple[tuple[int, int], tuple[int, int]], tuple[tuple[int, int], ...]
+]
+
+
+@dataclass(frozen=True)
+class ChipGroup:
+    """One task of a chip array: chips ``start:stop`` and their pieces (in chip order)."""
+
+    start: int
+    stop: int
+    pieces: tuple[ChipPiece, ...]
+
+
+@dataclass(frozen=True)
+class AnchorBlock:
+    """One output block ``(i, j)`` of an anchor stitch: its spec and the chip-output chunks
+    (along the chip axis, in the order of ``spec.chips``) it reads."""
+
+    index: tuple[int, int]
+    spec: StitchSpec
+    chunks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ZoneBlock:
+    """One input block ``(i, j)`` of a zonal-statistics graph and its spec."""
+
+    index: tuple[int, int]
+    spec: ZoneSpec
+
+
+def chip_array_graph(
+    data: da.Array, groups: Sequence[ChipGroup], size: tuple[int, int], token: str
+) -> da.Array:
+    """Lazy ``(n, *lead, h, w)`` chips of ``data`` (``(*lead, H, W)``, lead in one chunk).
+
+    One task per group. A piece inside a source chunk is read straight from storage when
+    the chunk task is a plain getter (:func:`direct_read`); otherwise the task receives the
+    source chunk and copies the piece out of it. Keys: ``patchflow-sample-<token>`` (chips)
+    and ``patchflow-sample-read-<token>`` (direct reads).
+    """
+    h, w = size
+    lead = tuple(data.shape[:-2])
+    lead_idx = (0,) * len(lead)
+    name, read_name = f"{SAMPLE_PREFIX}-{token}", f"{SAMPLE_READ_PREFIX}-{token}"
+    source = input_tasks(data)
+    layer: dict[Any, Any] = {}
+    for g, group in enumerate(groups):
+        pieces: list[tuple[int, tuple[int, int], tuple[int, int], Any]] = []
+        keys: list[Any] = []
+        for k, (a, b), (sy, sx), (dy, dx) in group.pieces:
+            key = (data.name, *lead_idx, a, b)
+            read_key = (read_name, k, a, b)
+            direct = direct_read(source, key, read_key, sy, sx)
+            if direct is not None:
+                layer[read_key] = direct
+                keys.append(read_key)
+                pieces.append((k - group.start, dy, dx, None))
+            else:
+                keys.append(key)
+                pieces.append((k - group.start, dy, dx, (sy, sx)))
+        spec = GroupSpec(
+            (group.stop - group.start, *lead, h, w), np.dtype(data.dtype), tuple(pieces)
+        )
+        layer[(name, g, *lead_idx, 0, 0)] = (assemble, spec, keys)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
+    sizes = tuple(group.stop - group.start for group in groups) or (0,)
+    chunks = (sizes, *((v,) for v in lead), (h,), (w,))
+    return da.Array(graph, name, chunks=chunks, dtype=data.dtype)
+
+
+def anchor_stitch_graph(
+    values: da.Array,
+    blocks: Sequence[AnchorBlock],
+    token: str,
+    *,
+    lead: tuple[int, ...],
+    out_chunks: tuple[tuple[int, ...], tuple[int, ...]],
+    dtype: Any,
+) -> da.Array:
+    """Lazy ``(*lead, H, W)`` stitch of chip outputs ``values`` (``(n, …, h, w)``, one chunk
+    along every axis but the first): one task per output block, reading only its chunks.
+
+    Keys: ``patchflow-anchors-stitch-<token>``.
+    """
+    out_name = f"{ANCHORS_STITCH_PREFIX}-{token}"
+    lead_idx = (0,) * len(lead)
+    inner = (0,) * (values.ndim - 1)
+    layer: dict[Any, Any] = {}
+    for block in blocks:
+        keys = [(values.name, int(ck), *inner) for ck in block.chunks]
+        layer[(out_name, *lead_idx, *block.index)] = (stitch_anchor_block, block.spec, keys)
+    graph = HighLevelGraph.from_collections(out_name, layer, dependencies=[values])  # type: ignore[list-item]
+    return da.Array(graph, out_name, chunks=(*((v,) for v in lead), *out_chunks), dtype=dtype)
+
+
+def zonal_graph(
+    data: da.Array,
+    blocks: Sequence[ZoneBlock],
+    token: str,
+    *,
+    n: int,
+    bands: int,
+    stats: tuple[str, ...],
+) -> Delayed:
+    """Per-polygon statistics tables (``{stat: (n, bands)}``) of ``data``, as a ``Delayed``.
+
+    One task per listed block (reading only that chunk) returns partial statistics; one
+    merge task combines them. Keys: ``(patchflow-zonal-<token>, "block", i, j)`` and
+    ``patchflow-zonal-merge-<token>``.
+    """
+    name = f"{ZONAL_PREFIX}-{token}"
+    merge_name = f"{ZONAL_PREFIX}-merge-{token}"
+    lead_idx = (0,) * (data.ndim - 2)
+    layer: dict[Any, Any] = {}
+    block_keys = []
+    for block in blocks:
+        key = (name, "block", *block.index)
+        layer[key] = (zonal_block, block.spec, (data.name, *lead_idx, *block.index))
+        block_keys.append(key)
+    base = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
+    graph = HighLevelGraph(
+        {
+            **base.layers,
+            merge_name: {merge_name: (zonal_merge, n, bands, stats, block_keys)},
+        },
+        {**base.dependencies, merge_name: {name}},
+    )
+    return Delayed(merge_name, graph)

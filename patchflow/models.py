@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from patchflow.errors import ParameterError
+from patchflow.errors import InputTypeError, ParameterError
 from patchflow.ops import ConfigError, Operator, Spec
 
 __all__ = ["ModelOp", "is_torch_module", "tiny_cnn"]
@@ -204,7 +204,7 @@ class ModelOp(Operator):
         with torch.inference_mode():
             y = self.model(tensor)
         if not isinstance(y, torch.Tensor):
-            raise TypeError(
+            raise InputTypeError(
                 f"the model returned {type(y).__name__}; ModelOp needs a single tensor "
                 "(wrap the model to pick one output)"
             )

@@ -61,7 +61,7 @@ from typing import Any, ClassVar, TypeVar, overload
 import numpy as np
 import numpy.typing as npt
 
-from patchflow.errors import ConfigError, ParameterError
+from patchflow.errors import ConfigError, InputTypeError, ParameterError
 
 __all__ = [
     "COMPOSITE_STATS",
@@ -110,7 +110,7 @@ class Batched:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         if not callable(fn):
-            raise TypeError(f"batched() needs a callable, got {type(fn).__name__}")
+            raise InputTypeError(f"batched() needs a callable, got {type(fn).__name__}")
         self.fn = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -180,7 +180,7 @@ def register(arg: Any, /) -> Any:
 
     def deco(cls: _O, name: str | None = None) -> _O:
         if not (isinstance(cls, type) and issubclass(cls, Operator)):
-            raise TypeError(f"register() needs an Operator subclass, got {cls!r}")
+            raise InputTypeError(f"register() needs an Operator subclass, got {cls!r}")
         key = name or cls.__name__
         old = _REGISTRY.get(key)
         if old is not None and old is not cls:

@@ -44,13 +44,26 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
-from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 
 from patchflow._xr import as_dataarray, georef, spatial_last, write_georef
-from patchflow.aggregate import Aggregator, ChipBatch, make_aggregator
-from patchflow.errors import DimensionError, ParameterError, PatchflowError
-from patchflow.graph import direct_read, input_tasks
+from patchflow.aggregate import make_aggregator
+from patchflow.chip_kernels import StitchSpec, ZoneSpec, polygon_mask, require_geo
+from patchflow.errors import DimensionError, ParameterError
+from patchflow.graph import (
+    ANCHORS_STITCH_PREFIX,
+    SAMPLE_PREFIX,
+    SAMPLE_READ_PREFIX,
+    AnchorBlock,
+    ChipGroup,
+    ChipPiece,
+    ZoneBlock,
+    anchor_stitch_graph,
+    chip_array_graph,
+    zonal_graph,
+)
+from patchflow.graph import (
+    ZONAL_PREFIX as ZONAL_PREFIX,
+)
 from patchflow.grid import pair, window_bounds
 from patchflow.nodata import input_nodata, is_value
 from patchflow.nodata import resolve as resolve_nodata
@@ -68,11 +81,11 @@ __all__ = [
     "zonal_stats",
 ]
 
-CHIP_PREFIX = "patchflow-sample"
-READ_PREFIX = "patchflow-sample-read"
+#: graph key prefixes (defined with the graphs, in :mod:`patchflow.graph`)
+CHIP_PREFIX = SAMPLE_PREFIX
+READ_PREFIX = SAMPLE_READ_PREFIX
 #: not ``patchflow-stitch-…``: that prefix is apply's stitch layer
-STITCH_PREFIX = "patchflow-anchors-stitch"
-ZONAL_PREFIX = "patchflow-zonal"
+STITCH_PREFIX = ANCHORS_STITCH_PREFIX
 #: spatial block edge used when numpy input is wrapped into dask
 NUMPY_BLOCK = 2048
 #: bytes of chips per task / per Zarr chunk when the caller does not say
@@ -155,26 +168,6 @@ def _nodata_mask(arr: xr.DataArray, data: da.Array) -> da.Array:
 # --------------------------------------------------------------------------- chip graph
 
 
-@dataclass(frozen=True)
-class _GroupSpec:
-    """How one task assembles its chips from source pieces (travels through dask as is)."""
-
-    shape: tuple[int, ...]  # (n_chips, *lead, h, w)
-    dtype: np.dtype
-    #: per piece: (chip, (dst_y0, dst_y1), (dst_x0, dst_x1), src window or None if pre-cut)
-    pieces: tuple[tuple[int, tuple[int, int], tuple[int, int], Any], ...]
-
-
-def _assemble(spec: _GroupSpec, sources: list[np.ndarray]) -> np.ndarray:
-    out = np.empty(spec.shape, dtype=spec.dtype)
-    for (k, (y0, y1), (x0, x1), window), src in zip(spec.pieces, sources, strict=True):
-        if window is not None:
-            (a, b), (c, d) = window
-            src = src[..., a:b, c:d]
-        out[k, ..., y0:y1, x0:x1] = src
-    return out
-
-
 def _pieces(
     start: int, size: int, edges: np.ndarray
 ) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
@@ -207,36 +200,20 @@ def chip_array(
     lead = tuple(data.shape[:-2])
     if n == 0:
         return da.zeros((0, *lead, h, w), dtype=data.dtype, chunks=(1, *lead, h, w))
-    lead_idx = (0,) * len(lead)
     ey = np.concatenate([[0], np.cumsum(data.chunks[-2])])
     ex = np.concatenate([[0], np.cumsum(data.chunks[-1])])
     token = tokenize(data.name, np.asarray(anchors).tobytes(), size, chips_per_task)
-    name, read_name = f"{CHIP_PREFIX}-{token}", f"{READ_PREFIX}-{token}"
-    source = input_tasks(data)
-    layer: dict[Any, Any] = {}
-    groups = [(s, min(s + chips_per_task, n)) for s in range(0, n, chips_per_task)]
-    for g, (s, e) in enumerate(groups):
-        pieces: list[tuple[int, tuple[int, int], tuple[int, int], Any]] = []
-        keys: list[Any] = []
+    groups = []
+    for s in range(0, n, chips_per_task):
+        e = min(s + chips_per_task, n)
+        pieces: list[ChipPiece] = []
         for k in range(s, e):
             r, c = int(anchors[k, 0]), int(anchors[k, 1])
             for a, sy, dy in _pieces(r, h, ey):
                 for b, sx, dx in _pieces(c, w, ex):
-                    key = (data.name, *lead_idx, a, b)
-                    read_key = (read_name, k, a, b)
-                    direct = direct_read(source, key, read_key, sy, sx)
-                    if direct is not None:
-                        layer[read_key] = direct
-                        keys.append(read_key)
-                        pieces.append((k - s, dy, dx, None))
-                    else:
-                        keys.append(key)
-                        pieces.append((k - s, dy, dx, (sy, sx)))
-        spec = _GroupSpec((e - s, *lead, h, w), np.dtype(data.dtype), tuple(pieces))
-        layer[(name, g, *lead_idx, 0, 0)] = (_assemble, spec, keys)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
-    chunks = (tuple(e - s for s, e in groups) or (0,), *((v,) for v in lead), (h,), (w,))
-    return da.Array(graph, name, chunks=chunks, dtype=data.dtype)
+                    pieces.append((k, (a, b), (sy, sx), (dy, dx)))
+        groups.append(ChipGroup(s, e, tuple(pieces)))
+    return chip_array_graph(data, groups, size, token)
 
 
 def _chip_coords(
@@ -460,102 +437,6 @@ def open_chips(store: str | os.PathLike[str]) -> xr.Dataset:
 
 
 # --------------------------------------------------------------------------- stitching
-
-
-@dataclass(frozen=True)
-class _StitchSpec:
-    """One output block of :func:`stitch_anchors` (travels through dask as is).
-
-    The block task feeds its chips to ``agg`` exactly as :func:`patchflow.apply` does
-    (:class:`~patchflow.aggregate.ChipBatch` → ``add`` into a partial state over the
-    chips' bounding region → ``merge`` of the block's window into a block state →
-    ``finalize``), so every aggregation and validity rule is the engine's own.
-    """
-
-    origin: tuple[int, int]
-    shape: tuple[int, int]
-    scene: tuple[int, int]
-    agg: Aggregator
-    #: blending window (``None``: the aggregation ignores windows, every weight is 1)
-    window: Window | None
-    #: chips per ``add`` call (bounds the copy of chip outputs a batch holds)
-    batch: int
-    #: per source chunk in ``sources``: (local chip indices, anchors, global chip ids)
-    chips: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
-
-    def __dask_tokenize__(self) -> Any:
-        return (
-            self.origin,
-            self.shape,
-            self.scene,
-            tokenize(self.agg),
-            tokenize(self.window),
-            self.batch,
-            [(a.tobytes(), b.tobytes(), c.tobytes()) for a, b, c in self.chips],
-        )
-
-
-def _chip_weights(
-    window: Window | None, anchors: np.ndarray, size: tuple[int, int], scene: tuple[int, int]
-) -> list[np.ndarray]:
-    """Per chip, the border-aware window weights (as the engine computes them)."""
-    h, w = size
-    if window is None:
-        ones = np.ones(size, np.float32)
-        ones.setflags(write=False)
-        return [ones] * len(anchors)
-    return [
-        window.weights(r <= 0, r + h >= scene[0], c <= 0, c + w >= scene[1])
-        for r, c in ((int(r), int(c)) for r, c in anchors)
-    ]
-
-
-def _stitch_block(spec: _StitchSpec, sources: list[np.ndarray]) -> np.ndarray:
-    """Aggregate the chips touching one output block and finalise the block."""
-    agg = spec.agg
-    y0, x0 = spec.origin
-    bh, bw = spec.shape
-    anchors = [a for _, a, _ in spec.chips]
-    if not sources or not sum(len(a) for a in anchors):
-        return agg.finalize(agg.new(spec.shape))
-    h, w = sources[0].shape[-2:]
-    every = np.concatenate(anchors)
-    # the partial state spans the block and every chip touching it, so whole chips are
-    # added (the centre score and the window need the whole chip) and then cropped by merge
-    ry0, rx0 = min(y0, int(every[:, 0].min())), min(x0, int(every[:, 1].min()))
-    ry1 = max(y0 + bh, int(every[:, 0].max()) + h)
-    rx1 = max(x0 + bw, int(every[:, 1].max()) + w)
-    # the accumulator (float32/float64 sums) from every chip here, not just the first batch
-    accs = [
-        agg.accumulator_for(src[int(k)])
-        for (local, _, _), src in zip(spec.chips, sources, strict=True)
-        for k in local
-    ]
-    wanted = [a for a in accs if a is not None]
-    state = agg.new((ry1 - ry0, rx1 - rx0), np.result_type(*wanted) if wanted else None)
-    origin = np.array([ry0, rx0], np.int64)
-    for (local, anc, ids), src in zip(spec.chips, sources, strict=True):
-        for lo in range(0, len(local), spec.batch):
-            sel = slice(lo, lo + spec.batch)
-            batch = ChipBatch(
-                out=np.asarray(src[local[sel]]),
-                pos=anc[sel] - origin,
-                weights=_chip_weights(spec.window, anc[sel], (h, w), spec.scene),
-                valid=None,
-                chip_ids=ids[sel],
-                # chip outputs mark their own invalid pixels: non-finite values
-                nan_marks=True,
-            )
-            agg.add(state, batch)
-    state = agg.seal(state, None, None)
-    block = agg.new(spec.shape, agg.merged_accumulator([state]))
-    agg.merge(
-        block,
-        state,
-        (slice(0, bh), slice(0, bw)),
-        (slice(y0 - ry0, y0 - ry0 + bh), slice(x0 - rx0, x0 - rx0 + bw)),
-    )
-    return agg.finalize(block)
 
 
 def _block_hits(
@@ -802,26 +683,28 @@ def stitch_anchors(
     chip_bytes = max(1, math.prod(values.shape[1:]) * op_dtype.itemsize)
     batch = int(min(64, max(1, GROUP_BYTES // chip_bytes)))
     token = tokenize(values.name, anchors.tobytes(), win, aggregator, out_chunks, scene, batch)
-    out_name = f"{STITCH_PREFIX}-{token}"
     res_lead = aggregator.result_lead()
-    lead_idx = (0,) * len(res_lead)
-    layer: dict[Any, Any] = {}
+    blocks = []
     for i in range(len(out_chunks[0])):
         for j in range(nbx):
             y0, y1, x0, x1 = int(ey[i]), int(ey[i + 1]), int(ex[j]), int(ex[j + 1])
             hit = hits[i * nbx + j]
-            parts, keys = [], []
+            parts, cks = [], []
             for ck in np.unique(chunk_of[hit]):
                 sel = hit[chunk_of[hit] == ck]
                 parts.append((sel - cstarts[ck], anchors[sel], sel))
-                keys.append((values.name, int(ck), *(0,) * len(lead), 0, 0))
-            spec = _StitchSpec(
+                cks.append(int(ck))
+            spec = StitchSpec(
                 (y0, x0), (y1 - y0, x1 - x0), scene, aggregator, win, batch, tuple(parts)
             )
-            layer[(out_name, *lead_idx, i, j)] = (_stitch_block, spec, keys)
-    graph = HighLevelGraph.from_collections(out_name, layer, dependencies=[values])
-    lazy = da.Array(
-        graph, out_name, chunks=(*((v,) for v in res_lead), *out_chunks), dtype=res_dtype
+            blocks.append(AnchorBlock((i, j), spec, tuple(cks)))
+    lazy = anchor_stitch_graph(
+        values,
+        blocks,
+        token,
+        lead=res_lead,
+        out_chunks=(tuple(out_chunks[0]), tuple(out_chunks[1])),
+        dtype=res_dtype,
     )
     # soft_vote reduces the class axis (the first output axis)
     out_dims = lead_dims[len(lead) - len(res_lead) :]
@@ -835,18 +718,6 @@ def stitch_anchors(
 
 
 # --------------------------------------------------------------------------- polygons
-
-
-def _require_geo() -> Any:
-    try:
-        import rasterio.features
-        import shapely  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PatchflowError(
-            "polygon support needs shapely (and geopandas for GeoDataFrames): "
-            "pip install 'patchflow[geo]' (or: pip install geopandas shapely)"
-        ) from exc
-    return rasterio.features
 
 
 def _geometries(gdf: Any, crs: Any) -> tuple[Any, list[Any]]:
@@ -886,140 +757,6 @@ def _pixel_windows(geoms: list[Any], transform: Any, shape: tuple[int, int]) -> 
         c1 = int(np.clip(math.ceil(cols.max()) + 1, 0, shape[1]))
         out[k] = (r0, max(r1, r0), c0, max(c1, c0))
     return out
-
-
-def _mask(
-    geom: Any, transform: Any, window: tuple[int, int, int, int], all_touched: bool
-) -> np.ndarray:
-    """Boolean interior mask of ``geom`` on the pixels ``rows r0:r1, cols c0:c1``."""
-    from affine import Affine
-
-    features = _require_geo()
-    r0, r1, c0, c1 = window
-    t = Affine(*tuple(transform)[:6]) @ Affine.translation(c0, r0)
-    return np.asarray(
-        features.rasterize(
-            [(geom, 1)],
-            out_shape=(r1 - r0, c1 - c0),
-            transform=t,
-            fill=0,
-            all_touched=all_touched,
-            dtype="uint8",
-        ),
-        dtype=bool,
-    )
-
-
-@dataclass(frozen=True)
-class _ZoneSpec:
-    """One block of :func:`zonal_stats` (travels through dask as is)."""
-
-    origin: tuple[int, int]
-    transform: tuple[float, ...]
-    all_touched: bool
-    nodata: Any
-    keep_values: bool
-    #: (polygon position, geometry, window r0, r1, c0, c1 in scene pixels)
-    items: tuple[tuple[int, Any, tuple[int, int, int, int]], ...]
-
-    def __dask_tokenize__(self) -> Any:
-        return (self.origin, self.transform, self.all_touched, self.keep_values, len(self.items))
-
-
-Partial = dict[str, np.ndarray | list[np.ndarray]]
-
-
-def _zonal_block(spec: _ZoneSpec, block: np.ndarray) -> dict[int, Partial]:
-    """Per polygon touching the block: count, mean, M2, min, max (and values) per band."""
-    r_0, c_0 = spec.origin
-    out: dict[int, Partial] = {}
-    data = block.reshape(-1, *block.shape[-2:])
-    for pos, geom, (r0, r1, c0, c1) in spec.items:
-        mask = _mask(geom, spec.transform, (r0, r1, c0, c1), spec.all_touched)
-        if not mask.any():
-            continue
-        sub = data[:, r0 - r_0 : r1 - r_0, c0 - c_0 : c1 - c_0][:, mask]  # (bands, pixels)
-        good = np.ones(sub.shape, bool)
-        if sub.dtype.kind in "fc":
-            good &= np.isfinite(sub)
-        if spec.nodata is not None and not (
-            isinstance(spec.nodata, float) and math.isnan(spec.nodata)
-        ):
-            good &= sub != spec.nodata
-        vals = sub.astype(np.float64)
-        count = good.sum(axis=1).astype(np.int64)
-        safe = np.maximum(count, 1)
-        total = np.where(good, vals, 0.0).sum(axis=1)
-        mean = total / safe
-        m2 = np.where(good, (vals - mean[:, None]) ** 2, 0.0).sum(axis=1)
-        part: Partial = {
-            "count": count,
-            "mean": mean,
-            "m2": m2,
-            "sum": total,
-            "min": np.where(good, vals, np.inf).min(axis=1, initial=np.inf),
-            "max": np.where(good, vals, -np.inf).max(axis=1, initial=-np.inf),
-        }
-        if spec.keep_values:
-            part["values"] = [vals[b][good[b]] for b in range(vals.shape[0])]
-        out[pos] = part
-    return out
-
-
-def _merge_partials(a: Partial, b: Partial) -> Partial:
-    """Chan et al.'s parallel update of count/mean/M2, plus min/max/sum/values."""
-    na, nb = np.asarray(a["count"]), np.asarray(b["count"])
-    n = na + nb
-    ma, mb = np.asarray(a["mean"]), np.asarray(b["mean"])
-    delta = mb - ma
-    frac = np.where(n > 0, nb / np.maximum(n, 1), 0.0)
-    out: Partial = {
-        "count": n,
-        "mean": ma + delta * frac,
-        "m2": np.asarray(a["m2"]) + np.asarray(b["m2"]) + delta**2 * na * frac,
-        "sum": np.asarray(a["sum"]) + np.asarray(b["sum"]),
-        "min": np.minimum(a["min"], b["min"]),
-        "max": np.maximum(a["max"], b["max"]),
-    }
-    if "values" in a:
-        out["values"] = [
-            np.concatenate([x, y]) for x, y in zip(a["values"], b["values"], strict=True)
-        ]
-    return out
-
-
-def _zonal_merge(n: int, bands: int, stats: tuple[str, ...], parts: list[Any]) -> dict[str, Any]:
-    merged: dict[int, Partial] = {}
-    for block in parts:
-        for pos, part in block.items():
-            merged[pos] = _merge_partials(merged[pos], part) if pos in merged else part
-    table = {s: np.full((n, bands), np.nan) for s in stats if s != "count"}
-    counts = np.zeros((n, bands), np.int64)
-    for pos, part in merged.items():
-        cnt = np.asarray(part["count"])
-        counts[pos] = cnt
-        has = cnt > 0
-        for s in stats:
-            if s == "count":
-                continue
-            if s == "std":
-                val = np.sqrt(np.asarray(part["m2"]) / np.maximum(cnt, 1))
-            elif s == "median":
-                val = np.array(
-                    [np.median(v) if v.size else np.nan for v in part["values"]], np.float64
-                )
-            elif s == "sum":
-                val = np.asarray(part["sum"], np.float64)
-                table[s][pos] = val  # an empty sum is 0
-                continue
-            else:
-                val = np.asarray(part[s], np.float64)
-            table[s][pos] = np.where(has, val, np.nan)
-    if "sum" in table:
-        table["sum"][np.isnan(table["sum"])] = 0.0
-    if "count" in stats:
-        table["count"] = counts
-    return table
 
 
 def _band_labels(arr: xr.DataArray) -> list[str] | None:
@@ -1099,7 +836,7 @@ def zonal_stats(
     unknown = [s for s in stats if s not in ZONAL_STATS]
     if unknown or not stats:
         raise ParameterError(f"unknown stats {unknown}; valid: {', '.join(ZONAL_STATS)}")
-    _require_geo()
+    require_geo()
     arr = _as_dataarray(obj)
     transform, crs = georef(arr)
     if transform is None:
@@ -1112,7 +849,6 @@ def zonal_stats(
         nd = nd.item()
     data = _dask_data(arr)
     bands = math.prod(arr.shape[:-2])
-    lead_idx = (0,) * (data.ndim - 2)
     ey = np.concatenate([[0], np.cumsum(data.chunks[-2])])
     ex = np.concatenate([[0], np.cumsum(data.chunks[-1])])
     token = tokenize(
@@ -1123,10 +859,8 @@ def zonal_stats(
         all_touched,
         nd,
     )
-    name = f"{ZONAL_PREFIX}-{token}"
     nonempty = (windows[:, 1] > windows[:, 0]) & (windows[:, 3] > windows[:, 2])
-    layer: dict[Any, Any] = {}
-    block_keys = []
+    blocks = []
     tr = tuple(transform)[:6]
     for i in range(len(ey) - 1):
         for j in range(len(ex) - 1):
@@ -1153,19 +887,9 @@ def zonal_stats(
                 )
                 for k in hit
             )
-            spec = _ZoneSpec((y0, x0), tr, bool(all_touched), nd, "median" in stats, items)
-            key = (name, "block", i, j)
-            layer[key] = (_zonal_block, spec, (data.name, *lead_idx, i, j))
-            block_keys.append(key)
-    merge_name = f"{ZONAL_PREFIX}-merge-{token}"
-    base = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
-    graph = HighLevelGraph(
-        {
-            **base.layers,
-            merge_name: {merge_name: (_zonal_merge, len(geoms), bands, stats, block_keys)},
-        },
-        {**base.dependencies, merge_name: {name}},
-    )
+            spec = ZoneSpec((y0, x0), tr, bool(all_touched), nd, "median" in stats, items)
+            blocks.append(ZoneBlock((i, j), spec))
+    pending = zonal_graph(data, blocks, token, n=len(geoms), bands=bands, stats=stats)
     band_names = _band_labels(arr)
 
     def frame(table: dict[str, Any]) -> pd.DataFrame:
@@ -1176,7 +900,6 @@ def zonal_stats(
                 cols[key] = table[s][:, b]
         return pd.DataFrame(cols, index=index)
 
-    pending = Delayed(merge_name, graph)
     if not compute:
         return dask.delayed(frame)(pending)
     return frame(pending.compute())
@@ -1219,7 +942,7 @@ def polygon_chips(
     >>> chip.data.dims, int(chip.mask.sum()) > 0
     (('band', 'y', 'x'), True)
     """
-    _require_geo()
+    require_geo()
     arr = _as_dataarray(obj)
     transform, crs = georef(arr)
     if transform is None:
@@ -1236,7 +959,7 @@ def polygon_chips(
         mask = (
             np.zeros((r1 - r0, c1 - c0), bool)
             if empty
-            else _mask(geom, transform, (r0, r1, c0, c1), all_touched)
+            else polygon_mask(geom, transform, (r0, r1, c0, c1), all_touched)
         )
         data = arr.isel({ydim: slice(r0, r1), xdim: slice(c0, c1)})
         yield PolygonChip(index[k], (r0, r1, c0, c1), data, mask)

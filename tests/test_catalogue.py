@@ -25,6 +25,7 @@ from patchflow.errors import (
     ConfigError,
     DimensionError,
     GridError,
+    InputTypeError,
     OperatorError,
     ParameterError,
     PatchflowError,
@@ -193,6 +194,14 @@ def cli(*argv: str) -> Callable[[Path], Any]:
 
 CASES: list[Case] = [
     # ---- input geometry
+    Case(
+        "not-xarray",
+        "a bare numpy array instead of an xarray object",
+        "`InputTypeError` (a `TypeError`): shows how to wrap it in `xr.DataArray`",
+        lambda tmp: patchflow.apply(np.zeros((2, 50, 50)), ident),
+        InputTypeError,
+        r"needs an xarray DataArray or Dataset, got ndarray.*xr\.DataArray\(arr",
+    ),
     Case(
         "no-spatial-dims",
         "no y/x (or lat/lon) dims",
