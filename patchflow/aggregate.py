@@ -111,7 +111,7 @@ class Aggregator:
         self.lead = tuple(int(v) for v in lead)
         #: fill for invalid pixels (NaN for floats; ``None``: no pixel can be invalid)
         self.nodata = nodata
-        #: a float result's on-disk nodata (e.g. the input's −99999), checked like ``nodata``
+        #: a float result's on-disk nodata (an explicit ``nodata=``), checked like ``nodata``
         self.encoded: Any = None
         #: where ``nodata`` came from, for the collision error
         self.nodata_origin = "the default"

@@ -509,11 +509,7 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             omask = np.stack([elem_valid[..., r : r + h, c : c + w] for r, c in pos])
         else:
             omask = None if vmask is None else _rescale_mask(vmask, *spec.scale)
-        if failed:
-            n_failed += len(failed)
-            if omask is None:
-                omask = np.ones((len(pos), *spec.loop, oh, ow), bool)
-            omask[failed] = False
+        n_failed += len(failed)  # their outputs are dropped through ``ChipBatch.failed``
         if omask is not None and spec.loop and elem_valid is None:
             # (n, *loop, h, w) → broadcastable against (n, *loop, *out_lead, h, w)
             omask = omask.reshape(*omask.shape[:-2], *(1,) * len(spec.out_lead), oh, ow)

@@ -13,7 +13,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -218,25 +218,6 @@ DROPPED_ATTRS = (
 )
 
 
-def _carried_attrs(arr: xr.DataArray, out: xr.DataArray) -> dict[Hashable, Any]:
-    """Input attrs that still describe the output.
-
-    Encoding/packing attrs never do (the op changed the values), and per-band attrs
-    (rioxarray's ``long_name`` tuple, ``units`` per band…) only while the band count is kept.
-    """
-    n_in = arr.shape[-3] if arr.ndim >= 3 else 1
-    n_out = out.shape[-3] if out.ndim >= 3 else 1
-    kept: dict[Hashable, Any] = {}
-    for key, value in arr.attrs.items():
-        if key in DROPPED_ATTRS:
-            continue
-        per_band = isinstance(value, list | tuple) and len(value) == n_in and n_in > 1
-        if per_band and n_out != n_in:
-            continue
-        kept[key] = value
-    return kept
-
-
 def _wrap(
     arr: xr.DataArray,
     data: da.Array,
@@ -245,8 +226,8 @@ def _wrap(
     name: Hashable | None,
     ratio: tuple[int, int] = (1, 1),
     *,
-    encoded: Any = None,
-    attrs: Mapping[Hashable, Any] | None = None,
+    encoded: Any,
+    attrs: Mapping[Hashable, Any],
 ) -> xr.DataArray:
     y, x = arr.dims[-2:]
     all_dims = (*dims, y, x)
@@ -266,7 +247,7 @@ def _wrap(
             coords[x] = transform.c + transform.a * (np.arange(sizes[x]) + 0.5)
             coords[y] = transform.f + transform.e * (np.arange(sizes[y]) + 0.5)
     out = xr.DataArray(data, dims=all_dims, coords=coords, name=name)
-    out.attrs = dict(attrs) if attrs is not None else _carried_attrs(arr, out)
+    out.attrs = dict(attrs)
     return write_georef(out, crs=arr.rio.crs, transform=transform, nodata=nodata, encoded=encoded)
 
 
@@ -665,10 +646,10 @@ class Prepared:
     nodata: Any
     name: Hashable | None
     band_names: tuple[str, ...] | None = None
-    #: a float result's on-disk nodata (the input's, e.g. −99999), for ``rio.to_raster``
+    #: a float result's on-disk nodata (an explicit ``nodata=``), for ``rio.to_raster``
     encoded_nodata: Any = None
     #: attrs that still describe the output (see :func:`_output_attrs`)
-    attrs: Mapping[Hashable, Any] | None = None
+    attrs: Mapping[Hashable, Any] = field(default_factory=dict)
 
     def result(self) -> xr.DataArray:
         """The lazy stitched DataArray."""

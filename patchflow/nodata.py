@@ -73,14 +73,15 @@ def input_nodata(arr: xr.DataArray, override: Any = None) -> Any:
     """
     if override is not None:
         return override
-    for candidate in (arr.rio.nodata, arr.rio.encoded_nodata, arr.attrs.get("_FillValue")):
-        if is_value(candidate):
-            # values in memory are decoded: an encoded nodata only matters if the data
-            # were not masked on read, i.e. the array is still integer
-            if candidate is arr.rio.encoded_nodata and arr.dtype.kind == "f":
-                continue
-            return candidate
-    return None
+    if is_value(arr.rio.nodata):
+        return arr.rio.nodata
+    # an encoded nodata describes the values on disk: once decoded to float (masked on
+    # read) it is NaN in memory, and a real value equal to it must stay valid
+    encoded = arr.rio.encoded_nodata
+    if is_value(encoded) and arr.dtype.kind != "f":
+        return encoded
+    fill = arr.attrs.get("_FillValue")
+    return fill if is_value(fill) else None
 
 
 def work_dtype(dtype: np.dtype, nodata: Any, fill_value: Any) -> np.dtype:

@@ -304,3 +304,16 @@ def test_cli_nodata_wins_and_collisions_fail(tmp_path: Any, capsys: Any) -> None
     covered[: (150 - 32) // 24 * 24 + 32, : (170 - 32) // 24 * 24 + 32] = True
     np.testing.assert_array_equal(data[:, covered], scene.values[:, covered])
     assert (data[:, ~covered] == 7).all()
+
+
+def test_decoded_input_keeps_real_values_equal_to_its_encoded_nodata() -> None:
+    # read with masked=True: nodata already NaN in memory, encoded_nodata 0 describes the
+    # file; a decoded real 0.0 (e.g. after scale/offset) must stay a valid value
+    data = np.full((1, 60, 60), 0.5, np.float32)
+    data[0, 5, 5] = 0.0
+    data[0, 9, 9] = np.nan
+    scene = xr.DataArray(data, dims=("band", "y", "x")).rio.write_nodata(0, encoded=True)
+    assert scene.rio.encoded_nodata == 0
+    out = patchflow.apply(scene, identity, size=32, stride=24).values
+    assert out[0, 5, 5] == 0.0
+    assert np.isnan(out[0, 9, 9]) and int(np.isnan(out).sum()) == 1
