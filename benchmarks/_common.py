@@ -22,7 +22,7 @@ def write_scene(path: Path, size: int, chunks: int = 2048) -> None:
         return
     code = (
         "import sys, warnings; warnings.simplefilter('ignore');"
-        "from patchflow.synthetic import make_scene;"
+        "from patchflow.io.synthetic import make_scene;"
         f"make_scene(({size}, {size}), chunks={chunks}).to_dataset(name='dn')"
         ".to_zarr(sys.argv[1], zarr_format=3, consolidated=False)"
     )

@@ -18,7 +18,7 @@ import numpy as np
 
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 
 def measure(size: int) -> dict[str, float]:

@@ -1,5 +1,19 @@
 """patchflow: grid → process → stitch for rasters larger than memory.
 
+The names here are the job-level API; everything else lives in one subpackage each:
+
+=====================  ================================================================
+subpackage             owns
+=====================  ================================================================
+:mod:`patchflow.plan`      pure numpy geometry: grids, windows, blocks, samplers
+:mod:`patchflow.ops`       the operator contract and the operator library
+:mod:`patchflow.engine`    prepare → graph → kernels → aggregate (dask)
+:mod:`patchflow.io`        stores, sources, COG writing (the only Zarr code)
+:mod:`patchflow.sampling`  chip datasets, anchor stitching, zonal statistics, torch
+:mod:`patchflow.api`       the free functions below
+:mod:`patchflow.errors`    every exception (all derive from :class:`PatchflowError`)
+=====================  ================================================================
+
 >>> import patchflow
 >>> sorted(patchflow.AGGREGATIONS)[:3]
 ['centre', 'max', 'mean']
@@ -10,164 +24,56 @@ from __future__ import annotations
 import rioxarray  # noqa: F401  (registers the .rio accessor patchflow relies on)
 
 from patchflow import accessor as _accessor  # noqa: F401  (registers .patch)
-from patchflow.aggregate import AGGREGATIONS
-from patchflow.core import ChipLayout, apply, plan_grid, spatial_dims
-from patchflow.errors import (
-    CorruptStoreError,
-    DimensionError,
-    ForeignFilesError,
-    GridError,
-    InputTypeError,
-    NodataCollisionError,
-    OperatorError,
-    OutputOverlapsInputError,
-    ParameterError,
-    PatchflowError,
-    PatchflowWarning,
-    ResumeMismatchError,
-    ResumeRecipeError,
-    StoreLockedError,
-    StorePathError,
-    StoreWriteError,
-    WindowError,
-)
-from patchflow.grid import BOUNDARIES, AxisGrid, ChipGrid
-from patchflow.models import ModelOp
-from patchflow.ops import (
-    NBR,
-    NDVI,
-    NDWI,
-    TTA,
-    Astype,
-    Composite,
-    ConfigError,
-    DNToReflectance,
-    Lambda,
-    NormalizedDifference,
-    Operator,
-    PercentileClip,
-    Rescale,
-    SelectBands,
-    Sequential,
-    batched,
-    from_config,
-    from_json,
-    global_percentiles,
-    register,
-    to_json,
-)
-from patchflow.plan import BlockPlan
-from patchflow.samplers import (
-    SAMPLERS,
-    Explicit,
-    ExplicitCoords,
-    JitteredStride,
-    PoissonDisk,
-    Random,
-    RegularStride,
-    Sampler,
-    Stratified,
-)
-from patchflow.sampling import (
-    ZONAL_STATS,
+from patchflow import engine, errors, io, ops, plan, sampling
+from patchflow.api import (
+    apply,
+    check_store,
     open_chips,
+    open_result,
+    plan_grid,
     polygon_chips,
+    resume,
+    run,
     sample,
     stitch_anchors,
     write_chips,
     zonal_stats,
 )
-from patchflow.store import (
-    IncompleteStoreError,
-    RunReport,
-    StoreError,
-    StoreExistsError,
-    StoreHealth,
-    StoreMismatchError,
-    check_store,
-    open_result,
-    resume,
-    run,
-)
-from patchflow.windows import WINDOWS, Window, make_window
+from patchflow.engine import rasters as _rasters  # noqa: F401  (lazy masks for samplers)
+from patchflow.engine.aggregate import AGGREGATIONS
+from patchflow.errors import ParameterError, PatchflowError, PatchflowWarning
+from patchflow.ops import ModelOp, Operator, batched, from_json, to_json
+from patchflow.plan import WINDOWS, ChipGrid, make_window
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AGGREGATIONS",
-    "BOUNDARIES",
-    "NBR",
-    "NDVI",
-    "NDWI",
-    "SAMPLERS",
-    "TTA",
     "WINDOWS",
-    "ZONAL_STATS",
-    "Astype",
-    "AxisGrid",
-    "BlockPlan",
     "ChipGrid",
-    "ChipLayout",
-    "Composite",
-    "ConfigError",
-    "CorruptStoreError",
-    "DNToReflectance",
-    "DimensionError",
-    "Explicit",
-    "ExplicitCoords",
-    "ForeignFilesError",
-    "GridError",
-    "IncompleteStoreError",
-    "InputTypeError",
-    "JitteredStride",
-    "Lambda",
     "ModelOp",
-    "NodataCollisionError",
-    "NormalizedDifference",
     "Operator",
-    "OperatorError",
-    "OutputOverlapsInputError",
     "ParameterError",
     "PatchflowError",
     "PatchflowWarning",
-    "PercentileClip",
-    "PoissonDisk",
-    "Random",
-    "RegularStride",
-    "Rescale",
-    "ResumeMismatchError",
-    "ResumeRecipeError",
-    "RunReport",
-    "Sampler",
-    "SelectBands",
-    "Sequential",
-    "StoreError",
-    "StoreExistsError",
-    "StoreHealth",
-    "StoreLockedError",
-    "StoreMismatchError",
-    "StorePathError",
-    "StoreWriteError",
-    "Stratified",
-    "Window",
-    "WindowError",
-    "__version__",
     "apply",
     "batched",
     "check_store",
-    "from_config",
+    "engine",
+    "errors",
     "from_json",
-    "global_percentiles",
+    "io",
     "make_window",
     "open_chips",
     "open_result",
+    "ops",
+    "plan",
     "plan_grid",
     "polygon_chips",
-    "register",
     "resume",
     "run",
     "sample",
-    "spatial_dims",
+    "sampling",
     "stitch_anchors",
     "to_json",
     "write_chips",

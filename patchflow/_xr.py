@@ -3,7 +3,7 @@
 What it owns: turning a DataArray or Dataset into the one DataArray layout the engine and
 the samplers work on (:func:`as_dataarray`), finding the spatial dims
 (:func:`spatial_dims`) and reading the georeference (:func:`transform_of`,
-:func:`georef`). Nodata *rules* live in :mod:`patchflow.nodata`; this module only applies
+:func:`georef`). Nodata *rules* live in :mod:`patchflow.engine.nodata`; this module only applies
 them where a Dataset's variables are stacked (each variable's own nodata becomes NaN first,
 because stacking keeps one set of attrs).
 """

@@ -21,8 +21,9 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import xarray as xr
 
-from patchflow.core import ChipLayout, apply, plan_grid
+from patchflow.api import apply, plan_grid
 from patchflow.errors import check_keywords
+from patchflow.io.store import RunReport, run
 from patchflow.options import (
     DEFAULT_SIZE,
     Agg,
@@ -32,7 +33,9 @@ from patchflow.options import (
     RunMode,
     given_keywords,
 )
-from patchflow.samplers import Sampler
+from patchflow.plan.layout import ChipLayout
+from patchflow.plan.samplers import Sampler
+from patchflow.plan.windows import WindowSpec
 from patchflow.sampling import (
     DEFAULT_STATS,
     PolygonChip,
@@ -41,8 +44,6 @@ from patchflow.sampling import (
     stitch_anchors,
     zonal_stats,
 )
-from patchflow.store import RunReport, run
-from patchflow.windows import WindowSpec
 
 __all__ = ["PatchAccessor"]
 

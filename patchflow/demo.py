@@ -23,9 +23,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from patchflow.io.store import run
+from patchflow.io.synthetic import make_scene
 from patchflow.ops import NDVI, DNToReflectance
-from patchflow.store import run
-from patchflow.synthetic import make_scene
 
 __all__ = ["DemoResult", "dn_ndvi", "peak_memory_mib", "reference_ndvi", "run_demo"]
 

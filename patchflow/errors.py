@@ -1,4 +1,4 @@
-"""patchflow's exception hierarchy.
+"""patchflow's exception hierarchy, and the wording of fixes (Python or command line).
 
 Every error patchflow raises on purpose derives from :class:`PatchflowError`, so callers
 can catch ours without catching everything. Errors about bad arguments also derive from
@@ -7,9 +7,11 @@ can catch ours without catching everything. Errors about bad arguments also deri
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "ForeignFilesError",
     "GridError",
     "IncompleteStoreError",
+    "InputReadError",
     "InputTypeError",
     "NodataCollisionError",
     "OperatorError",
@@ -39,6 +42,7 @@ __all__ = [
     "UsageError",
     "WindowError",
     "check_keywords",
+    "cli_wording",
 ]
 
 
@@ -326,7 +330,7 @@ stride = size - overlap): overlap=0.25 with size=256 → stride=192
 
 
 # --------------------------------------------------------------------------- stores
-# (patchflow.store re-exports these; they live here so the hierarchy is in one place)
+# (patchflow.io.store re-exports these; they live here so the hierarchy is in one place)
 
 
 class StoreError(PatchflowError, OSError):
@@ -387,9 +391,59 @@ class OutputOverlapsInputError(ParameterError):
     """The output path is, contains, or lies inside an input: writing would destroy it."""
 
 
+class InputReadError(PatchflowError, OSError):
+    """An input raster is missing or cannot be read."""
+
+
 class UsageError(PatchflowError):
     """The ``patchflow`` command line is wrong (exit status 2)."""
 
 
 class CommandError(PatchflowError):
     """The ``patchflow`` command could not do its job (exit status 1)."""
+
+
+# --------------------------------------------------------------------------- wording
+
+_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("patchflow_cli_wording", default=False)
+
+#: the fixes errors offer, in the caller's words: (Python, command line)
+_WORDS = {
+    "overwrite": ("overwrite=True", "--overwrite"),
+    "resume": ("resume=True", "--resume"),
+    "finish": (
+        "patchflow.resume(store), or patchflow.run(..., resume=True) with the same "
+        "input, operator and parameters",
+        "'patchflow resume STORE', or 'patchflow apply INPUT OUTPUT --resume' with the same "
+        "INPUT and options",
+    ),
+    "same": (
+        "the same input, operator and parameters",
+        "the same INPUT and options (--op/--pipeline, --red/--nir/--scale, chips)",
+    ),
+    "rerun": (
+        "call patchflow.run(obj, op, store=..., resume=True) with the same input, operator "
+        "and parameters",
+        "run 'patchflow apply INPUT OUTPUT --resume' again with the same INPUT and options",
+    ),
+    "another": ("write to another store", "choose another OUTPUT"),
+    "store": ("the output store", "OUTPUT"),
+    "input": ("the input", "INPUT"),
+    "var": ("var=", "--var"),
+}
+
+
+@contextlib.contextmanager
+def cli_wording() -> Iterator[None]:
+    """Word patchflow's errors for the ``patchflow`` command (``--overwrite``, not
+    ``overwrite=True``) inside the ``with`` block."""
+    token = _CLI.set(True)
+    try:
+        yield
+    finally:
+        _CLI.reset(token)
+
+
+def _w(key: str, cli: bool | None = None) -> str:
+    python, command = _WORDS[key]
+    return command if (_CLI.get() if cli is None else cli) else python

@@ -2,8 +2,9 @@
 
 Each alias lists exactly the strings the option accepts at run time; the runtime checks
 (and their error messages) stay with the code that validates each option:
-``patchflow.grid.BOUNDARIES``, ``patchflow.core.PAD_MODES``, ``patchflow.AGGREGATIONS``,
-``patchflow.core.ON_ERROR`` and ``patchflow.store.MODES``.
+``patchflow.plan.grid.BOUNDARIES``, ``patchflow.engine.prepare.PAD_MODES``,
+``patchflow.AGGREGATIONS``, ``patchflow.engine.prepare.ON_ERROR`` and
+``patchflow.io.store.MODES``.
 
 >>> from typing import get_args
 >>> get_args(Boundary)
@@ -18,7 +19,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 __all__ = ["DEFAULT_SIZE", "Agg", "Boundary", "OnError", "PadMode", "RunMode", "given_keywords"]
 
-#: how chips meet the scene edge (``patchflow.grid.BOUNDARIES``)
+#: how chips meet the scene edge (``patchflow.plan.grid.BOUNDARIES``)
 Boundary: TypeAlias = Literal["shift", "pad", "drop", "raise"]
 #: how ``boundary="pad"`` fills chips past the edge (numpy pad modes; ``core.PAD_MODES``)
 PadMode: TypeAlias = Literal["constant", "reflect", "edge", "symmetric", "wrap"]
@@ -37,7 +38,7 @@ class _Default(int):
 
 
 #: the ``size=`` default of :func:`patchflow.apply`, :func:`patchflow.run` and the accessor:
-#: ``256`` like :func:`patchflow.core.prepare`'s, but its own object, since Python shares
+#: ``256`` like :func:`patchflow.engine.prepare.prepare`'s, but its own object, since Python shares
 #: small ints: so ``size=256`` given explicitly is told from no ``size`` at all (an unknown
 #: keyword's worked example says "size=256 (the default)" only for the latter)
 DEFAULT_SIZE: Final[int] = _Default(256)

@@ -25,8 +25,8 @@ import numpy as np
 import xarray as xr
 
 from patchflow._xr import spatial_dims
-from patchflow.core import ChipLayout
 from patchflow.errors import PatchflowError
+from patchflow.plan.layout import ChipLayout
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

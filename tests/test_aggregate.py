@@ -2,8 +2,8 @@
 
 The reference below loops over chips in plain python on an in-memory (padded) scene and
 accumulates every aggregation per pixel the way the README describes it. Chip geometry
-comes from :class:`patchflow.grid.ChipGrid` and weights from
-:func:`patchflow.windows.make_window` (both tested on their own elsewhere); everything the
+comes from :class:`patchflow.plan.grid.ChipGrid` and weights from
+:func:`patchflow.plan.windows.make_window` (both tested on their own elsewhere); everything the
 engine adds on top — block ownership, halos, partial states, piecewise stitching, dask
 chunking, batching, NaN handling — is checked here, with operators that are *not*
 pointwise so that chip boundaries matter.
@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import patchflow
-from patchflow.grid import ChipGrid
-from patchflow.windows import WINDOWS, make_window
+from patchflow.plan.grid import ChipGrid
+from patchflow.plan.windows import WINDOWS, make_window
 
 # ---------------------------------------------------------------------------------------
 # operators (plain: (bands, h, w) -> (out, h, w); batched: (n, bands, h, w) -> (n, out, h, w))

@@ -14,7 +14,7 @@ import xarray as xr
 
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 
 def scene(h: int = 300, w: int = 260) -> xr.DataArray:
@@ -27,14 +27,18 @@ def ident(chip: np.ndarray) -> np.ndarray:
 
 def test_missing_spatial_dims() -> None:
     arr = xr.DataArray(np.zeros((2, 50, 50)), dims=("band", "row", "col"))
-    with pytest.raises(patchflow.DimensionError, match=r"no spatial dimensions.*set_spatial_dims"):
+    with pytest.raises(
+        patchflow.errors.DimensionError, match=r"no spatial dimensions.*set_spatial_dims"
+    ):
         arr.patch.apply(ident)
 
 
 def test_non_monotonic_coords() -> None:
     arr = scene()
     shuffled = arr.isel(x=np.r_[1, 0, 2 : arr.sizes["x"]])
-    with pytest.raises(patchflow.DimensionError, match=r"'x' coordinate is not monotonic.*sortby"):
+    with pytest.raises(
+        patchflow.errors.DimensionError, match=r"'x' coordinate is not monotonic.*sortby"
+    ):
         shuffled.patch.apply(ident, size=64, stride=48)
 
 
@@ -42,7 +46,7 @@ def test_irregular_coords() -> None:
     arr = scene()
     x = arr.x.values.copy()
     x[100:] += 3.0
-    with pytest.raises(patchflow.DimensionError, match="irregularly spaced"):
+    with pytest.raises(patchflow.errors.DimensionError, match="irregularly spaced"):
         arr.assign_coords(x=x).patch.apply(ident, size=64, stride=48)
 
 
@@ -54,13 +58,13 @@ def test_chunks_smaller_than_chip_warn_but_work() -> None:
 
 
 def test_chip_larger_than_scene_with_shift() -> None:
-    with pytest.raises(patchflow.GridError, match=r"larger than the scene.*boundary='pad'"):
+    with pytest.raises(patchflow.errors.GridError, match=r"larger than the scene.*boundary='pad'"):
         scene(100, 100).patch.apply(ident, size=128, stride=96)
 
 
 @pytest.mark.parametrize("stride", [0, -4])
 def test_stride_not_positive(stride: int) -> None:
-    with pytest.raises(patchflow.GridError, match="stride must be positive"):
+    with pytest.raises(patchflow.errors.GridError, match="stride must be positive"):
         scene().patch.apply(ident, size=64, stride=stride)
 
 
@@ -84,19 +88,21 @@ def test_op_wrong_dtype_kind() -> None:
     def strings(chip: np.ndarray) -> np.ndarray:
         return chip.astype(str)
 
-    with pytest.raises(patchflow.OperatorError, match=r"dtype <U\d+.*must return numbers"):
+    with pytest.raises(patchflow.errors.OperatorError, match=r"dtype <U\d+.*must return numbers"):
         scene().patch.apply(strings, size=64, stride=48)
 
 
 def test_op_changing_batch_length() -> None:
     drop_one = patchflow.batched(lambda c: dn_ndvi(c)[:-1] if len(c) > 1 else dn_ndvi(c))
     out = scene().patch.apply(drop_one, size=64, stride=48)
-    with pytest.raises(patchflow.OperatorError, match="batch length"):
+    with pytest.raises(patchflow.errors.OperatorError, match="batch length"):
         out.compute()
 
 
 def test_window_array_wrong_shape() -> None:
-    with pytest.raises(patchflow.WindowError, match=r"shape \(10, 10\).*chips are \(64, 64\)"):
+    with pytest.raises(
+        patchflow.errors.WindowError, match=r"shape \(10, 10\).*chips are \(64, 64\)"
+    ):
         scene().patch.apply(ident, size=64, stride=48, window=np.ones((10, 10)))
 
 
@@ -104,14 +110,16 @@ def test_window_array_wrong_shape() -> None:
 def test_window_negative_or_nan(bad: float) -> None:
     w = np.ones((64, 64))
     w[3, 3] = bad
-    with pytest.raises(patchflow.WindowError, match="finite and non-negative"):
+    with pytest.raises(patchflow.errors.WindowError, match="finite and non-negative"):
         scene().patch.apply(ident, size=64, stride=48, window=w)
 
 
 def test_output_store_exists(tmp_path: Path) -> None:
     path = tmp_path / "out.zarr"
     patchflow.run(scene(), dn_ndvi, store=path, size=64, stride=48)
-    with pytest.raises(patchflow.StoreExistsError, match="already exists; pass overwrite=True"):
+    with pytest.raises(
+        patchflow.errors.StoreExistsError, match="already exists; pass overwrite=True"
+    ):
         patchflow.run(scene(), dn_ndvi, store=path, size=64, stride=48)
 
 
@@ -121,7 +129,7 @@ def test_store_on_read_only_directory(tmp_path: Path) -> None:
     ro.mkdir()
     ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        with pytest.raises(patchflow.StoreError, match="permission denied"):
+        with pytest.raises(patchflow.errors.StoreError, match="permission denied"):
             patchflow.run(scene(), dn_ndvi, store=ro / "out.zarr", size=64, stride=48)
     finally:
         ro.chmod(stat.S_IRWXU)
@@ -131,7 +139,9 @@ def test_store_on_read_only_path_as_root(tmp_path: Path) -> None:
     # root bypasses permissions; a path under a *file* cannot be created by anyone
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(patchflow.StoreError, match=r"cannot create the output store .*out\.zarr"):
+    with pytest.raises(
+        patchflow.errors.StoreError, match=r"cannot create the output store .*out\.zarr"
+    ):
         patchflow.run(scene(), dn_ndvi, store=blocker / "out.zarr", size=64, stride=48)
 
 
@@ -143,12 +153,12 @@ def test_dataset_variables_on_different_grids() -> None:
             "swir": xr.DataArray(np.zeros((150, 130)), dims=("y20", "x20")),
         }
     )
-    with pytest.raises(patchflow.DimensionError, match=r"\['swir'\] are not on the .* grid"):
+    with pytest.raises(patchflow.errors.DimensionError, match=r"\['swir'\] are not on the .* grid"):
         ds.patch.apply(ident, size=64, stride=48)
 
 
 def test_over_names_unknown_dim() -> None:
-    with pytest.raises(patchflow.DimensionError, match=r"over='time'.*not non-spatial dims"):
+    with pytest.raises(patchflow.errors.DimensionError, match=r"over='time'.*not non-spatial dims"):
         scene().patch.apply(ident, size=64, stride=48, over="time")
 
 
@@ -162,7 +172,7 @@ def test_messages_never_leak_dask_tracebacks() -> None:
     arr = xr.DataArray(np.zeros((1, 200, 200)), dims=("band", "y", "x"))
     arr[0, 150:, 150:] = 5.0
     out = arr.patch.apply(fails_late, size=64, stride=48)
-    with pytest.raises(patchflow.OperatorError, match="bad weights file") as info:
+    with pytest.raises(patchflow.errors.OperatorError, match="bad weights file") as info:
         out.compute()
     assert isinstance(info.value.__cause__, ValueError)
 
@@ -178,17 +188,18 @@ def test_no_warnings_on_the_happy_path() -> None:
 
 
 def test_one_error_hierarchy() -> None:
-    from patchflow import cli, ops
+    from patchflow import ops
 
-    assert ops.ConfigError is patchflow.errors.ConfigError is patchflow.ConfigError
-    assert issubclass(patchflow.ConfigError, patchflow.ParameterError)
-    assert issubclass(cli.UsageError, patchflow.PatchflowError)
-    assert issubclass(cli.CommandError, patchflow.PatchflowError)
-    assert issubclass(patchflow.GridError, patchflow.ParameterError)
+    assert ops.ConfigError is patchflow.errors.ConfigError is patchflow.errors.ConfigError
+    assert issubclass(patchflow.errors.ConfigError, patchflow.ParameterError)
+    assert issubclass(patchflow.errors.UsageError, patchflow.PatchflowError)
+    assert issubclass(patchflow.errors.CommandError, patchflow.PatchflowError)
+    assert issubclass(patchflow.errors.InputReadError, patchflow.PatchflowError)
+    assert issubclass(patchflow.errors.GridError, patchflow.ParameterError)
     # a wrong type for size/stride is a parameter mistake, not an unplannable grid
     with pytest.raises(patchflow.ParameterError, match="size must be an int") as info:
         scene().patch.apply(ident, size="64", stride=48)
-    assert not isinstance(info.value, patchflow.GridError)
+    assert not isinstance(info.value, patchflow.errors.GridError)
 
 
 def test_cli_exit_statuses_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -241,7 +252,7 @@ def test_apply_and_accessors_reject_unknown_keywords() -> None:
         scene().patch.apply(ident, size=64, stride=48, per_variabel=True)
     with pytest.raises(patchflow.ParameterError, match=r"^grid\(\) got .*overlap=32.* stride=96"):
         scene().patch.grid(size=128, overlap=32)
-    from patchflow.core import prepare_from
+    from patchflow.engine.prepare import prepare_from
 
     with pytest.raises(patchflow.ParameterError, match=r"^run\(\) got .*'storee'"):
         prepare_from(scene(), ident, {"storee": "x"}, caller="run", also=("store",))
@@ -251,7 +262,7 @@ def test_apply_and_accessors_reject_unknown_keywords() -> None:
 
 def test_band_errors_come_at_call_time() -> None:
     # a dask input whose compute would fail: nothing may be computed to find these errors
-    from patchflow import NDVI, PercentileClip, SelectBands
+    from patchflow.ops import NDVI, PercentileClip, SelectBands
 
     def boom(block: np.ndarray) -> np.ndarray:
         raise AssertionError("computed")
@@ -277,7 +288,7 @@ def test_band_errors_come_at_call_time() -> None:
 
 
 def test_out_of_range_message_without_gdal_hint() -> None:
-    from patchflow import NDVI
+    from patchflow.ops import NDVI
 
     with pytest.raises(patchflow.ParameterError) as info:
         scene().patch.apply(NDVI(red=0, nir=-3), size=64, stride=48)

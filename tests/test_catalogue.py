@@ -19,22 +19,25 @@ import pytest
 import xarray as xr
 
 import patchflow
-from patchflow.cli import CommandError, UsageError, build_parser
+from patchflow.cli import build_parser
 from patchflow.demo import dn_ndvi
 from patchflow.errors import (
+    CommandError,
     ConfigError,
     DimensionError,
     GridError,
+    InputReadError,
     InputTypeError,
     OperatorError,
     ParameterError,
     PatchflowError,
     PatchflowWarning,
+    UsageError,
     WindowError,
 )
+from patchflow.io.store import StoreError, StoreExistsError
+from patchflow.io.synthetic import make_scene
 from patchflow.ops import NDVI, Composite, SelectBands, from_config, from_json
-from patchflow.store import StoreError, StoreExistsError
-from patchflow.synthetic import make_scene
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Troubleshooting (the bad-input catalogue)"
@@ -643,9 +646,9 @@ CASES: list[Case] = [
     Case(
         "cli-missing-input",
         "INPUT file that does not exist",
-        "`CommandError` (exit 1): input not found",
+        "`InputReadError` (exit 1): input not found",
         cli("{tmp}/nope.tif", "{tmp}/o.zarr"),
-        CommandError,
+        InputReadError,
         "input not found",
     ),
     Case(

@@ -19,7 +19,7 @@ import zarr
 import patchflow
 from patchflow.cli import main
 from patchflow.demo import dn_ndvi
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # writing test inputs: string band coords and consolidated metadata are not in the v3 spec

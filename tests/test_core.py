@@ -13,7 +13,7 @@ from dask.utils import key_split
 
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 
 def ndvi64(chip: np.ndarray) -> np.ndarray:
@@ -327,7 +327,7 @@ def test_time_band_stack_per_step_and_over_time() -> None:
     comp = cube.fillna(0).patch.apply(median_composite, over="time", size=128, stride=96)
     assert comp.dims == ("band", "y", "x")
     np.testing.assert_allclose(comp.values, np.median(cube.fillna(0).values, axis=0))
-    with pytest.raises(patchflow.DimensionError, match="over="):
+    with pytest.raises(patchflow.errors.DimensionError, match="over="):
         cube.patch.apply(median_composite, over="season")
 
 
@@ -345,7 +345,7 @@ def test_grid_accessor_bounds() -> None:
 # ---------------------------------------------------------------- clear errors
 def test_error_no_spatial_dims() -> None:
     arr = xr.DataArray(np.zeros((3, 100, 100)), dims=("band", "a", "b"))
-    with pytest.raises(patchflow.DimensionError, match="set_spatial_dims"):
+    with pytest.raises(patchflow.errors.DimensionError, match="set_spatial_dims"):
         arr.patch.apply(lambda c: c)
 
 
@@ -371,9 +371,9 @@ def test_errors_bad_parameters(kwargs: dict[str, Any], match: str) -> None:
 
 def test_error_wrong_shape_at_dry_run() -> None:
     arr = xr.DataArray(np.zeros((1, 300, 300)), dims=("band", "y", "x"))
-    with pytest.raises(patchflow.OperatorError, match=r"returned shape \(1, 32, 64\)"):
+    with pytest.raises(patchflow.errors.OperatorError, match=r"returned shape \(1, 32, 64\)"):
         arr.patch.apply(lambda c: c[..., :32, :], size=64, stride=48)
-    with pytest.raises(patchflow.OperatorError, match=r"returned shape \(64,\)"):
+    with pytest.raises(patchflow.errors.OperatorError, match=r"returned shape \(64,\)"):
         arr.patch.apply(lambda c: c[0, 0], size=64, stride=48)
 
 
@@ -386,7 +386,9 @@ def test_error_wrong_shape_on_one_chip_names_it() -> None:
 
     arr = xr.DataArray(data, dims=("band", "y", "x"))
     out = arr.patch.apply(flaky, size=64, stride=48)
-    with pytest.raises(patchflow.OperatorError, match=r"chip \d+ \(rows \d+:\d+, cols \d+:\d+"):
+    with pytest.raises(
+        patchflow.errors.OperatorError, match=r"chip \d+ \(rows \d+:\d+, cols \d+:\d+"
+    ):
         out.compute()
 
 
@@ -395,7 +397,7 @@ def test_error_batched_wrong_count() -> None:
     op = patchflow.batched(lambda c: c[:1])
     out = arr.patch.apply(op, size=64, stride=48, output_dtype="float64", output_bands=1)
     with pytest.raises(
-        patchflow.OperatorError,
+        patchflow.errors.OperatorError,
         match=r"operator returned shape \(1, 1, 64, 64\).*expected \(36, 1, 64, 64\)",
     ):
         out.compute()
@@ -406,7 +408,7 @@ def test_operator_exception_is_chained() -> None:
         raise KeyError("model missing")
 
     arr = xr.DataArray(np.zeros((1, 200, 200)), dims=("band", "y", "x"))
-    with pytest.raises(patchflow.OperatorError, match="test chip") as info:
+    with pytest.raises(patchflow.errors.OperatorError, match="test chip") as info:
         arr.patch.apply(boom, size=64, stride=48)
     assert isinstance(info.value.__cause__, KeyError)
 
@@ -476,7 +478,9 @@ def test_on_error_raise_names_chip_window_and_bounds() -> None:
     out = marked_scene().patch.apply(
         FailsOnMarkedChip(), size=128, stride=96, output_dtype="float64", output_bands=1
     )
-    with pytest.raises(patchflow.OperatorError, match=r"chip \d+ \(rows \d+:\d+, cols") as info:
+    with pytest.raises(
+        patchflow.errors.OperatorError, match=r"chip \d+ \(rows \d+:\d+, cols"
+    ) as info:
         out.compute()
     assert "EPSG:32610" in str(info.value)
     assert isinstance(info.value.__cause__, KeyError)
@@ -513,7 +517,7 @@ def test_on_error_retry_transient() -> None:
     out = scene.patch.apply(op, on_error="retry", retries=3, **kw)
     np.testing.assert_allclose(out.values, ndvi64(scene.values), atol=1e-9)
     flaky = FailsOnMarkedChip(OSError, transient=5)
-    with pytest.raises(patchflow.OperatorError, match="OSError"):
+    with pytest.raises(patchflow.errors.OperatorError, match="OSError"):
         scene.patch.apply(flaky, on_error="retry", retries=1, **kw).compute()
     with pytest.raises(patchflow.ParameterError, match="valid: raise, mask, retry"):
         scene.patch.apply(op, on_error="ignore", **kw)

@@ -19,8 +19,9 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.utils import key_split
 
 import patchflow
-from patchflow import _dask_compat, graph
-from patchflow.sampling import READ_PREFIX, chip_array
+from patchflow import _dask_compat
+from patchflow.engine import graph
+from patchflow.sampling.chips import READ_PREFIX, chip_array
 
 H, W = 300, 260
 CHUNKS = (1, 100, 90)  # ragged last column chunk (80)

@@ -11,7 +11,7 @@ import xarray as xr
 
 import patchflow
 from patchflow.demo import DemoResult, dn_ndvi, reference_ndvi, run_demo
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 pytest.importorskip("matplotlib")
 
@@ -98,7 +98,7 @@ def test_demo_figure_has_four_panels(tmp_path: Path) -> None:
 def test_grid_figure_without_georeferencing(tmp_path: Path) -> None:
     plain = xr.DataArray(np.ones((300, 500)), dims=("y", "x"))
     planned = patchflow.plan_grid(plain, size=128, stride=96)  # identity transform, y down
-    for layout in (planned, patchflow.ChipLayout(planned.grid, None, None)):
+    for layout in (planned, patchflow.plan.ChipLayout(planned.grid, None, None)):
         fig = grid_figure(plain, layout)
         (ax,) = image_axes(fig)
         assert ax.get_xlim() == (0.0, 500.0)

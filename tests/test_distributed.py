@@ -17,7 +17,7 @@ import zarr
 
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 distributed = pytest.importorskip("distributed")
 

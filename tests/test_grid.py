@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from patchflow.errors import GridError, ParameterError, PatchflowError
-from patchflow.grid import BOUNDARIES, AxisGrid, ChipGrid, pair
+from patchflow.plan.grid import BOUNDARIES, AxisGrid, ChipGrid, pair
 
 # ---------------------------------------------------------------------------------------
 # naive reference implementation (plain python loops)
@@ -465,7 +465,7 @@ def test_pair_rejects_non_ints(value: object) -> None:
 def test_window_bounds_rotated_grid_uses_all_corners() -> None:
     from affine import Affine
 
-    from patchflow.grid import window_bounds
+    from patchflow.plan.grid import window_bounds
 
     # 30° rotation: the true box of a chip is not spanned by two opposite corners
     t = Affine.translation(1000, 2000) * Affine.rotation(30) * Affine.scale(10, -10)

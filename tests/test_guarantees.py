@@ -269,7 +269,7 @@ def test_lazy_result_roundtrips_crs_and_transform(tmp_path: Any, writer: str) ->
 
 
 def test_per_variable_results_are_never_outer_joined() -> None:
-    from patchflow.core import _gather
+    from patchflow.api import _gather
 
     a = xr.DataArray(np.ones((1, 4, 5)), dims=("band", "y", "x"), coords={"band": ["ndvi"]})
     b = xr.DataArray(np.full((2, 4, 5), 2.0), dims=("band", "y", "x"), coords={"band": [1, 2]})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 #: Modules ``import patchflow`` must not load: optional (matplotlib, torch) or slow to
 #: import and only needed for scipy window specs (scipy.signal, ~0.6 s).
@@ -82,7 +82,7 @@ from patchflow.plotting import (
     decimation, demo_figure, draw_chip_grid, grid_figure, require_matplotlib, save_figure,
     scene_image, thumbnail,
 )
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 scene = make_scene((300, 300), seed=1)
 layout = scene.patch.grid(size=128, stride=96)

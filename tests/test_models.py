@@ -14,9 +14,9 @@ from scipy.signal import correlate2d
 
 import patchflow
 from patchflow.errors import ParameterError
-from patchflow.models import ModelOp, is_torch_module, tiny_cnn
+from patchflow.io.synthetic import make_scene
 from patchflow.ops import TTA, ConfigError, DNToReflectance, to_json
-from patchflow.synthetic import make_scene
+from patchflow.ops.models import ModelOp, is_torch_module, tiny_cnn
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ if importlib.util.find_spec("ipykernel") is None:
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 #: Modules a notebook needs beyond patchflow's own dependencies.
-NEEDS = {"02_ml_inference.ipynb": ("torch", "patchflow.models")}
+NEEDS = {"02_ml_inference.ipynb": ("torch", "patchflow.ops.models")}
 CELL_TIMEOUT = 120
 
 

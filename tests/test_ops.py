@@ -14,7 +14,9 @@ import xarray as xr
 from dask.base import tokenize
 
 import patchflow
+from patchflow.api import global_percentiles
 from patchflow.errors import ParameterError
+from patchflow.io.synthetic import make_scene
 from patchflow.ops import (
     NBR,
     NDVI,
@@ -35,7 +37,6 @@ from patchflow.ops import (
     batched,
     from_config,
     from_json,
-    global_percentiles,
     is_batched,
     op_output_spec,
     op_scale,
@@ -43,7 +44,6 @@ from patchflow.ops import (
     registered_ops,
     to_json,
 )
-from patchflow.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_register_custom_and_conflicts() -> None:
         with pytest.raises(ConfigError, match="already registered"):
             register("NDVI")(Square)
     finally:
-        from patchflow.ops import _REGISTRY
+        from patchflow.ops.base import _REGISTRY
 
         _REGISTRY.pop("test_ops.Square")
 

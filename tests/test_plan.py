@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patchflow.errors import GridError
-from patchflow.grid import AxisGrid, ChipGrid
-from patchflow.plan import AxisPlan, BlockPlan, Piece
+from patchflow.plan.blocks import AxisPlan, BlockPlan, Piece
+from patchflow.plan.grid import AxisGrid, ChipGrid
 
 # ---------------------------------------------------------------------------------------
 # unit tests

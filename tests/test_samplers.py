@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 
 from patchflow.errors import GridError, ParameterError
-from patchflow.grid import ChipGrid
-from patchflow.samplers import (
+from patchflow.plan.grid import ChipGrid
+from patchflow.plan.samplers import (
     Explicit,
     ExplicitCoords,
     JitteredStride,

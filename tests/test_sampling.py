@@ -15,9 +15,11 @@ import xarray as xr
 from dask.callbacks import Callback
 
 import patchflow
+from patchflow.engine.graph import STITCH_PREFIX as APPLY_STITCH_PREFIX
 from patchflow.errors import DimensionError, NodataCollisionError, OperatorError, ParameterError
-from patchflow.graph import STITCH_PREFIX as APPLY_STITCH_PREFIX
-from patchflow.samplers import (
+from patchflow.io.chips import open_chips, write_chips
+from patchflow.io.synthetic import make_scene
+from patchflow.plan.samplers import (
     Explicit,
     JitteredStride,
     PoissonDisk,
@@ -26,18 +28,10 @@ from patchflow.samplers import (
     Sampler,
     Stratified,
 )
-from patchflow.sampling import (
-    READ_PREFIX,
-    STITCH_PREFIX,
-    open_chips,
-    polygon_chips,
-    sample,
-    stitch_anchors,
-    write_chips,
-    zonal_stats,
-)
-from patchflow.synthetic import make_scene
-from patchflow.torch_data import ChipStoreDataset, LazyChipDataset
+from patchflow.sampling import polygon_chips, sample, stitch_anchors, zonal_stats
+from patchflow.sampling.chips import READ_PREFIX
+from patchflow.sampling.stitch import STITCH_PREFIX
+from patchflow.sampling.torch_data import ChipStoreDataset, LazyChipDataset
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +256,7 @@ def brute_stitch(
     shape: tuple[int, int],
     chips: np.ndarray,
     anchors: np.ndarray,
-    window: patchflow.Window,
+    window: patchflow.plan.Window,
 ) -> np.ndarray:
     h, w = window.shape
     num = np.zeros((*chips.shape[1:-2], *shape))
@@ -490,7 +484,7 @@ def small_scene() -> xr.DataArray:
 
 
 def small_sampler(kind: str, scene: xr.DataArray) -> Sampler:
-    """The samplers of :mod:`patchflow.samplers`, sized so most leave holes."""
+    """The samplers of :mod:`patchflow.plan.samplers`, sized so most leave holes."""
     h, w = CHIP
     if kind == "regular":
         return RegularStride(stride=(17, 15))  # full cover
@@ -567,7 +561,7 @@ def reference_stitch(
     outs: np.ndarray,
     anchors: np.ndarray,
     agg: str,
-    window: patchflow.Window,
+    window: patchflow.plan.Window,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain numpy: loop over chips, per-pixel merge. Returns ``(values, valid)``."""
     n, *lead, h, w = outs.shape

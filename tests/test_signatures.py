@@ -1,7 +1,7 @@
 """Discoverable interfaces (issue #13): real keyword-only signatures, no forged ones.
 
 ``apply``, ``run`` and the ``.patch`` accessor spell out every keyword of
-:func:`patchflow.core.prepare` (the source of truth), so ``help()``, ``inspect.signature``
+:func:`patchflow.engine.prepare.prepare` (the source of truth), so ``help()``, ``inspect.signature``
 and editor completion show them; unknown keywords still get patchflow's helpful
 :class:`~patchflow.errors.ParameterError` rather than Python's ``TypeError``.
 """
@@ -21,23 +21,23 @@ import pytest
 import xarray as xr
 
 import patchflow
-import patchflow.core
+import patchflow.engine.prepare
 from patchflow import options
 from patchflow.accessor import PatchAccessor
-from patchflow.aggregate import AGGREGATIONS
+from patchflow.engine.aggregate import AGGREGATIONS
 from patchflow.errors import ParameterError
-from patchflow.grid import BOUNDARIES
+from patchflow.io.store import MODES
 from patchflow.options import DEFAULT_SIZE, given_keywords
-from patchflow.store import MODES
+from patchflow.plan.grid import BOUNDARIES
 
 KW = inspect.Parameter.KEYWORD_ONLY
-PREPARE = patchflow.core.prepare
+PREPARE = patchflow.engine.prepare.prepare
 #: prepare's options whose annotation is a Literal of the valid strings in the wrappers
 LITERALS = {
     "boundary": BOUNDARIES,
-    "pad_mode": patchflow.core.PAD_MODES,
+    "pad_mode": patchflow.engine.prepare.PAD_MODES,
     "agg": tuple(AGGREGATIONS),
-    "on_error": patchflow.core.ON_ERROR,
+    "on_error": patchflow.engine.prepare.ON_ERROR,
 }
 RUN_OWN = (
     "store",
@@ -193,9 +193,9 @@ def test_accessor_mirrors_the_free_function(method: str, free: Callable[..., Any
     ("alias", "values"),
     [
         (options.Boundary, BOUNDARIES),
-        (options.PadMode, patchflow.core.PAD_MODES),
+        (options.PadMode, patchflow.engine.prepare.PAD_MODES),
         (options.Agg, tuple(AGGREGATIONS)),
-        (options.OnError, patchflow.core.ON_ERROR),
+        (options.OnError, patchflow.engine.prepare.ON_ERROR),
         (options.RunMode, MODES),
     ],
 )
@@ -227,7 +227,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         got.update(kw)
         raise Stop
 
-    monkeypatch.setattr(patchflow.core, "prepare", recorder)
+    monkeypatch.setattr(patchflow.engine.prepare, "prepare", recorder)
     got["__stop__"] = Stop
     return got
 

@@ -18,7 +18,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 
 import patchflow
-from patchflow.synthetic import CRS, ORIGIN, make_scene
+from patchflow.io.synthetic import CRS, ORIGIN, make_scene
 
 pystac = pytest.importorskip("pystac")
 stackstac = pytest.importorskip("stackstac")

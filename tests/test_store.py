@@ -19,14 +19,14 @@ import zarr
 
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.store import (
+from patchflow.io.store import (
     IncompleteStoreError,
     StoreExistsError,
     StoreMismatchError,
     open_result,
     run,
 )
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from patchflow.store import run
-    from patchflow.synthetic import make_scene
+    from patchflow.io.store import run
+    from patchflow.io.synthetic import make_scene
     from patchflow.demo import dn_ndvi
     scene = make_scene((3072, 3072), seed=4, chunks=384)
     run(scene, dn_ndvi, store=sys.argv[1], scheduler="synchronous", size=128, stride=96)

@@ -34,7 +34,7 @@ import patchflow
 from patchflow import ops
 from patchflow.cli import main
 from patchflow.errors import PatchflowError
-from patchflow.store import (
+from patchflow.io.store import (
     CRASH_AT,
     CorruptStoreError,
     ForeignFilesError,
@@ -52,7 +52,7 @@ from patchflow.store import (
     resume,
     run,
 )
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 spec"),
@@ -143,7 +143,7 @@ CHILD = textwrap.dedent(
     args = json.loads(sys.argv[1])
     sys.path.insert(0, args["tests"])
     import xarray as xr
-    import patchflow.store as store
+    import patchflow.io.store as store
     from test_store_safety import NEGATIVE, OP, ControlledNDVI
 
     def job_input():

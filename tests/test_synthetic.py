@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from patchflow.synthetic import make_scene
+from patchflow.io.synthetic import make_scene
 
 
 def test_scene_independent_of_chunking() -> None:

@@ -9,7 +9,7 @@ from dask.base import tokenize
 from scipy.signal import windows as sw
 
 from patchflow.errors import ParameterError, WindowError
-from patchflow.windows import FLOOR, WINDOWS, Window, make_window
+from patchflow.plan.windows import FLOOR, WINDOWS, Window, make_window
 
 #: the step of the fixed-point 1-D weights
 Q = 2.0**-12

@@ -21,7 +21,7 @@ centre         the value from the chip whose centre is nearest, per band (ties: 
 ============== ===================================================================
 
 Invalid contributions (a non-finite op output, a failed chip, or — for non-float outputs
-and with a ``fill_value`` — invalid input under the pixel; see :mod:`patchflow.nodata`)
+and with a ``fill_value`` — invalid input under the pixel; see :mod:`patchflow.engine.nodata`)
 carry zero weight. A pixel nothing valid reaches comes out as NaN (floats) or ``nodata``
 (ints); sums are float32, or float64 where the outputs are whole numbers (exact).
 
@@ -37,8 +37,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from patchflow.engine.nodata import OutputNodata, check_collision
 from patchflow.errors import OperatorError, ParameterError
-from patchflow.nodata import OutputNodata, check_collision
 
 __all__ = ["AGGREGATIONS", "Aggregator", "ChipBatch", "make_aggregator"]
 
@@ -118,7 +118,7 @@ class Aggregator:
         self.n_classes = n_classes
 
     def set_nodata(self, nd: OutputNodata) -> None:
-        """Use ``nd`` (see :func:`patchflow.nodata.resolve`) for invalid pixels."""
+        """Use ``nd`` (see :func:`patchflow.engine.nodata.resolve`) for invalid pixels."""
         self.nodata, self.encoded, self.nodata_origin = nd.value, nd.encoded, nd.origin
 
     def _finish(self, value: np.ndarray, ok: np.ndarray | None) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The result store: streaming a job into Zarr, resume, accumulation, verification.
 
 (Zarr is also read and written by :mod:`patchflow.sampling` — chip stores, via xarray —
-:mod:`patchflow.torch_data` and the CLI's input reader; the engine modules never touch it,
+:mod:`patchflow.sampling.torch_data` and the CLI's input reader; the engine modules never touch it,
 which ``lint-imports`` enforces.)
 
 Store layout (Zarr v3 group, readable with ``xr.open_zarr`` + rioxarray)::
@@ -61,7 +61,6 @@ written or deleted.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import errno
 import inspect
@@ -93,9 +92,11 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from patchflow._xr import spatial_dims
-from patchflow.aggregate import Aggregator, State
-from patchflow.core import Prepared, prepare, prepare_from
+from patchflow.engine.aggregate import Aggregator, State
+from patchflow.engine.graph import build_graph
+from patchflow.engine.prepare import Prepared, prepare, prepare_from
 from patchflow.errors import (
+    _CLI,
     CorruptStoreError,
     ForeignFilesError,
     IncompleteStoreError,
@@ -111,8 +112,10 @@ from patchflow.errors import (
     StoreMismatchError,
     StorePathError,
     StoreWriteError,
+    _w,
+    cli_wording,
 )
-from patchflow.graph import build_graph
+from patchflow.io.sources import is_remote
 from patchflow.options import (
     DEFAULT_SIZE,
     Agg,
@@ -122,7 +125,7 @@ from patchflow.options import (
     RunMode,
     given_keywords,
 )
-from patchflow.windows import WindowSpec
+from patchflow.plan.windows import WindowSpec
 
 if sys.platform != "win32":
     import fcntl
@@ -181,51 +184,10 @@ def _checkpoint(stage: str) -> None:
 
 # --------------------------------------------------------------------------- wording
 
-_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("patchflow_cli_wording", default=False)
-
-#: the fixes errors offer, in the caller's words: (Python, command line)
-_WORDS = {
-    "overwrite": ("overwrite=True", "--overwrite"),
-    "resume": ("resume=True", "--resume"),
-    "finish": (
-        "patchflow.store.resume(store), or patchflow.run(..., resume=True) with the same "
-        "input, operator and parameters",
-        "'patchflow resume STORE', or 'patchflow apply INPUT OUTPUT --resume' with the same "
-        "INPUT and options",
-    ),
-    "same": (
-        "the same input, operator and parameters",
-        "the same INPUT and options (--op/--pipeline, --red/--nir/--scale, chips)",
-    ),
-    "rerun": (
-        "call patchflow.run(obj, op, store=..., resume=True) with the same input, operator "
-        "and parameters",
-        "run 'patchflow apply INPUT OUTPUT --resume' again with the same INPUT and options",
-    ),
-    "another": ("write to another store", "choose another OUTPUT"),
-    "store": ("the output store", "OUTPUT"),
-    "input": ("the input", "INPUT"),
-}
 #: ``prepare`` keywords that ``patchflow apply`` exposes as ``--flags``
 _CLI_FLAGS = frozenset(
     {"size", "stride", "window", "agg", "n_classes", "boundary", "batch_size", "chunks"}
 )
-
-
-@contextlib.contextmanager
-def cli_wording() -> Iterator[None]:
-    """Word this module's errors for the ``patchflow`` command (``--overwrite``, not
-    ``overwrite=True``) inside the ``with`` block."""
-    token = _CLI.set(True)
-    try:
-        yield
-    finally:
-        _CLI.reset(token)
-
-
-def _w(key: str, cli: bool | None = None) -> str:
-    python, command = _WORDS[key]
-    return command if (_CLI.get() if cli is None else cli) else python
 
 
 def _field_label(key: str) -> str:
@@ -606,13 +568,9 @@ def _params_identity(params: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _jsonify(full[key]) for key in sorted(full)}
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path or path.startswith("/vsi")
-
-
 def _real(path: Any) -> str:
     text = os.fspath(path)
-    return text if _is_remote(text) else os.path.realpath(text)
+    return text if is_remote(text) else os.path.realpath(text)
 
 
 def _walk_source(value: Any, found: list[tuple[str, str | None]], depth: int = 0) -> None:
@@ -1186,7 +1144,7 @@ def check_output_path(output: str | os.PathLike[str], inputs: Iterable[Any]) -> 
     out = Path(_real(out_text))
     for source in inputs:
         text = os.fspath(source)
-        if _is_remote(text):
+        if is_remote(text):
             continue
         real = Path(_real(text))
         if out == real:
@@ -1488,7 +1446,7 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
     Examples
     --------
     >>> import tempfile, patchflow
-    >>> from patchflow.synthetic import make_scene
+    >>> from patchflow.io.synthetic import make_scene
     >>> from patchflow.demo import dn_ndvi
     >>> path = tempfile.mkdtemp() + "/ndvi.zarr"
     >>> report = run(make_scene((600, 500), chunks=300), dn_ndvi, store=path)

@@ -15,10 +15,10 @@ from typing import Any, overload
 
 import numpy as np
 
-from patchflow.aggregate import Aggregator, ChipBatch, OverlapAdd, State
+from patchflow.engine.aggregate import Aggregator, ChipBatch, OverlapAdd, State
 from patchflow.errors import OperatorError
-from patchflow.grid import window_bounds
-from patchflow.windows import Window
+from patchflow.plan.grid import window_bounds
+from patchflow.plan.windows import Window
 
 __all__ = [
     "BlockTask",
@@ -586,7 +586,7 @@ def stitch_block(
 ) -> np.ndarray:
     """Merge the pieces of every partial that overlaps an output block, then finalise.
 
-    With a ``sink`` (see :mod:`patchflow.store`) the merged state is handed to
+    With a ``sink`` (see :mod:`patchflow.io.store`) the merged state is handed to
     ``sink.write(index, state, agg)`` instead, which persists it and returns a marker.
     """
     agg = spec.agg

@@ -7,7 +7,7 @@ inside the scene (``0 <= row <= height - h`` and ``0 <= col <= width - w``).
 Samplers
 --------
 :class:`RegularStride`
-    The regular grid of :class:`patchflow.grid.ChipGrid` (``"shift"`` or ``"drop"``).
+    The regular grid of :class:`patchflow.plan.grid.ChipGrid` (``"shift"`` or ``"drop"``).
 :class:`JitteredStride`
     A regular grid whose anchors are each moved by a random offset.
 :class:`Random`
@@ -32,12 +32,13 @@ fraction of invalid pixels exceeds ``p`` are skipped. :class:`Random` and
 return fewer chips. Invalid-pixel counts are exact (summed-area tables per block); a lazy
 mask is reduced block by block and never materialised whole.
 
-Lazy inputs (dask arrays, xarray objects) are handled through their own methods
-(``map_blocks``, ``compute``), so this module imports neither dask nor xarray.
+Masks and label rasters are read through :mod:`patchflow.plan.rasters`: numpy ones tile by
+tile here, lazy ones (dask arrays, xarray objects) through graphs the engine builds. This
+module imports neither dask nor xarray.
 
 Examples
 --------
->>> from patchflow.samplers import PoissonDisk
+>>> from patchflow.plan.samplers import PoissonDisk
 >>> a = PoissonDisk(min_dist=40, seed=1).anchors((512, 512), (64, 64))
 >>> a.dtype.name, a.shape[1], bool((a >= 0).all() and (a <= 512 - 64).all())
 ('int64', 2, True)
@@ -50,12 +51,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 
-from patchflow.errors import DimensionError, GridError, ParameterError
-from patchflow.grid import ChipGrid, pair
+from patchflow.errors import GridError, ParameterError
+from patchflow.plan.grid import ChipGrid, pair
+from patchflow.plan.rasters import as_block_raster
 
 __all__ = [
     "SAMPLERS",
@@ -73,8 +76,6 @@ __all__ = [
 
 Outside = Literal["raise", "drop", "clip"]
 OUTSIDE: tuple[str, ...] = ("raise", "drop", "clip")
-#: tile edge used when a numpy mask or label raster is processed block by block
-NUMPY_TILE = 2048
 #: at most this many cells in Poisson-disk's background grid (int32: 4 bytes each)
 MAX_POISSON_CELLS = 20_000_000
 
@@ -138,38 +139,6 @@ def _as_anchor_array(values: Any, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _unwrap(values: Any) -> Any:
-    """The array inside an xarray object (dask or numpy), else ``values`` itself."""
-    if isinstance(values, np.ndarray):
-        return values
-    if hasattr(values, "dims") and hasattr(values, "variable"):  # xarray.DataArray
-        return values.data
-    return values
-
-
-def _is_lazy(arr: Any) -> bool:
-    return hasattr(arr, "map_blocks") and hasattr(arr, "chunks") and hasattr(arr, "compute")
-
-
-def _squeeze_2d(arr: Any, what: str) -> Any:
-    """Drop leading length-1 axes; the result must be 2-D."""
-    while getattr(arr, "ndim", 0) > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if getattr(arr, "ndim", 0) != 2:
-        raise DimensionError(f"{what} must be 2-D (y, x), got shape {getattr(arr, 'shape', None)}")
-    return arr
-
-
-def _tiles(length: int, tile: int) -> list[tuple[int, int]]:
-    return [(s, min(s + tile, length)) for s in range(0, length, tile)]
-
-
-def _block_origin(block_info: Any) -> tuple[int, int, tuple[int, int]]:
-    (r0, _), (c0, _) = block_info[0]["array-location"]
-    loc = block_info[0]["chunk-location"]
-    return int(r0), int(c0), (int(loc[0]), int(loc[1]))
-
-
 # --------------------------------------------------------------------------- validity
 
 
@@ -187,14 +156,16 @@ def _block_invalid_counts(
     return np.asarray(sat[re, ce] - sat[rs, ce] - sat[re, cs] + sat[rs, cs], dtype=np.int64)
 
 
-def _lazy_invalid_block(
+def _invalid_in_block(
     block: np.ndarray,
+    r0: int,
+    c0: int,
+    key: tuple[int, int],
+    *,
     anchors: np.ndarray,
     size: tuple[int, int],
-    block_info: Any = None,
 ) -> np.ndarray:
-    r0, c0, _ = _block_origin(block_info)
-    return _block_invalid_counts(block, r0, c0, anchors, size)[None, None, :]
+    return _block_invalid_counts(block, r0, c0, anchors, size)
 
 
 def invalid_counts(valid: Any, anchors: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -219,27 +190,10 @@ def invalid_counts(valid: Any, anchors: np.ndarray, size: int | tuple[int, int])
     """
     anchors = _as_anchor_array(anchors, "anchors")
     sz = _pos_pair(size, "size")
-    arr = _squeeze_2d(_unwrap(valid), "the validity mask")
+    raster = as_block_raster(valid, "the validity mask")
     if len(anchors) == 0:
         return np.zeros(0, np.int64)
-    if _is_lazy(arr):
-        nby, nbx = len(arr.chunks[0]), len(arr.chunks[1])
-        parts = arr.map_blocks(
-            _lazy_invalid_block,
-            anchors=anchors,
-            size=sz,
-            new_axis=2,
-            chunks=((1,) * nby, (1,) * nbx, (len(anchors),)),
-            dtype=np.int64,
-            meta=np.empty((0, 0, 0), np.int64),
-        )
-        return np.asarray(parts.sum(axis=(0, 1)).compute(), dtype=np.int64)
-    mask = np.asarray(arr)
-    total = np.zeros(len(anchors), np.int64)
-    for r0, r1 in _tiles(mask.shape[0], NUMPY_TILE):
-        for c0, c1 in _tiles(mask.shape[1], NUMPY_TILE):
-            total += _block_invalid_counts(mask[r0:r1, c0:c1], r0, c0, anchors, sz)
-    return total
+    return raster.sum_blocks(partial(_invalid_in_block, anchors=anchors, size=sz), len(anchors))
 
 
 def _check_valid(valid: Any, shape: tuple[int, int], max_invalid: float) -> Any:
@@ -249,12 +203,12 @@ def _check_valid(valid: Any, shape: tuple[int, int], max_invalid: float) -> Any:
         raise ParameterError(f"max_invalid must be a fraction in [0, 1], got {max_invalid!r}")
     if valid is None:
         return None
-    arr = _squeeze_2d(_unwrap(valid), "the validity mask")
-    if tuple(arr.shape) != tuple(shape):
+    raster = as_block_raster(valid, "the validity mask")
+    if tuple(raster.shape) != tuple(shape):
         raise ParameterError(
-            f"the validity mask has shape {tuple(arr.shape)}, but the scene is {tuple(shape)}"
+            f"the validity mask has shape {tuple(raster.shape)}, but the scene is {tuple(shape)}"
         )
-    return arr
+    return raster
 
 
 def _keep_valid(
@@ -358,7 +312,7 @@ def _finish(
 
 @dataclass(frozen=True)
 class RegularStride(Sampler):
-    """The regular chip grid (same anchors as :class:`patchflow.grid.ChipGrid`).
+    """The regular chip grid (same anchors as :class:`patchflow.plan.grid.ChipGrid`).
 
     Parameters
     ----------
@@ -920,13 +874,6 @@ def _strat_block_candidates(
     return out
 
 
-def _lazy_strat_block(block: np.ndarray, block_info: Any = None, **kwargs: Any) -> np.ndarray:
-    r0, c0, key = _block_origin(block_info)
-    out = np.empty((1, 1), dtype=object)
-    out[0, 0] = _strat_block_candidates(block, r0, c0, key, **kwargs)
-    return out
-
-
 @dataclass(frozen=True, eq=False)
 class Stratified(Sampler):
     """Balanced sampling: ``n_per_class`` chips per class of a label raster.
@@ -987,40 +934,23 @@ class Stratified(Sampler):
         object.__setattr__(self, "ignore", tuple(ignore))
         if not isinstance(self.oversample, int | float) or float(self.oversample) < 1.0:
             raise ParameterError(f"oversample must be a number >= 1, got {self.oversample!r}")
-        object.__setattr__(self, "labels", _squeeze_2d(_unwrap(self.labels), "labels"))
+        object.__setattr__(self, "labels", as_block_raster(self.labels, "labels"))
 
     def _candidates(
         self, shape: tuple[int, int], size: tuple[int, int], cap: int
     ) -> list[dict[Any, tuple[int, np.ndarray, np.ndarray]]]:
-        arr = self.labels
         h, w = size
         elig = (h // 2, shape[0] - h + h // 2, w // 2, shape[1] - w + w // 2)
         classes = tuple(self.n_per_class) if isinstance(self.n_per_class, Mapping) else None
-        kwargs = dict(elig=elig, cap=cap, seed=self.seed, ignore=self.ignore, classes=classes)
-        if _is_lazy(arr):
-            nby, nbx = len(arr.chunks[0]), len(arr.chunks[1])
-            parts = arr.map_blocks(
-                _lazy_strat_block,
-                chunks=((1,) * nby, (1,) * nbx),
-                dtype=object,
-                meta=np.empty((0, 0), object),
-                **kwargs,
-            ).compute()
-            return [parts[i, j] for i in range(nby) for j in range(nbx)]
-        labels = np.asarray(arr)
-        out = []
-        for bi, (r0, r1) in enumerate(_tiles(shape[0], NUMPY_TILE)):
-            for bj, (c0, c1) in enumerate(_tiles(shape[1], NUMPY_TILE)):
-                out.append(
-                    _strat_block_candidates(
-                        labels[r0:r1, c0:c1],
-                        r0,
-                        c0,
-                        (bi, bj),
-                        **kwargs,  # type: ignore[arg-type]
-                    )
-                )
-        return out
+        scan = partial(
+            _strat_block_candidates,
+            elig=elig,
+            cap=cap,
+            seed=self.seed,
+            ignore=tuple(self.ignore),
+            classes=classes,
+        )
+        return self.labels.reduce_blocks(scan)
 
     def draw(
         self,

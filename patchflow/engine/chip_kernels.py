@@ -1,9 +1,10 @@
 """Per-task kernels of the sampler-side graphs (pure numpy; they run on the workers).
 
 The task functions and their per-task specs behind :func:`patchflow.sampling.sample`
-(chip assembly), :func:`patchflow.sampling.stitch_anchors` (one output block from the chips
+(chip assembly), the samplers' block scans of masks and label rasters,
+:func:`patchflow.sampling.stitch_anchors` (one output block from the chips
 touching it) and :func:`patchflow.sampling.zonal_stats` (per-block partial statistics and
-their exact merge). :mod:`patchflow.graph` builds the graphs that call them; nothing here
+their exact merge). :mod:`patchflow.engine.graph` builds the graphs that call them; nothing here
 imports dask, xarray or zarr, and every spec is a frozen, picklable dataclass.
 """
 
@@ -15,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from patchflow.aggregate import Aggregator, ChipBatch
+from patchflow.engine.aggregate import Aggregator, ChipBatch
 from patchflow.errors import PatchflowError
-from patchflow.windows import Window
+from patchflow.plan.windows import Window
 
 __all__ = [
     "GroupSpec",
@@ -29,10 +30,35 @@ __all__ = [
     "merge_partials",
     "polygon_mask",
     "require_geo",
+    "scan_block",
     "stitch_anchor_block",
+    "sum_block",
     "zonal_block",
     "zonal_merge",
 ]
+
+# --------------------------------------------------------------------------- block scans
+
+
+def _origin(block_info: Any) -> tuple[int, int, tuple[int, int]]:
+    (r0, _), (c0, _) = block_info[0]["array-location"]
+    loc = block_info[0]["chunk-location"]
+    return int(r0), int(c0), (int(loc[0]), int(loc[1]))
+
+
+def scan_block(block: np.ndarray, fn: Any, block_info: Any = None) -> np.ndarray:
+    """``fn(block, row0, col0, key)`` as a ``(1, 1)`` object array (one cell per block)."""
+    r0, c0, key = _origin(block_info)
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = fn(np.asarray(block), r0, c0, key)
+    return out
+
+
+def sum_block(block: np.ndarray, fn: Any, block_info: Any = None) -> np.ndarray:
+    """``fn(block, row0, col0, key)`` (a vector) as ``(1, 1, n)``, to be summed over blocks."""
+    r0, c0, key = _origin(block_info)
+    return np.asarray(fn(np.asarray(block), r0, c0, key))[None, None, :]
+
 
 # --------------------------------------------------------------------------- chip assembly
 
@@ -65,7 +91,7 @@ class StitchSpec:
     """One output block of :func:`patchflow.sampling.stitch_anchors` (travels through dask as is).
 
     The block task feeds its chips to ``agg`` exactly as :func:`patchflow.apply` does
-    (:class:`~patchflow.aggregate.ChipBatch` → ``add`` into a partial state over the
+    (:class:`~patchflow.engine.aggregate.ChipBatch` → ``add`` into a partial state over the
     chips' bounding region → ``merge`` of the block's window into a block state →
     ``finalize``), so every aggregation and validity rule is the engine's own.
     """

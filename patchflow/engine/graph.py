@@ -4,8 +4,9 @@ Every graph patchflow writes by hand (layers of tasks, ``HighLevelGraph`` object
 ``dask.array`` or ``Delayed`` collections made from them) is assembled here; other modules
 only use dask's collection API (``map_blocks``, ``rechunk``, ``dask.delayed``…) or refer to
 keys of a graph built here. The task functions run on the workers and live below, in
-:mod:`patchflow.blocks` (``apply``/``run``) and :mod:`patchflow.chip_kernels` (the sampler
-side); callers plan the work and pass the plan in as plain data.
+:mod:`patchflow.engine.kernels` (``apply``/``run``) and
+:mod:`patchflow.engine.chip_kernels` (the sampler side); callers plan the work and pass
+the plan in as plain data.
 
 The sampler-side graphs, each one task per planned group or block (planned by
 :mod:`patchflow.sampling`): :func:`chip_array_graph` (``patchflow-sample-<token>``, plus
@@ -42,7 +43,18 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from patchflow._dask_compat import chunk_getter_call, make_getter_task
-from patchflow.blocks import (
+from patchflow.engine.chip_kernels import (
+    GroupSpec,
+    StitchSpec,
+    ZoneSpec,
+    assemble,
+    scan_block,
+    stitch_anchor_block,
+    sum_block,
+    zonal_block,
+    zonal_merge,
+)
+from patchflow.engine.kernels import (
     BlockTask,
     EngineSpec,
     StitchTask,
@@ -51,16 +63,7 @@ from patchflow.blocks import (
     split_halo,
     stitch_block,
 )
-from patchflow.chip_kernels import (
-    GroupSpec,
-    StitchSpec,
-    ZoneSpec,
-    assemble,
-    stitch_anchor_block,
-    zonal_block,
-    zonal_merge,
-)
-from patchflow.plan import BlockPlan
+from patchflow.plan.blocks import BlockPlan
 
 __all__ = [
     "ANCHORS_STITCH_PREFIX",
@@ -327,13 +330,16 @@ def build_graph(
 #
 # The graphs behind :mod:`patchflow.sampling`: the caller plans which chips (or polygons) go
 # to which task and hands the plan over as plain data; these functions only turn a plan into
-# layers and a dask collection. The task functions are in :mod:`patchflow.chip_kernels`.
+# layers and a dask collection. The task functions are in :mod:`patchflow.engine.chip_kernels`.
 
 SAMPLE_PREFIX = "patchflow-sample"
 SAMPLE_READ_PREFIX = "patchflow-sample-read"
 #: not ``patchflow-stitch-…``: that prefix is apply's stitch layer
 ANCHORS_STITCH_PREFIX = "patchflow-anchors-stitch"
 ZONAL_PREFIX = "patchflow-zonal"
+#: samplers' scans of validity masks and label rasters (one task per chunk)
+SCAN_PREFIX = "patchflow-block-scan"
+SUMS_PREFIX = "patchflow-block-sums"
 
 #: one piece of a chip inside one source chunk: ``(chip index, (chunk row, chunk col),
 #: (rows, cols) inside the chunk, (rows, cols) inside the chip)``, spans as ``(start, stop)``
@@ -467,3 +473,36 @@ def zonal_graph(
         {**base.dependencies, merge_name: {name}},
     )
     return Delayed(merge_name, graph)
+
+
+def block_reductions(arr: da.Array, fn: Any) -> da.Array:
+    """A ``(n_block_rows, n_block_cols)`` object array: ``fn(block, row0, col0, key)`` per
+    chunk of the 2-D ``arr`` (see :mod:`patchflow.plan.rasters`)."""
+    nby, nbx = len(arr.chunks[0]), len(arr.chunks[1])
+    return da.map_blocks(
+        scan_block,
+        arr,
+        fn=fn,
+        chunks=((1,) * nby, (1,) * nbx),
+        dtype=object,
+        meta=np.empty((0, 0), object),
+        name=f"{SCAN_PREFIX}-{tokenize(arr, fn)}",
+    )
+
+
+def block_sums(arr: da.Array, fn: Any, length: int) -> da.Array:
+    """The sum over the chunks of the 2-D ``arr`` of ``fn(block, row0, col0, key)``, a
+    ``length`` int64 vector per chunk (a tree reduction: never one vector per chunk at once).
+    """
+    nby, nbx = len(arr.chunks[0]), len(arr.chunks[1])
+    parts = da.map_blocks(
+        sum_block,
+        arr,
+        fn=fn,
+        new_axis=2,
+        chunks=((1,) * nby, (1,) * nbx, (length,)),
+        dtype=np.int64,
+        meta=np.empty((0, 0, 0), np.int64),
+        name=f"{SUMS_PREFIX}-{tokenize(arr, fn, length)}",
+    )
+    return parts.sum(axis=(0, 1))

@@ -6,7 +6,7 @@ or forkserver: each worker process opens the store (or builds its own dask slice
 
 :class:`ChipStoreDataset`
     Reads ``image`` (and ``label``) chips from a Zarr store written by
-    :func:`patchflow.sampling.write_chips`, one chip per item straight from Zarr.
+    :func:`patchflow.io.chips.write_chips`, one chip per item straight from Zarr.
 :class:`LazyChipDataset`
     Reads chips on demand from a lazy source (any dask/xarray raster, e.g. a COG opened
     with rioxarray) at given anchors, with the synchronous dask scheduler inside workers.
@@ -16,8 +16,8 @@ arrays, or torch tensors with ``as_tensor=True`` (the default when torch is inst
 
 Examples
 --------
->>> from patchflow.samplers import Random
->>> from patchflow.synthetic import make_scene
+>>> from patchflow.plan.samplers import Random
+>>> from patchflow.io.synthetic import make_scene
 >>> scene = make_scene((256, 256), chunks=128)
 >>> ds = LazyChipDataset(scene, Random(3, seed=0).anchors((256, 256), 32), size=32,
 ...                      as_tensor=False, dtype="float32")
@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from patchflow.errors import ParameterError, PatchflowError
-from patchflow.grid import pair
+from patchflow.io.chips import open_chip_group
+from patchflow.plan.grid import pair
 
 __all__ = ["ChipStoreDataset", "LazyChipDataset", "torch_available"]
 
@@ -92,7 +93,7 @@ class _Base:
 
 
 class ChipStoreDataset(_Base):
-    """Chips of a Zarr chip store (:func:`patchflow.sampling.write_chips`) as a dataset.
+    """Chips of a Zarr chip store (:func:`patchflow.io.chips.write_chips`) as a dataset.
 
     Parameters
     ----------
@@ -111,9 +112,9 @@ class ChipStoreDataset(_Base):
     Examples
     --------
     >>> import tempfile
-    >>> from patchflow.samplers import Random
-    >>> from patchflow.sampling import sample, write_chips
-    >>> from patchflow.synthetic import make_scene
+    >>> from patchflow.plan.samplers import Random
+    >>> from patchflow import sample, write_chips
+    >>> from patchflow.io.synthetic import make_scene
     >>> path = write_chips(sample(make_scene((128, 128)), Random(4), size=16),
     ...                    tempfile.mkdtemp() + "/c.zarr")
     >>> ds = ChipStoreDataset(path, as_tensor=False)
@@ -146,9 +147,7 @@ class ChipStoreDataset(_Base):
         self._group: Any = None  # opened lazily in each process
 
     def _open(self) -> Any:
-        import zarr
-
-        return zarr.open_group(self.store, mode="r", use_consolidated=False)
+        return open_chip_group(self.store)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -206,7 +205,7 @@ class LazyChipDataset(_Base):
         transform: Transform | None = None,
     ) -> None:
         from patchflow._xr import georef
-        from patchflow.sampling import _as_dataarray, _label_array
+        from patchflow.sampling.chips import _as_dataarray, _label_array
 
         super().__init__(
             as_tensor=as_tensor, dtype=dtype, label_dtype=label_dtype, transform=transform

@@ -1,10 +1,10 @@
-"""``patchflow.apply``: the xarray-facing entry point (plan → graph → lazy DataArray).
+"""Preparing a job: xarray input → plain arrays, a block plan and an engine spec.
 
-This module turns labelled xarray input into the plain arrays and plans the engine works
-on, and wraps the lazy result back into a georeferenced :class:`xarray.DataArray`.
-It never computes anything: building the graph is free, and the only data it touches is
-one dry call of the operator on a chip of ones (skipped when ``output_dtype`` and
-``output_shape``/``output_bands`` are given).
+:func:`prepare` validates every option of ``apply``/``run`` and returns a :class:`Prepared`
+job; :meth:`Prepared.result` builds the graph (:mod:`patchflow.engine.graph`) and wraps the
+lazy result in a georeferenced DataArray. It never computes anything: building the graph is
+free, and the only data it touches is one dry call of the operator on a chip of ones
+(skipped when ``output_dtype`` and ``output_shape``/``output_bands`` are given).
 """
 
 from __future__ import annotations
@@ -23,21 +23,20 @@ import xarray as xr
 from affine import Affine
 
 from patchflow._xr import as_dataarray, spatial_dims, transform_of, write_georef
-from patchflow.aggregate import make_aggregator
-from patchflow.blocks import EngineSpec
+from patchflow.engine.aggregate import make_aggregator
+from patchflow.engine.graph import build_graph
+from patchflow.engine.kernels import EngineSpec
+from patchflow.engine.nodata import input_nodata as input_nodata_of
+from patchflow.engine.nodata import is_value as is_nodata_value
+from patchflow.engine.nodata import resolve as resolve_nodata
+from patchflow.engine.nodata import work_dtype
 from patchflow.errors import DimensionError, OperatorError, ParameterError, PatchflowWarning
-from patchflow.graph import build_graph
-from patchflow.grid import ChipGrid, pair, window_bounds
-from patchflow.nodata import input_nodata as input_nodata_of
-from patchflow.nodata import is_value as is_nodata_value
-from patchflow.nodata import resolve as resolve_nodata
-from patchflow.nodata import work_dtype
 from patchflow.ops import is_batched, op_output_spec, op_scale
-from patchflow.options import DEFAULT_SIZE, Agg, Boundary, OnError, PadMode, given_keywords
-from patchflow.plan import BlockPlan
-from patchflow.windows import WindowSpec, make_window
+from patchflow.plan.blocks import BlockPlan
+from patchflow.plan.grid import ChipGrid, pair
+from patchflow.plan.windows import WindowSpec, make_window
 
-__all__ = ["ChipLayout", "Prepared", "apply", "plan_grid", "prepare", "spatial_dims"]
+__all__ = ["Prepared", "prepare", "prepare_from"]
 
 #: target block edge (pixels) when patchflow picks chunks itself; rounded up to a stride
 #: multiple so every block owns the same number of chips
@@ -668,238 +667,3 @@ class Prepared:
         if self.band_names and band is not None and out.sizes[band] == len(self.band_names):
             out = out.assign_coords({band: list(self.band_names)})
         return out
-
-
-def apply(
-    obj: xr.DataArray | xr.Dataset,
-    op: Callable[..., Any],
-    *,
-    size: int | tuple[int, int] = DEFAULT_SIZE,
-    stride: int | tuple[int, int] = 192,
-    window: WindowSpec = "hann",
-    window_params: Mapping[str, Any] | None = None,
-    boundary: Boundary = "shift",
-    pad_mode: PadMode = "constant",
-    agg: Agg = "overlap_add",
-    n_classes: int | None = None,
-    batched: bool | None = None,
-    batch_size: int | None = None,
-    chunks: Any = None,
-    output_dtype: Any = None,
-    output_shape: Sequence[int] | None = None,
-    output_bands: int | None = None,
-    output_dims: Sequence[Hashable] | None = None,
-    nodata: Any = None,
-    input_nodata: Any = None,
-    fill_value: Any = None,
-    pass_mask: bool = False,
-    allow_gaps: bool = False,
-    scale: float | None = None,
-    over: Hashable | Sequence[Hashable] | None = None,
-    on_error: OnError = "raise",
-    retries: int = 3,
-    retry_on: Sequence[type[BaseException]] = (OSError,),
-    per_variable: bool = False,
-    name: Hashable | None = None,
-    **unknown: Any,
-) -> xr.DataArray:
-    """Run ``op`` on overlapping chips of ``obj`` and stitch the results, lazily.
-
-    Parameters
-    ----------
-    obj
-        A DataArray with spatial dims (``y``/``x`` or what rioxarray recognises), lazy
-        (dask) or in memory, or a Dataset whose data variables are stacked, in
-        ``data_vars`` order, along a leading ``variable`` dim.
-    op
-        Per-chip operator. Plain: ``(non-spatial…, h, w) -> (out…, h, w)``. Batched
-        (``batched=True``, :func:`patchflow.batched`, or ``op.batched``):
-        ``(n, non-spatial…, h, w) -> (n, out…, h, w)``.
-    size, stride
-        Chip size and stride in pixels, an int or a ``(y, x)`` pair.
-    window, window_params
-        Blending window (name, 2-D array, callable ``(h, w)``) and its parameters
-        (``sigma``, ``alpha``, ``power``).
-    boundary, pad_mode
-        Boundary policy (``"shift"``, ``"pad"``, ``"drop"``, ``"raise"``) and, for
-        ``"pad"``, how chips past the edge are filled (numpy pad modes).
-    agg, n_classes
-        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
-        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
-    batched
-        Whether ``op`` takes a batch of chips (see ``op`` above). Default: ``op.batched``
-        (set by :func:`patchflow.batched`), else plain.
-    batch_size
-        Chips per operator call (batched ops) and per weighting step. Default: as many
-        chips as hold ~8 MB of input (1 to 64), which bounds the op's working memory.
-    chunks
-        Spatial block size override (int, ``(y, x)`` or ``{dim: size}``).
-    output_dtype, output_shape, output_bands, output_dims
-        What ``op`` returns per chip (non-spatial shape; ``output_bands=n`` means
-        ``(n,)``). With dtype and shape given the dry run is skipped. ``output_dims`` names
-        the output's non-spatial dims.
-    nodata
-        Nodata of the *result* (see :mod:`patchflow.nodata` for the rules): integer results
-        use it for invalid pixels, float results hold NaN in memory and get it as their
-        encoded (on-disk) nodata. Default: NaN for floats; for integers the input's nodata,
-        else the dtype's max/min, else none when no pixel can be invalid. A valid result
-        equal to it raises :class:`~patchflow.errors.NodataCollisionError`.
-    input_nodata
-        Override the input's nodata (default: rioxarray's ``nodata``/``encoded_nodata``).
-        Validity is per element: one band's nodata leaves the pixel's other bands valid.
-    fill_value, pass_mask
-        ``None`` (default): invalid input values reach ``op`` as NaN (integer input with
-        nodata is promoted to float64 for the op), and NaN/inf outputs carry zero weight.
-        A number: invalid values are replaced by it (for models that cannot take NaN) and
-        the output pixel is invalid wherever any input element under it was. With
-        ``pass_mask`` the op is called as ``op(chips, valid_mask)`` (pixel validity).
-    allow_gaps
-        Allow ``stride > size``.
-    scale
-        Output pixels per input pixel (e.g. 2 for ×2 super-resolution, 0.25 for a stride-4
-        encoder). Default: ``op.scale`` if the op declares it, else found by the dry run.
-    over
-        Non-spatial dims the op sees besides the band (last non-spatial) dim. Default: none,
-        so for ``(time, band, y, x)`` the op runs per time step on ``(band, h, w)``;
-        ``over="time"`` hands it ``(time, band, h, w)`` (e.g. a temporal composite).
-    on_error, retries, retry_on
-        Per-chip failure policy: ``"raise"`` (error names the chip, its pixel window and CRS
-        bounds), ``"mask"`` (the chip gets zero weight; :func:`patchflow.run` reports the
-        count), ``"retry"`` (``retries`` more attempts on ``retry_on`` exceptions).
-    per_variable
-        Dataset input only: apply ``op`` to each data variable separately and return a
-        Dataset (default: variables stacked along ``variable`` into one DataArray).
-    name
-        Name of the output DataArray.
-    **unknown
-        Not options: a catch-all so that keywords ``apply`` does not take raise
-        :class:`~patchflow.errors.ParameterError` with the fix instead of Python's
-        ``TypeError`` (other libraries' names get patchflow's equivalent, ``overlap=0.25``
-        → ``stride=192``; typos the closest valid name). Any keyword here is an error.
-
-    Returns
-    -------
-    xarray.DataArray
-        Lazy, dims ``(out dims…, y, x)``, same y/x coords, CRS and transform as the input,
-        nodata in ``rio.nodata`` (NaN for float outputs).
-
-    Raises
-    ------
-    ParameterError
-        An unknown keyword, or an option with a value patchflow cannot use.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr, patchflow
-    >>> scene = xr.DataArray(np.random.rand(2, 600, 500), dims=("band", "y", "x"))
-    >>> out = patchflow.apply(scene, lambda c: c[1:] - c[:1], size=128, stride=96)
-    >>> out.shape
-    (1, 600, 500)
-    >>> bool(abs(out - (scene[1:] - scene[:1].values)).max() < 1e-9)
-    True
-    """
-    # prepare's keywords this call sets (unknown ones fail in prepare_from)
-    params = {**given_keywords(apply, locals(), prepare), **unknown}
-    also = ("per_variable",)  # handled here: named as valid in the unknown-keyword message
-    if isinstance(obj, xr.Dataset) and per_variable:
-        # each variable on its own (its own bands/dtype), results gathered in a Dataset
-        results = {
-            name: prepare_from(var, op, params, also=also).result()
-            for name, var in obj.data_vars.items()
-        }
-        return _gather(results, obj.attrs)  # type: ignore[return-value]
-    return prepare_from(obj, op, params, also=also).result()
-
-
-def _gather(results: dict[Hashable, xr.DataArray], attrs: Mapping[Any, Any]) -> xr.Dataset:
-    """Per-variable results in one Dataset, never outer-joined.
-
-    A Dataset aligns its variables, so two results with different band labels (or band
-    counts) would be padded with NaN where the other has a band. Non-spatial dims that do
-    not line up get the variable's name as a suffix instead (``band_dn``, ``band_refl``).
-    """
-    arrays = list(results.values())
-    try:
-        xr.align(*arrays, join="exact")
-    except ValueError:
-        renamed = {}
-        for name, arr in results.items():
-            y, x = arr.dims[-2:]
-            lead = {d: f"{d}_{name}" for d in arr.dims if d not in (y, x)}
-            renamed[name] = arr.rename(lead)
-        results = renamed
-    return xr.Dataset(results, attrs=dict(attrs))
-
-
-@dataclass(frozen=True)
-class ChipLayout:
-    """The planned chips of a scene, for inspection and plotting.
-
-    ``anchors`` are ``(row, col)`` pixel offsets; ``bounds`` are ``(xmin, ymin, xmax,
-    ymax)`` in CRS units (``None`` without a transform).
-    """
-
-    grid: ChipGrid
-    transform: Any
-    crs: Any
-
-    @property
-    def anchors(self) -> np.ndarray:
-        """``(n_chips, 2)`` chip ``(row, col)`` offsets."""
-        return self.grid.anchors
-
-    @property
-    def windows(self) -> np.ndarray:
-        """``(n_chips, 4)`` pixel windows ``(row_off, col_off, height, width)``."""
-        h, w = self.grid.size_yx
-        a = self.anchors
-        return np.column_stack([a, np.full(len(a), h), np.full(len(a), w)])
-
-    @property
-    def bounds(self) -> np.ndarray | None:
-        """``(n_chips, 4)`` chip bounds ``(xmin, ymin, xmax, ymax)`` in CRS units."""
-        if self.transform is None:
-            return None
-        # all four corners through the transform: true boxes on rotated grids too
-        return window_bounds(self.transform, self.anchors, self.grid.size_yx)[:, :4]
-
-    def to_dataframe(self) -> Any:
-        """One row per chip: ``row, col, height, width`` and CRS bounds."""
-        import pandas as pd
-
-        win = self.windows
-        frame = pd.DataFrame(win, columns=["row", "col", "height", "width"])
-        bounds = self.bounds
-        if bounds is not None:
-            for k, col in enumerate(("xmin", "ymin", "xmax", "ymax")):
-                frame[col] = bounds[:, k]
-        return frame
-
-
-def plan_grid(
-    obj: xr.DataArray | xr.Dataset,
-    *,
-    size: int | tuple[int, int] = 256,
-    stride: int | tuple[int, int] = 192,
-    boundary: str = "shift",
-    allow_gaps: bool = False,
-) -> ChipLayout:
-    """Plan the chips ``apply`` would use on ``obj``, without building anything.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> layout = plan_grid(xr.DataArray(np.zeros((1000, 700)), dims=("y", "x")))
-    >>> layout.grid.counts
-    (5, 4)
-    """
-    y, x = spatial_dims(obj)
-    shape = (obj.sizes[y], obj.sizes[x])
-    grid = ChipGrid(
-        shape,
-        pair(size, "size"),
-        pair(stride, "stride"),
-        boundary,  # type: ignore[arg-type]
-        allow_gaps,
-    )
-    return ChipLayout(grid, transform_of(obj), obj.rio.crs)

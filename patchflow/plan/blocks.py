@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from patchflow.errors import GridError
-from patchflow.grid import AxisGrid, ChipGrid
+from patchflow.plan.grid import AxisGrid, ChipGrid
 
 __all__ = ["AxisPlan", "BlockPlan", "Piece"]
 

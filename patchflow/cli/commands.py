@@ -23,12 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
-import shutil
 import sys
-import tempfile
-import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,14 +33,15 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from patchflow.errors import CommandError, PatchflowError, UsageError
+from patchflow.errors import CommandError, ParameterError, UsageError, cli_wording
+from patchflow.io.cog import write_cog
+from patchflow.io.sources import ZARR_SUFFIXES, one_line, open_raster
 
-__all__ = ["CommandError", "UsageError", "build_parser", "load_input", "main"]
+__all__ = ["build_parser", "main"]
 
 PROG = "patchflow"
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
 REMOTE = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")
-ZARR_SUFFIXES = (".zarr",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 SCHEDULER_HELP = (
@@ -137,7 +134,9 @@ def _scheduler(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``patchflow`` parser (``demo``, ``apply``, ``grid``, ``resume``, ``inspect``)."""
-    from patchflow import AGGREGATIONS, BOUNDARIES, WINDOWS, __version__
+    from patchflow import __version__
+    from patchflow.engine.aggregate import AGGREGATIONS
+    from patchflow.plan import BOUNDARIES, WINDOWS
 
     common = _Parser(add_help=False)
     common.add_argument(
@@ -371,72 +370,12 @@ def _say(args: argparse.Namespace, *lines: str) -> None:
             print(line, flush=True)
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path or path.startswith("/vsi")
-
-
-def load_input(path: str, *, var: str | None = None, chunks: int | None = None) -> Any:
-    """Open a raster lazily: a GeoTIFF/COG via rioxarray, or a Zarr store via xarray.
-
-    Parameters
-    ----------
-    path
-        File, Zarr directory, or URL (anything GDAL opens).
-    var
-        Data variable to use when the source holds several.
-    chunks
-        Spatial dask chunk edge for GeoTIFFs (default 2048); Zarr keeps its own chunks.
-
-    Returns
-    -------
-    xarray.DataArray
-        Lazy, with CRS and transform when the source has them.
-
-    Raises
-    ------
-    CommandError
-        If the input does not exist or cannot be read.
-    UsageError
-        If ``var`` is missing or unknown for a multi-variable source.
-    """
-    import warnings
-
-    import rioxarray
-    import xarray as xr
-
-    if not _is_remote(path) and not Path(path).exists():
-        raise CommandError(f"input not found: {path}")
-    is_zarr = Path(path).is_dir() or path.rstrip("/").lower().endswith(ZARR_SUFFIXES)
-    obj: Any
+def _open_input(path: str, *, var: str | None = None, chunks: int | None = None) -> Any:
+    """:func:`patchflow.io.sources.open_raster`, a bad ``--var`` being a usage error."""
     try:
-        if is_zarr:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # unconsolidated / v3-spec chatter
-                obj = xr.open_zarr(path, decode_coords="all", chunks={})
-        else:
-            size = chunks or 2048
-            obj = rioxarray.open_rasterio(path, chunks={"band": -1, "y": size, "x": size})
-    except (UsageError, CommandError):
-        raise
-    except Exception as exc:
-        raise CommandError(f"cannot read {path}: {_one_line(exc)}") from exc
-    if isinstance(obj, list):
-        raise CommandError(f"{path} holds several rasters of different grids; pick one")
-    if isinstance(obj, xr.Dataset):
-        names = [str(n) for n in obj.data_vars]
-        if var is None:
-            if len(names) != 1:
-                raise UsageError(
-                    f"{path} has {len(names)} data variables ({', '.join(names) or 'none'}); "
-                    "choose one with --var"
-                )
-            var = names[0]
-        if var not in obj.data_vars:
-            raise UsageError(f"--var {var!r} is not in {path} (has: {', '.join(names)})")
-        obj = obj[var]
-    elif var is not None:
-        raise UsageError(f"--var is only for Zarr inputs with several variables ({path})")
-    return obj
+        return open_raster(path, var=var, chunks=chunks)
+    except ParameterError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _band_index(obj: Any, value: str, option: str) -> int:
@@ -506,7 +445,7 @@ def _pipeline_op(path: str) -> Callable[..., Any]:
     try:
         op = from_json(file.read_text())
     except Exception as exc:
-        raise CommandError(f"invalid pipeline {path}: {_one_line(exc)}") from exc
+        raise CommandError(f"invalid pipeline {path}: {one_line(exc)}") from exc
     if not callable(op):
         raise CommandError(f"invalid pipeline {path}: it does not describe an operator")
     return op
@@ -543,7 +482,7 @@ def _execution(args: argparse.Namespace) -> Iterator[_Execution]:
                 client = stack.enter_context(Client(address, timeout="10s"))
             except Exception as exc:
                 raise CommandError(
-                    f"cannot connect to the dask scheduler at {address}: {_one_line(exc)}"
+                    f"cannot connect to the dask scheduler at {address}: {one_line(exc)}"
                 ) from exc
             _say(args, f"dask scheduler {address}, dashboard: {client.dashboard_link}")
             yield _Execution(None)  # the client is the default scheduler now
@@ -615,13 +554,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise UsageError(f"--stride {args.stride} is larger than --size {args.size}")
     if args.agg == "vote" and args.n_classes is None:
         raise UsageError("--agg vote needs --n-classes")
-    from patchflow.store import check_output_path, cli_wording
+    from patchflow.io.store import check_output_path
 
     # before anything is read, let alone replaced: OUTPUT may not be (or be inside) INPUT
     with cli_wording():
         check_output_path(args.output, [args.input])
 
-    obj = load_input(args.input, var=args.var, chunks=args.chunks)
+    obj = _open_input(args.input, var=args.var, chunks=args.chunks)
     out_path = Path(args.output)
     exists = out_path.exists()
     if exists and not (args.overwrite or args.resume):
@@ -663,7 +602,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 )
             result = report.open()
         else:
-            report, result = _write_cog(obj, op, args.output, where, params)
+            report, result = write_cog(
+                obj,
+                op,
+                args.output,
+                run_params=params,
+                scheduler=where.scheduler,
+                progress=where.progress,
+            )
     _say(
         args,
         f"wrote {args.output}: {_describe(result)}",
@@ -686,7 +632,7 @@ def _blocks_done(report: Any) -> str:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """``patchflow resume``."""
-    from patchflow.store import cli_wording, resume
+    from patchflow.io.store import resume
 
     with _execution(args) as where, cli_wording():
         with where.progress():
@@ -701,7 +647,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``patchflow inspect``: exit status 1 (a named error) if the store is not healthy."""
-    from patchflow.store import check_store, cli_wording
+    from patchflow.io.store import check_store
 
     with cli_wording():
         health = check_store(args.store, checksums=not args.quick)
@@ -711,57 +657,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_cog(
-    obj: Any, op: Any, output: str, where: _Execution, params: dict[str, Any]
-) -> tuple[Any, Any]:
-    """Stream the result into a staging Zarr store, then Zarr → tiled GTiff → COG.
-
-    Every block is computed once, under any scheduler, and memory stays bounded: the
-    tiled GeoTIFF is written window by window and GDAL's COG driver copies from it.
-    """
-    import dask
-    import rasterio.shutil
-
-    import patchflow
-
-    target = Path(output).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        with where.progress():
-            report = patchflow.run(
-                obj, op, store=staging / "result.zarr", scheduler=where.scheduler, **params
-            )
-        result = report.open()
-        tiled = staging / "tiled.tif"
-        with dask.config.set(scheduler="threads"):
-            result.rio.to_raster(
-                tiled,
-                tiled=True,
-                blockxsize=256,
-                blockysize=256,
-                windowed=True,
-                lock=threading.Lock(),
-            )
-        cog = staging / "cog.tif"
-        rasterio.shutil.copy(
-            tiled, cog, driver="COG", compress="DEFLATE", blocksize=256, bigtiff="IF_SAFER"
-        )
-        os.replace(cog, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    import rioxarray
-
-    return report, rioxarray.open_rasterio(target)
-
-
 def cmd_grid(args: argparse.Namespace) -> int:
     """``patchflow grid``."""
     import pandas as pd
 
     import patchflow
+    from patchflow._xr import spatial_dims
 
-    obj = load_input(args.input, var=args.var)
+    obj = _open_input(args.input, var=args.var)
     layout = patchflow.plan_grid(
         obj,
         size=args.size,
@@ -769,7 +672,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         boundary=args.boundary,
         allow_gaps=args.allow_gaps,
     )
-    y, x = patchflow.spatial_dims(obj)
+    y, x = spatial_dims(obj)
     lead = [f"{d}: {obj.sizes[d]}" for d in obj.dims if d not in (y, x)]
     crs = obj.rio.crs
     g = layout.grid
@@ -803,17 +706,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- entry point
 
 
-def _one_line(exc: BaseException) -> str:
-    """A one-line message for ``exc`` (type name added for unexpected errors)."""
-
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, (UsageError, CommandError, PatchflowError, OSError)):
-        return text
-    if isinstance(exc, KeyError):
-        return f"missing key {text}"
-    return f"{type(exc).__name__}: {text}"
-
-
 def _fail(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
@@ -830,7 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        status: int = args.func(args)
+        with cli_wording():
+            status: int = args.func(args)
         return status
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -845,5 +738,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        _fail(_one_line(exc))
+        _fail(one_line(exc))
         return 1

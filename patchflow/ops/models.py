@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from patchflow.errors import InputTypeError, ParameterError
-from patchflow.ops import ConfigError, Operator, Spec
+from patchflow.ops.base import ConfigError, Operator, Spec
 
 __all__ = ["ModelOp", "is_torch_module", "tiny_cnn"]
 

@@ -1,0 +1,336 @@
+"""The free functions users call: ``apply``, ``run``, ``resume``, ``sample`` and friends.
+
+:func:`apply` and :func:`plan_grid` live here; the rest are defined next to the machinery
+they drive and gathered here so that one module lists the whole job-level API:
+
+==================  ======================================================================
+function            home
+==================  ======================================================================
+apply               here: prepare (:mod:`patchflow.engine.prepare`) → graph → DataArray
+plan_grid           here: the chips ``apply`` would use, as a :class:`ChipLayout`
+run, resume         :mod:`patchflow.io.store` (streamed, resumable Zarr output)
+open_result         :mod:`patchflow.io.store`
+check_store         :mod:`patchflow.io.store`
+sample              :mod:`patchflow.sampling.chips`
+stitch_anchors      :mod:`patchflow.sampling.stitch`
+write_chips         :mod:`patchflow.io.chips`
+open_chips          :mod:`patchflow.io.chips`
+zonal_stats         :mod:`patchflow.sampling.zonal`
+polygon_chips       :mod:`patchflow.sampling.zonal`
+global_percentiles  here: scene percentiles for ``PercentileClip(per="global")``
+==================  ======================================================================
+
+Examples
+--------
+>>> import numpy as np, xarray as xr
+>>> out = apply(xr.DataArray(np.ones((2, 300, 300)), dims=("band", "y", "x")),
+...             lambda c: c[:1] * 2, size=128, stride=96)
+>>> float(out.max())
+2.0
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from patchflow._xr import spatial_dims, transform_of
+from patchflow.engine.prepare import prepare, prepare_from
+from patchflow.errors import ParameterError
+from patchflow.io.chips import open_chips, write_chips
+from patchflow.io.store import check_store, open_result, resume, run
+from patchflow.options import DEFAULT_SIZE, Agg, Boundary, OnError, PadMode, given_keywords
+from patchflow.plan.grid import ChipGrid, pair
+from patchflow.plan.layout import ChipLayout
+from patchflow.plan.windows import WindowSpec
+from patchflow.sampling.chips import sample
+from patchflow.sampling.stitch import stitch_anchors
+from patchflow.sampling.zonal import polygon_chips, zonal_stats
+
+__all__ = [
+    "ChipLayout",
+    "apply",
+    "check_store",
+    "global_percentiles",
+    "open_chips",
+    "open_result",
+    "plan_grid",
+    "polygon_chips",
+    "resume",
+    "run",
+    "sample",
+    "stitch_anchors",
+    "write_chips",
+    "zonal_stats",
+]
+
+
+def apply(
+    obj: xr.DataArray | xr.Dataset,
+    op: Callable[..., Any],
+    *,
+    size: int | tuple[int, int] = DEFAULT_SIZE,
+    stride: int | tuple[int, int] = 192,
+    window: WindowSpec = "hann",
+    window_params: Mapping[str, Any] | None = None,
+    boundary: Boundary = "shift",
+    pad_mode: PadMode = "constant",
+    agg: Agg = "overlap_add",
+    n_classes: int | None = None,
+    batched: bool | None = None,
+    batch_size: int | None = None,
+    chunks: Any = None,
+    output_dtype: Any = None,
+    output_shape: Sequence[int] | None = None,
+    output_bands: int | None = None,
+    output_dims: Sequence[Hashable] | None = None,
+    nodata: Any = None,
+    input_nodata: Any = None,
+    fill_value: Any = None,
+    pass_mask: bool = False,
+    allow_gaps: bool = False,
+    scale: float | None = None,
+    over: Hashable | Sequence[Hashable] | None = None,
+    on_error: OnError = "raise",
+    retries: int = 3,
+    retry_on: Sequence[type[BaseException]] = (OSError,),
+    per_variable: bool = False,
+    name: Hashable | None = None,
+    **unknown: Any,
+) -> xr.DataArray:
+    """Run ``op`` on overlapping chips of ``obj`` and stitch the results, lazily.
+
+    Parameters
+    ----------
+    obj
+        A DataArray with spatial dims (``y``/``x`` or what rioxarray recognises), lazy
+        (dask) or in memory, or a Dataset whose data variables are stacked, in
+        ``data_vars`` order, along a leading ``variable`` dim.
+    op
+        Per-chip operator. Plain: ``(non-spatial…, h, w) -> (out…, h, w)``. Batched
+        (``batched=True``, :func:`patchflow.batched`, or ``op.batched``):
+        ``(n, non-spatial…, h, w) -> (n, out…, h, w)``.
+    size, stride
+        Chip size and stride in pixels, an int or a ``(y, x)`` pair.
+    window, window_params
+        Blending window (name, 2-D array, callable ``(h, w)``) and its parameters
+        (``sigma``, ``alpha``, ``power``).
+    boundary, pad_mode
+        Boundary policy (``"shift"``, ``"pad"``, ``"drop"``, ``"raise"``) and, for
+        ``"pad"``, how chips past the edge are filled (numpy pad modes).
+    agg, n_classes
+        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
+        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
+    batched
+        Whether ``op`` takes a batch of chips (see ``op`` above). Default: ``op.batched``
+        (set by :func:`patchflow.batched`), else plain.
+    batch_size
+        Chips per operator call (batched ops) and per weighting step. Default: as many
+        chips as hold ~8 MB of input (1 to 64), which bounds the op's working memory.
+    chunks
+        Spatial block size override (int, ``(y, x)`` or ``{dim: size}``).
+    output_dtype, output_shape, output_bands, output_dims
+        What ``op`` returns per chip (non-spatial shape; ``output_bands=n`` means
+        ``(n,)``). With dtype and shape given the dry run is skipped. ``output_dims`` names
+        the output's non-spatial dims.
+    nodata
+        Nodata of the *result* (see :mod:`patchflow.engine.nodata` for the rules): integer results
+        use it for invalid pixels, float results hold NaN in memory and get it as their
+        encoded (on-disk) nodata. Default: NaN for floats; for integers the input's nodata,
+        else the dtype's max/min, else none when no pixel can be invalid. A valid result
+        equal to it raises :class:`~patchflow.errors.NodataCollisionError`.
+    input_nodata
+        Override the input's nodata (default: rioxarray's ``nodata``/``encoded_nodata``).
+        Validity is per element: one band's nodata leaves the pixel's other bands valid.
+    fill_value, pass_mask
+        ``None`` (default): invalid input values reach ``op`` as NaN (integer input with
+        nodata is promoted to float64 for the op), and NaN/inf outputs carry zero weight.
+        A number: invalid values are replaced by it (for models that cannot take NaN) and
+        the output pixel is invalid wherever any input element under it was. With
+        ``pass_mask`` the op is called as ``op(chips, valid_mask)`` (pixel validity).
+    allow_gaps
+        Allow ``stride > size``.
+    scale
+        Output pixels per input pixel (e.g. 2 for ×2 super-resolution, 0.25 for a stride-4
+        encoder). Default: ``op.scale`` if the op declares it, else found by the dry run.
+    over
+        Non-spatial dims the op sees besides the band (last non-spatial) dim. Default: none,
+        so for ``(time, band, y, x)`` the op runs per time step on ``(band, h, w)``;
+        ``over="time"`` hands it ``(time, band, h, w)`` (e.g. a temporal composite).
+    on_error, retries, retry_on
+        Per-chip failure policy: ``"raise"`` (error names the chip, its pixel window and CRS
+        bounds), ``"mask"`` (the chip gets zero weight; :func:`patchflow.run` reports the
+        count), ``"retry"`` (``retries`` more attempts on ``retry_on`` exceptions).
+    per_variable
+        Dataset input only: apply ``op`` to each data variable separately and return a
+        Dataset (default: variables stacked along ``variable`` into one DataArray).
+    name
+        Name of the output DataArray.
+    **unknown
+        Not options: a catch-all so that keywords ``apply`` does not take raise
+        :class:`~patchflow.errors.ParameterError` with the fix instead of Python's
+        ``TypeError`` (other libraries' names get patchflow's equivalent, ``overlap=0.25``
+        → ``stride=192``; typos the closest valid name). Any keyword here is an error.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, dims ``(out dims…, y, x)``, same y/x coords, CRS and transform as the input,
+        nodata in ``rio.nodata`` (NaN for float outputs).
+
+    Raises
+    ------
+    ParameterError
+        An unknown keyword, or an option with a value patchflow cannot use.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, patchflow
+    >>> scene = xr.DataArray(np.random.rand(2, 600, 500), dims=("band", "y", "x"))
+    >>> out = patchflow.apply(scene, lambda c: c[1:] - c[:1], size=128, stride=96)
+    >>> out.shape
+    (1, 600, 500)
+    >>> bool(abs(out - (scene[1:] - scene[:1].values)).max() < 1e-9)
+    True
+    """
+    # prepare's keywords this call sets (unknown ones fail in prepare_from)
+    params = {**given_keywords(apply, locals(), prepare), **unknown}
+    also = ("per_variable",)  # handled here: named as valid in the unknown-keyword message
+    if isinstance(obj, xr.Dataset) and per_variable:
+        # each variable on its own (its own bands/dtype), results gathered in a Dataset
+        results = {
+            name: prepare_from(var, op, params, also=also).result()
+            for name, var in obj.data_vars.items()
+        }
+        return _gather(results, obj.attrs)  # type: ignore[return-value]
+    return prepare_from(obj, op, params, also=also).result()
+
+
+def _gather(results: dict[Hashable, xr.DataArray], attrs: Mapping[Any, Any]) -> xr.Dataset:
+    """Per-variable results in one Dataset, never outer-joined.
+
+    A Dataset aligns its variables, so two results with different band labels (or band
+    counts) would be padded with NaN where the other has a band. Non-spatial dims that do
+    not line up get the variable's name as a suffix instead (``band_dn``, ``band_refl``).
+    """
+    arrays = list(results.values())
+    try:
+        xr.align(*arrays, join="exact")
+    except ValueError:
+        renamed = {}
+        for name, arr in results.items():
+            y, x = arr.dims[-2:]
+            lead = {d: f"{d}_{name}" for d in arr.dims if d not in (y, x)}
+            renamed[name] = arr.rename(lead)
+        results = renamed
+    return xr.Dataset(results, attrs=dict(attrs))
+
+
+def plan_grid(
+    obj: xr.DataArray | xr.Dataset,
+    *,
+    size: int | tuple[int, int] = 256,
+    stride: int | tuple[int, int] = 192,
+    boundary: str = "shift",
+    allow_gaps: bool = False,
+) -> ChipLayout:
+    """Plan the chips ``apply`` would use on ``obj``, without building anything.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> layout = plan_grid(xr.DataArray(np.zeros((1000, 700)), dims=("y", "x")))
+    >>> layout.grid.counts
+    (5, 4)
+    """
+    y, x = spatial_dims(obj)
+    shape = (obj.sizes[y], obj.sizes[x])
+    grid = ChipGrid(
+        shape,
+        pair(size, "size"),
+        pair(stride, "stride"),
+        boundary,  # type: ignore[arg-type]
+        allow_gaps,
+    )
+    return ChipLayout(grid, transform_of(obj), obj.rio.crs)
+
+
+def global_percentiles(
+    data: Any,
+    p_min: float = 2.0,
+    p_max: float = 98.0,
+    *,
+    per_band: bool = True,
+    max_samples: int = 1_000_000,
+    nodata: Any = None,
+) -> tuple[Any, Any]:
+    """Scene-wide percentiles for ``PercentileClip(per="global", limits=...)``.
+
+    Method: *exact* percentiles (``numpy.nanpercentile``) of a regular strided sample —
+    every ``step``-th row and column, with ``step`` the smallest making at most
+    ``max_samples`` pixels per band. Scenes up to ``max_samples`` pixels are used whole
+    (exact); larger ones are approximate (sampling error only: a 10⁶-pixel sample puts a
+    percentile within about ±0.1 percentile point). The sample is read lazily through dask,
+    chunk by chunk, so the scene is never loaded whole.
+
+    Parameters
+    ----------
+    data
+        DataArray (spatial dims found via rioxarray, others moved first) or array
+        ``(*lead, y, x)``, dask or numpy.
+    p_min, p_max
+        Percentiles in [0, 100].
+    per_band
+        ``True``: one value per element of the first non-spatial dim (lists);
+        ``False`` (or no non-spatial dim): one value over everything (floats).
+    max_samples
+        Pixels per band in the sample.
+    nodata
+        Value to ignore besides NaN (default: a DataArray's ``rio.nodata``).
+
+    Returns
+    -------
+    (lo, hi)
+        Floats, or per-band lists of floats.
+
+    Examples
+    --------
+    >>> from patchflow.io.synthetic import make_scene
+    >>> lo, hi = global_percentiles(make_scene((300, 300)), 2, 98)
+    >>> len(lo), all(a < b for a, b in zip(lo, hi))
+    (2, True)
+    """
+    if not 0.0 <= p_min < p_max <= 100.0:
+        raise ParameterError(f"need 0 <= p_min < p_max <= 100, got {p_min!r}, {p_max!r}")
+    arr = data
+    if hasattr(data, "dims") and hasattr(data, "rio"):
+        from patchflow._xr import spatial_dims
+
+        y, x = spatial_dims(data)
+        others = [d for d in data.dims if d not in (y, x)]
+        arr = data.transpose(*others, y, x).data
+        if nodata is None:
+            nodata = data.rio.nodata
+    if arr.ndim < 2:
+        raise ParameterError(f"global_percentiles needs (…, y, x) data, got shape {arr.shape}")
+    h, w = arr.shape[-2:]
+    step = max(1, math.ceil(math.sqrt(h * w / max(int(max_samples), 1))))
+    sample = arr[..., ::step, ::step]
+    if hasattr(sample, "compute"):
+        sample = sample.compute()
+    sample = np.asarray(sample, dtype=np.float64)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        sample = np.where(sample == nodata, np.nan, sample)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if per_band and sample.ndim > 2:
+            flat = sample.reshape(sample.shape[0], -1)
+            lo, hi = np.nanpercentile(flat, [p_min, p_max], axis=1)
+            return [float(v) for v in lo], [float(v) for v in hi]
+        lo, hi = np.nanpercentile(sample, [p_min, p_max])
+    return float(lo), float(hi)

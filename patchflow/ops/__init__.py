@@ -1,0 +1,93 @@
+"""Per-chip operators: the contract the engine calls, and patchflow's operator library.
+
+========================  ============================================================
+module                    owns
+========================  ============================================================
+:mod:`.base`              the operator contract (:class:`Operator`, :func:`batched`,
+                          output spec, scale, band binding), the registry, configs and
+                          JSON, ``|`` composition (:class:`Sequential`), :class:`Lambda`
+:mod:`.bands`             band arithmetic: DN → reflectance, normalised differences
+                          (NDVI, NDWI, NBR), band selection, casts, rescaling, clipping
+:mod:`.composite`         NaN-skipping time composites
+:mod:`.tta`               test-time augmentation
+:mod:`.models`            ML models (PyTorch modules, TorchScript, any batched callable)
+========================  ============================================================
+
+Nothing here builds a dask graph or touches storage: operators are plain functions of numpy
+chips, which is what lets the engine run them anywhere (threads, processes, a cluster).
+
+Examples
+--------
+>>> from patchflow.ops import NDVI, DNToReflectance, from_json, to_json
+>>> pipeline = DNToReflectance(scale=1e-4) | NDVI(red=0, nir=1)
+>>> from_json(to_json(pipeline)) == pipeline
+True
+"""
+
+from __future__ import annotations
+
+from patchflow.ops.bands import (
+    NBR,
+    NDVI,
+    NDWI,
+    Astype,
+    DNToReflectance,
+    NormalizedDifference,
+    PercentileClip,
+    Rescale,
+    SelectBands,
+)
+from patchflow.ops.base import (
+    Batched,
+    ConfigError,
+    Lambda,
+    Operator,
+    Sequential,
+    as_operator,
+    batched,
+    from_config,
+    from_json,
+    is_batched,
+    op_output_spec,
+    op_scale,
+    register,
+    registered_ops,
+    to_json,
+)
+from patchflow.ops.composite import COMPOSITE_STATS, Composite
+from patchflow.ops.models import ModelOp, tiny_cnn
+from patchflow.ops.tta import TTA, TTA_PRESETS, TTA_TRANSFORMS
+
+__all__ = [
+    "COMPOSITE_STATS",
+    "NBR",
+    "NDVI",
+    "NDWI",
+    "TTA",
+    "TTA_PRESETS",
+    "TTA_TRANSFORMS",
+    "Astype",
+    "Batched",
+    "Composite",
+    "ConfigError",
+    "DNToReflectance",
+    "Lambda",
+    "ModelOp",
+    "NormalizedDifference",
+    "Operator",
+    "PercentileClip",
+    "Rescale",
+    "SelectBands",
+    "Sequential",
+    "as_operator",
+    "batched",
+    "from_config",
+    "from_json",
+    "is_batched",
+    "op_output_spec",
+    "op_scale",
+    "register",
+    "registered_ops",
+    "tiny_cnn",
+    "to_json",
+]

@@ -1,0 +1,37 @@
+"""Training chips and statistics on top of the engine: chip datasets, stitching chips at any
+sampler's anchors, zonal statistics and torch datasets.
+
+=====================  ================================================================
+module                 owns
+=====================  ================================================================
+:mod:`.chips`          ``sample``: chips at a sampler's anchors as a lazy DataArray
+:mod:`.stitch`         ``stitch_anchors``: chip outputs at any anchors → one map
+:mod:`.zonal`          ``zonal_stats``, ``polygon_chips``
+:mod:`.torch_data`     ``ChipStoreDataset``, ``LazyChipDataset`` (torch optional)
+=====================  ================================================================
+
+Graphs come from :mod:`patchflow.engine.graph`, chip stores from :mod:`patchflow.io.chips`.
+"""
+
+from __future__ import annotations
+
+from patchflow.sampling.chips import chip_array, sample
+from patchflow.sampling.stitch import stitch_anchors
+from patchflow.sampling.zonal import (
+    DEFAULT_STATS,
+    ZONAL_STATS,
+    PolygonChip,
+    polygon_chips,
+    zonal_stats,
+)
+
+__all__ = [
+    "DEFAULT_STATS",
+    "ZONAL_STATS",
+    "PolygonChip",
+    "chip_array",
+    "polygon_chips",
+    "sample",
+    "stitch_anchors",
+    "zonal_stats",
+]

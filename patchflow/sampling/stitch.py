@@ -1,0 +1,320 @@
+"""Stitch chip outputs at arbitrary anchors (any sampler) into one lazily computed map.
+
+``stitch_anchors`` runs the same aggregators as :func:`patchflow.apply` (overlap-add, mean,
+max, min, vote, soft vote, centre) and the same nodata rules; uncovered pixels are invalid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from patchflow._xr import georef, write_georef
+from patchflow.engine.aggregate import make_aggregator
+from patchflow.engine.chip_kernels import StitchSpec
+from patchflow.engine.graph import (
+    ANCHORS_STITCH_PREFIX,
+    AnchorBlock,
+    anchor_stitch_graph,
+)
+from patchflow.engine.graph import (
+    ZONAL_PREFIX as ZONAL_PREFIX,
+)
+from patchflow.engine.nodata import input_nodata, is_value
+from patchflow.engine.nodata import resolve as resolve_nodata
+from patchflow.errors import DimensionError, ParameterError
+from patchflow.io.chips import GROUP_BYTES
+from patchflow.plan.grid import pair
+from patchflow.plan.windows import Window, make_window
+from patchflow.sampling.chips import NUMPY_BLOCK, _as_dataarray
+
+#: not ``patchflow-stitch-…``: that prefix is apply's stitch layer
+STITCH_PREFIX = ANCHORS_STITCH_PREFIX
+
+
+# --------------------------------------------------------------------------- stitching
+
+
+def _block_hits(
+    anchors: np.ndarray, size: tuple[int, int], ey: np.ndarray, ex: np.ndarray
+) -> list[np.ndarray]:
+    """Per output block (row-major), the indices (ascending) of the chips touching it.
+
+    Each chip is assigned to the blocks its rows and columns span (``O(chips × blocks per
+    chip)``, not ``O(chips × blocks)``).
+    """
+    nby, nbx = len(ey) - 1, len(ex) - 1
+    n = len(anchors)
+    if n == 0:
+        return [np.zeros(0, np.int64) for _ in range(nby * nbx)]
+    h, w = size
+    i0 = np.searchsorted(ey, anchors[:, 0], side="right") - 1
+    i1 = np.searchsorted(ey, anchors[:, 0] + h - 1, side="right") - 1
+    j0 = np.searchsorted(ex, anchors[:, 1], side="right") - 1
+    j1 = np.searchsorted(ex, anchors[:, 1] + w - 1, side="right") - 1
+    nx = j1 - j0 + 1
+    count = (i1 - i0 + 1) * nx
+    chip = np.repeat(np.arange(n, dtype=np.int64), count)
+    offset = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(count) - count, count
+    )
+    block = (i0[chip] + offset // nx[chip]) * nbx + (j0[chip] + offset % nx[chip])
+    order = np.argsort(block, kind="stable")  # stable: chips stay in index order
+    chip, block = chip[order], block[order]
+    edges = np.searchsorted(block, np.arange(nby * nbx + 1))
+    return [chip[edges[b] : edges[b + 1]] for b in range(nby * nbx)]
+
+
+def _block_covered(
+    anchors: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]
+) -> bool:
+    """Whether the chips at ``anchors`` cover every pixel of ``box`` (``y0, y1, x0, x1``).
+
+    Exact, on the grid of the chips' (clipped) edges: a 2-D difference array over at most
+    ``(2k + 2)²`` cells for ``k`` chips, never a per-pixel mask.
+    """
+    if len(anchors) == 0:
+        return False
+    y0, y1, x0, x1 = box
+    h, w = size
+    rs, re = np.clip(anchors[:, 0], y0, y1), np.clip(anchors[:, 0] + h, y0, y1)
+    cs, ce = np.clip(anchors[:, 1], x0, x1), np.clip(anchors[:, 1] + w, x0, x1)
+    ys = np.unique(np.concatenate([[y0, y1], rs, re]))
+    xs = np.unique(np.concatenate([[x0, x1], cs, ce]))
+    a0, a1 = np.searchsorted(ys, rs), np.searchsorted(ys, re)
+    b0, b1 = np.searchsorted(xs, cs), np.searchsorted(xs, ce)
+    diff = np.zeros((len(ys), len(xs)), np.int64)
+    np.add.at(diff, (a0, b0), 1)
+    np.add.at(diff, (a1, b0), -1)
+    np.add.at(diff, (a0, b1), -1)
+    np.add.at(diff, (a1, b1), 1)
+    return bool((diff.cumsum(axis=0).cumsum(axis=1)[:-1, :-1] > 0).all())
+
+
+def stitch_anchors(
+    obj_like: xr.DataArray | xr.Dataset,
+    chip_outputs: Any,
+    anchors: Any = None,
+    *,
+    window: str | np.ndarray | Any = "hann",
+    window_params: Mapping[str, Any] | None = None,
+    chunks: int | tuple[int, int] | None = None,
+    name: Hashable | None = None,
+    agg: str = "overlap_add",
+    n_classes: int | None = None,
+    nodata: Any = None,
+) -> xr.DataArray:
+    """Stitch chip outputs at arbitrary anchors into one map (lazy, block by block).
+
+    The chips go through the same aggregators as :func:`patchflow.apply` (see
+    :mod:`patchflow.engine.aggregate`): ``agg="overlap_add"`` (default) gives each pixel the
+    window-weighted mean of the chips covering it (``sum(w * chip) / sum(w)``); ``mean``,
+    ``max``, ``min``, ``vote`` (integer labels, ``n_classes``), ``soft_vote`` (class scores
+    → argmax) and ``centre`` (value of the chip whose centre is nearest; ties: the lower
+    chip index) work for any anchors. Windows are border-aware as in ``apply``: a chip
+    touching the scene edge has the outward half of its window flattened.
+
+    Validity follows :mod:`patchflow.engine.nodata`, as in ``apply``: non-finite chip values carry
+    zero weight; pixels no valid chip value reaches are NaN for float results and the
+    result's nodata for integer results (``max``/``min``/``centre`` of integer outputs,
+    votes). An integer result's nodata is ``nodata=`` if given, else ``obj_like``'s nodata
+    (not for votes), else the dtype's max (unsigned) / min (signed) — and none at all when
+    no pixel can be invalid (integer outputs, an integer ``obj_like`` without nodata, every
+    pixel covered). A valid value equal to that nodata raises
+    :class:`~patchflow.errors.NodataCollisionError` when the block is computed. ``nodata=``
+    on a float result becomes its encoded (on-disk) nodata.
+
+    One dask task per output block reads only the chip-output chunks holding chips that
+    touch the block; building the result computes nothing.
+
+    Parameters
+    ----------
+    obj_like
+        The scene the chips came from (shape, coordinates, CRS, transform, nodata; its
+        spatial chunks become the output blocks).
+    chip_outputs
+        ``(n, out…, h, w)`` chip outputs: numpy, dask, or a DataArray with a ``chip`` dim
+        (e.g. the result of an operator applied to :func:`sample` chips, whose ``row`` and
+        ``col`` coordinates then give the anchors). For ``soft_vote`` the first ``out``
+        axis holds the classes.
+    anchors
+        ``(n, 2)`` ``(row, col)`` anchors (default: ``chip_outputs``' ``row``/``col``).
+    window, window_params
+        Blending window, as in :func:`patchflow.make_window` (used by ``overlap_add``,
+        ``vote`` tie-breaks and ``soft_vote``; the other aggregations ignore it).
+    chunks
+        Output block size (default: ``obj_like``'s spatial chunks, or 2048).
+    name
+        Name of the result.
+    agg, n_classes
+        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
+        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
+    nodata
+        Nodata of the result (see above).
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, dims ``(out…, y, x)`` (``soft_vote``: the class axis is reduced) with
+        ``obj_like``'s spatial coords and CRS; dtype and ``rio.nodata`` as ``apply``'s for
+        the same aggregation.
+
+    Examples
+    --------
+    >>> from patchflow import sample
+    >>> from patchflow.plan.samplers import PoissonDisk
+    >>> from patchflow.io.synthetic import make_scene
+    >>> scene = make_scene((300, 300), chunks=128).astype("float32")
+    >>> chips = sample(scene, PoissonDisk(20, seed=0), size=64)
+    >>> out = stitch_anchors(scene, chips * 2)
+    >>> bool(np.nanmax(np.abs(out.values - 2 * scene.values)) < 1e-3)
+    True
+    >>> top = stitch_anchors(scene, chips.astype("int32"), agg="max", nodata=-1)
+    >>> str(top.dtype), int(top.rio.nodata)
+    ('int32', -1)
+    """
+    arr = _as_dataarray(obj_like)
+    ydim, xdim = arr.dims[-2:]
+    scene = (int(arr.shape[-2]), int(arr.shape[-1]))
+    if isinstance(chip_outputs, xr.DataArray):
+        if "chip" not in chip_outputs.dims:
+            raise DimensionError(f"chip_outputs needs a 'chip' dim, got {chip_outputs.dims}")
+        co = chip_outputs.transpose("chip", ...)
+        if anchors is None:
+            if "row" not in co.coords or "col" not in co.coords:
+                raise ParameterError("pass anchors= (chip_outputs has no row/col coordinates)")
+            anchors = np.stack([co["row"].values, co["col"].values], axis=1)
+        lead_dims = tuple(co.dims[1:-2])
+        lead_coords = {
+            d: co.coords[d] for d in lead_dims if d in co.coords and co.coords[d].ndim == 1
+        }
+        values = co.data
+    else:
+        if anchors is None:
+            raise ParameterError("anchors= is required when chip_outputs is not a DataArray")
+        values = chip_outputs
+        nlead = getattr(values, "ndim", 0) - 3
+        if nlead < 0:
+            raise DimensionError(
+                f"chip_outputs must be (n, …, h, w), got {getattr(values, 'shape', None)}"
+            )
+        lead_dims = ("band",) if nlead == 1 else tuple(f"dim_{k}" for k in range(nlead))
+        lead_coords = {}
+    anchors = np.asarray(anchors, dtype=np.int64).reshape(-1, 2)
+    if not isinstance(values, da.Array):
+        values = np.asarray(values)
+        values = da.from_array(values, chunks=(min(64, max(len(values), 1)), *values.shape[1:]))
+    if values.ndim < 3:
+        raise DimensionError(f"chip_outputs must be (n, …, h, w), got {values.shape}")
+    op_dtype = np.dtype(values.dtype)
+    if op_dtype.kind not in "biuf":
+        raise ParameterError(
+            f"chip_outputs must hold numbers (bool, int or float), got dtype {op_dtype}"
+        )
+    n, h, w = values.shape[0], values.shape[-2], values.shape[-1]
+    if h < 1 or w < 1:
+        raise DimensionError(f"chip outputs must be at least 1x1 pixels, got {h}x{w}")
+    if n != len(anchors):
+        raise ParameterError(f"{n} chip outputs but {len(anchors)} anchors")
+    if len(anchors) and (
+        (anchors < 0).any()
+        or (anchors[:, 0] + h > scene[0]).any()
+        or (anchors[:, 1] + w > scene[1]).any()
+    ):
+        raise ParameterError(f"some {h}x{w} chips at these anchors are outside the scene {scene}")
+    values = values.rechunk({i: -1 for i in range(1, values.ndim)})
+    lead = tuple(int(v) for v in values.shape[1:-2])
+    if agg == "soft_vote" and not lead:
+        raise DimensionError(
+            "agg='soft_vote' needs class scores: chip_outputs (n, classes, …, h, w)"
+        )
+    aggregator = make_aggregator(
+        agg, out_dtype=op_dtype, lead=lead, n_classes=n_classes, n_chips=max(n, 1)
+    )
+    win: Window | None = None
+    if aggregator.weighted:  # as in apply: mean/max/min/centre weigh every chip 1
+        win = make_window(window, (h, w), **dict(window_params or {}))
+
+    if chunks is not None:
+        cy, cx = pair(chunks, "chunks")
+        out_chunks = da.core.normalize_chunks((cy, cx), scene)
+    elif isinstance(arr.data, da.Array):
+        out_chunks = arr.data.chunks[-2:]
+    else:
+        out_chunks = da.core.normalize_chunks((NUMPY_BLOCK, NUMPY_BLOCK), scene)
+    ey = np.concatenate([[0], np.cumsum(out_chunks[0])]).astype(np.int64)
+    ex = np.concatenate([[0], np.cumsum(out_chunks[1])]).astype(np.int64)
+    hits = _block_hits(anchors, (h, w), ey, ex)
+    nbx = len(out_chunks[1])
+
+    # the result's nodata: the rules of patchflow.engine.nodata, with apply's "can be invalid"
+    res_dtype = aggregator.result_dtype()
+    in_nodata = input_nodata(arr)
+    can_be_invalid = (
+        op_dtype.kind in "fc"
+        or np.dtype(arr.dtype).kind in "fc"
+        or is_value(in_nodata)
+        or not all(
+            _block_covered(
+                anchors[hits[i * nbx + j]],
+                (h, w),
+                (int(ey[i]), int(ey[i + 1]), int(ex[j]), int(ex[j + 1])),
+            )
+            for i in range(len(out_chunks[0]))
+            for j in range(nbx)
+        )
+    )
+    nd = resolve_nodata(
+        res_dtype,
+        explicit=nodata,
+        source=in_nodata,
+        labels=agg in ("vote", "soft_vote"),
+        can_be_invalid=can_be_invalid,
+        source_name="obj_like's nodata",
+    )
+    aggregator.set_nodata(nd)
+    out_nodata, encoded = nd.value, nd.encoded
+
+    cstarts = np.concatenate([[0], np.cumsum(values.chunks[0])]).astype(np.int64)
+    chunk_of = np.searchsorted(cstarts, np.arange(n), side="right") - 1
+    chip_bytes = max(1, math.prod(values.shape[1:]) * op_dtype.itemsize)
+    batch = int(min(64, max(1, GROUP_BYTES // chip_bytes)))
+    token = tokenize(values.name, anchors.tobytes(), win, aggregator, out_chunks, scene, batch)
+    res_lead = aggregator.result_lead()
+    blocks = []
+    for i in range(len(out_chunks[0])):
+        for j in range(nbx):
+            y0, y1, x0, x1 = int(ey[i]), int(ey[i + 1]), int(ex[j]), int(ex[j + 1])
+            hit = hits[i * nbx + j]
+            parts, cks = [], []
+            for ck in np.unique(chunk_of[hit]):
+                sel = hit[chunk_of[hit] == ck]
+                parts.append((sel - cstarts[ck], anchors[sel], sel))
+                cks.append(int(ck))
+            spec = StitchSpec(
+                (y0, x0), (y1 - y0, x1 - x0), scene, aggregator, win, batch, tuple(parts)
+            )
+            blocks.append(AnchorBlock((i, j), spec, tuple(cks)))
+    lazy = anchor_stitch_graph(
+        values,
+        blocks,
+        token,
+        lead=res_lead,
+        out_chunks=(tuple(out_chunks[0]), tuple(out_chunks[1])),
+        dtype=res_dtype,
+    )
+    # soft_vote reduces the class axis (the first output axis)
+    out_dims = lead_dims[len(lead) - len(res_lead) :]
+    coords: dict[Hashable, Any] = {d: c for d, c in lead_coords.items() if d in out_dims}
+    for dim in (ydim, xdim):
+        if dim in arr.coords:
+            coords[dim] = arr.coords[dim]
+    out = xr.DataArray(lazy, dims=(*out_dims, ydim, xdim), coords=coords, name=name)
+    transform, crs = georef(arr)
+    return write_georef(out, crs=crs, transform=transform, nodata=out_nodata, encoded=encoded)
