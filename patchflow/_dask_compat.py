@@ -1,6 +1,6 @@
 """The one place patchflow touches dask's private task representation.
 
-``graph.direct_read`` (and ``sampling.chip_array`` through it) reads a sub-window of an
+``engine.graph.direct_read`` (and ``sampling.chip_array`` through it) reads a sub-window of an
 input chunk straight from storage instead of computing the whole chunk and slicing it. To
 do that it must look *inside* a chunk task — is it dask's ``getter(array, index, ...)``? —
 and build a new getter task with a smaller index. Dask has no public API for either, so

@@ -1,4 +1,17 @@
-"""Shared test fixtures: a counting scheduler, and real-world-shaped raster files.
+"""Shared test fixtures: synthetic scenes, a counting scheduler, and real-world-shaped
+raster files.
+
+Synthetic scenes (:func:`patchflow.io.synthetic.make_scene`: 2-band red/NIR uint16 DN,
+EPSG:32610, every pixel a pure function of its position and the seed):
+
+``make_test_scene``     the factory: ``make_test_scene((h, w), seed=…, chunks=…, dtype=…,
+                        persist=…)``; numpy-backed (``chunks=None``) unless chunks are given.
+                        A plain function for module-level case lists (``from conftest
+                        import make_test_scene``); tests and fixtures use ``scene_factory``.
+``scene_factory``       the same factory as a (session-scoped) fixture, so module-scoped
+                        fixtures can build their scene from it.
+``small_scene``         ``make_test_scene()``: the 300 × 260, seed 0, numpy-backed scene of
+                        the error and bad-input tests, built fresh for each test.
 
 ``dask_computes``       a context manager factory: ``with dask_computes(max_computes=0):``
                         raises if building a graph inside it computes anything (as flox's
@@ -44,6 +57,51 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
+
+from patchflow.io.synthetic import make_scene
+
+# --------------------------------------------------------------------------- synthetic scenes
+
+#: the small scene of the error and bad-input tests: room for 64 px chips at stride 48
+SMALL_SHAPE = (300, 260)
+
+
+def make_test_scene(
+    shape: tuple[int, int] = SMALL_SHAPE,
+    *,
+    seed: int = 0,
+    chunks: int | tuple[int, int] | None = None,
+    dtype: Any = None,
+    persist: bool = False,
+) -> xr.DataArray:
+    """A synthetic ``(band: red/nir, y, x)`` scene with CRS, transform and band names.
+
+    ``make_scene(shape, seed=seed, chunks=chunks)``, then ``astype(dtype)`` if a dtype is
+    given and ``persist()`` if asked (dask-backed scenes only). ``chunks=None`` (the
+    default here, unlike ``make_scene``'s) gives a numpy-backed scene, computed now; the
+    values never depend on the chunks.
+    """
+    scene = make_scene(shape, seed=seed, chunks=chunks)
+    if dtype is not None:
+        scene = scene.astype(dtype)
+    if persist:
+        scene = scene.persist()
+    return scene
+
+
+@pytest.fixture(scope="session")
+def scene_factory() -> Callable[..., xr.DataArray]:
+    """:func:`make_test_scene`, for tests and fixtures (of any scope)."""
+    return make_test_scene
+
+
+@pytest.fixture
+def small_scene() -> xr.DataArray:
+    """``make_test_scene()``: 300 × 260, seed 0, numpy-backed; a fresh one per test."""
+    return make_test_scene()
+
+
+# --------------------------------------------------------------------------- dask computes
 
 
 class DaskComputes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,6 @@ import xarray as xr
 
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.io.synthetic import make_scene
-
-
-def scene(h: int = 300, w: int = 260) -> xr.DataArray:
-    return make_scene((h, w), chunks=None)
 
 
 def ident(chip: np.ndarray) -> np.ndarray:
@@ -33,39 +29,36 @@ def test_missing_spatial_dims() -> None:
         arr.patch.apply(ident)
 
 
-def test_non_monotonic_coords() -> None:
-    arr = scene()
-    shuffled = arr.isel(x=np.r_[1, 0, 2 : arr.sizes["x"]])
+def test_non_monotonic_coords(small_scene: xr.DataArray) -> None:
+    shuffled = small_scene.isel(x=np.r_[1, 0, 2 : small_scene.sizes["x"]])
     with pytest.raises(
         patchflow.errors.DimensionError, match=r"'x' coordinate is not monotonic.*sortby"
     ):
         shuffled.patch.apply(ident, size=64, stride=48)
 
 
-def test_irregular_coords() -> None:
-    arr = scene()
-    x = arr.x.values.copy()
+def test_irregular_coords(small_scene: xr.DataArray) -> None:
+    x = small_scene.x.values.copy()
     x[100:] += 3.0
     with pytest.raises(patchflow.errors.DimensionError, match="irregularly spaced"):
-        arr.assign_coords(x=x).patch.apply(ident, size=64, stride=48)
+        small_scene.assign_coords(x=x).patch.apply(ident, size=64, stride=48)
 
 
-def test_chunks_smaller_than_chip_warn_but_work() -> None:
-    arr = scene()
+def test_chunks_smaller_than_chip_warn_but_work(small_scene: xr.DataArray) -> None:
     with pytest.warns(patchflow.PatchflowWarning, match=r"smaller than the chip.*chunks >= 128"):
-        out = arr.patch.apply(dn_ndvi, size=128, stride=96, chunks=(50, 40))
-    np.testing.assert_allclose(out.values, dn_ndvi(arr.values[None])[0], atol=1e-6)
+        out = small_scene.patch.apply(dn_ndvi, size=128, stride=96, chunks=(50, 40))
+    np.testing.assert_allclose(out.values, dn_ndvi(small_scene.values[None])[0], atol=1e-6)
 
 
-def test_chip_larger_than_scene_with_shift() -> None:
+def test_chip_larger_than_scene_with_shift(scene_factory: Callable[..., xr.DataArray]) -> None:
     with pytest.raises(patchflow.errors.GridError, match=r"larger than the scene.*boundary='pad'"):
-        scene(100, 100).patch.apply(ident, size=128, stride=96)
+        scene_factory((100, 100)).patch.apply(ident, size=128, stride=96)
 
 
 @pytest.mark.parametrize("stride", [0, -4])
-def test_stride_not_positive(stride: int) -> None:
+def test_stride_not_positive(small_scene: xr.DataArray, stride: int) -> None:
     with pytest.raises(patchflow.errors.GridError, match="stride must be positive"):
-        scene().patch.apply(ident, size=64, stride=stride)
+        small_scene.patch.apply(ident, size=64, stride=stride)
 
 
 def test_nan_only_scene(tmp_path: Path) -> None:
@@ -76,80 +69,79 @@ def test_nan_only_scene(tmp_path: Path) -> None:
         patchflow.run(arr, ident, store=tmp_path / "nan.zarr", size=64, stride=48)
 
 
-def test_op_returning_nan_everywhere(tmp_path: Path) -> None:
+def test_op_returning_nan_everywhere(small_scene: xr.DataArray, tmp_path: Path) -> None:
     def nan_op(chip: np.ndarray) -> np.ndarray:
         return np.full(chip.shape, np.nan)
 
     with pytest.warns(patchflow.PatchflowWarning, match="operator returned NaN/inf"):
-        patchflow.run(scene(), nan_op, store=tmp_path / "n.zarr", size=64, stride=48)
+        patchflow.run(small_scene, nan_op, store=tmp_path / "n.zarr", size=64, stride=48)
 
 
-def test_op_wrong_dtype_kind() -> None:
+def test_op_wrong_dtype_kind(small_scene: xr.DataArray) -> None:
     def strings(chip: np.ndarray) -> np.ndarray:
         return chip.astype(str)
 
     with pytest.raises(patchflow.errors.OperatorError, match=r"dtype <U\d+.*must return numbers"):
-        scene().patch.apply(strings, size=64, stride=48)
+        small_scene.patch.apply(strings, size=64, stride=48)
 
 
-def test_op_changing_batch_length() -> None:
+def test_op_changing_batch_length(small_scene: xr.DataArray) -> None:
     drop_one = patchflow.batched(lambda c: dn_ndvi(c)[:-1] if len(c) > 1 else dn_ndvi(c))
-    out = scene().patch.apply(drop_one, size=64, stride=48)
+    out = small_scene.patch.apply(drop_one, size=64, stride=48)
     with pytest.raises(patchflow.errors.OperatorError, match="batch length"):
         out.compute()
 
 
-def test_window_array_wrong_shape() -> None:
+def test_window_array_wrong_shape(small_scene: xr.DataArray) -> None:
     with pytest.raises(
         patchflow.errors.WindowError, match=r"shape \(10, 10\).*chips are \(64, 64\)"
     ):
-        scene().patch.apply(ident, size=64, stride=48, window=np.ones((10, 10)))
+        small_scene.patch.apply(ident, size=64, stride=48, window=np.ones((10, 10)))
 
 
 @pytest.mark.parametrize("bad", [-1.0, np.nan])
-def test_window_negative_or_nan(bad: float) -> None:
+def test_window_negative_or_nan(small_scene: xr.DataArray, bad: float) -> None:
     w = np.ones((64, 64))
     w[3, 3] = bad
     with pytest.raises(patchflow.errors.WindowError, match="finite and non-negative"):
-        scene().patch.apply(ident, size=64, stride=48, window=w)
+        small_scene.patch.apply(ident, size=64, stride=48, window=w)
 
 
-def test_output_store_exists(tmp_path: Path) -> None:
+def test_output_store_exists(small_scene: xr.DataArray, tmp_path: Path) -> None:
     path = tmp_path / "out.zarr"
-    patchflow.run(scene(), dn_ndvi, store=path, size=64, stride=48)
+    patchflow.run(small_scene, dn_ndvi, store=path, size=64, stride=48)
     with pytest.raises(
         patchflow.errors.StoreExistsError, match="already exists; pass overwrite=True"
     ):
-        patchflow.run(scene(), dn_ndvi, store=path, size=64, stride=48)
+        patchflow.run(small_scene, dn_ndvi, store=path, size=64, stride=48)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_store_on_read_only_directory(tmp_path: Path) -> None:
+def test_store_on_read_only_directory(small_scene: xr.DataArray, tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
         with pytest.raises(patchflow.errors.StoreError, match="permission denied"):
-            patchflow.run(scene(), dn_ndvi, store=ro / "out.zarr", size=64, stride=48)
+            patchflow.run(small_scene, dn_ndvi, store=ro / "out.zarr", size=64, stride=48)
     finally:
         ro.chmod(stat.S_IRWXU)
 
 
-def test_store_on_read_only_path_as_root(tmp_path: Path) -> None:
+def test_store_on_read_only_path_as_root(small_scene: xr.DataArray, tmp_path: Path) -> None:
     # root bypasses permissions; a path under a *file* cannot be created by anyone
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(
         patchflow.errors.StoreError, match=r"cannot create the output store .*out\.zarr"
     ):
-        patchflow.run(scene(), dn_ndvi, store=blocker / "out.zarr", size=64, stride=48)
+        patchflow.run(small_scene, dn_ndvi, store=blocker / "out.zarr", size=64, stride=48)
 
 
-def test_dataset_variables_on_different_grids() -> None:
-    base = scene()
+def test_dataset_variables_on_different_grids(small_scene: xr.DataArray) -> None:
     ds = xr.Dataset(
         {
-            "red": base.sel(band="red", drop=True),
+            "red": small_scene.sel(band="red", drop=True),
             "swir": xr.DataArray(np.zeros((150, 130)), dims=("y20", "x20")),
         }
     )
@@ -157,9 +149,9 @@ def test_dataset_variables_on_different_grids() -> None:
         ds.patch.apply(ident, size=64, stride=48)
 
 
-def test_over_names_unknown_dim() -> None:
+def test_over_names_unknown_dim(small_scene: xr.DataArray) -> None:
     with pytest.raises(patchflow.errors.DimensionError, match=r"over='time'.*not non-spatial dims"):
-        scene().patch.apply(ident, size=64, stride=48, over="time")
+        small_scene.patch.apply(ident, size=64, stride=48, over="time")
 
 
 def test_messages_never_leak_dask_tracebacks() -> None:
@@ -177,17 +169,17 @@ def test_messages_never_leak_dask_tracebacks() -> None:
     assert isinstance(info.value.__cause__, ValueError)
 
 
-def test_no_warnings_on_the_happy_path() -> None:
+def test_no_warnings_on_the_happy_path(small_scene: xr.DataArray) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", patchflow.PatchflowWarning)
-        out: Any = scene().patch.apply(dn_ndvi, size=64, stride=48)
+        out: Any = small_scene.patch.apply(dn_ndvi, size=64, stride=48)
         out.compute()
 
 
 # --------------------------------------------------------------------------- issue 12
 
 
-def test_one_error_hierarchy() -> None:
+def test_one_error_hierarchy(small_scene: xr.DataArray) -> None:
     from patchflow import ops
 
     assert ops.ConfigError is patchflow.errors.ConfigError is patchflow.errors.ConfigError
@@ -198,7 +190,7 @@ def test_one_error_hierarchy() -> None:
     assert issubclass(patchflow.errors.GridError, patchflow.ParameterError)
     # a wrong type for size/stride is a parameter mistake, not an unplannable grid
     with pytest.raises(patchflow.ParameterError, match="size must be an int") as info:
-        scene().patch.apply(ident, size="64", stride=48)
+        small_scene.patch.apply(ident, size="64", stride=48)
     assert not isinstance(info.value, patchflow.errors.GridError)
 
 
@@ -247,27 +239,29 @@ def test_unknown_keywords_typos_and_lists() -> None:
         check("apply", {"strid": 3, "overlap": 0.5}, ["stride"])
 
 
-def test_apply_and_accessors_reject_unknown_keywords() -> None:
+def test_apply_and_accessors_reject_unknown_keywords(small_scene: xr.DataArray) -> None:
     with pytest.raises(patchflow.ParameterError, match=r"'per_variabel'; did you mean"):
-        scene().patch.apply(ident, size=64, stride=48, per_variabel=True)
+        small_scene.patch.apply(ident, size=64, stride=48, per_variabel=True)
     with pytest.raises(patchflow.ParameterError, match=r"^grid\(\) got .*overlap=32.* stride=96"):
-        scene().patch.grid(size=128, overlap=32)
+        small_scene.patch.grid(size=128, overlap=32)
     from patchflow.engine.prepare import prepare_from
 
     with pytest.raises(patchflow.ParameterError, match=r"^run\(\) got .*'storee'"):
-        prepare_from(scene(), ident, {"storee": "x"}, caller="run", also=("store",))
-    prep = prepare_from(scene(), ident, {"size": 64, "stride": 48, "store": "x"}, also=("store",))
-    assert prep.result().shape == scene().shape
+        prepare_from(small_scene, ident, {"storee": "x"}, caller="run", also=("store",))
+    prep = prepare_from(
+        small_scene, ident, {"size": 64, "stride": 48, "store": "x"}, also=("store",)
+    )
+    assert prep.result().shape == small_scene.shape
 
 
-def test_band_errors_come_at_call_time() -> None:
+def test_band_errors_come_at_call_time(small_scene: xr.DataArray) -> None:
     # a dask input whose compute would fail: nothing may be computed to find these errors
     from patchflow.ops import NDVI, PercentileClip, SelectBands
 
     def boom(block: np.ndarray) -> np.ndarray:
         raise AssertionError("computed")
 
-    lazy = scene().chunk({"y": 128, "x": 128})
+    lazy = small_scene.chunk({"y": 128, "x": 128})
     lazy = lazy.copy(data=lazy.data.map_blocks(boom, dtype=lazy.dtype))
     cases: list[tuple[Any, str]] = [
         (NDVI(red="red", nir="swir"), r"'swir' not found among the input's bands"),
@@ -287,11 +281,11 @@ def test_band_errors_come_at_call_time() -> None:
         numbered.patch.apply(NDVI(red="red", nir="nir"), size=64, stride=48)
 
 
-def test_out_of_range_message_without_gdal_hint() -> None:
+def test_out_of_range_message_without_gdal_hint(small_scene: xr.DataArray) -> None:
     from patchflow.ops import NDVI
 
     with pytest.raises(patchflow.ParameterError) as info:
-        scene().patch.apply(NDVI(red=0, nir=-3), size=64, stride=48)
+        small_scene.patch.apply(NDVI(red=0, nir=-3), size=64, stride=48)
     text = str(info.value)
     assert "0-based positions 0..1 (or -2..-1 from the end)" in text
     assert "GDAL" not in text

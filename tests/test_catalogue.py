@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import make_test_scene  # module-level case list: no fixtures here
 
 import patchflow
 from patchflow.cli import build_parser
@@ -36,7 +37,6 @@ from patchflow.errors import (
     WindowError,
 )
 from patchflow.io.store import StoreError, StoreExistsError
-from patchflow.io.synthetic import make_scene
 from patchflow.ops import NDVI, Composite, SelectBands, from_config, from_json
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -60,11 +60,6 @@ class Case:
 # --------------------------------------------------------------------------- inputs
 
 
-def scene(h: int = 300, w: int = 260) -> xr.DataArray:
-    """A small ``(band: red/nir, y, x)`` uint16 scene with CRS and band names."""
-    return make_scene((h, w), chunks=None)
-
-
 def ident(chip: np.ndarray) -> np.ndarray:
     return chip.astype(np.float64)
 
@@ -72,7 +67,7 @@ def ident(chip: np.ndarray) -> np.ndarray:
 def apply(obj: Any = None, op: Any = ident, **params: Any) -> Any:
     """``patchflow.apply`` on the small scene, 64/48 chips unless overridden."""
     params = {"size": 64, "stride": 48, **params}
-    return patchflow.apply(scene() if obj is None else obj, op, **params)
+    return patchflow.apply(make_test_scene() if obj is None else obj, op, **params)
 
 
 def computed(**params: Any) -> Callable[[Path], Any]:
@@ -87,7 +82,7 @@ def planned(**params: Any) -> Callable[[Path], Any]:
 
 def keywords(**params: Any) -> Callable[[Path], Any]:
     """``patchflow.apply`` with exactly these keywords (no default size/stride added)."""
-    return lambda tmp: patchflow.apply(scene(), ident, **params)
+    return lambda tmp: patchflow.apply(make_test_scene(), ident, **params)
 
 
 def window(bad: float) -> np.ndarray:
@@ -97,19 +92,19 @@ def window(bad: float) -> np.ndarray:
 
 
 def unsorted(tmp: Path) -> Any:
-    arr = scene()
+    arr = make_test_scene()
     return apply(arr.isel(x=np.r_[1, 0, 2 : arr.sizes["x"]]))
 
 
 def irregular(tmp: Path) -> Any:
-    arr = scene()
+    arr = make_test_scene()
     x = arr.x.values.copy()
     x[100:] += 3.0
     return apply(arr.assign_coords(x=x))
 
 
 def two_grids(tmp: Path) -> Any:
-    base = scene()
+    base = make_test_scene()
     swir = xr.DataArray(np.zeros((150, 130)), dims=("y20", "x20"))
     return apply(xr.Dataset({"red": base.sel(band="red", drop=True), "swir": swir}))
 
@@ -140,7 +135,7 @@ def labels(value: int) -> Callable[..., np.ndarray]:
 
 
 def run(store: Path) -> Any:
-    return patchflow.run(scene(), dn_ndvi, store=store, size=64, stride=48)
+    return patchflow.run(make_test_scene(), dn_ndvi, store=store, size=64, stride=48)
 
 
 def store_exists(tmp: Path) -> Any:
@@ -172,7 +167,7 @@ def tif(tmp: Path) -> str:
     path = tmp / "scene.tif"
     if not path.exists():
         # band descriptions, as GDAL writes them: the CLI accepts them as band names
-        scene().assign_attrs(long_name=("red", "nir")).rio.to_raster(path)
+        make_test_scene().assign_attrs(long_name=("red", "nir")).rio.to_raster(path)
     return str(path)
 
 
@@ -282,7 +277,7 @@ CASES: list[Case] = [
         "chip-over-scene",
         'chip larger than the scene with `boundary="shift"`',
         '`GridError`: smaller chips or `boundary="pad"`',
-        planned(obj=scene(100, 100), size=128, stride=96),
+        planned(obj=make_test_scene((100, 100)), size=128, stride=96),
         GridError,
         r"larger than the scene.*boundary='pad'",
     ),
@@ -474,7 +469,7 @@ CASES: list[Case] = [
         "band-names-unlabelled",
         "band names on an input without band labels",
         "`ParameterError` at call time: use 0-based positions or `assign_coords(band=...)`",
-        planned(obj=scene().drop_vars("band"), op=NDVI(red="red", nir="nir")),
+        planned(obj=make_test_scene().drop_vars("band"), op=NDVI(red="red", nir="nir")),
         ParameterError,
         r"addresses bands by name, but the input's 2 bands have no names.*assign_coords",
     ),
@@ -490,7 +485,7 @@ CASES: list[Case] = [
         "band-index-1-based",
         "`SelectBands([2])` on 2 bands (GDAL-style counting)",
         "`ParameterError`: band 2 looks like a GDAL-style 1-based number; use 1",
-        planned(obj=scene().drop_vars("band"), op=SelectBands([2])),
+        planned(obj=make_test_scene().drop_vars("band"), op=SelectBands([2])),
         ParameterError,
         r"band 2 looks like a GDAL-style 1-based number; Python positions are 0-based: use 1",
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dask
@@ -11,7 +12,6 @@ import xarray as xr
 
 import patchflow
 from patchflow.demo import DemoResult, dn_ndvi, reference_ndvi, run_demo
-from patchflow.io.synthetic import make_scene
 
 pytest.importorskip("matplotlib")
 
@@ -48,17 +48,17 @@ def test_run_demo_writes_store_and_preview(tmp_path: Path) -> None:
     assert again.ok and again.preview is None
 
 
-def test_reference_ndvi_is_the_full_scene_op() -> None:
-    scene = make_scene((300, 280), chunks=128)
+def test_reference_ndvi_is_the_full_scene_op(scene_factory: Callable[..., xr.DataArray]) -> None:
+    scene = scene_factory((300, 280), chunks=128)
     ref = reference_ndvi(scene)
     assert ref.shape == (1, 300, 280)
     np.testing.assert_array_equal(ref.values, dn_ndvi(scene.values[None])[0])
 
 
-def test_demo_detects_a_wrong_result() -> None:
+def test_demo_detects_a_wrong_result(scene_factory: Callable[..., xr.DataArray]) -> None:
     from patchflow.demo import _max_error
 
-    scene = make_scene((300, 300), chunks=150)
+    scene = scene_factory((300, 300), chunks=150)
     ref = reference_ndvi(scene)
     assert _max_error(ref, ref) == 0.0
     assert _max_error(ref + 0.5, ref) == pytest.approx(0.5)
@@ -66,8 +66,8 @@ def test_demo_detects_a_wrong_result() -> None:
     assert _max_error(holed, ref) == float("inf")  # NaN where the reference has a value
 
 
-def test_thumbnail_reads_a_decimated_view() -> None:
-    scene = make_scene((2100, 1000), chunks=512)
+def test_thumbnail_reads_a_decimated_view(scene_factory: Callable[..., xr.DataArray]) -> None:
+    scene = scene_factory((2100, 1000), chunks=512)
     assert decimation(scene.shape) == 3
     thumb = thumbnail(scene)
     assert thumb.shape == (2, 700, 334)
@@ -85,8 +85,10 @@ def test_scene_image_modes() -> None:
     assert rgb.shape == (8, 9, 3) and 0 <= np.nanmin(rgb) and np.nanmax(rgb) <= 1
 
 
-def test_demo_figure_has_four_panels(tmp_path: Path) -> None:
-    scene = make_scene((640, 600), chunks=320)
+def test_demo_figure_has_four_panels(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    scene = scene_factory((640, 600), chunks=320)
     layout = scene.patch.grid(size=256, stride=192)
     stitched = scene.patch.apply(dn_ndvi)
     fig = demo_figure(scene, stitched, reference_ndvi(scene), layout, max_error=1e-7, title="t")

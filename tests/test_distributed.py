@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ import zarr
 
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.io.synthetic import make_scene
 
 distributed = pytest.importorskip("distributed")
 
@@ -38,8 +37,10 @@ def values(path: Path) -> np.ndarray:
     return np.asarray(patchflow.open_result(path).values)
 
 
-def test_distributed_equals_local(client: Any, tmp_path: Path) -> None:
-    scene = make_scene((1500, 1300), chunks=512)
+def test_distributed_equals_local(
+    scene_factory: Callable[..., xr.DataArray], client: Any, tmp_path: Path
+) -> None:
+    scene = scene_factory((1500, 1300), chunks=512)
     local = patchflow.run(scene, dn_ndvi, store=tmp_path / "local.zarr", scheduler="sync")
     remote = patchflow.run(scene, dn_ndvi, store=tmp_path / "dist.zarr")  # default client
     np.testing.assert_array_equal(values(tmp_path / "dist.zarr"), values(tmp_path / "local.zarr"))
@@ -53,8 +54,10 @@ def _task_prefixes(dask_scheduler: Any) -> list[str]:
     return list(dask_scheduler.task_prefixes)
 
 
-def test_worker_killed_mid_run(client: Any, tmp_path: Path) -> None:
-    scene = make_scene((3072, 3072), seed=7, chunks=384)
+def test_worker_killed_mid_run(
+    scene_factory: Callable[..., xr.DataArray], client: Any, tmp_path: Path
+) -> None:
+    scene = scene_factory((3072, 3072), seed=7, chunks=384)
     kw: dict[str, Any] = {"size": 128, "stride": 96}
     path = tmp_path / "killed.zarr"
     errors: list[BaseException] = []
@@ -98,11 +101,13 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.timeout(300)
-def test_memory_bounded_on_small_workers(tmp_path: Path) -> None:
+def test_memory_bounded_on_small_workers(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
     # a 12288² scene on disk, decoded to float32 on read (1.2 GB) plus a float32 result
     # (0.6 GB), on two workers capped at 400 MB each: 2.25× the cluster's total memory limit
     limit = 400e6
-    make_scene((12288, 12288), chunks=1024).to_dataset(name="dn").to_zarr(
+    scene_factory((12288, 12288), chunks=1024).to_dataset(name="dn").to_zarr(
         tmp_path / "scene.zarr", zarr_format=3
     )
     scene = xr.open_zarr(tmp_path / "scene.zarr")["dn"]

@@ -12,11 +12,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from patchflow.io.synthetic import make_scene
+import xarray as xr
 
 #: Modules ``import patchflow`` must not load: optional (matplotlib, torch) or slow to
 #: import and only needed for scipy window specs (scipy.signal, ~0.6 s).
@@ -127,9 +127,11 @@ CLI_WITHOUT_MATPLOTLIB = (
 )
 
 
-def test_cli_grid_png_names_the_plot_extra_without_matplotlib(tmp_path: Path) -> None:
+def test_cli_grid_png_names_the_plot_extra_without_matplotlib(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
     tif = tmp_path / "scene.tif"
-    make_scene((600, 500), seed=3, chunks=None).rio.to_raster(tif)
+    scene_factory((600, 500), seed=3).rio.to_raster(tif)
     png = tmp_path / "grid.png"
     proc = python(CLI_WITHOUT_MATPLOTLIB, "grid", str(tif), "--size", "256", "--png", str(png))
     assert proc.returncode == 1, proc.stderr

@@ -1,4 +1,4 @@
-"""The ``patchflow`` command: ``demo``, ``apply``, ``resume``, ``inspect`` and ``grid``.
+"""The ``patchflow`` sub-commands: their argument parser and what each one runs.
 
 ``patchflow demo``
     Synthetic red/NIR scene → DN → NDVI on 256/192 Hann chips → Zarr store + PNG preview,

@@ -10,7 +10,7 @@ the plan in as plain data.
 
 The sampler-side graphs, each one task per planned group or block (planned by
 :mod:`patchflow.sampling`): :func:`chip_array_graph` (``patchflow-sample-<token>``, plus
-``patchflow-sample-read-<token>`` direct reads through :func:`direct_read`),
+``patchflow-read-chips-<token>`` direct reads through :func:`direct_read`),
 :func:`anchor_stitch_graph` (``patchflow-anchors-stitch-<token>``) and
 :func:`zonal_graph` (``patchflow-zonal-<token>`` and ``patchflow-zonal-merge-<token>``).
 
@@ -68,6 +68,7 @@ from patchflow.plan.blocks import BlockPlan
 __all__ = [
     "ANCHORS_STITCH_PREFIX",
     "CHIPS_PREFIX",
+    "HALO_READ_PREFIX",
     "SAMPLE_PREFIX",
     "SAMPLE_READ_PREFIX",
     "STITCH_PREFIX",
@@ -90,6 +91,9 @@ STITCH_PREFIX = "patchflow-stitch"
 WRITE_PREFIX = "patchflow-write"
 HALO_PREFIX = "patchflow-halo"
 PIECE_PREFIX = "patchflow-piece"
+#: halo strips read straight from storage (not ``patchflow-halo-…``: a prefix must never
+#: extend another one, or the dashboard groups them together)
+HALO_READ_PREFIX = "patchflow-read-halo"
 
 
 def _parts(
@@ -224,7 +228,7 @@ def build_graph(
     lead_idx = (0,) * (x.ndim - 2)
 
     source = input_tasks(x)
-    read_name = f"{HALO_PREFIX}-read-{token}"
+    read_name = f"{HALO_READ_PREFIX}-{token}"
     requests: dict[tuple[int, int], list[Any]] = {}
     chips: dict[Any, Any] = {}
     extra: list[da.Array] = []
@@ -333,7 +337,7 @@ def build_graph(
 # layers and a dask collection. The task functions are in :mod:`patchflow.engine.chip_kernels`.
 
 SAMPLE_PREFIX = "patchflow-sample"
-SAMPLE_READ_PREFIX = "patchflow-sample-read"
+SAMPLE_READ_PREFIX = "patchflow-read-chips"
 #: not ``patchflow-stitch-…``: that prefix is apply's stitch layer
 ANCHORS_STITCH_PREFIX = "patchflow-anchors-stitch"
 ZONAL_PREFIX = "patchflow-zonal"
@@ -383,7 +387,7 @@ def chip_array_graph(
     One task per group. A piece inside a source chunk is read straight from storage when
     the chunk task is a plain getter (:func:`direct_read`); otherwise the task receives the
     source chunk and copies the piece out of it. Keys: ``patchflow-sample-<token>`` (chips)
-    and ``patchflow-sample-read-<token>`` (direct reads).
+    and ``patchflow-read-chips-<token>`` (direct reads).
     """
     h, w = size
     lead = tuple(data.shape[:-2])

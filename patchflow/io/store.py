@@ -1,7 +1,7 @@
 """The result store: streaming a job into Zarr, resume, accumulation, verification.
 
-(Zarr is also read and written by :mod:`patchflow.sampling` — chip stores, via xarray —
-:mod:`patchflow.sampling.torch_data` and the CLI's input reader; the engine modules never touch it,
+(The other Zarr code is in :mod:`patchflow.io` too: chip stores in :mod:`patchflow.io.chips`,
+Zarr inputs in :mod:`patchflow.io.sources`; nothing outside ``patchflow.io`` imports zarr,
 which ``lint-imports`` enforces.)
 
 Store layout (Zarr v3 group, readable with ``xr.open_zarr`` + rioxarray)::

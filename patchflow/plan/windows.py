@@ -44,7 +44,7 @@ def _interior(values: np.ndarray) -> np.ndarray:
 
 # The built-in windows are the textbook formulas of scipy.signal.windows (symmetric
 # forms), written out in numpy: importing scipy.signal costs ~0.6 s per process, which the
-# default (Hann) path should not pay. tests/test_windows.py checks them against scipy;
+# default (Hann) path should not pay. tests/plan/test_windows.py checks them against scipy;
 # other scipy windows go through scipy.signal.get_window (see _scipy_1d).
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 
 import patchflow
-from patchflow.io.synthetic import CRS, ORIGIN, make_scene
+from patchflow.io.synthetic import CRS, ORIGIN
 
 pystac = pytest.importorskip("pystac")
 stackstac = pytest.importorskip("stackstac")
@@ -97,10 +98,12 @@ COG_SHAPE = (700, 600)
 
 
 @pytest.fixture(scope="module")
-def cog(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+def cog(
+    scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, np.ndarray]:
     """2-band uint16 COG, nodata 0 (a block in both bands + one NIR-only pixel), bands
     described "red"/"nir". Returns the path and the raw DN written."""
-    scene = make_scene(COG_SHAPE, seed=5, chunks=None)
+    scene = scene_factory(COG_SHAPE, seed=5)
     dn = scene.values.copy()  # values are >= 1: zeros only where put here
     dn[:, 100:140, 200:260] = 0
     dn[1, 400, 10] = 0
@@ -181,10 +184,12 @@ ZARR_SHAPE = (900, 1300)
 
 
 @pytest.fixture(scope="module")
-def zarr_cube(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+def zarr_cube(
+    scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, np.ndarray]:
     """make_scene → Dataset → Zarr v3 (chunks 512, nodata 0 via _FillValue, CRS in the
     rioxarray ``spatial_ref`` grid mapping). Returns the path and the raw DN."""
-    scene = make_scene(ZARR_SHAPE, seed=4, chunks=512)
+    scene = scene_factory(ZARR_SHAPE, seed=4, chunks=512)
     hole = xr.DataArray(np.zeros(ZARR_SHAPE, bool), dims=("y", "x"))
     hole[600:650, 40:90] = True  # nodata block
     scene = scene.where(~hole, 0).astype(np.uint16).rio.write_nodata(0, encoded=False)
@@ -218,8 +223,10 @@ def test_zarr_cube_ndvi(zarr_cube: tuple[Path, np.ndarray], mask_and_scale: bool
         assert_matches(whole.values[0], ref)
 
 
-def test_zarr_default_decode_coords_dataset(tmp_path: Path) -> None:
-    scene = make_scene((300, 300), seed=4, chunks=None)
+def test_zarr_default_decode_coords_dataset(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    scene = scene_factory((300, 300), seed=4)
     scene.to_dataset(name="dn").to_zarr(tmp_path / "c.zarr", zarr_format=3)
     ds = xr.open_zarr(tmp_path / "c.zarr")  # decode_coords=True
     assert "spatial_ref" in ds.data_vars  # (dn's encoding had grid_mapping: spatial_ref)
@@ -257,7 +264,9 @@ def write_band(path: Path, band: np.ndarray, transform: Affine) -> None:
 
 
 @pytest.fixture(scope="module")
-def stac_items(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], dict[str, np.ndarray]]:
+def stac_items(
+    scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[Any], dict[str, np.ndarray]]:
     """3 dates × (B04, B08 at 10 m; B11 at 20 m), local GeoTIFFs with nodata 0:
     date 1 has a "cloud" (both 10 m bands 0), every date a B04-only hole, date 2 a B08 hole.
     Returns the items and the raw DN per asset, stacked over time."""
@@ -266,8 +275,8 @@ def stac_items(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], dic
     raw: dict[str, list[np.ndarray]] = {"B04": [], "B08": [], "B11": []}
     items = []
     for k, date in enumerate(DATES):
-        red, nir = make_scene(STACK_SHAPE, seed=10 + k, chunks=None).values
-        b11 = make_scene((h // 2, w // 2), seed=20 + k, chunks=None).values[0]
+        red, nir = scene_factory(STACK_SHAPE, seed=10 + k).values
+        b11 = scene_factory((h // 2, w // 2), seed=20 + k).values[0]
         if k == 1:
             red[50:90, 100:180] = nir[50:90, 100:180] = 0
         if k == 2:
@@ -463,8 +472,8 @@ DS_SHAPE = (700, 600)
 
 
 @pytest.fixture(scope="module")
-def red_nir() -> xr.Dataset:
-    scene = make_scene(DS_SHAPE, seed=1, chunks=256)
+def red_nir(scene_factory: Callable[..., xr.DataArray]) -> xr.Dataset:
+    scene = scene_factory(DS_SHAPE, seed=1, chunks=256)
     # nir first: the op must see variables in data_vars order, not alphabetical
     ds = xr.Dataset(
         {"nir": scene.sel(band="nir", drop=True), "red": scene.sel(band="red", drop=True)},
@@ -498,9 +507,11 @@ def test_dataset_stacked_in_data_vars_order(red_nir: xr.Dataset) -> None:
         assert_matches(back[name].values, red_nir[name].values * 2.0)
 
 
-def test_dataset_per_variable(red_nir: xr.Dataset) -> None:
+def test_dataset_per_variable(
+    scene_factory: Callable[..., xr.DataArray], red_nir: xr.Dataset
+) -> None:
     ds = red_nir.assign(
-        dn=make_scene(DS_SHAPE, seed=2, chunks=256).drop_vars("spatial_ref"),  # (band, y, x)
+        dn=scene_factory(DS_SHAPE, seed=2, chunks=256).drop_vars("spatial_ref"),  # (band, y, x)
     )
     shapes: set[tuple[int, ...]] = set()
 
@@ -531,8 +542,8 @@ def test_dataset_per_variable(red_nir: xr.Dataset) -> None:
 
 
 @pytest.fixture(scope="module")
-def mixed() -> xr.Dataset:
-    scene = make_scene((500, 400), seed=8, chunks=None)
+def mixed(scene_factory: Callable[..., xr.DataArray]) -> xr.Dataset:
+    scene = scene_factory((500, 400), seed=8)
     dn = no_attrs(scene.sel(band="red", drop=True))
     refl = no_attrs((scene.sel(band="nir", drop=True) * 1e-4).astype(np.float32))
     return xr.Dataset({"dn": dn, "refl": refl})
@@ -587,9 +598,11 @@ def test_mixed_stacked_honours_variable_nodata(mixed: xr.Dataset) -> None:
 
 
 @pytest.fixture(scope="module")
-def scaled_tif(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+def scaled_tif(
+    scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, np.ndarray]:
     """2-band uint16 GeoTIFF, nodata 0, scale 1e-4 / offset -0.1 (both bands)."""
-    dn = make_scene((600, 520), seed=7, chunks=None).values
+    dn = scene_factory((600, 520), seed=7).values
     dn[:, 10:30, 10:30] = 0
     path = tmp_path_factory.mktemp("scaled") / "scaled.tif"
     with rasterio.open(
@@ -651,9 +664,11 @@ def test_scale_offset_raw(scaled_tif: tuple[Path, np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize("mask_and_scale", [True, False])
-def test_zarr_cf_scale_offset(tmp_path: Path, mask_and_scale: bool) -> None:
+def test_zarr_cf_scale_offset(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path, mask_and_scale: bool
+) -> None:
     # CF packing in Zarr: xarray decodes scale_factor/add_offset/_FillValue on open
-    scene = make_scene((500, 450), seed=9, chunks=None)
+    scene = scene_factory((500, 450), seed=9)
     refl = no_attrs(scene) * 1e-4
     refl[:, 5:25, 30:60] = np.nan
     packed = refl.to_dataset(name="refl")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -16,7 +17,6 @@ from dask.base import tokenize
 import patchflow
 from patchflow.api import global_percentiles
 from patchflow.errors import ParameterError
-from patchflow.io.synthetic import make_scene
 from patchflow.ops import (
     NBR,
     NDVI,
@@ -47,8 +47,8 @@ from patchflow.ops import (
 
 
 @pytest.fixture(scope="module")
-def scene() -> xr.DataArray:
-    return make_scene((700, 600), chunks=300)
+def scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory((700, 600), chunks=300)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -14,7 +15,6 @@ from scipy.signal import correlate2d
 
 import patchflow
 from patchflow.errors import ParameterError
-from patchflow.io.synthetic import make_scene
 from patchflow.ops import TTA, ConfigError, DNToReflectance, to_json
 from patchflow.ops.models import ModelOp, is_torch_module, tiny_cnn
 
@@ -25,8 +25,8 @@ def torch() -> Any:
 
 
 @pytest.fixture(scope="module")
-def scene() -> xr.DataArray:
-    return make_scene((256, 320), chunks=128).persist()
+def scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory((256, 320), chunks=128, persist=True)
 
 
 def reflectance(scene: xr.DataArray) -> np.ndarray:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,11 @@ from patchflow.io.store import (
     open_result,
     run,
 )
-from patchflow.io.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")
-def scene() -> xr.DataArray:
-    return make_scene((1500, 1300), seed=2, chunks=512)
+def scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory((1500, 1300), seed=2, chunks=512)
 
 
 def zarr_values(path: Path, var: str = "ndvi") -> np.ndarray:
@@ -117,7 +117,7 @@ CRASH_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_crash_and_resume(tmp_path: Path) -> None:
+def test_crash_and_resume(scene_factory: Callable[..., xr.DataArray], tmp_path: Path) -> None:
     path = tmp_path / "crash.zarr"
     proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(path)])
     done_path = path / "_patchflow" / "done"
@@ -144,7 +144,7 @@ def test_crash_and_resume(tmp_path: Path) -> None:
     missing = int((done == 0).sum())
     assert 0 < missing < 64
 
-    scene = make_scene((3072, 3072), seed=4, chunks=384)
+    scene = scene_factory((3072, 3072), seed=4, chunks=384)
     report = run(scene, dn_ndvi, store=path, resume=True, size=128, stride=96)
     assert report.computed == missing
     assert report.skipped == 64 - missing
@@ -191,11 +191,13 @@ def test_accumulate_needs_sums(scene: xr.DataArray, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_memory_bounded_never_materialises_scene(tmp_path: Path) -> None:
+def test_memory_bounded_never_materialises_scene(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
     # 6144² × 2 bands uint16 in (151 MB) → float32 out (151 MB); a bound of 100 MB on traced
     # allocations fails if any code path holds the full input or output (the synthetic
     # generator's own temporaries take ~35 MB of it at 512² chunks)
-    scene = make_scene((6144, 6144), chunks=512)
+    scene = scene_factory((6144, 6144), chunks=512)
     tracemalloc.start()
     try:
         report = run(scene, dn_ndvi, store=tmp_path / "big.zarr", scheduler="synchronous")

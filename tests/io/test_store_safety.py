@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,7 +52,6 @@ from patchflow.io.store import (
     resume,
     run,
 )
-from patchflow.io.synthetic import make_scene
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 spec"),
@@ -109,10 +108,12 @@ def error_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(
+    scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The input: a 2-band uint16 scene in a Zarr store on disk (256-px chunks)."""
     path = tmp_path_factory.mktemp("input") / "scene.zarr"
-    scene = make_scene((700, 600), seed=7, chunks=None).chunk({"y": 256, "x": 256})
+    scene = scene_factory((700, 600), seed=7).chunk({"y": 256, "x": 256})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scene.to_dataset(name="dn").to_zarr(path, zarr_format=3)
@@ -216,7 +217,7 @@ def child_results(proc: subprocess.CompletedProcess[str] | tuple[str, str]) -> l
 
 
 def test_resume_with_another_job_names_every_difference(
-    source: Path, reference: Reference, tmp_path: Path
+    scene_factory: Callable[..., xr.DataArray], source: Path, reference: Reference, tmp_path: Path
 ) -> None:
     store = tmp_path / "job.zarr"
     shutil.copytree(reference.store, store)
@@ -224,7 +225,7 @@ def test_resume_with_another_job_names_every_difference(
     other = tmp_path / "other.zarr"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scene = make_scene((700, 600), seed=8, chunks=None).chunk({"y": 256, "x": 256})
+        scene = scene_factory((700, 600), seed=8).chunk({"y": 256, "x": 256})
         scene.to_dataset(name="dn").to_zarr(other, zarr_format=3)
     swapped = ops.DNToReflectance(scale=1e-4) | ops.NDVI(red=1, nir=0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,6 @@ from dask.utils import key_split
 
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.io.synthetic import make_scene
 
 
 def ndvi64(chip: np.ndarray) -> np.ndarray:
@@ -24,8 +24,8 @@ def ndvi64(chip: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def scene() -> xr.DataArray:
-    return make_scene((3935, 1599), seed=3, chunks=1024).persist()
+def scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory((3935, 1599), seed=3, chunks=1024, persist=True)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +132,10 @@ def test_each_chip_once_and_task_count() -> None:
     np.testing.assert_allclose(result.values, data.astype(np.float64), rtol=1e-14)
 
 
-def test_graph_build_computes_nothing(dask_computes: Any) -> None:
-    lazy = make_scene((900, 700), chunks=300)
+def test_graph_build_computes_nothing(
+    dask_computes: Any, scene_factory: Callable[..., xr.DataArray]
+) -> None:
+    lazy = scene_factory((900, 700), chunks=300)
     with dask_computes(max_computes=1) as counter:
         out = lazy.patch.apply(ndvi64, size=128, stride=96)
         again = lazy.patch.apply(ndvi64, size=128, stride=96)
@@ -145,10 +147,12 @@ def test_graph_build_computes_nothing(dask_computes: Any) -> None:
 
 
 @pytest.mark.parametrize("pad_mode", ["constant", "wrap"])
-def test_graph_keys_deterministic_and_prefixes_distinct(dask_computes: Any, pad_mode: str) -> None:
+def test_graph_keys_deterministic_and_prefixes_distinct(
+    dask_computes: Any, scene_factory: Callable[..., xr.DataArray], pad_mode: str
+) -> None:
     from dask.utils import key_split
 
-    lazy = make_scene((900, 700), chunks=300)
+    lazy = scene_factory((900, 700), chunks=300)
     kw: dict[str, Any] = {"size": 128, "stride": 96, "boundary": "pad", "pad_mode": pad_mode}
     with dask_computes(max_computes=0):
         a = lazy.patch.apply(ndvi64, **kw).data
@@ -262,8 +266,8 @@ def test_integer_output_nodata() -> None:
     assert (out.values[0, :, 200:] == 255).all()
 
 
-def test_geotiff_roundtrip(tmp_path: Any) -> None:
-    src = make_scene((1100, 900), seed=5, chunks=None)
+def test_geotiff_roundtrip(scene_factory: Callable[..., xr.DataArray], tmp_path: Any) -> None:
+    src = scene_factory((1100, 900), seed=5)
     path = tmp_path / "scene.tif"
     src.rio.to_raster(path, tiled=True, blockxsize=256, blockysize=256)
     lazy = rioxarray.open_rasterio(path, chunks={"x": 512, "y": 512})
@@ -277,8 +281,8 @@ def test_geotiff_roundtrip(tmp_path: Any) -> None:
     np.testing.assert_allclose(back.values, ndvi64(src.values), atol=1e-6, rtol=0)
 
 
-def test_dataset_variables_stacked_in_order() -> None:
-    scene = make_scene((400, 300), chunks=None)
+def test_dataset_variables_stacked_in_order(scene_factory: Callable[..., xr.DataArray]) -> None:
+    scene = scene_factory((400, 300))
     ds = xr.Dataset(
         {"red": scene.sel(band="red", drop=True), "nir": scene.sel(band="nir", drop=True)}
     )
@@ -296,8 +300,8 @@ def test_dataset_variables_stacked_in_order() -> None:
     np.testing.assert_allclose(out.values, ndvi64(scene.values), atol=1e-6)
 
 
-def test_time_band_stack_per_step_and_over_time() -> None:
-    scene = make_scene((300, 260), chunks=None).values.astype(np.float64)
+def test_time_band_stack_per_step_and_over_time(small_scene: xr.DataArray) -> None:
+    scene = small_scene.values.astype(np.float64)
     cube = xr.DataArray(
         np.stack([scene, scene * 2, scene * 3]),
         dims=("time", "band", "y", "x"),
@@ -331,8 +335,8 @@ def test_time_band_stack_per_step_and_over_time() -> None:
         cube.patch.apply(median_composite, over="season")
 
 
-def test_grid_accessor_bounds() -> None:
-    scene = make_scene((1000, 700), chunks=None)
+def test_grid_accessor_bounds(scene_factory: Callable[..., xr.DataArray]) -> None:
+    scene = scene_factory((1000, 700))
     layout = scene.patch.grid(size=256, stride=192)
     frame = layout.to_dataframe()
     assert len(frame) == layout.grid.n_chips == 5 * 4
@@ -427,10 +431,12 @@ def down4(chips: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("op", "factor"), [(up2, 2.0), (down4, 0.25)])
-def test_resolution_change(op: Any, factor: float) -> None:
+def test_resolution_change(
+    scene_factory: Callable[..., xr.DataArray], op: Any, factor: float
+) -> None:
     from affine import Affine
 
-    scene = make_scene((1000, 804), chunks=400)
+    scene = scene_factory((1000, 804), chunks=400)
     out = scene.patch.apply(patchflow.batched(op), size=128, stride=96)
     full = op(scene.values[None])[0]
     assert out.shape == full.shape == (1, int(1000 * factor), int(804 * factor))
@@ -443,8 +449,10 @@ def test_resolution_change(op: Any, factor: float) -> None:
     np.testing.assert_allclose(out.y.values[-1], expected.f + expected.e * (out.sizes["y"] - 0.5))
 
 
-def test_resolution_change_needs_divisible_sizes() -> None:
-    scene = make_scene((1001, 804), chunks=None)
+def test_resolution_change_needs_divisible_sizes(
+    scene_factory: Callable[..., xr.DataArray],
+) -> None:
+    scene = scene_factory((1001, 804))
     with pytest.raises(patchflow.ParameterError, match=r"multiple of 4.*scene height 1001"):
         scene.patch.apply(patchflow.batched(down4), size=128, stride=96)
 
@@ -468,14 +476,16 @@ class FailsOnMarkedChip:
         return ndvi64(chip)
 
 
-def marked_scene() -> xr.DataArray:
-    scene = make_scene((700, 600), chunks=None).astype(np.float64)
+@pytest.fixture
+def marked_scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    """700 × 600 float64, a fresh copy per test (it is marked in place)."""
+    scene = scene_factory((700, 600), dtype=np.float64)
     scene[0, 450, 500] = 7777.0  # only chips covering (450, 500) fail
     return scene
 
 
-def test_on_error_raise_names_chip_window_and_bounds() -> None:
-    out = marked_scene().patch.apply(
+def test_on_error_raise_names_chip_window_and_bounds(marked_scene: xr.DataArray) -> None:
+    out = marked_scene.patch.apply(
         FailsOnMarkedChip(), size=128, stride=96, output_dtype="float64", output_bands=1
     )
     with pytest.raises(
@@ -486,8 +496,8 @@ def test_on_error_raise_names_chip_window_and_bounds() -> None:
     assert isinstance(info.value.__cause__, KeyError)
 
 
-def test_on_error_mask_continues_and_counts(tmp_path: Any) -> None:
-    scene = marked_scene()
+def test_on_error_mask_continues_and_counts(marked_scene: xr.DataArray, tmp_path: Any) -> None:
+    scene = marked_scene
     kw: dict[str, Any] = {"size": 128, "stride": 96, "output_dtype": "float64", "output_bands": 1}
     out = scene.patch.apply(FailsOnMarkedChip(), on_error="mask", **kw).values[0]
     ref = ndvi64(scene.values)[0]
@@ -510,10 +520,10 @@ def test_on_error_mask_continues_and_counts(tmp_path: Any) -> None:
     assert report.failed_chips == len(bad)
 
 
-def test_on_error_retry_transient() -> None:
+def test_on_error_retry_transient(marked_scene: xr.DataArray) -> None:
     kw: dict[str, Any] = {"size": 128, "stride": 96, "output_dtype": "float64", "output_bands": 1}
     op = FailsOnMarkedChip(OSError, transient=2)
-    scene = marked_scene()
+    scene = marked_scene
     out = scene.patch.apply(op, on_error="retry", retries=3, **kw)
     np.testing.assert_allclose(out.values, ndvi64(scene.values), atol=1e-9)
     flaky = FailsOnMarkedChip(OSError, transient=5)

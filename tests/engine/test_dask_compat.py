@@ -25,7 +25,7 @@ from patchflow.sampling.chips import READ_PREFIX, chip_array
 
 H, W = 300, 260
 CHUNKS = (1, 100, 90)  # ragged last column chunk (80)
-HALO_READ = f"{graph.HALO_PREFIX}-read"
+HALO_READ = graph.HALO_READ_PREFIX
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import dask
@@ -18,7 +19,6 @@ import patchflow
 from patchflow.engine.graph import STITCH_PREFIX as APPLY_STITCH_PREFIX
 from patchflow.errors import DimensionError, NodataCollisionError, OperatorError, ParameterError
 from patchflow.io.chips import open_chips, write_chips
-from patchflow.io.synthetic import make_scene
 from patchflow.plan.samplers import (
     Explicit,
     JitteredStride,
@@ -35,8 +35,8 @@ from patchflow.sampling.torch_data import ChipStoreDataset, LazyChipDataset
 
 
 @pytest.fixture(scope="module")
-def scene() -> xr.DataArray:
-    return make_scene((700, 600), seed=4, chunks=128)
+def scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory((700, 600), seed=4, chunks=128)
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,10 @@ def test_sample_nodata_validity_and_errors(scene) -> None:
         sample(scene, np.array([[690, 0]]), size=32)
 
 
-def test_thousand_poisson_chips_from_a_16k_scene_bounded_memory() -> None:
-    big = make_scene((16384, 16384), chunks=1024)  # 1 GiB of uint16 if read whole
+def test_thousand_poisson_chips_from_a_16k_scene_bounded_memory(
+    scene_factory: Callable[..., xr.DataArray],
+) -> None:
+    big = scene_factory((16384, 16384), chunks=1024)  # 1 GiB of uint16 if read whole
     sampler = PoissonDisk(400, seed=0, n=1000)
     chips = sample(big, sampler, size=256)
     assert chips.shape == (1000, 2, 256, 256)
@@ -479,8 +481,8 @@ CHIP = (24, 20)
 
 
 @pytest.fixture(scope="module")
-def small_scene() -> xr.DataArray:
-    return make_scene(SMALL, seed=7, chunks=(48, 40))
+def stitch_scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory(SMALL, seed=7, chunks=(48, 40))
 
 
 def small_sampler(kind: str, scene: xr.DataArray) -> Sampler:
@@ -645,15 +647,17 @@ def covered(shape: tuple[int, int], anchors: np.ndarray, size: tuple[int, int]) 
 
 @pytest.mark.parametrize("sampler_kind", SAMPLERS)
 @pytest.mark.parametrize(("agg", "kind"), CASES)
-def test_stitch_every_agg_every_sampler_matches_numpy(small_scene, agg, kind, sampler_kind) -> None:
-    chips = sample(small_scene, small_sampler(sampler_kind, small_scene), size=CHIP)
+def test_stitch_every_agg_every_sampler_matches_numpy(
+    stitch_scene, agg, kind, sampler_kind
+) -> None:
+    chips = sample(stitch_scene, small_sampler(sampler_kind, stitch_scene), size=CHIP)
     anchors = np.stack([chips.row.values, chips.col.values], axis=1)
     assert len(anchors) >= 5
     outs = make_outputs(chips.values, agg, kind, seed=len(anchors))
     lazy_outs = da.from_array(outs, chunks=(3, *outs.shape[1:]))  # several source chunks
     with dask.config.set(scheduler=refuse):  # building the graph computes nothing
         out = stitch_anchors(
-            small_scene,
+            stitch_scene,
             lazy_outs,
             anchors,
             agg=agg,
@@ -687,8 +691,8 @@ def refuse(*args, **kwargs):
 
 
 @pytest.mark.parametrize("agg", AGGS)
-def test_stitch_graph_is_lazy_blockwise_and_named(small_scene, agg) -> None:
-    chips = sample(small_scene, Random(9, seed=2), size=CHIP, chips_per_task=2)
+def test_stitch_graph_is_lazy_blockwise_and_named(stitch_scene, agg) -> None:
+    chips = sample(stitch_scene, Random(9, seed=2), size=CHIP, chips_per_task=2)
     op = chips.astype(np.float32)
     if agg == "soft_vote":
         op = xr.concat([op, op / 2], dim="band")
@@ -697,8 +701,8 @@ def test_stitch_graph_is_lazy_blockwise_and_named(small_scene, agg) -> None:
         op = op % N_CLASSES
     kw = {"agg": agg, "n_classes": N_CLASSES if agg == "vote" else None, "chunks": 50}
     with dask.config.set(scheduler=refuse):
-        out = stitch_anchors(small_scene, op, **kw)
-        again = stitch_anchors(small_scene, op, **kw)
+        out = stitch_anchors(stitch_scene, op, **kw)
+        again = stitch_anchors(stitch_scene, op, **kw)
     assert isinstance(out.data, da.Array)
     name = out.data.name
     assert name == again.data.name  # deterministic keys
@@ -706,7 +710,7 @@ def test_stitch_graph_is_lazy_blockwise_and_named(small_scene, agg) -> None:
     assert not name.startswith(APPLY_STITCH_PREFIX + "-")
     other = "max" if agg != "max" else "min"
     if agg not in ("vote", "soft_vote"):
-        assert stitch_anchors(small_scene, op, **{**kw, "agg": other}).data.name != name
+        assert stitch_anchors(stitch_scene, op, **{**kw, "agg": other}).data.name != name
     # one task per output block, depending only on the chip chunks that touch it
     graph = out.data.__dask_graph__()
     layer = graph.layers[name]
@@ -729,8 +733,8 @@ def test_stitch_graph_is_lazy_blockwise_and_named(small_scene, agg) -> None:
 
 
 @pytest.fixture(scope="module")
-def apply_scene() -> xr.DataArray:
-    return make_scene((230, 210), seed=2, chunks=(96, 80))
+def apply_scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory((230, 210), seed=2, chunks=(96, 80))
 
 
 def _apply_op(agg: str, kind: str):
@@ -791,25 +795,25 @@ def test_stitch_regular_anchors_equals_apply_every_agg(apply_scene, agg, kind) -
         np.testing.assert_array_equal(got.values, engine.values)
 
 
-def test_stitch_integer_nodata_rules(small_scene) -> None:
+def test_stitch_integer_nodata_rules(stitch_scene) -> None:
     anchors = np.array([[0, 0], [10, 15], [100, 90]])
     size = (30, 40)
     rng = np.random.default_rng(0)
     outs = rng.integers(1, 100, (3, *size)).astype(np.int16)
     # the scene's nodata (0) marks the uncovered pixels of an integer result
-    out = stitch_anchors(small_scene, outs, anchors, agg="max")
+    out = stitch_anchors(stitch_scene, outs, anchors, agg="max")
     assert out.rio.nodata == 0 and out.dtype == np.int16
     hole = ~covered(SMALL, anchors, size)
     assert (out.values[hole] == 0).all() and (out.values[~hole] > 0).all()
     # nodata= wins; a valid value equal to it is refused (never silently masked)
-    out = stitch_anchors(small_scene, outs, anchors, agg="centre", nodata=-5)
+    out = stitch_anchors(stitch_scene, outs, anchors, agg="centre", nodata=-5)
     assert out.rio.nodata == -5 and (out.values[hole] == -5).all()
     clash = outs.copy()
     clash[1, 15, 20] = -5  # chip 1's centre pixel: chip 1 wins it
     with pytest.raises(NodataCollisionError, match="-5"):
-        stitch_anchors(small_scene, clash, anchors, agg="centre", nodata=-5).compute()
+        stitch_anchors(stitch_scene, clash, anchors, agg="centre", nodata=-5).compute()
     with pytest.raises(ParameterError, match="cannot be stored"):
-        stitch_anchors(small_scene, outs, anchors, agg="min", nodata=1e6)
+        stitch_anchors(stitch_scene, outs, anchors, agg="min", nodata=1e6)
     # no input nodata: the dtype's default when pixels can be invalid, none at full cover
     bare = xr.DataArray(np.zeros(SMALL, np.uint16), dims=("y", "x"))
     out = stitch_anchors(bare, outs, anchors, agg="min")
@@ -822,24 +826,24 @@ def test_stitch_integer_nodata_rules(small_scene) -> None:
     ref, valid = reference_stitch(SMALL, full, grid, "centre", patchflow.make_window("hann", size))
     assert valid.all() and np.array_equal(out.values, ref)
     # a float result: NaN in memory, nodata= as the encoded (on-disk) value
-    out = stitch_anchors(small_scene, outs.astype(np.float32), anchors, nodata=-9999.0)
+    out = stitch_anchors(stitch_scene, outs.astype(np.float32), anchors, nodata=-9999.0)
     assert out.rio.encoded_nodata == -9999.0 and np.isnan(out.values[hole]).all()
 
 
-def test_stitch_agg_errors(small_scene) -> None:
+def test_stitch_agg_errors(stitch_scene) -> None:
     anchors = np.array([[0, 0], [10, 15]])
     outs = np.ones((2, 3, 16, 16), np.float32)
     with pytest.raises(ParameterError, match="unknown agg"):
-        stitch_anchors(small_scene, outs, anchors, agg="median")
+        stitch_anchors(stitch_scene, outs, anchors, agg="median")
     with pytest.raises(ParameterError, match="n_classes"):
-        stitch_anchors(small_scene, outs, anchors, agg="vote")
+        stitch_anchors(stitch_scene, outs, anchors, agg="vote")
     with pytest.raises(DimensionError, match="class"):
-        stitch_anchors(small_scene, outs[:, 0], anchors, agg="soft_vote")
+        stitch_anchors(stitch_scene, outs[:, 0], anchors, agg="soft_vote")
     with pytest.raises(ParameterError, match="numbers"):
-        stitch_anchors(small_scene, outs.astype(np.complex64), anchors)
+        stitch_anchors(stitch_scene, outs.astype(np.complex64), anchors)
     # labels outside [0, n_classes) are refused when the block is computed
     with pytest.raises(OperatorError, match="n_classes"):
-        stitch_anchors(small_scene, outs * 7, anchors, agg="vote", n_classes=3).compute()
+        stitch_anchors(stitch_scene, outs * 7, anchors, agg="vote", n_classes=3).compute()
     # soft_vote reduces the class axis; the chip-dim coordinates do not leak
-    lab = stitch_anchors(small_scene, outs, anchors, agg="soft_vote")
+    lab = stitch_anchors(stitch_scene, outs, anchors, agg="soft_vote")
     assert lab.dims == ("y", "x") and lab.dtype == np.uint8 and lab.rio.nodata == 255

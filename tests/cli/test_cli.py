@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,6 @@ import zarr
 import patchflow
 from patchflow.cli import main
 from patchflow.demo import dn_ndvi
-from patchflow.io.synthetic import make_scene
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # writing test inputs: string band coords and consolidated metadata are not in the v3 spec
@@ -28,8 +28,8 @@ ZARR_CONSOLIDATED = pytest.mark.filterwarnings("ignore:Consolidated metadata is 
 
 
 @pytest.fixture(scope="module")
-def scene() -> xr.DataArray:
-    return make_scene((1100, 900), seed=5, chunks=None)
+def scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory((1100, 900), seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 # --------------------------------------------------------------------------- demo
 
 
-def test_demo_writes_png_and_zarr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_writes_png_and_zarr(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--size", "700", "--chunks", "384", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -116,7 +118,7 @@ def test_demo_writes_png_and_zarr(tmp_path: Path, capsys: pytest.CaptureFixture[
     result = patchflow.open_result(out / "ndvi.zarr")
     assert result.shape == (1, 700, 700)
     assert result.rio.crs == "EPSG:32610"
-    full = dn_ndvi(make_scene((700, 700), chunks=384).values[None])[0]
+    full = dn_ndvi(scene_factory((700, 700), chunks=384).values[None])[0]
     np.testing.assert_allclose(result.values, full, atol=1e-6, rtol=0)
 
 
