@@ -12,7 +12,7 @@ The sampler-side graphs, each one task per planned group or block (planned by
 :mod:`patchflow.sampling`): :func:`chip_array_graph` (``patchflow-sample-<token>``, plus
 ``patchflow-read-chips-<token>`` direct reads through :func:`direct_read`),
 :func:`anchor_stitch_graph` (``patchflow-anchors-stitch-<token>``) and
-:func:`zonal_graph` (``patchflow-zonal-<token>`` and ``patchflow-zonal-merge-<token>``).
+:func:`zonal_graph` (``patchflow-zonal-<token>`` and ``patchflow-merge-zonal-<token>``).
 
 The graph of ``apply``/``run`` (:func:`build_graph`) has two layers, each with one task
 per block:
@@ -32,10 +32,11 @@ so rebuilding the same computation yields the same graph.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
@@ -73,7 +74,9 @@ __all__ = [
     "SAMPLE_READ_PREFIX",
     "STITCH_PREFIX",
     "WRITE_PREFIX",
+    "ZONAL_MERGE_PREFIX",
     "ZONAL_PREFIX",
+    "ZONAL_TABLE_PREFIX",
     "AnchorBlock",
     "ChipGroup",
     "ChipPiece",
@@ -341,6 +344,8 @@ SAMPLE_READ_PREFIX = "patchflow-read-chips"
 #: not ``patchflow-stitch-…``: that prefix is apply's stitch layer
 ANCHORS_STITCH_PREFIX = "patchflow-anchors-stitch"
 ZONAL_PREFIX = "patchflow-zonal"
+ZONAL_MERGE_PREFIX = "patchflow-merge-zonal"
+ZONAL_TABLE_PREFIX = "patchflow-table-zonal"
 #: samplers' scans of validity masks and label rasters (one task per chunk)
 SCAN_PREFIX = "patchflow-block-scan"
 SUMS_PREFIX = "patchflow-block-sums"
@@ -452,15 +457,16 @@ def zonal_graph(
     n: int,
     bands: int,
     stats: tuple[str, ...],
+    finish: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Delayed:
     """Per-polygon statistics tables (``{stat: (n, bands)}``) of ``data``, as a ``Delayed``.
 
     One task per listed block (reading only that chunk) returns partial statistics; one
     merge task combines them. Keys: ``(patchflow-zonal-<token>, "block", i, j)`` and
-    ``patchflow-zonal-merge-<token>``.
+    ``patchflow-merge-zonal-<token>``.
     """
     name = f"{ZONAL_PREFIX}-{token}"
-    merge_name = f"{ZONAL_PREFIX}-merge-{token}"
+    merge_name = f"{ZONAL_MERGE_PREFIX}-{token}"
     lead_idx = (0,) * (data.ndim - 2)
     layer: dict[Any, Any] = {}
     block_keys = []
@@ -476,7 +482,10 @@ def zonal_graph(
         },
         {**base.dependencies, merge_name: {name}},
     )
-    return Delayed(merge_name, graph)
+    merged = Delayed(merge_name, graph)
+    if finish is None:
+        return merged
+    return dask.delayed(finish, pure=True)(merged, dask_key_name=f"{ZONAL_TABLE_PREFIX}-{token}")
 
 
 def block_reductions(arr: da.Array, fn: Any) -> da.Array:

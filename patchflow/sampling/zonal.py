@@ -11,7 +11,6 @@ from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
@@ -204,7 +203,6 @@ def zonal_stats(
             )
             spec = ZoneSpec((y0, x0), tr, bool(all_touched), nd, "median" in stats, items)
             blocks.append(ZoneBlock((i, j), spec))
-    pending = zonal_graph(data, blocks, token, n=len(geoms), bands=bands, stats=stats)
     band_names = _band_labels(arr)
 
     def frame(table: dict[str, Any]) -> pd.DataFrame:
@@ -215,9 +213,8 @@ def zonal_stats(
                 cols[key] = table[s][:, b]
         return pd.DataFrame(cols, index=index)
 
-    if not compute:
-        return dask.delayed(frame)(pending)
-    return frame(pending.compute())
+    table = zonal_graph(data, blocks, token, n=len(geoms), bands=bands, stats=stats, finish=frame)
+    return table if not compute else table.compute()
 
 
 @dataclass(frozen=True)
