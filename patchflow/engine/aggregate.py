@@ -251,21 +251,43 @@ class OverlapAdd(Aggregator):
     def _full_den(self, state: State) -> np.ndarray:
         """The explicit denominator of a merged (stitch-side) state."""
         if state["den"] is None:
-            den2d = np.outer(state["dy"], state["dx"]).astype(state["num"].dtype)
-            state["den"] = np.broadcast_to(den2d, state["num"].shape).copy()
+            num = state["num"]
+            if "_geo" in state:  # deferred geometric pieces of a stitched block
+                pieces = np.zeros(num.shape, num.dtype)
+                for (ys, xs), dy, dx in state.pop("_geo"):
+                    pieces[..., ys, xs] += np.outer(dy, dx)
+                state["den"] = pieces
+            else:
+                den2d = np.outer(state["dy"], state["dx"]).astype(num.dtype)
+                state["den"] = np.broadcast_to(den2d, num.shape).copy()
         den: np.ndarray = state["den"]
         return den
+
+    def set_geometry(self, state: State, dy: np.ndarray, dx: np.ndarray) -> None:
+        """Declare a stitched block's denominator ``outer(dy, dx)``, known from geometry.
+
+        Only used when every partial merged into the block was geometric (no chip saw an
+        invalid pixel, separable window): the block's denominator is then the product of
+        the per-axis window sums over *all* chips touching it, which the caller computes
+        in O(h + w) instead of merging 2-D pieces.
+        """
+        if state["den"] is None:
+            state.pop("_geo", None)
+            state["dy"], state["dx"] = dy, dx
+            state["_separable"] = True
 
     def add(self, state: State, batch: ChipBatch) -> None:
         num = state["num"]
         acc = num.dtype
         h, w = batch.out.shape[-2:]
+        scratch = np.empty(batch.out.shape[1:], acc)  # one w·out buffer for the batch
         for k, (r, c) in enumerate(batch.pos):
             sl = (..., slice(r, r + h), slice(c, c + w))
             wk = batch.weights[k]
             mask = _pixel_mask(batch, k)
             if mask is None:
-                num[sl] += np.multiply(batch.out[k], wk, dtype=acc)
+                np.multiply(batch.out[k], wk, out=scratch, dtype=acc)
+                num[sl] += scratch
                 if state["den"] is None:
                     # defer: if every chip stays valid the denominator is pure geometry
                     state.setdefault("_pending", []).append((r, c, wk))
@@ -303,6 +325,12 @@ class OverlapAdd(Aggregator):
 
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
         dst["num"][(..., *dst_sl)] += src["num"][(..., *src_sl)]
+        if src["den"] is None and dst["den"] is None:
+            # keep it deferred: if every piece is geometric the stitch step knows the
+            # whole denominator from geometry (set_geometry) and never builds it
+            piece = (src["dy"][src_sl[0]], src["dx"][src_sl[1]])
+            dst.setdefault("_geo", []).append((dst_sl, *piece))
+            return
         den = self._full_den(dst)
         if src["den"] is None:
             den[(..., *dst_sl)] += np.outer(src["dy"][src_sl[0]], src["dx"][src_sl[1]])
@@ -312,8 +340,17 @@ class OverlapAdd(Aggregator):
     def to_sums(self, state: State) -> dict[str, np.ndarray]:
         return {"num": state["num"], "den": self._full_den(state)}
 
-    def normalised(self, state: State) -> tuple[np.ndarray, np.ndarray]:
-        """``(num / den, den > 0)`` with zeros where nothing valid reached."""
+    def normalised(self, state: State) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(num / den, den > 0)`` with zeros where nothing valid reached (``None``: all)."""
+        num = state["num"]
+        if state["den"] is None and state.get("_separable"):
+            dy, dx = state["dy"].astype(num.dtype), state["dx"].astype(num.dtype)
+            if bool((dy > 0).all() and (dx > 0).all()):
+                # two exact-as-possible divisions, no 2-D denominator: where the true
+                # quotient is representable (whole numbers summed in float64) it is exact
+                value = np.divide(num, dy[:, None])
+                np.divide(value, dx, out=value)
+                return value, None
         den = self._full_den(state)
         ok = den > 0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -346,7 +383,7 @@ class SoftVote(OverlapAdd):
     def finalize(self, state: State) -> np.ndarray:
         value, ok = self.normalised(state)
         labels = np.argmax(value, axis=0)
-        return self._finish(labels, np.asarray(ok.all(axis=0)))
+        return self._finish(labels, None if ok is None else np.asarray(ok.all(axis=0)))
 
 
 def _label_dtype(n_classes: int) -> np.dtype:

@@ -313,6 +313,9 @@ def build_graph(
                 index=(i, j),
                 shape=(sc(plan.y.chunks[i]), sc(plan.x.chunks[j])),
                 pieces=tuple(specs),
+                origin=(int(plan.y.edges[i]), int(plan.x.edges[j])),
+                chip_ys=tuple(int(a) for a in plan.y.touching(i)),
+                chip_xs=tuple(int(a) for a in plan.x.touching(j)),
             )
             stitch[(stitch_name, *out_idx, i, j)] = (stitch_block, spec, task_s, deps, sink)
 

@@ -16,6 +16,7 @@ from typing import Any, overload
 import numpy as np
 
 from patchflow.engine.aggregate import Aggregator, ChipBatch, OverlapAdd, State
+from patchflow.engine.timing import phase
 from patchflow.errors import OperatorError
 from patchflow.plan.grid import window_bounds
 from patchflow.plan.windows import Window
@@ -117,6 +118,11 @@ class StitchTask:
     index: tuple[int, int]
     shape: tuple[int, int]
     pieces: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]], ...]
+    #: input-pixel origin of the block and the anchors of every chip touching it (``None``:
+    #: unknown), so a geometric denominator can be computed instead of merged
+    origin: tuple[int, int] = (0, 0)
+    chip_ys: tuple[int, ...] | None = None
+    chip_xs: tuple[int, ...] | None = None
 
 
 def slice_array(arr: np.ndarray, ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
@@ -242,7 +248,7 @@ def _ones(shape: tuple[int, int]) -> np.ndarray:
 
 
 def _axis_sum(
-    window: Window,
+    window: Window | None,
     axis: int,
     anchors: tuple[int, ...],
     start: int,
@@ -250,10 +256,18 @@ def _axis_sum(
     scene: int,
     size: int,
 ) -> np.ndarray:
+    """Per-axis window sum over ``[start, start + length)`` of chips at ``anchors`` (each
+    ``size`` long, clipped to the range); ``window=None`` counts chips (boxcar)."""
     total = np.zeros(length, np.float64)
     for a in anchors:
-        w = window.axis_weights(axis, a <= 0, a + size >= scene)
-        total[a - start : a - start + size] += w
+        lo, hi = max(a, start), min(a + size, start + length)
+        if lo >= hi:
+            continue
+        if window is None:
+            total[lo - start : hi - start] += 1.0
+        else:
+            w = window.axis_weights(axis, a <= 0, a + size >= scene)
+            total[lo - start : hi - start] += w[lo - a : hi - a]
     return total
 
 
@@ -425,58 +439,59 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     (r0, r1), (c0, c1) = task.region
     read_h, read_w = min(r1, spec.scene[0]) - r0, min(c1, spec.scene[1]) - c0
     in_h, in_w = read_h, read_w  # the part of the region inside the scene
-    parts = _parts(chunks, task)
-    nloop = len(spec.loop)
-    if task.padded:
-        read_h, read_w = r1 - r0, c1 - c0
-    pad_y, pad_x = (r1 - r0) - read_h, (c1 - c0) - read_w
-    positions = [(y - r0, x - c0) for y in task.ys for x in task.xs]
-    clean = all(_invalid(p, spec.nodata) is None for row in parts for p in row)
-    reader = None
-    if clean and not (pad_y or pad_x):
-        # fast path: no filling or padding needed, so chips come straight from the parts
-        reader = _Reader(parts, spec.size, positions)
-        arr = reader.own
-    else:
-        arr = _window(parts, (0, read_h), (0, read_w))
-    assert reader is not None or arr.shape[-2:] == (read_h, read_w)
-
-    work = spec.work_dtype or arr.dtype
-    bad = None if reader is not None else _invalid(arr, spec.nodata)
-    valid = None
-    # per-element validity, used when the op saw NaN for invalid inputs and keeps their
-    # non-spatial shape (astype, rescale …): a non-float output then stays invalid per band,
-    # as its input was. A fill value hides which bands the op mixed, so there the pixel
-    # rule (any invalid element invalidates the pixel) stays, conservatively.
-    per_element = (
-        bad is not None
-        and spec.fill_value is None
-        and spec.out_lead == tuple(arr.shape[nloop:-2])
-        and spec.scale == (1, 1)
-    )
-    elem_valid = None
-    if bad is not None:
-        if spec.fill_value is None:
-            arr = arr.astype(work, copy=True)
-            arr[bad] = np.nan
+    with phase("prepare"):
+        parts = _parts(chunks, task)
+        nloop = len(spec.loop)
+        if task.padded:
+            read_h, read_w = r1 - r0, c1 - c0
+        pad_y, pad_x = (r1 - r0) - read_h, (c1 - c0) - read_w
+        positions = [(y - r0, x - c0) for y in task.ys for x in task.xs]
+        clean = all(_invalid(p, spec.nodata) is None for row in parts for p in row)
+        reader = None
+        if clean and not (pad_y or pad_x):
+            # fast path: no filling or padding needed, so chips come straight from the parts
+            reader = _Reader(parts, spec.size, positions)
+            arr = reader.own
         else:
-            arr = np.where(bad, np.asarray(spec.fill_value, arr.dtype), arr)
-        # the pixel mask: where every op-visible element is valid (used with a fill value,
-        # for integer op outputs, and as the op's ``pass_mask`` argument)
-        lead_axes = tuple(range(nloop, bad.ndim - 2))
-        valid = ~(np.asarray(bad.any(axis=lead_axes)) if lead_axes else bad)
-        if per_element:
-            elem_valid = ~bad
-    if pad_y or pad_x:
-        widths = [(0, 0)] * (arr.ndim - 2) + [(0, pad_y), (0, pad_x)]
-        kw: dict[str, Any] = {}
-        if spec.pad_mode == "constant":
-            kw["constant_values"] = np.asarray(spec.pad_value, arr.dtype)
-        arr = np.pad(arr, widths, mode=spec.pad_mode, **kw)  # type: ignore[call-overload]
-        if valid is not None:
-            valid = np.pad(valid, [(0, 0)] * nloop + widths[-2:], constant_values=True)
-        if elem_valid is not None:
-            elem_valid = np.pad(elem_valid, widths, constant_values=True)
+            arr = _window(parts, (0, read_h), (0, read_w))
+        assert reader is not None or arr.shape[-2:] == (read_h, read_w)
+
+        work = spec.work_dtype or arr.dtype
+        bad = None if reader is not None else _invalid(arr, spec.nodata)
+        valid = None
+        # per-element validity, used when the op saw NaN for invalid inputs and keeps their
+        # non-spatial shape (astype, rescale …): a non-float output then stays invalid per band,
+        # as its input was. A fill value hides which bands the op mixed, so there the pixel
+        # rule (any invalid element invalidates the pixel) stays, conservatively.
+        per_element = (
+            bad is not None
+            and spec.fill_value is None
+            and spec.out_lead == tuple(arr.shape[nloop:-2])
+            and spec.scale == (1, 1)
+        )
+        elem_valid = None
+        if bad is not None:
+            if spec.fill_value is None:
+                arr = arr.astype(work, copy=True)
+                arr[bad] = np.nan
+            else:
+                arr = np.where(bad, np.asarray(spec.fill_value, arr.dtype), arr)
+            # the pixel mask: where every op-visible element is valid (used with a fill value,
+            # for integer op outputs, and as the op's ``pass_mask`` argument)
+            lead_axes = tuple(range(nloop, bad.ndim - 2))
+            valid = ~(np.asarray(bad.any(axis=lead_axes)) if lead_axes else bad)
+            if per_element:
+                elem_valid = ~bad
+        if pad_y or pad_x:
+            widths = [(0, 0)] * (arr.ndim - 2) + [(0, pad_y), (0, pad_x)]
+            kw: dict[str, Any] = {}
+            if spec.pad_mode == "constant":
+                kw["constant_values"] = np.asarray(spec.pad_value, arr.dtype)
+            arr = np.pad(arr, widths, mode=spec.pad_mode, **kw)  # type: ignore[call-overload]
+            if valid is not None:
+                valid = np.pad(valid, [(0, 0)] * nloop + widths[-2:], constant_values=True)
+            if elem_valid is not None:
+                elem_valid = np.pad(elem_valid, widths, constant_values=True)
 
     agg = spec.agg
     region_shape = (sc(r1 - r0), sc(c1 - c0))
@@ -491,19 +506,23 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     n_failed = 0
     for lo in range(0, len(positions), spec.batch_size):
         pos = np.asarray(positions[lo : lo + spec.batch_size], dtype=np.int64)
-        if reader is not None:
-            chips = np.stack([reader.chip(int(r), int(c)) for r, c in pos])
-        else:
-            chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
-        if chips.dtype != work:
-            chips = chips.astype(work)
-        vmask = (
-            None if valid is None else np.stack([valid[..., r : r + h, c : c + w] for r, c in pos])
-        )
+        with phase("chips"):
+            if reader is not None:
+                chips = np.stack([reader.chip(int(r), int(c)) for r, c in pos])
+            else:
+                chips = np.stack([arr[..., r : r + h, c : c + w] for r, c in pos])
+            if chips.dtype != work:
+                chips = chips.astype(work)
+            vmask = (
+                None
+                if valid is None
+                else np.stack([valid[..., r : r + h, c : c + w] for r, c in pos])
+            )
         labels = _ChipNames(
             partial(_describe, spec, ids[lo : lo + len(pos)], pos, r0, c0), len(pos)
         )
-        out, failed = _run_looped(spec, chips, vmask, labels)
+        with phase("op"):
+            out, failed = _run_looped(spec, chips, vmask, labels)
         omask: np.ndarray | None
         if elem_valid is not None:
             omask = np.stack([elem_valid[..., r : r + h, c : c + w] for r, c in pos])
@@ -513,18 +532,19 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
         if omask is not None and spec.loop and elem_valid is None:
             # (n, *loop, h, w) → broadcastable against (n, *loop, *out_lead, h, w)
             omask = omask.reshape(*omask.shape[:-2], *(1,) * len(spec.out_lead), oh, ow)
-        if window is None:
-            weights = [_ones((oh, ow))] * len(pos)
-        else:
-            weights = [
-                window.weights(
-                    r + r0 <= 0,
-                    r + r0 + h >= spec.scene[0],
-                    c + c0 <= 0,
-                    c + c0 + w >= spec.scene[1],
-                )
-                for r, c in pos
-            ]
+        with phase("weights"):
+            if window is None:
+                weights = [_ones((oh, ow))] * len(pos)
+            else:
+                weights = [
+                    window.weights(
+                        r + r0 <= 0,
+                        r + r0 + h >= spec.scene[0],
+                        c + c0 <= 0,
+                        c + c0 + w >= spec.scene[1],
+                    )
+                    for r, c in pos
+                ]
         opos = np.asarray([(sc(int(r)), sc(int(c))) for r, c in pos], dtype=np.int64)
         batch = ChipBatch(
             out,
@@ -535,35 +555,25 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             nan_marks=spec.fill_value is None,
             failed=failed,
         )
-        if state is None:
-            state = agg.new(region_shape, agg.accumulator_for(out))
-        agg.add(state, batch)
+        with phase("accumulate"):
+            if state is None:
+                state = agg.new(region_shape, agg.accumulator_for(out))
+            agg.add(state, batch)
 
-    if state is None:  # a block that owns no chip
-        state = agg.new(region_shape)
-    dy = dx = None
-    if isinstance(agg, OverlapAdd):
-        oys = tuple(sc(a) for a in task.ys)
-        oxs = tuple(sc(a) for a in task.xs)
-        oscene = (sc(spec.scene[0]), sc(spec.scene[1]))
-        if window is None:
-            dy = _axis_sum_ones(oys, sc(r0), sc(r1 - r0), oh)
-            dx = _axis_sum_ones(oxs, sc(c0), sc(c1 - c0), ow)
-        elif window.separable:
-            dy = _axis_sum(window, 0, oys, sc(r0), sc(r1 - r0), oscene[0], oh)
-            dx = _axis_sum(window, 1, oxs, sc(c0), sc(c1 - c0), oscene[1], ow)
-    state = agg.seal(state, dy, dx)
-    if (in_h, in_w) != (r1 - r0, c1 - c0):
-        state = _crop(state, sc(in_h), sc(in_w))
+    with phase("seal"):
+        if state is None:  # a block that owns no chip
+            state = agg.new(region_shape)
+        dy = dx = None
+        if isinstance(agg, OverlapAdd) and (window is None or window.separable):
+            oys = tuple(sc(a) for a in task.ys)
+            oxs = tuple(sc(a) for a in task.xs)
+            dy = _axis_sum(window, 0, oys, sc(r0), sc(r1 - r0), sc(spec.scene[0]), oh)
+            dx = _axis_sum(window, 1, oxs, sc(c0), sc(c1 - c0), sc(spec.scene[1]), ow)
+        state = agg.seal(state, dy, dx)
+        if (in_h, in_w) != (r1 - r0, c1 - c0):
+            state = _crop(state, sc(in_h), sc(in_w))
     state["_failed"] = n_failed
     return state
-
-
-def _axis_sum_ones(anchors: tuple[int, ...], start: int, length: int, size: int) -> np.ndarray:
-    total = np.zeros(length, np.float64)
-    for a in anchors:
-        total[a - start : a - start + size] += 1.0
-    return total
 
 
 def _crop(state: State, h: int, w: int) -> State:
@@ -590,16 +600,34 @@ def stitch_block(
     ``sink.write(index, state, agg)`` instead, which persists it and returns a marker.
     """
     agg = spec.agg
-    state = agg.new(task.shape, agg.merged_accumulator(partials))
-    for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
-        agg.merge(
-            state,
-            part,
-            (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
-            (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
-        )
+    with phase("merge"):
+        state = agg.new(task.shape, agg.merged_accumulator(partials))
+        for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
+            agg.merge(
+                state,
+                part,
+                (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
+                (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
+            )
+        window = spec.window
+        if (
+            isinstance(agg, OverlapAdd)
+            and task.chip_ys is not None
+            and task.chip_xs is not None
+            and (window is None or window.separable)
+            and all(p.get("den", 0) is None for p in partials)
+        ):
+            # every chip touching this block kept its full weight: the denominator is
+            # the product of the per-axis window sums of those chips (regular grid)
+            sc = spec.sc
+            (oy, ox), (oh, ow) = (sc(task.origin[0]), sc(task.origin[1])), spec.out_size
+            oys, oxs = tuple(sc(a) for a in task.chip_ys), tuple(sc(a) for a in task.chip_xs)
+            dy = _axis_sum(window, 0, oys, oy, task.shape[0], sc(spec.scene[0]), oh)
+            dx = _axis_sum(window, 1, oxs, ox, task.shape[1], sc(spec.scene[1]), ow)
+            agg.set_geometry(state, dy, dx)
     if sink is not None:
         failed = sum(int(p.get("_failed", 0)) for p in partials)
         marker: np.ndarray = sink.write(task.index, state, agg, failed)
         return marker
-    return agg.finalize(state)
+    with phase("normalise"):
+        return agg.finalize(state)

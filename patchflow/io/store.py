@@ -95,6 +95,7 @@ from patchflow._xr import spatial_dims
 from patchflow.engine.aggregate import Aggregator, State
 from patchflow.engine.graph import build_graph
 from patchflow.engine.prepare import Prepared, prepare, prepare_from
+from patchflow.engine.timing import phase
 from patchflow.errors import (
     _CLI,
     CorruptStoreError,
@@ -313,19 +314,22 @@ class BlockSink:
                 arr = zarr.open_array(self.store, path=target, mode="r+")
                 arr[self._region(index, sums[key].shape)] = sums[key]
             state = agg.from_sums(sums)
-        out = agg.finalize(state)
+        with phase("normalise"):
+            out = agg.finalize(state)
         # every chunk is written, even all-nodata ones, so the bytes read back are exactly
         # the bytes checksummed here (Zarr would otherwise drop it and return its fill value)
-        result = zarr.open_array(
-            self.store, path=self.var, mode="r+", config={"write_empty_chunks": True}
-        )
-        out = np.ascontiguousarray(out, dtype=result.dtype)
-        result[self._region(index, out.shape)] = out
-        checksum = _crc(out)  # the array in hand: no re-read
-        good = np.isfinite(out) if out.dtype.kind == "f" else out != agg.nodata
-        zarr.open_array(self.store, path=f"{BOOK}/failed", mode="r+")[index] = failed
-        zarr.open_array(self.store, path=f"{BOOK}/valid", mode="r+")[index] = int(good.sum())
-        zarr.open_array(self.store, path=f"{BOOK}/checksum", mode="r+")[index] = checksum
+        with phase("write"):
+            result = zarr.open_array(
+                self.store, path=self.var, mode="r+", config={"write_empty_chunks": True}
+            )
+            out = np.ascontiguousarray(out, dtype=result.dtype)
+            result[self._region(index, out.shape)] = out
+            checksum = _crc(out)  # the array in hand: no re-read
+            good = np.isfinite(out) if out.dtype.kind == "f" else out != agg.nodata
+            zarr.open_array(self.store, path=f"{BOOK}/failed", mode="r+")[index] = failed
+            valid = int(good.sum())
+            zarr.open_array(self.store, path=f"{BOOK}/valid", mode="r+")[index] = valid
+            zarr.open_array(self.store, path=f"{BOOK}/checksum", mode="r+")[index] = checksum
         if CRASH_AT in os.environ:
             _checkpoint(f"block-{next(_BLOCKS_WRITTEN)}")
         # the marker goes last: a block is done only once all its data are on disk

@@ -120,6 +120,12 @@ class AxisPlan:
         lo, hi = self.bounds[block]
         return self.grid.anchors[lo:hi]
 
+    def touching(self, block: int) -> np.ndarray:
+        """Anchors of every chip with a pixel in ``block`` (owned or spilling into it)."""
+        lo, hi = int(self.edges[block]), int(self.edges[block + 1])
+        anchors = self.grid.anchors
+        return anchors[(anchors < hi) & (anchors + self.grid.size > lo)]
+
     def chip_range(self, block: int) -> tuple[int, int]:
         """Half-open range of chip indices (along this axis) owned by ``block``."""
         lo, hi = self.bounds[block]
