@@ -36,6 +36,10 @@ from _common import Timer, child, peak_rss_mb, report, write_scene
 from vs_peers import machine
 
 SIZE, STRIDE, SCALE = 256, 192, 1e-4
+#: chips per model call in patchflow (``None``: ModelOp's default, one chip on CPU)
+BATCH = (
+    int(os.environ["PATCHFLOW_BENCH_BATCH"]) if os.environ.get("PATCHFLOW_BENCH_BATCH") else None
+)
 CONTENDERS = ("loop", "patchflow")
 
 
@@ -102,7 +106,7 @@ def patchflow_(scene: str, out: str) -> None:
     from patchflow.ops import DNToReflectance, ModelOp
 
     torch.set_num_threads(1)
-    op = DNToReflectance(scale=SCALE) | ModelOp(_net(), batch_size=64, device="cpu")
+    op = DNToReflectance(scale=SCALE) | ModelOp(_net(), batch_size=BATCH, device="cpu")
     dn = xr.open_zarr(scene, consolidated=False)["dn"]
     with dask.config.set(scheduler="threads", num_workers=2):
         patchflow.run(dn, op, store=out, size=SIZE, stride=STRIDE, window="hann")
@@ -149,16 +153,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096], help="scene edges, px")
     parser.add_argument("--repeat", type=int, default=2, help="runs each; best wall is shown")
     parser.add_argument("--workdir", default="/tmp/patchflow-bench")
+    parser.add_argument("--batch-size", type=int, default=None, help="ModelOp batch_size")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SCENE", "OUT"))
     args = parser.parse_args()
     if args.child:
         job(*args.child)
         return
+    if args.batch_size is not None:
+        os.environ["PATCHFLOW_BENCH_BATCH"] = str(args.batch_size)  # read by the children
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     print(machine())
     print(
         "op: DN × 1e-4 → CNN 2→16→16→1 (3×3, ReLU), CPU torch; chips 256, stride 192, Hann; "
+        f"patchflow ModelOp batch_size={args.batch_size or 'default'}; "
         f"wall: best of {args.repeat}, peak: max of {args.repeat}",
         flush=True,
     )

@@ -122,7 +122,22 @@ def test_torch_batches_and_per_chip_reference(torch: Any) -> None:
     assert op.output_spec((2,), np.dtype("float32")) is None
     op3 = ModelOp(net, output_bands=3)
     assert op3.output_spec((2,), np.dtype("uint16")) == ((3,), np.dtype("float32"))
-    assert repr(op3) == "ModelOp(<torch Sequential>, batch_size=64, output_bands=(3,), scale=1.0)"
+    assert repr(op3) == "ModelOp(<torch Sequential>, output_bands=(3,), scale=1.0)"
+
+
+def test_default_batch_is_one_chip_on_cpu_and_64_for_callables(torch: Any) -> None:
+    model = Counting(tiny_cnn(2, 1, seed=1))
+    chips = np.zeros((5, 2, 8, 8), np.float32)
+    ModelOp(model, device="cpu")(chips)
+    assert model.sizes == [1, 1, 1, 1, 1]
+    calls: list[int] = []
+
+    def plain(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x[:, :1]
+
+    ModelOp(plain)(np.zeros((70, 2, 4, 4)))
+    assert calls == [64, 6]
 
 
 def test_torch_batches_through_apply(torch: Any, scene: xr.DataArray) -> None:
