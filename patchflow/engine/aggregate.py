@@ -56,7 +56,8 @@ class ChipBatch:
     when every pixel is valid; ``chip_ids`` global chip indices. With ``nan_marks`` the op
     saw invalid inputs as NaN, so a float output's own NaNs say what is invalid (per
     band) and ``valid`` only matters for non-float outputs. ``failed`` lists chips whose
-    op call failed (``on_error="mask"``): they contribute nothing.
+    op call failed (``on_error="mask"``): they contribute nothing. ``unit_weights``: every
+    weight is 1 (no window), so sums need no multiplication.
     """
 
     out: np.ndarray
@@ -66,6 +67,7 @@ class ChipBatch:
     chip_ids: np.ndarray
     nan_marks: bool = False
     failed: list[int] = field(default_factory=list)
+    unit_weights: bool = False
 
 
 def _float_dtype(dtype: np.dtype) -> np.dtype:
@@ -280,14 +282,19 @@ class OverlapAdd(Aggregator):
         num = state["num"]
         acc = num.dtype
         h, w = batch.out.shape[-2:]
-        scratch = np.empty(batch.out.shape[1:], acc)  # one w·out buffer for the batch
+        scratch: np.ndarray | None = None  # one w·out buffer for the batch
         for k, (r, c) in enumerate(batch.pos):
             sl = (..., slice(r, r + h), slice(c, c + w))
             wk = batch.weights[k]
             mask = _pixel_mask(batch, k)
             if mask is None:
-                np.multiply(batch.out[k], wk, out=scratch, dtype=acc)
-                num[sl] += scratch
+                if batch.unit_weights:
+                    num[sl] += batch.out[k]  # exact: w = 1 (float32 into float64 too)
+                else:
+                    if scratch is None:
+                        scratch = np.empty(batch.out.shape[1:], acc)
+                    np.multiply(batch.out[k], wk, out=scratch, dtype=acc)
+                    num[sl] += scratch
                 if state["den"] is None:
                     # defer: if every chip stays valid the denominator is pure geometry
                     state.setdefault("_pending", []).append((r, c, wk))
@@ -345,6 +352,8 @@ class OverlapAdd(Aggregator):
         num = state["num"]
         if state["den"] is None and state.get("_separable"):
             dy, dx = state["dy"].astype(num.dtype), state["dx"].astype(num.dtype)
+            if bool((dy == 1).all() and (dx == 1).all()):
+                return num, None  # one unit-weight chip per pixel (pointwise ops)
             if bool((dy > 0).all() and (dx > 0).all()):
                 # two exact-as-possible divisions, no 2-D denominator: where the true
                 # quotient is representable (whole numbers summed in float64) it is exact

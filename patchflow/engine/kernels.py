@@ -503,6 +503,7 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
         for b in range(len(task.xs))
     ]
     window = spec.window
+    unit = window is None or window.unit
     n_failed = 0
     for lo in range(0, len(positions), spec.batch_size):
         pos = np.asarray(positions[lo : lo + spec.batch_size], dtype=np.int64)
@@ -533,7 +534,7 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             # (n, *loop, h, w) → broadcastable against (n, *loop, *out_lead, h, w)
             omask = omask.reshape(*omask.shape[:-2], *(1,) * len(spec.out_lead), oh, ow)
         with phase("weights"):
-            if window is None:
+            if unit or window is None:
                 weights = [_ones((oh, ow))] * len(pos)
             else:
                 weights = [
@@ -554,6 +555,7 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             np.asarray(ids[lo : lo + len(pos)]),
             nan_marks=spec.fill_value is None,
             failed=failed,
+            unit_weights=unit,
         )
         with phase("accumulate"):
             if state is None:
@@ -591,6 +593,22 @@ def _crop(state: State, h: int, w: int) -> State:
     return out
 
 
+def _exactly(state: State, shape: tuple[int, int]) -> bool:
+    """Whether every array of a partial state spans exactly ``shape`` (no spill-over)."""
+    for key, value in state.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        if key == "dy":
+            ok = value.shape == (shape[0],)
+        elif key == "dx":
+            ok = value.shape == (shape[1],)
+        else:
+            ok = value.ndim >= 2 and value.shape[-2:] == shape
+        if not ok:
+            return False
+    return True
+
+
 def stitch_block(
     spec: EngineSpec, task: StitchTask, partials: list[State], sink: Any = None
 ) -> np.ndarray:
@@ -601,14 +619,19 @@ def stitch_block(
     """
     agg = spec.agg
     with phase("merge"):
-        state = agg.new(task.shape, agg.merged_accumulator(partials))
-        for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
-            agg.merge(
-                state,
-                part,
-                (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
-                (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
-            )
+        whole = ((0, task.shape[0]), (0, task.shape[0]), (0, task.shape[1]), (0, task.shape[1]))
+        if len(partials) == 1 and task.pieces[0] == whole and _exactly(partials[0], task.shape):
+            # the block's own partial is all of it (no spill-over in or out): use it as is
+            state = dict(partials[0])
+        else:
+            state = agg.new(task.shape, agg.merged_accumulator(partials))
+            for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
+                agg.merge(
+                    state,
+                    part,
+                    (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
+                    (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
+                )
         window = spec.window
         if (
             isinstance(agg, OverlapAdd)

@@ -75,6 +75,8 @@ class DNToReflectance(Operator):
     ([[[[nan, 0.15]]]], 1.0, 0.0001)
     """
 
+    pointwise = True
+
     def __init__(self, scale: float = 1e-4, offset: float = 0.0, nodata: float | None = None):
         self.gain = float(scale)
         self.offset = float(offset)
@@ -117,6 +119,8 @@ class NormalizedDifference(Operator):
     >>> NormalizedDifference(0, 1)(chips).tolist()
     [[[[0.5, nan]]]]
     """
+
+    pointwise = True
 
     _band_params = ("a", "b")
     _label = "normalized_difference"
@@ -226,6 +230,8 @@ class SelectBands(Operator):
     [2, 0]
     """
 
+    pointwise = True
+
     _band_params = ("indices",)
 
     def __init__(self, indices: Band | Sequence[Band]) -> None:
@@ -267,6 +273,8 @@ class Astype(Operator):
     >>> Astype("uint8")(np.array([[[[-3.0, 7.9, 300.0, np.nan]]]])).ravel().tolist()
     [0, 7, 255, 255]
     """
+
+    pointwise = True
 
     def __init__(self, dtype: npt.DTypeLike, nodata: float | None = None) -> None:
         self.dtype = np.dtype(dtype)
@@ -322,6 +330,8 @@ class Rescale(Operator):
     >>> Rescale((0, 10_000), (0, 1))(np.array([[[[-5, 2500, 20_000]]]])).ravel().tolist()
     [0.0, 0.25, 1.0]
     """
+
+    pointwise = True
 
     def __init__(
         self,
@@ -481,6 +491,9 @@ class PercentileClip(Operator):
 
     def output_band_names(self, names: Sequence[str]) -> list[str]:
         return list(names)
+
+    def is_pointwise(self) -> bool:
+        return self.per == "global"  # per-chip limits depend on the chip
 
     def _params(self) -> dict[str, Any]:
         return {

@@ -75,6 +75,7 @@ __all__ = [
     "from_json",
     "is_batched",
     "op_output_spec",
+    "op_pointwise",
     "op_scale",
     "register",
     "registered_ops",
@@ -391,6 +392,10 @@ class Operator:
 
     #: the engine calls the operator with ``(n, …, h, w)`` stacks of chips
     batched: ClassVar[bool] = True
+    #: each output pixel depends only on the same input pixel (all its bands), whatever
+    #: the chip: the engine then runs the op once per block instead of on overlapping
+    #: chips, which gives the same stitched result (see :func:`op_pointwise`)
+    pointwise: ClassVar[bool] = False
     #: registry name (set by :func:`register`)
     _op_name: ClassVar[str | None] = None
     #: attributes holding band references (int index or str name), resolved by :meth:`bind`
@@ -480,6 +485,10 @@ class Operator:
                 raise ParameterError(_out_of_range(repr(self), band, lead[0]))
 
     # ---- config
+
+    def is_pointwise(self) -> bool:
+        """See :attr:`pointwise` (instances may depend on their parameters)."""
+        return bool(self.pointwise)
 
     def _params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able values or nested operators)."""
@@ -587,6 +596,27 @@ def op_output_spec(op: Any, lead: tuple[int, ...], dtype: npt.DTypeLike) -> Spec
     return None
 
 
+def op_pointwise(op: Any) -> bool:
+    """Whether ``op`` is declared pointwise (output pixel = f(input pixel's bands)).
+
+    Operators say so with ``pointwise = True`` (or :meth:`Operator.is_pointwise`), plain
+    callables with a ``pointwise = True`` attribute, :class:`Lambda` with
+    ``pointwise=True``; a :class:`Sequential` is pointwise when every step is. A wrong
+    ``True`` gives wrong results near chip borders, so only declare what holds.
+
+    Examples
+    --------
+    >>> from patchflow.ops import NDVI, DNToReflectance, Lambda
+    >>> op_pointwise(DNToReflectance() | NDVI(red=0, nir=1)), op_pointwise(lambda c: c)
+    (True, False)
+    """
+    if isinstance(op, Operator):
+        return op.is_pointwise()
+    if isinstance(op, Batched):
+        return op_pointwise(op.fn)
+    return getattr(op, "pointwise", False) is True
+
+
 def op_scale(op: Any) -> float:
     """Output pixels per input pixel of ``op`` (1.0 for anything but an :class:`Operator`).
 
@@ -657,6 +687,9 @@ class Sequential(Operator):
                 return None
         return spec
 
+    def is_pointwise(self) -> bool:
+        return all(op_pointwise(op) for op in self.ops)
+
     def output_band_names(self, names: Sequence[str]) -> list[str] | None:
         current: list[str] | None = list(names)
         for op in self.ops:
@@ -724,6 +757,9 @@ class Lambda(Operator):
         the full non-spatial shape); both needed for :meth:`output_spec` to answer.
     scale
         Output pixels per input pixel.
+    pointwise
+        ``fn`` computes each output pixel from the same input pixel only (band math):
+        the engine may then run it once per block (see :func:`op_pointwise`).
 
     Examples
     --------
@@ -740,10 +776,12 @@ class Lambda(Operator):
         output_bands: int | Sequence[int] | None = None,
         output_dtype: npt.DTypeLike | None = None,
         scale: float = 1.0,
+        pointwise: bool = False,
     ) -> None:
         if not callable(fn):
             raise ParameterError(f"Lambda needs a callable, got {type(fn).__name__}")
         self.fn = fn
+        self.fn_pointwise = bool(pointwise)
         self.fn_batched = is_batched(fn) if batched is None else bool(batched)
         self.output_bands: tuple[int, ...] | None = (
             None if output_bands is None else tuple(int(v) for v in _as_list(output_bands))
@@ -768,7 +806,11 @@ class Lambda(Operator):
             "output_bands": self.output_bands,
             "output_dtype": self.output_dtype,
             "scale": self._scale,
+            "pointwise": self.fn_pointwise,
         }
+
+    def is_pointwise(self) -> bool:
+        return self.fn_pointwise
 
     def get_config(self) -> Config:
         raise ConfigError(
@@ -785,6 +827,8 @@ class Lambda(Operator):
             args.append(f"output_dtype={self.output_dtype.name!r}")
         if self._scale != 1.0:
             args.append(f"scale={self._scale}")
+        if self.fn_pointwise:
+            args.append("pointwise=True")
         return f"Lambda({', '.join(args)})"
 
 

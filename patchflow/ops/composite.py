@@ -83,6 +83,8 @@ class Composite(Operator):
     ((3,), dtype('float32'))
     """
 
+    pointwise = True  # reduces over time, pixel by pixel
+
     def __init__(self, stat: str = "median", count: bool = False) -> None:
         if stat not in COMPOSITE_STATS:
             close = difflib.get_close_matches(str(stat), COMPOSITE_STATS, n=1)

@@ -200,6 +200,13 @@ class Window:
         """Whether the window is an outer product of per-axis 1-D windows."""
         return self.wy is not None and self.wx is not None
 
+    @property
+    def unit(self) -> bool:
+        """Every weight is 1 (a boxcar): sums need no multiplication."""
+        if self.wy is not None and self.wx is not None:
+            return bool((self.wy == 1).all() and (self.wx == 1).all())
+        return self.w2d is not None and bool((self.w2d == 1).all())
+
     def axis_weights(self, axis: int, lead: bool, trail: bool) -> np.ndarray:
         """1-D weights along ``axis`` (0 = y, 1 = x), flattened at scene edges."""
         base = self.wy if axis == 0 else self.wx
