@@ -14,6 +14,10 @@ subpackage             owns
 :mod:`patchflow.errors`    every exception (all derive from :class:`PatchflowError`)
 =====================  ================================================================
 
+``import patchflow`` is light: it registers the ``.patch`` accessor (which needs only
+xarray) and loads the engine, dask, zarr and rioxarray the first time a name below is used
+(PEP 562), so ``patchflow --help`` and ``import patchflow`` stay fast.
+
 >>> import patchflow
 >>> sorted(patchflow.AGGREGATIONS)[:3]
 ['centre', 'max', 'mean']
@@ -21,31 +25,60 @@ subpackage             owns
 
 from __future__ import annotations
 
-import rioxarray  # noqa: F401  (registers the .rio accessor patchflow relies on)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from patchflow import accessor as _accessor  # noqa: F401  (registers .patch)
-from patchflow import engine, errors, io, ops, plan, sampling
-from patchflow.api import (
-    apply,
-    check_store,
-    open_chips,
-    open_result,
-    plan_grid,
-    polygon_chips,
-    resume,
-    run,
-    sample,
-    stitch_anchors,
-    write_chips,
-    zonal_stats,
-)
-from patchflow.engine import rasters as _rasters  # noqa: F401  (lazy masks for samplers)
-from patchflow.engine.aggregate import AGGREGATIONS
 from patchflow.errors import ParameterError, PatchflowError, PatchflowWarning
-from patchflow.ops import ModelOp, Operator, batched, from_json, to_json
-from patchflow.plan import WINDOWS, ChipGrid, make_window
+from patchflow.plan import rasters as _rasters
+
+if TYPE_CHECKING:
+    from patchflow.api import (
+        apply,
+        check_store,
+        open_chips,
+        open_result,
+        plan_grid,
+        polygon_chips,
+        resume,
+        run,
+        sample,
+        stitch_anchors,
+        write_chips,
+        zonal_stats,
+    )
+    from patchflow.engine.aggregate import AGGREGATIONS
+    from patchflow.ops import ModelOp, Operator, batched, from_json, to_json
+    from patchflow.plan import WINDOWS, ChipGrid, make_window
 
 __version__ = "0.1.0"
+
+#: where each lazily loaded name lives
+_HOMES: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "apply",
+            "check_store",
+            "open_chips",
+            "open_result",
+            "plan_grid",
+            "polygon_chips",
+            "resume",
+            "run",
+            "sample",
+            "stitch_anchors",
+            "write_chips",
+            "zonal_stats",
+        ),
+        "patchflow.api",
+    ),
+    "AGGREGATIONS": "patchflow.engine.aggregate",
+    **dict.fromkeys(("ModelOp", "Operator", "batched", "from_json", "to_json"), "patchflow.ops"),
+    **dict.fromkeys(("WINDOWS", "ChipGrid", "make_window"), "patchflow.plan"),
+}
+_SUBPACKAGES = frozenset({"api", "engine", "errors", "io", "ops", "plan", "sampling"})
 
 __all__ = [
     "AGGREGATIONS",
@@ -79,3 +112,29 @@ __all__ = [
     "write_chips",
     "zonal_stats",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value  # once loaded, a plain attribute
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"patchflow.{name}")
+    raise AttributeError(f"module 'patchflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+def _lazy_rasters(values: Any, what: str) -> Any:
+    """Hand lazy masks and label rasters to the engine (loaded only when one shows up)."""
+    if isinstance(values, np.ndarray):
+        return None
+    from patchflow.engine.rasters import lazy_raster
+
+    return lazy_raster(values, what)
+
+
+_rasters.register_adapter(_lazy_rasters)

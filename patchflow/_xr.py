@@ -15,6 +15,7 @@ from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor everything here reads through)
 import xarray as xr
 
 from patchflow.errors import DimensionError, InputTypeError

@@ -16,16 +16,17 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 import xarray as xr
 
-from patchflow.api import apply, plan_grid
 from patchflow.errors import check_keywords
-from patchflow.io.store import RunReport, run
+from patchflow.io.report import RunReport
 from patchflow.options import (
     DEFAULT_SIZE,
+    DEFAULT_STATS,
     Agg,
     Boundary,
     OnError,
@@ -33,21 +34,21 @@ from patchflow.options import (
     RunMode,
     given_keywords,
 )
-from patchflow.plan.layout import ChipLayout
+from patchflow.plan.layout import ChipLayout, PolygonChip
 from patchflow.plan.samplers import Sampler
 from patchflow.plan.windows import WindowSpec
-from patchflow.sampling import (
-    DEFAULT_STATS,
-    PolygonChip,
-    polygon_chips,
-    sample,
-    stitch_anchors,
-    zonal_stats,
-)
 
 __all__ = ["PatchAccessor"]
 
 T = TypeVar("T", xr.DataArray, xr.Dataset)
+
+
+def _api() -> ModuleType:
+    """The free functions, imported on first use: registering the accessor (at
+    ``import patchflow``) costs no engine, dask or zarr import."""
+    from patchflow import api
+
+    return api
 
 
 def _keywords(fn: Callable[..., Any]) -> list[str]:
@@ -110,6 +111,7 @@ class PatchAccessor(Generic[T]):
         :class:`~patchflow.errors.ParameterError` with the fix (``overlap=`` → ``stride=``,
         typos → the closest valid name) instead of Python's ``TypeError``.
         """
+        apply = _api().apply
         return apply(
             self._obj, op, **given_keywords(PatchAccessor.apply, locals(), apply), **unknown
         )
@@ -161,6 +163,7 @@ class PatchAccessor(Generic[T]):
         lets keywords ``run`` does not take raise :class:`~patchflow.errors.ParameterError`
         with the fix (``overlap=`` → ``stride=``...) instead of Python's ``TypeError``.
         """
+        run = _api().run
         return run(
             self._obj,
             op,
@@ -184,6 +187,7 @@ class PatchAccessor(Generic[T]):
         :class:`~patchflow.errors.ParameterError` with patchflow's equivalent of other
         libraries' names (``overlap=`` → ``stride=``) or the closest valid name.
         """
+        plan_grid = _api().plan_grid
         chosen = given_keywords(PatchAccessor.grid, locals(), plan_grid)
         if unknown:
             check_keywords("grid", {**chosen, **unknown}, _keywords(plan_grid))
@@ -201,6 +205,7 @@ class PatchAccessor(Generic[T]):
         name: Hashable | None = None,
     ) -> xr.DataArray:
         """Same as :func:`patchflow.sample`: a lazy ``(chip, …, y, x)`` chip dataset."""
+        sample = _api().sample
         return sample(self._obj, sampler, **given_keywords(PatchAccessor.sample, locals(), sample))
 
     def zonal_stats(
@@ -213,6 +218,7 @@ class PatchAccessor(Generic[T]):
         compute: bool = True,
     ) -> Any:
         """Same as :func:`patchflow.zonal_stats`: per-polygon statistics (a DataFrame)."""
+        zonal_stats = _api().zonal_stats
         return zonal_stats(
             self._obj,
             gdf,
@@ -234,6 +240,7 @@ class PatchAccessor(Generic[T]):
         nodata: Any = None,
     ) -> xr.DataArray:
         """Same as :func:`patchflow.stitch_anchors`: blend chips at arbitrary anchors."""
+        stitch_anchors = _api().stitch_anchors
         return stitch_anchors(
             self._obj,
             chip_outputs,
@@ -245,6 +252,7 @@ class PatchAccessor(Generic[T]):
         self, gdf: Any, *, all_touched: bool = False, skip_empty: bool = True
     ) -> Iterator[PolygonChip]:
         """Same as :func:`patchflow.polygon_chips`: one chip per polygon bounding box."""
+        polygon_chips = _api().polygon_chips
         return polygon_chips(
             self._obj, gdf, **given_keywords(PatchAccessor.polygon_chips, locals(), polygon_chips)
         )

@@ -17,7 +17,17 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeAlias
 
-__all__ = ["DEFAULT_SIZE", "Agg", "Boundary", "OnError", "PadMode", "RunMode", "given_keywords"]
+__all__ = [
+    "DEFAULT_SIZE",
+    "DEFAULT_STATS",
+    "ZONAL_STATS",
+    "Agg",
+    "Boundary",
+    "OnError",
+    "PadMode",
+    "RunMode",
+    "given_keywords",
+]
 
 #: how chips meet the scene edge (``patchflow.plan.grid.BOUNDARIES``)
 Boundary: TypeAlias = Literal["shift", "pad", "drop", "raise"]
@@ -79,3 +89,8 @@ def given_keywords(
         and p.name in scope
         and scope[p.name] is not p.default
     }
+
+
+#: statistics :func:`patchflow.zonal_stats` computes, and its default selection
+ZONAL_STATS: tuple[str, ...] = ("mean", "std", "min", "max", "count", "median", "sum")
+DEFAULT_STATS: tuple[str, ...] = ("mean", "std", "min", "max", "count", "median")

@@ -53,6 +53,51 @@ def test_import_patchflow_loads_no_heavy_modules() -> None:
     assert loaded_after("import patchflow") == []
 
 
+def _modules_after(statement: str, names: tuple[str, ...]) -> list[str]:
+    proc = python(
+        f"import json, sys\n{statement}\n"
+        f"print(json.dumps([m for m in {names!r} if m in sys.modules]))"
+    )
+    assert proc.returncode == 0, proc.stderr
+    return list(json.loads(proc.stdout.splitlines()[-1]))
+
+
+ENGINE_DEPS = ("dask", "zarr", "rioxarray", "patchflow.engine", "patchflow.io.store")
+
+
+def test_import_patchflow_is_light_and_loads_the_engine_on_first_use() -> None:
+    # the accessor is registered with xarray alone; the engine comes with the first name
+    assert _modules_after("import patchflow", ENGINE_DEPS) == []
+    statement = (
+        "import numpy as np, xarray as xr, patchflow\n"
+        "assert hasattr(xr.DataArray(np.ones((4, 4)), dims=('y', 'x')), 'patch')\n"
+        "assert patchflow.apply.__module__ == 'patchflow.api'"
+    )
+    assert _modules_after(statement, ENGINE_DEPS) == list(ENGINE_DEPS)
+
+
+def test_cli_help_loads_no_engine() -> None:
+    statement = (
+        "from patchflow.cli import main\n"
+        "import contextlib, io\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0 and main(['apply', '--help']) == 0"
+    )
+    # (the option lists it prints come from pure-numpy modules: no dask, zarr or rasterio)
+    assert _modules_after(statement, ("dask", "zarr", "rioxarray", "rasterio")) == []
+
+
+def test_lazy_masks_reach_samplers_without_importing_the_engine_first() -> None:
+    # a dask mask handed straight to a sampler is read block by block through the engine
+    statement = (
+        "import dask.array as da\n"
+        "from patchflow.plan.samplers import Random\n"
+        "mask = da.ones((300, 300), dtype=bool, chunks=100)\n"
+        "assert len(Random(5, seed=0).anchors((300, 300), 32, valid=mask)) == 5"
+    )
+    assert "patchflow.engine.rasters" in _modules_after(statement, ("patchflow.engine.rasters",))
+
+
 def test_plotting_demo_and_cli_modules_import_matplotlib_lazily() -> None:
     statement = (
         "import patchflow.plotting, patchflow.demo, patchflow.cli\npatchflow.cli.build_parser()"

@@ -1,8 +1,10 @@
 """Lazy rasters for the samplers: dask arrays and xarray objects reduced block by block.
 
-Registers an adapter with :func:`patchflow.plan.rasters.as_block_raster` so that a sampler
-given a lazy validity mask or label raster reads it chunk by chunk through a dask graph
-(built in :mod:`patchflow.engine.graph`), never whole. Imported by ``patchflow`` itself.
+``patchflow`` registers :func:`lazy_raster` with
+:func:`patchflow.plan.rasters.as_block_raster` (loading this module only when a
+non-numpy raster shows up), so that a sampler given a lazy validity mask or label raster
+reads it chunk by chunk through a dask graph (built in :mod:`patchflow.engine.graph`),
+never whole.
 
 Examples
 --------
@@ -22,9 +24,9 @@ import numpy as np
 import xarray as xr
 
 from patchflow.engine.graph import block_reductions, block_sums
-from patchflow.plan.rasters import BlockFunction, BlockRaster, register_adapter, squeeze_2d
+from patchflow.plan.rasters import BlockFunction, BlockRaster, squeeze_2d
 
-__all__ = ["DaskRaster"]
+__all__ = ["DaskRaster", "lazy_raster"]
 
 T = TypeVar("T")
 
@@ -48,8 +50,8 @@ class DaskRaster:
         return np.asarray(block_sums(self.values, fn, length).compute(), dtype=np.int64)
 
 
-@register_adapter
-def _lazy(values: Any, what: str) -> BlockRaster | None:
+def lazy_raster(values: Any, what: str) -> BlockRaster | None:
+    """A dask array or xarray DataArray (with dask data) as a :class:`DaskRaster`."""
     if isinstance(values, xr.DataArray):
         values = values.data
     if isinstance(values, da.Array):

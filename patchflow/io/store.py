@@ -116,6 +116,7 @@ from patchflow.errors import (
     _w,
     cli_wording,
 )
+from patchflow.io.report import RunReport
 from patchflow.io.sources import is_remote
 from patchflow.options import (
     DEFAULT_SIZE,
@@ -337,28 +338,6 @@ class BlockSink:
 
 
 # --------------------------------------------------------------------------- reports
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """What :func:`run` did."""
-
-    store: str
-    var: str
-    blocks: int
-    computed: int
-    skipped: int
-    seconds: float
-    mode: str
-    #: chips whose operator call failed and were masked (``on_error="mask"``)
-    failed_chips: int = 0
-    #: blocks that were marked done but failed verification and were recomputed
-    repaired: int = 0
-
-    def open(self, *, verify: bool = False) -> xr.DataArray:
-        """The result, lazily, from the store (``verify``: see :func:`open_result`; off by
-        default because the run has just written and checked every block)."""
-        return open_result(self.store, var=self.var, verify=verify)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import rioxarray  # noqa: F401  (registers .rio, used to write the CRS and nodata)
 import xarray as xr
 
 __all__ = ["CRS", "make_scene", "scene_block"]

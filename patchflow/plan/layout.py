@@ -1,4 +1,4 @@
-"""The chips of a planned grid in pixels and world coordinates, for inspection and plotting.
+"""Chip layouts: the chips of a planned grid (and of polygons) in pixels and world units.
 
 :class:`ChipLayout` pairs a :class:`~patchflow.plan.grid.ChipGrid` with the scene's affine
 transform and CRS; :func:`patchflow.plan_grid` builds one from an xarray object.
@@ -15,14 +15,18 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from patchflow.plan.grid import ChipGrid, window_bounds
 
-__all__ = ["ChipLayout"]
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["ChipLayout", "PolygonChip"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,18 @@ class ChipLayout:
             for k, col in enumerate(("xmin", "ymin", "xmax", "ymax")):
                 frame[col] = bounds[:, k]
         return frame
+
+
+@dataclass(frozen=True)
+class PolygonChip:
+    """One polygon's chip: its bounding window, lazy pixels and interior mask.
+
+    ``window`` is ``(row0, row1, col0, col1)`` in scene pixels (clipped to the scene);
+    ``data`` the lazy ``(band…, y, x)`` DataArray of that window; ``mask`` the boolean
+    interior mask (``True`` inside the polygon), usable as chip weights.
+    """
+
+    index: Hashable
+    window: tuple[int, int, int, int]
+    data: xr.DataArray  # lazy
+    mask: np.ndarray

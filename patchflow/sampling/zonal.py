@@ -7,8 +7,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,11 +24,9 @@ from patchflow.engine.graph import (
     zonal_graph,
 )
 from patchflow.errors import ParameterError
+from patchflow.options import DEFAULT_STATS, ZONAL_STATS
+from patchflow.plan.layout import PolygonChip
 from patchflow.sampling.chips import _as_dataarray, _dask_data
-
-ZONAL_STATS: tuple[str, ...] = ("mean", "std", "min", "max", "count", "median", "sum")
-DEFAULT_STATS: tuple[str, ...] = ("mean", "std", "min", "max", "count", "median")
-
 
 # --------------------------------------------------------------------------- polygons
 
@@ -215,21 +212,6 @@ def zonal_stats(
 
     table = zonal_graph(data, blocks, token, n=len(geoms), bands=bands, stats=stats, finish=frame)
     return table if not compute else table.compute()
-
-
-@dataclass(frozen=True)
-class PolygonChip:
-    """One polygon's chip: its bounding window, lazy pixels and interior mask.
-
-    ``window`` is ``(row0, row1, col0, col1)`` in scene pixels (clipped to the scene);
-    ``data`` the lazy ``(band…, y, x)`` DataArray of that window; ``mask`` the boolean
-    interior mask (``True`` inside the polygon), usable as chip weights.
-    """
-
-    index: Hashable
-    window: tuple[int, int, int, int]
-    data: xr.DataArray
-    mask: np.ndarray
 
 
 def polygon_chips(
