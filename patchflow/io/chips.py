@@ -19,7 +19,7 @@ import xarray as xr
 from patchflow.engine.graph import (
     ZONAL_PREFIX as ZONAL_PREFIX,
 )
-from patchflow.errors import ParameterError
+from patchflow.errors import ParameterError, StoreExistsError
 
 GROUP_BYTES = 8 * 2**20
 CHIP_COORDS: tuple[str, ...] = (
@@ -94,7 +94,9 @@ def write_chips(
         raise ParameterError("chips must be a DataArray with a 'chip' dim (see sample())")
     path = Path(os.fspath(store))
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it")
+        raise StoreExistsError(
+            f"chip store {str(path)!r} already exists; pass overwrite=True to replace it"
+        )
     image = chips.transpose("chip", ...)
     lab: Any = labels
     if lab is None and "label" in image.coords:

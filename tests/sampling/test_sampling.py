@@ -193,7 +193,8 @@ def test_chip_store_round_trip(scene, scene_values, tmp_path: Path) -> None:
     for key in ("xmin", "ymax", "x_center", "band"):
         assert np.array_equal(ds[key].values, chips[key].values)
     assert ds.attrs["scene_shape"] == [700, 600]
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    # a PatchflowError (and still a FileExistsError for generic handlers)
+    with pytest.raises(patchflow.errors.StoreExistsError, match="overwrite=True"):
         write_chips(chips, path)
     write_chips(chips.isel(chip=slice(0, 4)), path, overwrite=True)
     assert open_chips(path).sizes["chip"] == 4
