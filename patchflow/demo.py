@@ -25,7 +25,7 @@ import xarray as xr
 
 from patchflow.io.store import run
 from patchflow.io.synthetic import make_scene
-from patchflow.ops import NDVI, DNToReflectance
+from patchflow.ops import NDVI, DNToReflectance, Lambda
 
 __all__ = ["DemoResult", "dn_ndvi", "peak_memory_mib", "reference_ndvi", "run_demo"]
 
@@ -167,7 +167,10 @@ def run_demo(
     with progress():
         report = run(
             scene,
-            dn_ndvi,
+            # the band math hidden in a Lambda that does not declare itself pointwise, so
+            # the demo shows what it is about: overlapping chips blended by the stitcher
+            # (declared, as dn_ndvi is, it would run once per block with the same result)
+            Lambda(dn_ndvi, batched=True),
             store=store,
             overwrite=True,
             scheduler=scheduler,

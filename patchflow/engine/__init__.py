@@ -10,6 +10,7 @@ module                 owns
 :mod:`.chip_kernels`   picklable block functions of the sampler graphs
 :mod:`.aggregate`      the merges: overlap-add, mean, max, min, vote, soft vote, centre
 :mod:`.rasters`        lazy (dask) rasters reduced block by block for the samplers
+:mod:`.timing`         optional per-phase timers inside the kernels (profiling)
 =====================  ================================================================
 
 Data path: input → :mod:`patchflow.plan` (grid, blocks) → :mod:`.graph` → :mod:`.kernels`

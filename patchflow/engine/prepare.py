@@ -5,6 +5,10 @@ job; :meth:`Prepared.result` builds the graph (:mod:`patchflow.engine.graph`) an
 lazy result in a georeferenced DataArray. It never computes anything: building the graph is
 free, and the only data it touches is one dry call of the operator on a chip of ones
 (skipped when ``output_dtype`` and ``output_shape``/``output_bands`` are given).
+
+A pointwise operator (:func:`patchflow.ops.op_pointwise`) gets a different plan: one chip
+per strip of a block, no overlap, unit weights — every merge of identical chip values is
+the value itself, so the result is the op on the whole scene, computed once per pixel.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ module                 owns
 :mod:`.samplers`       seeded chip samplers (regular, random, Poisson-disk, …)
 :mod:`.rasters`        block-by-block reductions the samplers run on validity masks and
                        label rasters (numpy here; lazy ones registered by the engine)
-:mod:`.layout`         :class:`ChipLayout`: a grid with its transform and CRS
+:mod:`.layout`         :class:`ChipLayout` (a grid with its transform and CRS) and
+                       :class:`PolygonChip`
 =====================  ================================================================
 
 Nothing here imports dask, xarray or zarr (checked by import-linter).
