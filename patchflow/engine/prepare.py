@@ -397,8 +397,8 @@ def prepare(
         and agg in POINTWISE_AGGS
     ):
         # a pointwise op gives every chip covering a pixel the same value there, so each
-        # of these merges returns op(pixel) whatever the grid: run the op once per block
-        # (one chip = one block: no overlap, no halo reads) — the same result, exactly
+        # of these merges returns op(pixel) whatever the grid: run the op once per pixel
+        # (chips are strips of a block: no overlap, no halo reads) — the same result
         by, bx = int(data.chunks[-2][0]), int(data.chunks[-1][0])
         # in strips of whole block rows, ~1 MB of input each: the op's temporaries then
         # stay in cache (measured faster than one op call on the whole block)
