@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Timer, child, peak_rss_mb, report, write_scene
-from vs_peers import machine
+from vs_peers import _load_scene, _starts, _write, machine
 
 SIZE, STRIDE, SCALE = 256, 192, 1e-4
 #: chips per model call in patchflow (``None``: ModelOp's default, one chip on CPU)
@@ -49,36 +49,15 @@ def _net() -> Any:
     return tiny_cnn(2, 1, seed=0, hidden=16, depth=3)
 
 
-def _write(values: Any, out: str) -> None:
-    import numpy as np
-    import xarray as xr
-    import zarr.codecs
-
-    data = xr.DataArray(np.asarray(values, np.float32)[None], dims=("band", "y", "x"))
-    enc = {"compressors": [zarr.codecs.ZstdCodec(level=1)], "chunks": (1, 2048, 2048)}
-    data.to_dataset(name="out").to_zarr(
-        out, zarr_format=3, consolidated=False, encoding={"out": enc}
-    )
-
-
-def _starts(n: int) -> list[int]:
-    """Chip starts along an axis of length ``n``: stride 192, the last one moved to the edge."""
-    starts = list(range(0, n - SIZE + 1, STRIDE))
-    if starts[-1] != n - SIZE:
-        starts.append(n - SIZE)
-    return starts
-
-
 def loop(scene: str, out: str) -> None:
     import numpy as np
     import torch
-    import xarray as xr
 
     from patchflow import make_window
 
     torch.set_num_threads(2)
     net = _net()
-    dn = xr.open_zarr(scene, consolidated=False)["dn"].values
+    dn = _load_scene(scene)
     img = dn.astype(np.float32) * np.float32(SCALE)
     del dn
     h, w = img.shape[-2:]
@@ -94,7 +73,7 @@ def loop(scene: str, out: str) -> None:
                 wt = win.weights(r == 0, r + SIZE >= h, c == 0, c + SIZE >= w)
                 num[r : r + SIZE, c : c + SIZE] += wt * pred[k]
                 den[r : r + SIZE, c : c + SIZE] += wt
-    _write(num / den, out)
+    _write((num / den)[None], out)
 
 
 def patchflow_(scene: str, out: str) -> None:

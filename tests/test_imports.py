@@ -201,3 +201,14 @@ def test_cli_demo_skips_the_preview_without_matplotlib(tmp_path: Path) -> None:
     assert "-> OK" in proc.stdout and "preview:" not in proc.stdout
     assert (out / "ndvi.zarr").is_dir()
     assert not (out / "preview.png").exists()
+
+
+def test_every_public_name_resolves_and_stays_within_30() -> None:
+    # the lazy table, the TYPE_CHECKING imports and __all__ are kept by hand: a name in
+    # __all__ that the table misses would only fail when a user touches it
+    import patchflow
+
+    assert len(patchflow.__all__) <= 30
+    for name in patchflow.__all__:
+        assert getattr(patchflow, name) is not None, name
+    assert set(patchflow.__all__) <= set(dir(patchflow))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from patchflow.errors import InputReadError, ParameterError, _w
+from patchflow.errors import InputReadError, ParameterError, PatchflowError, _w
 
 __all__ = ["ZARR_SUFFIXES", "is_remote", "one_line", "open_raster"]
 
@@ -29,8 +29,6 @@ def is_remote(path: str) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """A one-line message for ``exc`` (type name added for unexpected errors)."""
-    from patchflow.errors import PatchflowError
-
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, PatchflowError | OSError):
         return text
