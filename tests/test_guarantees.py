@@ -317,3 +317,34 @@ def test_decoded_input_keeps_real_values_equal_to_its_encoded_nodata() -> None:
     out = patchflow.apply(scene, identity, size=32, stride=24).values
     assert out[0, 5, 5] == 0.0
     assert np.isnan(out[0, 9, 9]) and int(np.isnan(out).sum()) == 1
+
+
+# --------------------------------------------------------------------------- pointwise path
+
+
+@pytest.mark.parametrize("chunks", [None, 64, (50, 90)])
+@pytest.mark.parametrize("agg", ["overlap_add", "centre"])
+def test_pointwise_shortcut_keeps_nodata_dtype_and_values(chunks: Any, agg: str) -> None:
+    # an int16 DEM with -32768 nodata: a declared-pointwise op (run once per block) must give
+    # exactly what the same op gives as overlapping chips — values, dtype, nodata, validity —
+    # whatever the chunking
+    rng = np.random.default_rng(7)
+    dem = rng.integers(-420, 3000, (1, 211, 197)).astype(np.int16)
+    dem[0, 20:30, 40:60] = -32768
+    dem[0, 150, 3] = -32768
+    scene = xr.DataArray(dem, dims=("band", "y", "x")).rio.write_nodata(-32768)
+
+    def offset(c: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(c), c, c + 100)
+
+    kw: dict[str, Any] = {"size": 32, "stride": 24, "agg": agg, "chunks": chunks}
+    fast = patchflow.apply(scene, ops.Lambda(offset, batched=True, pointwise=True), **kw)
+    slow = patchflow.apply(scene, ops.Lambda(offset, batched=True), **kw)
+    halo = [k for k in fast.data.__dask_graph__() if "patchflow-halo" in str(k)]
+    assert not halo  # the shortcut was taken: one chip strip per block, no halo
+    assert fast.dtype == slow.dtype
+    assert str(fast.rio.nodata) == str(slow.rio.nodata)
+    np.testing.assert_allclose(fast.values, slow.values, rtol=0, atol=1e-9, equal_nan=True)
+    invalid = dem[0] == -32768
+    assert np.isnan(fast.values[0][invalid]).all()
+    np.testing.assert_array_equal(fast.values[0][~invalid], dem[0][~invalid] + 100)

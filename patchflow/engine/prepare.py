@@ -355,38 +355,8 @@ def prepare(
     )
 
     agg_lead = loop_shape + out_lead
-    aggregator = make_aggregator(
-        agg,
-        out_dtype=op_dtype,
-        lead=agg_lead,
-        n_classes=n_classes,
-        n_chips=grid.n_chips,
-    )
-    res_dtype = aggregator.result_dtype()
     full_cover = _covers(grid)
-    can_be_invalid = (
-        not full_cover
-        or on_error == "mask"
-        or src_dtype.kind in "fc"
-        or is_nodata_value(in_nodata)
-        or op_dtype.kind in "fc"
-    )
-    nd = resolve_nodata(
-        res_dtype,
-        explicit=nodata,
-        source=in_nodata,
-        labels=agg in ("vote", "soft_vote"),
-        can_be_invalid=can_be_invalid,
-    )
-    # the fill for pixels nothing valid reaches depends on the result dtype found above
-    aggregator.set_nodata(nd)
-    out_nodata, encoded = nd.value, nd.encoded
     num, den = ratio
-    out_size = (size_yx[0] * num // den, size_yx[1] * num // den)
-    win = None
-    if aggregator.weighted:
-        win = make_window(window, out_size, **dict(window_params or {}))
-
     data = _prepare_data(arr, size_yx, stride_yx, chunks, y, x, den=den)
     if (
         op_pointwise(op)
@@ -408,12 +378,37 @@ def prepare(
             rows -= 1
         size_yx = (rows, bx)
         grid = ChipGrid(grid.shape, size_yx, size_yx, "pad", False)
-        batch_size, pad_mode = 1, "constant"
-        aggregator = make_aggregator(
-            agg, out_dtype=op_dtype, lead=agg_lead, n_classes=n_classes, n_chips=grid.n_chips
-        )
-        aggregator.set_nodata(nd)
-        win = make_window("boxcar", size_yx) if aggregator.weighted else None
+        batch_size, pad_mode, window, window_params = 1, "constant", "boxcar", None
+    aggregator = make_aggregator(
+        agg,
+        out_dtype=op_dtype,
+        lead=agg_lead,
+        n_classes=n_classes,
+        n_chips=grid.n_chips,
+    )
+    res_dtype = aggregator.result_dtype()
+    can_be_invalid = (
+        not full_cover
+        or on_error == "mask"
+        or src_dtype.kind in "fc"
+        or is_nodata_value(in_nodata)
+        or op_dtype.kind in "fc"
+    )
+    nd = resolve_nodata(
+        res_dtype,
+        explicit=nodata,
+        source=in_nodata,
+        labels=agg in ("vote", "soft_vote"),
+        can_be_invalid=can_be_invalid,
+    )
+    # the fill for pixels nothing valid reaches depends on the result dtype found above
+    aggregator.set_nodata(nd)
+    out_nodata, encoded = nd.value, nd.encoded
+    out_size = (size_yx[0] * num // den, size_yx[1] * num // den)
+    win = None
+    if aggregator.weighted:
+        win = make_window(window, out_size, **dict(window_params or {}))
+
     plan = BlockPlan(grid, (data.chunks[-2], data.chunks[-1]))
     transform = transform_of(arr)
     crs = arr.rio.crs
