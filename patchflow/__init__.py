@@ -50,10 +50,11 @@ if TYPE_CHECKING:
         zonal_stats,
     )
     from patchflow.engine.aggregate import AGGREGATIONS
+    from patchflow.io.stac import open_stac
     from patchflow.ops import ModelOp, Operator, batched, from_json, to_json
     from patchflow.plan import WINDOWS, ChipGrid, make_window
 
-__version__ = "0.1.0"
+from patchflow._version import __version__ as __version__  # set in one place
 
 #: where each lazily loaded name lives
 _HOMES: dict[str, str] = {
@@ -75,6 +76,7 @@ _HOMES: dict[str, str] = {
         "patchflow.api",
     ),
     "AGGREGATIONS": "patchflow.engine.aggregate",
+    "open_stac": "patchflow.io.stac",
     **dict.fromkeys(("ModelOp", "Operator", "batched", "from_json", "to_json"), "patchflow.ops"),
     **dict.fromkeys(("WINDOWS", "ChipGrid", "make_window"), "patchflow.plan"),
 }
@@ -92,13 +94,13 @@ __all__ = [
     "apply",
     "batched",
     "check_store",
-    "engine",
     "errors",
     "from_json",
     "io",
     "make_window",
     "open_chips",
     "open_result",
+    "open_stac",
     "ops",
     "plan",
     "plan_grid",

@@ -17,7 +17,7 @@ import inspect
 import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from types import ModuleType
-from typing import Any, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -32,6 +32,8 @@ from patchflow.options import (
     OnError,
     PadMode,
     RunMode,
+    SizeSpec,
+    ZarrFormat,
     given_keywords,
 )
 from patchflow.plan.layout import ChipLayout, PolygonChip
@@ -75,8 +77,8 @@ class PatchAccessor(Generic[T]):
         self,
         op: Callable[..., Any],
         *,
-        size: int | tuple[int, int] = DEFAULT_SIZE,
-        stride: int | tuple[int, int] = 192,
+        size: SizeSpec = DEFAULT_SIZE,
+        stride: SizeSpec = 192,
         window: WindowSpec = "hann",
         window_params: Mapping[str, Any] | None = None,
         boundary: Boundary = "shift",
@@ -127,10 +129,12 @@ class PatchAccessor(Generic[T]):
         keep_sums: bool = False,
         var: str | None = None,
         compressors: Any = None,
+        zarr_format: ZarrFormat | None = None,
+        creation_options: Mapping[str, str | int | float] | None = None,
         scheduler: Any = None,
-        progress: bool = False,
-        size: int | tuple[int, int] = DEFAULT_SIZE,
-        stride: int | tuple[int, int] = 192,
+        progress: bool | IO[str] = False,
+        size: SizeSpec = DEFAULT_SIZE,
+        stride: SizeSpec = 192,
         window: WindowSpec = "hann",
         window_params: Mapping[str, Any] | None = None,
         boundary: Boundary = "shift",
@@ -157,7 +161,8 @@ class PatchAccessor(Generic[T]):
         name: Hashable | None = None,
         **unknown: Any,
     ) -> RunReport:
-        """Same as :func:`patchflow.run` on this object: stream into a Zarr store.
+        """Same as :func:`patchflow.run` on this object: stream into a Zarr store (or a
+        Cloud-Optimized GeoTIFF, for a ``.tif`` store).
 
         Every keyword is documented at :func:`patchflow.run`. ``**unknown`` is no option: it
         lets keywords ``run`` does not take raise :class:`~patchflow.errors.ParameterError`
@@ -175,8 +180,8 @@ class PatchAccessor(Generic[T]):
     def grid(
         self,
         *,
-        size: int | tuple[int, int] = DEFAULT_SIZE,
-        stride: int | tuple[int, int] = 192,
+        size: SizeSpec = DEFAULT_SIZE,
+        stride: SizeSpec = 192,
         boundary: Boundary = "shift",
         allow_gaps: bool = False,
         **unknown: Any,

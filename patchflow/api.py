@@ -44,8 +44,16 @@ from patchflow.engine.prepare import prepare, prepare_from
 from patchflow.errors import ParameterError
 from patchflow.io.chips import open_chips, write_chips
 from patchflow.io.store import check_store, open_result, resume, run
-from patchflow.options import DEFAULT_SIZE, Agg, Boundary, OnError, PadMode, given_keywords
-from patchflow.plan.grid import ChipGrid, pair
+from patchflow.options import (
+    DEFAULT_SIZE,
+    Agg,
+    Boundary,
+    OnError,
+    PadMode,
+    SizeSpec,
+    given_keywords,
+)
+from patchflow.plan.grid import ChipGrid, size_pair
 from patchflow.plan.layout import ChipLayout
 from patchflow.plan.windows import WindowSpec
 from patchflow.sampling.chips import sample
@@ -74,8 +82,8 @@ def apply(
     obj: xr.DataArray | xr.Dataset,
     op: Callable[..., Any],
     *,
-    size: int | tuple[int, int] = DEFAULT_SIZE,
-    stride: int | tuple[int, int] = 192,
+    size: SizeSpec = DEFAULT_SIZE,
+    stride: SizeSpec = 192,
     window: WindowSpec = "hann",
     window_params: Mapping[str, Any] | None = None,
     boundary: Boundary = "shift",
@@ -234,9 +242,9 @@ def _gather(results: dict[Hashable, xr.DataArray], attrs: Mapping[Any, Any]) -> 
 def plan_grid(
     obj: xr.DataArray | xr.Dataset,
     *,
-    size: int | tuple[int, int] = 256,
-    stride: int | tuple[int, int] = 192,
-    boundary: str = "shift",
+    size: SizeSpec = 256,
+    stride: SizeSpec = 192,
+    boundary: Boundary = "shift",
     allow_gaps: bool = False,
 ) -> ChipLayout:
     """Plan the chips ``apply`` would use on ``obj``, without building anything.
@@ -252,9 +260,9 @@ def plan_grid(
     shape = (obj.sizes[y], obj.sizes[x])
     grid = ChipGrid(
         shape,
-        pair(size, "size"),
-        pair(stride, "stride"),
-        boundary,  # type: ignore[arg-type]
+        size_pair(size, "size", dims=(y, x)),
+        size_pair(stride, "stride", dims=(y, x)),
+        boundary,
         allow_gaps,
     )
     return ChipLayout(grid, transform_of(obj), obj.rio.crs)

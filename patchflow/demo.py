@@ -3,6 +3,11 @@
 It checks itself: the stitched NDVI (read back from the store) is compared with NDVI
 computed on the whole scene, chunk by chunk, so the check is exact and memory-bounded at
 any size. ``patchflow demo`` (see :mod:`patchflow.cli`) is the command-line front end.
+
+Only the PNG preview needs matplotlib (the ``patchflow[plot]`` extra): the job, the Zarr
+store and the check run on the base install, where ``patchflow demo`` skips the preview
+with a note and :func:`run_demo` asked for one raises a :class:`~patchflow.errors.PatchflowError`
+naming the extra before anything runs.
 """
 
 from __future__ import annotations
@@ -135,7 +140,9 @@ def run_demo(
         Directory for ``ndvi.zarr`` and ``preview.png`` (created; the store is
         overwritten). ``None``: a temporary directory, removed afterwards (no preview).
     preview
-        Write the four-panel PNG preview (needs matplotlib).
+        Write the four-panel PNG preview. It needs matplotlib (``pip install
+        'patchflow[plot]'``); without it a :class:`~patchflow.errors.PatchflowError` naming
+        the extra is raised before the run. ``preview=False`` needs only the base install.
     seed, chunks
         Synthetic scene seed and block size (= Zarr chunk size).
     scheduler

@@ -22,9 +22,12 @@ __all__ = [
     "DimensionError",
     "ForeignFilesError",
     "GridError",
+    "ImportTargetError",
     "IncompleteStoreError",
     "InputReadError",
     "InputTypeError",
+    "MissingExtraError",
+    "ModelChangedError",
     "NodataCollisionError",
     "OperatorError",
     "OutputOverlapsInputError",
@@ -40,6 +43,7 @@ __all__ = [
     "StorePathError",
     "StoreWriteError",
     "UsageError",
+    "UserCodeError",
     "WindowError",
     "check_keywords",
     "cli_wording",
@@ -68,6 +72,11 @@ class ConfigError(ParameterError):
 
 class InputTypeError(PatchflowError, TypeError):
     """An argument has the wrong type (not an xarray object, not callable, not a tensor…)."""
+
+
+class MissingExtraError(PatchflowError, ImportError):
+    """An optional dependency is not installed; the message names the ``patchflow[...]``
+    extra that brings it (still an ``ImportError`` for code that catches those)."""
 
 
 class DimensionError(PatchflowError, ValueError):
@@ -391,6 +400,54 @@ class OutputOverlapsInputError(ParameterError):
     """The output path is, contains, or lies inside an input: writing would destroy it."""
 
 
+class CreationOptionError(ParameterError):
+    """A GDAL COG creation option is unknown, has a bad value, does not fit the result
+    (``PREDICTOR=3`` on integers) or would be ignored; refused before the job runs."""
+
+
+class ImportTargetError(ConfigError):
+    """An imported operator (:class:`patchflow.ops.Imported`, ``--op MODULE:CALLABLE``)
+    cannot be built: its module or name is not found, it is not an operator, or its
+    parameters do not fit it.
+
+    ``part`` says which half of the spec is wrong (``"target"``: ``MODULE:CALLABLE``;
+    ``"params"``: the parameters) and ``detail`` is the message without the target, so
+    the command line can put each under its own flag.
+    """
+
+    def __init__(self, message: str, *, detail: str = "", part: str = "target") -> None:
+        super().__init__(message)
+        self.detail = detail or message
+        self.part = part
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), str(self), {"detail": self.detail, "part": self.part})
+
+
+class UserCodeError(OperatorError):
+    """The user's own module, named by an imported operator, raised while being imported."""
+
+
+class ModelChangedError(ConfigError):
+    """A model file is not the one an operator was configured with (its SHA-256 differs):
+    resuming with it would blend two models' results.
+
+    ``path`` is the file, ``recorded`` and ``found`` the SHA-256 configured and now.
+    """
+
+    def __init__(self, message: str, *, path: str = "", recorded: str = "", found: str = ""):
+        super().__init__(message)
+        self.path, self.recorded, self.found = path, recorded, found
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        kwargs = {"path": self.path, "recorded": self.recorded, "found": self.found}
+        return _rebuild, (type(self), str(self), kwargs)
+
+
+def _rebuild(cls: type[Exception], message: str, kwargs: dict[str, Any]) -> Exception:
+    return cls(message, **kwargs)
+
+
 class InputReadError(PatchflowError, OSError):
     """An input raster is missing or cannot be read."""
 
@@ -419,7 +476,8 @@ _WORDS = {
     ),
     "same": (
         "the same input, operator and parameters",
-        "the same INPUT and options (--op/--pipeline, --red/--nir/--scale, chips)",
+        "the same INPUT (or --stac/--assets) and options (--op/--op-arg, --pipeline or "
+        "--model, --bands, --red/--nir/--scale, chips)",
     ),
     "rerun": (
         "call patchflow.run(obj, op, store=..., resume=True) with the same input, operator "
@@ -430,6 +488,17 @@ _WORDS = {
     "store": ("the output store", "OUTPUT"),
     "input": ("the input", "INPUT"),
     "var": ("var=", "--var"),
+    # keyword → flag: ``_w("epsg", value=32610)`` is ``epsg=32610`` / ``--epsg 32610``
+    "epsg": ("epsg=", "--epsg"),
+    "creation_options": ("creation_options=", "--co"),
+    "zarr_format": ("zarr_format=", "--zarr-format"),
+    "size": ("size", "--size"),
+    "boundary_pad": ("boundary='pad'", "--boundary pad"),
+    "op_args": ("parameters", "--op-arg"),
+    "pythonpath": (
+        "the Python path (sys.path, or the PYTHONPATH environment variable)",
+        "PYTHONPATH, e.g. PYTHONPATH=/path/to/dir patchflow ...",
+    ),
 }
 
 
@@ -444,6 +513,10 @@ def cli_wording() -> Iterator[None]:
         _CLI.reset(token)
 
 
-def _w(key: str, cli: bool | None = None) -> str:
+def _w(key: str, cli: bool | None = None, *, value: Any = None) -> str:
+    """The fix ``key`` in the caller's words; with ``value``, a keyword or flag set to it
+    (``epsg=32610`` for Python, ``--epsg 32610`` on the command line)."""
     python, command = _WORDS[key]
-    return command if (_CLI.get() if cli is None else cli) else python
+    if _CLI.get() if cli is None else cli:
+        return command if value is None else f"{command} {value}"
+    return python if value is None else f"{python}{value}"

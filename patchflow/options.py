@@ -2,6 +2,7 @@
 
 Each alias lists exactly the strings the option accepts at run time; the runtime checks
 (and their error messages) stay with the code that validates each option:
+:data:`SizeSpec` (chip ``size``/``stride``) with :func:`patchflow.plan.grid.size_pair`,
 ``patchflow.plan.grid.BOUNDARIES``, ``patchflow.engine.prepare.PAD_MODES``,
 ``patchflow.AGGREGATIONS``, ``patchflow.engine.prepare.ON_ERROR`` and
 ``patchflow.io.store.MODES``.
@@ -26,6 +27,8 @@ __all__ = [
     "OnError",
     "PadMode",
     "RunMode",
+    "SizeSpec",
+    "ZarrFormat",
     "given_keywords",
 ]
 
@@ -39,6 +42,13 @@ Agg: TypeAlias = Literal["overlap_add", "mean", "max", "min", "vote", "soft_vote
 OnError: TypeAlias = Literal["raise", "mask", "retry"]
 #: what :func:`patchflow.run` does with the store (``store.MODES``)
 RunMode: TypeAlias = Literal["w", "accumulate"]
+#: the Zarr format of :func:`patchflow.run`'s store (2: readable by GDAL and so QGIS)
+ZarrFormat: TypeAlias = Literal[2, 3]
+#: a chip ``size`` or ``stride`` (pixels): one int for both axes, a ``(y, x)`` pair, or a
+#: mapping keyed by spatial axis, ``{"y": 256, "x": 128}`` (or the raster's own dim names,
+#: ``{"lat": 256, "lon": 128}``); normalised in one place,
+#: :func:`patchflow.plan.grid.size_pair`
+SizeSpec: TypeAlias = int | tuple[int, int] | Mapping[str, int]
 
 
 class _Default(int):

@@ -4,9 +4,12 @@ Every function builds a :class:`matplotlib.figure.Figure` directly, attached to 
 canvas, so nothing here depends on (or changes) the interactive backend: the CLI writes
 PNGs headless, and a notebook displays a returned figure inline as usual.
 
-Scenes are never loaded whole for a plot: :func:`thumbnail` reads a decimated view
-(every ``k``-th row and column), so a lazy dask- or Zarr-backed scene of any size costs one
-pass over its chunks and ``max_pixels``² pixels of memory.
+Scenes are never loaded whole for a plot: :func:`thumbnail` reads the coarsest overview of
+a GeoTIFF/COG that still gives the full-resolution thumbnail's sharpness (through
+:mod:`patchflow.io.sources`), else a decimated view (every ``k``-th row and column), so a
+lazy dask- or Zarr-backed scene of any size costs at most one pass over its chunks and
+``max_pixels``² pixels of memory. Colours are stretched over valid pixels only (nodata and
+NaN excluded per band), and RGB comes from bands named red/green/blue, else bands 1/2/3.
 
 matplotlib is an optional dependency (``pip install 'patchflow[plot]'``): this module
 imports it only inside the functions that draw, and :func:`decimation`, :func:`thumbnail`
@@ -25,7 +28,8 @@ import numpy as np
 import xarray as xr
 
 from patchflow._xr import spatial_dims
-from patchflow.errors import PatchflowError
+from patchflow.errors import DimensionError, MissingExtraError, ParameterError
+from patchflow.io.sources import open_overview, overview_shapes
 from patchflow.plan.layout import ChipLayout
 
 if TYPE_CHECKING:
@@ -63,7 +67,7 @@ def require_matplotlib(what: str = "plotting") -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise PatchflowError(
+        raise MissingExtraError(
             f"{what} needs matplotlib, an optional dependency: "
             "install it with `pip install 'patchflow[plot]'` (or matplotlib)"
         ) from exc
@@ -81,9 +85,14 @@ def decimation(shape: Sequence[int], max_pixels: int = MAX_PIXELS) -> int:
 
 
 def thumbnail(obj: xr.DataArray, max_pixels: int = MAX_PIXELS) -> xr.DataArray:
-    """Every ``k``-th row and column of ``obj`` (in memory), ``k`` from :func:`decimation`.
+    """A small in-memory view of ``obj``, at most ``max_pixels`` on its longest side.
 
-    Only the decimated pixels are kept: a lazy input is read chunk by chunk.
+    When ``obj`` is an unchanged read of a GeoTIFF/COG with overviews, the coarsest
+    overview with at least as many pixels along its longest side as the decimated full
+    resolution would give, itself decimated to ``max_pixels`` if needed (so at least half
+    as sharp; an overview level ``f`` holds ``1/f²`` of the pixels, so far fewer are
+    read); otherwise every ``k``-th row and column of ``obj``, ``k`` from
+    :func:`decimation` (a lazy input is read chunk by chunk).
 
     Examples
     --------
@@ -91,67 +100,187 @@ def thumbnail(obj: xr.DataArray, max_pixels: int = MAX_PIXELS) -> xr.DataArray:
     >>> thumbnail(xr.DataArray(np.zeros((3000, 10)), dims=("y", "x")), 1000).shape
     (1000, 4)
     """
+    return _thumbnail(obj, max_pixels)[0]
+
+
+def _thumbnail(obj: xr.DataArray, max_pixels: int) -> tuple[xr.DataArray, tuple[float, float]]:
+    """:func:`thumbnail` and the ``(rows, cols)`` of scene pixels it spans (for extents)."""
     y, x = spatial_dims(obj)
-    k = decimation((obj.sizes[y], obj.sizes[x]), max_pixels)
+    h, w = int(obj.sizes[y]), int(obj.sizes[x])
+    k = decimation((h, w), max_pixels)
+    sharp = max(math.ceil(h / k), math.ceil(w / k))
+    if k > 1:
+        shapes = overview_shapes(obj)
+        # coarsest first: the fewest pixels that still hold the thumbnail's
+        for level in reversed(range(len(shapes))):
+            oh, ow = shapes[level]
+            step = decimation((oh, ow), max_pixels)
+            vh, vw = math.ceil(oh / step), math.ceil(ow / step)
+            if max(oh, ow) >= sharp:
+                ov = open_overview(obj, level)
+                view = ov.isel({y: slice(None, None, step), x: slice(None, None, step)})
+                # an overview pixel covers h/oh scene rows (GDAL scales the pixel size)
+                return view.compute(), (vh * step * h / oh, vw * step * w / ow)
     view = obj.isel({y: slice(None, None, k), x: slice(None, None, k)})
-    return view.compute()
+    return view.compute(), (float(math.ceil(h / k) * k), float(math.ceil(w / k) * k))
 
 
-def _extent(layout: ChipLayout, step: int) -> tuple[float, float, float, float]:
-    """imshow extent ``(left, right, bottom, top)`` of a view decimated by ``step``.
+def _extent(layout: ChipLayout, span: tuple[float, float]) -> tuple[float, float, float, float]:
+    """imshow extent ``(left, right, bottom, top)`` of a view spanning ``span`` scene pixels.
 
-    Thumbnail pixel ``j`` stands for source pixels ``[j k, (j + 1) k)``, so the drawn
-    image spans ``ceil(n / k) k`` source pixels (at most ``k - 1`` past the edge).
+    A view decimated by ``k`` spans ``ceil(n / k) k`` scene pixels (thumbnail pixel ``j``
+    stands for scene pixels ``[j k, (j + 1) k)``, at most ``k - 1`` past the edge); an
+    overview spans the scene exactly, times its own decimation.
     """
-    h, w = layout.grid.shape
-    hk, wk = math.ceil(h / step) * step, math.ceil(w / step) * step
+    hk, wk = span
     t = layout.transform
     if t is None:
         return (0.0, float(wk), float(hk), 0.0)
     return (t.c, t.c + t.a * wk, t.f + t.e * hk, t.f)
 
 
-def _stretch(band: np.ndarray, lo: float = 2.0, hi: float = 98.0) -> np.ndarray:
-    """Percentile stretch of ``band`` to [0, 1] (NaN stays NaN)."""
+def _stretch(
+    band: np.ndarray, lo: float = 2.0, hi: float = 98.0, *, nodata: float | None = None
+) -> np.ndarray:
+    """Percentile stretch of ``band`` to [0, 1] over its valid pixels.
+
+    Valid: finite and not ``nodata``; the percentiles come from valid pixels only (so a
+    nodata collar does not compress the stretch), and invalid pixels come out NaN.
+
+    Examples
+    --------
+    >>> _stretch(np.array([0, 0, 0, 10, 20]), 0, 100, nodata=0).tolist()
+    [nan, nan, nan, 0.0, 1.0]
+    """
     band = np.asarray(band, dtype=np.float64)
-    finite = band[np.isfinite(band)]
-    if finite.size == 0:
+    valid = np.isfinite(band)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= band != nodata
+    if not valid.any():
         return np.full_like(band, np.nan)
-    a, b = np.percentile(finite, [lo, hi])
+    a, b = np.percentile(band[valid], [lo, hi])
     if b <= a:
         b = a + 1.0
-    return np.clip((band - a) / (b - a), 0.0, 1.0)
+    return np.where(valid, np.clip((band - a) / (b - a), 0.0, 1.0), np.nan)
 
 
-def scene_image(view: xr.DataArray, rgb: Sequence[int] | None = None) -> np.ndarray:
+#: band names that put a band in the red, green and blue channel of a true-colour image
+RGB_NAMES = ("red", "green", "blue")
+
+
+def _band_labels(view: xr.DataArray) -> list[str] | None:
+    """Names of the bands of a ``(band, y, x)`` view: its band coordinate's strings, else
+    GDAL band descriptions (rioxarray's per-band ``long_name``)."""
+    dim = view.dims[0]
+    n = int(view.sizes[dim])
+    if dim in view.coords and view.coords[dim].values.dtype.kind in "UO":
+        return [str(v) for v in view.coords[dim].values]
+    names = view.attrs.get("long_name")
+    if isinstance(names, list | tuple) and len(names) == n and n > 1:
+        return [str(v) for v in names]
+    return None
+
+
+def _rgb_bands(view: xr.DataArray | np.ndarray, n: int) -> tuple[int, int, int] | None:
+    """Default channels: bands named red, green, blue; else bands 1, 2, 3; else none."""
+    if isinstance(view, xr.DataArray):
+        labels = _band_labels(view)
+        if labels is not None:
+            folded = [label.strip().casefold() for label in labels]
+            if all(name in folded for name in RGB_NAMES):
+                r, g, b = (folded.index(name) for name in RGB_NAMES)
+                return r, g, b
+    return (0, 1, 2) if n >= 3 else None
+
+
+def scene_image(
+    view: xr.DataArray | np.ndarray,
+    rgb: Sequence[int | str] | None = None,
+    *,
+    nodata: float | str | None = "auto",
+) -> np.ndarray:
     """An image for ``imshow`` from a (small, in-memory) scene view.
 
     Parameters
     ----------
     view
-        ``(y, x)`` or ``(band, y, x)`` values.
+        ``(y, x)`` or ``(band, y, x)`` values (a DataArray's spatial dims go last).
     rgb
-        Band indices for the red, green and blue channels (each percentile-stretched);
-        ``None``: false colour NIR/red/red for 2 bands (``band`` 0 = red, 1 = NIR), the
-        first band in grey otherwise.
+        Bands for the red, green and blue channels, as 0-based positions or band names;
+        ``None``: the bands named red, green and blue (band coordinate or GDAL band
+        descriptions) if there are, else bands 1/2/3 for 3 or more bands, false colour
+        NIR/red/red for 2 bands (``band`` 0 = red, 1 = NIR), the first band in grey for 1.
+    nodata
+        Value left out of the stretch besides NaN (``"auto"``: a DataArray's
+        ``rio.nodata``; ``None``: NaN only).
 
     Returns
     -------
     numpy.ndarray
-        ``(h, w, 3)`` floats in [0, 1], or ``(h, w)`` for a grey image.
+        ``(h, w, 3)`` floats in [0, 1], or ``(h, w, 4)`` with alpha 0 where every channel
+        is invalid (when any pixel is), or ``(h, w)`` for a grey image (NaN where invalid).
+        Each channel is percentile-stretched over its valid pixels (2-98%).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> bands = xr.DataArray(np.zeros((3, 4, 4)), dims=("band", "y", "x"),
+    ...                      coords={"band": ["blue", "green", "red"]})
+    >>> bands[2] = 100.0
+    >>> image = scene_image(bands)
+    >>> image.shape, float(image[..., 0].mean()), float(image[..., 2].mean())
+    ((4, 4, 3), 0.0, 0.0)
     """
-    values = np.asarray(view.values if isinstance(view, xr.DataArray) else view)
+    if isinstance(view, xr.DataArray):
+        try:
+            view = view.transpose(..., *spatial_dims(view))
+        except DimensionError:  # unnamed axes: taken as (…, y, x)
+            pass
+        nd = view.rio.nodata if isinstance(nodata, str) and nodata == "auto" else nodata
+        if view.ndim > 3:
+            view = view.stack(_bands=view.dims[:-2]).transpose("_bands", ...)
+        values = np.asarray(view.values)
+    else:
+        nd = None if isinstance(nodata, str) else nodata
+        values = np.asarray(view)
+    nd = None if nd is None else float(nd)
     if values.ndim == 2:
-        return _stretch(values)
+        return _stretch(values, nodata=nd)
     values = values.reshape(-1, *values.shape[-2:])
+    n = values.shape[0]
     if rgb is None:
-        if values.shape[0] == 2:
-            rgb = (1, 0, 0)  # NIR as red: vegetation shows bright red, water dark
-        elif values.shape[0] >= 3:
-            rgb = (0, 1, 2)
-        else:
-            return _stretch(values[0])
-    return np.dstack([_stretch(values[i]) for i in rgb])
+        rgb = _rgb_bands(view, n)
+        if rgb is None:
+            if n == 2:
+                rgb = (1, 0, 0)  # NIR as red: vegetation shows bright red, water dark
+            else:
+                return _stretch(values[0], nodata=nd)
+    channels = [_stretch(values[_position(view, band, n)], nodata=nd) for band in rgb]
+    image = np.dstack(channels)
+    invalid = np.isnan(image).all(axis=-1)
+    image = np.nan_to_num(image, nan=0.0)
+    if invalid.any():
+        image = np.dstack([image, (~invalid).astype(np.float64)])
+    return image
+
+
+def _position(view: xr.DataArray | np.ndarray, band: int | str, n: int) -> int:
+    """0-based position of ``band`` (a position or a band name) among ``n`` bands."""
+    if isinstance(band, str):
+        labels = _band_labels(view) if isinstance(view, xr.DataArray) else None
+        if labels is None or band not in labels:
+            raise ParameterError(
+                f"rgb names band {band!r}, but the bands are "
+                f"{'unnamed' if labels is None else 'named ' + ', '.join(labels)}; "
+                "give 0-based band positions instead, e.g. rgb=(2, 1, 0)"
+            )
+        return labels.index(band)
+    if isinstance(band, bool) or not isinstance(band, int | np.integer) or not 0 <= band < n:
+        raise ParameterError(
+            f"rgb band {band!r} is not a 0-based band position of a {n}-band scene "
+            f"(0 … {n - 1}); e.g. rgb=(0, 1, 2)"
+        )
+    return int(band)
 
 
 def _chip_rectangles(layout: ChipLayout) -> np.ndarray:
@@ -222,16 +351,16 @@ def grid_figure(
     scene: xr.DataArray,
     layout: ChipLayout,
     *,
-    rgb: Sequence[int] | None = None,
+    rgb: Sequence[int | str] | None = None,
     max_pixels: int = MAX_PIXELS,
     ax: Axes | None = None,
 ) -> Figure:
-    """The planned chip grid drawn over a decimated view of ``scene``.
+    """The planned chip grid drawn over a small view of ``scene`` (see :func:`thumbnail`).
 
     Parameters
     ----------
     scene
-        The scene (lazy is fine: only a decimated view is read).
+        The scene (lazy is fine: only an overview or a decimated view is read).
     layout
         From ``scene.patch.grid(...)`` / :func:`patchflow.plan_grid`.
     rgb, max_pixels
@@ -240,15 +369,13 @@ def grid_figure(
         Draw into this axes instead of a new figure.
     """
     require_matplotlib("grid_figure")  # before reading the scene
-    view = thumbnail(scene, max_pixels)
-    k = decimation(layout.grid.shape, max_pixels)
+    view, span = _thumbnail(scene, max_pixels)
+    image = scene_image(view, rgb, nodata=scene.rio.nodata)
     if ax is None:
         fig, (ax,) = _new_figure(1, 1, (7.5, 7.5))
     else:
         fig = ax.get_figure()  # type: ignore[assignment]
-    ax.imshow(
-        scene_image(view, rgb), extent=_extent(layout, k), cmap="gray", interpolation="nearest"
-    )
+    ax.imshow(image, extent=_extent(layout, span), cmap="gray", interpolation="nearest")
     n = draw_chip_grid(ax, layout)
     g = layout.grid
     ny, nx = g.counts
@@ -295,21 +422,22 @@ def demo_figure(
         Figure title.
     """
     require_matplotlib("demo_figure")  # before reading the scene
-    view = thumbnail(scene, max_pixels)
-    ours = np.asarray(thumbnail(stitched, max_pixels).values, dtype=np.float64)
+    view, scene_span = _thumbnail(scene, max_pixels)
+    ours_view, span = _thumbnail(stitched, max_pixels)
+    ours = np.asarray(ours_view.values, dtype=np.float64)
     ref = np.asarray(thumbnail(reference, max_pixels).values, dtype=np.float64)
     ours = ours.reshape(ours.shape[-2:]) if ours.ndim > 2 else ours
     ref = ref.reshape(ref.shape[-2:]) if ref.ndim > 2 else ref
-    k = decimation(layout.grid.shape, max_pixels)
-    extent = _extent(layout, k)
+    # the scene may come from an overview: its own extent; results are decimated alike
+    scene_extent, extent = _extent(layout, scene_span), _extent(layout, span)
 
     fig, axes = _new_figure(2, 2, (12.0, 10.8))
     a_scene, a_grid, a_ndvi, a_diff = axes
     img = scene_image(view)
-    a_scene.imshow(img, extent=extent, interpolation="nearest")
+    a_scene.imshow(img, extent=scene_extent, interpolation="nearest")
     a_scene.set_title("synthetic scene, false colour (NIR, red, red)", fontsize=10)
 
-    a_grid.imshow(img, extent=extent, interpolation="nearest")
+    a_grid.imshow(img, extent=scene_extent, interpolation="nearest")
     draw_chip_grid(a_grid, layout, linewidth=0.4)
     g = layout.grid
     a_grid.set_title(

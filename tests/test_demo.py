@@ -1,9 +1,16 @@
-"""The demo job and the plotting helpers behind its preview (issue 6)."""
+"""The demo job and the plotting helpers behind its preview (issue 6).
+
+matplotlib is the optional ``[plot]`` extra: the demo itself and the numpy-only helpers
+(:func:`decimation`, :func:`thumbnail`, :func:`scene_image`) are tested without it; the
+tests that draw ask for the ``matplotlib`` fixture, which skips when it is missing. The
+demo on an install without matplotlib is tested in ``tests/test_packaging.py``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -12,9 +19,6 @@ import xarray as xr
 
 import patchflow
 from patchflow.demo import DemoResult, dn_ndvi, reference_ndvi, run_demo
-
-pytest.importorskip("matplotlib")
-
 from patchflow.plotting import (
     decimation,
     demo_figure,
@@ -24,6 +28,12 @@ from patchflow.plotting import (
     scene_image,
     thumbnail,
 )
+
+
+@pytest.fixture
+def matplotlib() -> Any:
+    """matplotlib, or skip: the test draws (``pip install 'patchflow[plot]'``)."""
+    return pytest.importorskip("matplotlib")
 
 
 def test_run_demo_in_a_temporary_directory() -> None:
@@ -38,7 +48,7 @@ def test_run_demo_in_a_temporary_directory() -> None:
     assert "chips: 9" in text and "peak memory" in text and "OK" in text
 
 
-def test_run_demo_writes_store_and_preview(tmp_path: Path) -> None:
+def test_run_demo_writes_store_and_preview(tmp_path: Path, matplotlib: Any) -> None:
     result = run_demo(600, tmp_path / "out", chunks=300)
     assert result.ok
     assert result.store is not None and result.preview is not None
@@ -86,7 +96,7 @@ def test_scene_image_modes() -> None:
 
 
 def test_demo_figure_has_four_panels(
-    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path, matplotlib: Any
 ) -> None:
     scene = scene_factory((640, 600), chunks=320)
     layout = scene.patch.grid(size=256, stride=192)
@@ -97,7 +107,7 @@ def test_demo_figure_has_four_panels(
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_grid_figure_without_georeferencing(tmp_path: Path) -> None:
+def test_grid_figure_without_georeferencing(tmp_path: Path, matplotlib: Any) -> None:
     plain = xr.DataArray(np.ones((300, 500)), dims=("y", "x"))
     planned = patchflow.plan_grid(plain, size=128, stride=96)  # identity transform, y down
     for layout in (planned, patchflow.plan.ChipLayout(planned.grid, None, None)):

@@ -229,7 +229,8 @@ def test_result_is_named_and_describes_itself() -> None:
     )
     ndvi = patchflow.apply(scene, ops.NDVI(red=0, nir=1), size=32, stride=24)
     assert ndvi.name == "ndvi"
-    assert "units" not in ndvi.attrs and "long_name" not in ndvi.attrs
+    # the input's value attrs are not true of NDVI; the op's own are
+    assert ndvi.attrs["units"] == "1" and ndvi.attrs["long_name"].startswith("normalized diff")
     assert ndvi.attrs.get("AREA_OR_POINT") == "Area"
     plain = patchflow.apply(scene, lambda c: c[:1] * 2.0, size=32, stride=24)
     assert plain.name == "result"

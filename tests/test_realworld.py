@@ -561,7 +561,8 @@ def test_cli_ndvi_band_names_from_descriptions(cog_uint8_4326: RealRaster, tmp_p
     assert isinstance(cog, xr.DataArray)
     check(cog, raster, ndvi_reference(ref[2], ref[3]), exact=False, what="CLI --op ndvi → COG")
     with rasterio.open(out_path) as src:
-        assert src.descriptions[0] in (None, "ndvi"), src.descriptions
+        # the op's own long_name, never the input's red/NIR descriptions
+        assert src.descriptions[0] == "normalized difference vegetation index", src.descriptions
 
 
 def test_pipeline_json_is_plain(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from patchflow import options
 from patchflow.accessor import PatchAccessor
 from patchflow.engine.aggregate import AGGREGATIONS
 from patchflow.errors import ParameterError
-from patchflow.io.store import MODES
+from patchflow.io.store import MODES, ZARR_FORMATS
 from patchflow.options import DEFAULT_SIZE, given_keywords
 from patchflow.plan.grid import BOUNDARIES
 
@@ -47,6 +47,8 @@ RUN_OWN = (
     "keep_sums",
     "var",
     "compressors",
+    "zarr_format",
+    "creation_options",
     "scheduler",
     "progress",
 )
@@ -136,6 +138,11 @@ def test_run_own_keywords(fn: Callable[..., Any]) -> None:
     assert typing.get_origin(mode) is typing.Literal
     assert set(typing.get_args(mode)) == set(MODES)
     assert own["mode"].default == "w"
+    # None: 3 for a new store, the store's own format when resuming
+    formats = typing.get_args(typing.get_type_hints(fn)["zarr_format"])
+    assert typing.get_origin(formats[0]) is typing.Literal and formats[1] is type(None)
+    assert set(typing.get_args(formats[0])) == set(ZARR_FORMATS)
+    assert own["zarr_format"].default is None
 
 
 @pytest.mark.parametrize(

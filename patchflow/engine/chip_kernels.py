@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from patchflow.engine.aggregate import Aggregator, ChipBatch
-from patchflow.errors import PatchflowError
+from patchflow.errors import MissingExtraError
 from patchflow.plan.windows import Window
 
 __all__ = [
@@ -190,7 +190,7 @@ def require_geo() -> Any:
         import rasterio.features
         import shapely  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PatchflowError(
+        raise MissingExtraError(
             "polygon support needs shapely (and geopandas for GeoDataFrames): "
             "pip install 'patchflow[geo]' (or: pip install geopandas shapely)"
         ) from exc

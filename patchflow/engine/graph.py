@@ -26,6 +26,11 @@ per block:
     plus spill-over from the blocks before it) and finalises — the reverse of
     ``map_overlap``'s halo exchange.
 
+Between them, per source chunk and per block row that borrows from it, a
+``patchflow-halo-<token>`` task cuts the halo strips that row's blocks need (from a
+``patchflow-read-halo-<token>`` direct read of just their bounding box when the input is a
+plain getter), and ``patchflow-piece-<token>`` tasks copy each partial's spill-over.
+
 Keys are deterministic (``tokenize`` of the input's name, the plan and the engine spec),
 so rebuilding the same computation yields the same graph.
 """
@@ -267,29 +272,43 @@ def build_graph(
                     row.append((x.name, *lead_idx, a, b))
                 else:
                     requests.setdefault((a, b), []).append(((i, j), (y0, y1), (x0, x1)))
-                    row.append((halo_name, a, b))
+                    # the strips chunk (a, b) holds for block row i (see below)
+                    row.append((halo_name, a, b, i))
             keys.append(row)
         chips[(chips_name, i, j)] = (process_block, spec, task, keys)
 
-    # one halo task per source chunk cuts the strips every neighbour needs from it. When
-    # the input is a plain getter (Zarr, COG, from_array) the strips' bounding box is read
-    # straight from storage, so no task waits on a whole neighbour chunk and memory stays
-    # flat however wide the scene is; otherwise they are cut from the chunk itself.
+    # One halo task per source chunk and block row cuts the strips that row's blocks need
+    # from the chunk. Blocks run row by row, so the strips a chunk lends to the row above
+    # (bottom halo and corner) are used a whole block row before those it lends to its own
+    # row (the right halo): served by one task, the first would wait for the second, and a
+    # row of them — memory ∝ scene width — would be held at once. When the input is a
+    # plain getter (Zarr, COG, from_array) each row's strips are read straight from
+    # storage (their bounding box only), just before they are used, so no task waits on a
+    # whole neighbour chunk either. Otherwise they are cut from the chunk itself, which is
+    # then held from its first use as a halo until its own block has run.
     for (a, b), wanted in requests.items():
         key = (x.name, *lead_idx, a, b)
-        box_y = (min(w[1][0] for w in wanted), max(w[1][1] for w in wanted))
-        box_x = (min(w[2][0] for w in wanted), max(w[2][1] for w in wanted))
-        read = (read_name, a, b)
-        direct = direct_read(source, key, read, box_y, box_x)
-        origin = (0, 0)
-        if direct is not None:
-            chips[read] = direct
-            key, origin = read, (box_y[0], box_x[0])
-        cuts = tuple(
-            (idx, (ys[0] - origin[0], ys[1] - origin[0]), (xs[0] - origin[1], xs[1] - origin[1]))
-            for idx, ys, xs in wanted
-        )
-        chips[(halo_name, a, b)] = (split_halo, key, cuts)
+        by_row: dict[int, list[Any]] = {}
+        for want in wanted:
+            by_row.setdefault(want[0][0], []).append(want)
+        for i, group in by_row.items():
+            box_y = (min(w[1][0] for w in group), max(w[1][1] for w in group))
+            box_x = (min(w[2][0] for w in group), max(w[2][1] for w in group))
+            read = (read_name, a, b, i)
+            direct = direct_read(source, key, read, box_y, box_x)
+            strips, origin = key, (0, 0)
+            if direct is not None:
+                chips[read] = direct
+                strips, origin = read, (box_y[0], box_x[0])
+            cuts = tuple(
+                (
+                    idx,
+                    (ys[0] - origin[0], ys[1] - origin[0]),
+                    (xs[0] - origin[1], xs[1] - origin[1]),
+                )
+                for idx, ys, xs in group
+            )
+            chips[(halo_name, a, b, i)] = (split_halo, strips, cuts)
 
     stitch: dict[Any, Any] = {}
     sc = spec.sc

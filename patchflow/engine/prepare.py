@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -36,15 +37,14 @@ from patchflow.engine.nodata import resolve as resolve_nodata
 from patchflow.engine.nodata import work_dtype
 from patchflow.errors import DimensionError, OperatorError, ParameterError, PatchflowWarning
 from patchflow.ops import is_batched, op_output_spec, op_pointwise, op_scale
-from patchflow.plan.blocks import BlockPlan
-from patchflow.plan.grid import ChipGrid, pair
+from patchflow.options import SizeSpec
+from patchflow.plan.blocks import TARGET_BLOCK as TARGET_BLOCK
+from patchflow.plan.blocks import BlockPlan, auto_block, default_block
+from patchflow.plan.grid import ChipGrid, size_pair
 from patchflow.plan.windows import WindowSpec, make_window
 
-__all__ = ["Prepared", "prepare", "prepare_from"]
+__all__ = ["Prepared", "prepare", "prepare_from", "worker_threads"]
 
-#: target block edge (pixels) when patchflow picks chunks itself; rounded up to a stride
-#: multiple so every block owns the same number of chips
-TARGET_BLOCK = 2048
 BATCH_BYTES = 8 * 2**20
 ON_ERROR = ("raise", "mask", "retry")
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
@@ -80,8 +80,67 @@ def _spatial_chunks(chunks: Any, y: Hashable, x: Hashable) -> tuple[Any, Any] | 
     return pair_
 
 
-def _default_block(size: int, stride: int) -> int:
-    return stride * math.ceil(max(TARGET_BLOCK, size) / stride)
+def worker_threads() -> int:
+    """Threads the active dask scheduler runs tasks on (at least 1).
+
+    A ``dask.config`` scheduler wins (``"sync"``: 1; a thread/process pool: its size; the
+    threaded and process schedulers: ``num_workers`` or ``dask.system.CPU_COUNT``), then an
+    active ``distributed`` client (its workers' total threads), else the threaded
+    scheduler's ``CPU_COUNT``. Nothing is computed; a scheduler patchflow cannot size (a
+    plain callable) counts as ``CPU_COUNT``.
+
+    Examples
+    --------
+    >>> import dask
+    >>> with dask.config.set(scheduler="sync"):
+    ...     worker_threads()
+    1
+    """
+    import sys
+    from concurrent.futures import Executor
+
+    from dask.system import CPU_COUNT
+
+    default = int(dask.config.get("num_workers", None) or CPU_COUNT)
+    scheduler = dask.config.get("scheduler", None)
+    if isinstance(scheduler, str):
+        name = scheduler.lower()
+        if name in ("sync", "synchronous", "single-threaded"):
+            return 1
+        if name in ("threads", "threading"):
+            pool = dask.config.get("pool", None)
+            return max(1, int(getattr(pool, "_max_workers", None) or default))
+        if name in ("processes", "multiprocessing"):
+            return max(1, default)
+    elif isinstance(scheduler, Executor):
+        return max(1, int(getattr(scheduler, "_max_workers", None) or default))
+    elif scheduler is not None and "Client" not in type(scheduler).__name__:
+        return max(1, default)
+    # only a process that imported distributed can have a client: never import it here
+    if "distributed" in sys.modules:
+        # a Client object as the scheduler, else the current one ("dask.distributed")
+        client = None if isinstance(scheduler, str) else scheduler
+        if client is None:
+            try:
+                client = sys.modules["distributed"].Client.current(allow_global=True)
+            except (ValueError, AttributeError):
+                client = None
+        if client is not None and not getattr(client, "asynchronous", False):
+            try:
+                threads = sum(int(n) for n in client.nthreads().values())
+            except Exception:  # a closed or unreachable client: size as if it were absent
+                threads = 0
+            if threads > 0:
+                return threads
+    pool = dask.config.get("pool", None)
+    return max(1, int(getattr(pool, "_max_workers", None) or default))
+
+
+def _auto_block(
+    shape: tuple[int, int], size: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int]:
+    """:func:`patchflow.plan.blocks.auto_block` for the active scheduler's threads."""
+    return auto_block(shape, size, stride, threads=worker_threads())
 
 
 def _prepare_data(
@@ -96,15 +155,19 @@ def _prepare_data(
     """Dask array ``(*lead, y, x)`` with lead dims in one chunk and usable spatial chunks.
 
     Rule: non-spatial dims always become one chunk (the op sees all bands/times of a chip).
-    Spatial chunks are kept if every chunk but the last holds at least one chip (so input
-    chunks read from Zarr/COG storage stay aligned and are read once); otherwise, and for
-    numpy-backed input, they become the multiple of the stride nearest above 2048 pixels.
-    ``chunks=`` overrides the rule. For an op that downsamples by ``den``, chunks must be
-    multiples of ``den`` so every block maps onto whole output pixels.
+    Numpy-backed input, and dask input in one spatial chunk, gets
+    :func:`~patchflow.plan.blocks.auto_block`'s blocks (about 2048 pixels, smaller on a
+    small scene so every worker thread has work). Other spatial chunks are kept if every
+    chunk but the last holds at least one chip (so input chunks read from Zarr/COG storage
+    stay aligned and are read once); otherwise they become the multiple of the stride
+    nearest above 2048 pixels. ``chunks=`` overrides the rule. For an op that downsamples
+    by ``den``, chunks must be multiples of ``den`` so every block maps onto whole output
+    pixels (stride multiples are).
     """
     data = arr.data
     lead = {i: -1 for i in range(arr.ndim - 2)}
-    target = tuple(_default_block(s, t) for s, t in zip(size, stride, strict=True))
+    target = tuple(default_block(s, t) for s, t in zip(size, stride, strict=True))
+    shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     override = _spatial_chunks(chunks, y, x)
     if override is not None:
         small = [c for c, s in zip(override, size, strict=True) if isinstance(c, int) and 0 < c < s]
@@ -122,10 +185,15 @@ def _prepare_data(
                 f"downsamples by {den}"
             )
     if not isinstance(data, da.Array):
-        spatial = override or target
+        spatial = override or _auto_block(shape, size, stride)
         return da.from_array(data, chunks=(*(-1 for _ in lead), *spatial))
     if override is not None:
         return data.rechunk({**lead, arr.ndim - 2: override[0], arr.ndim - 1: override[1]})
+    if len(data.chunks[-2]) == 1 and len(data.chunks[-1]) == 1:
+        # one spatial chunk is no block layout to keep: pick blocks as for numpy input
+        by, bx = _auto_block(shape, size, stride)
+        if by < shape[0] or bx < shape[1]:
+            return data.rechunk({**lead, arr.ndim - 2: by, arr.ndim - 1: bx})
     new: dict[int, Any] = dict(lead)
     for k, axis in enumerate((arr.ndim - 2, arr.ndim - 1)):
         c = data.chunks[axis]
@@ -262,8 +330,8 @@ def prepare(
     obj: xr.DataArray | xr.Dataset,
     op: Callable[..., Any],
     *,
-    size: int | tuple[int, int] = 256,
-    stride: int | tuple[int, int] = 192,
+    size: SizeSpec = 256,
+    stride: SizeSpec = 192,
     window: WindowSpec = "hann",
     window_params: Mapping[str, Any] | None = None,
     boundary: str = "shift",
@@ -304,7 +372,8 @@ def prepare(
     n_loop = len(loop_dims)
     loop_shape = tuple(arr.shape[:n_loop])
     op_lead = tuple(arr.shape[n_loop:-2])
-    size_yx, stride_yx = pair(size, "size"), pair(stride, "stride")
+    size_yx = size_pair(size, "size", dims=(y, x))
+    stride_yx = size_pair(stride, "stride", dims=(y, x))
     grid = ChipGrid(arr.shape[-2:], size_yx, stride_yx, boundary, allow_gaps)  # type: ignore[arg-type]
     if pad_mode not in PAD_MODES:
         raise ParameterError(f"unknown pad_mode {pad_mode!r}; valid: {', '.join(PAD_MODES)}")
@@ -547,6 +616,7 @@ VALUE_ATTRS = frozenset(
         "flag_meanings",
         "flag_masks",
         "comment",
+        "TIFFTAG_IMAGEDESCRIPTION",  # GDAL's description of the input image
     }
 )
 
@@ -556,7 +626,8 @@ def _output_attrs(op: Any, arr: xr.DataArray, lead: tuple[int, ...]) -> dict[Has
 
     Encoding attrs (``_FillValue``, ``scale_factor`` …) never carry over; ``long_name``,
     ``units`` and the like only come from the operator (``output_attrs()``), because what
-    was true of the input's values (``units: DN``) is rarely true of the result's.
+    was true of the input's values (``units: DN``) is rarely true of the result's — unless
+    the operator only passes values through (``keeps_values()``, e.g. ``SelectBands``).
     """
     n_in = arr.shape[-3] if arr.ndim >= 3 else 1
     n_out = lead[-1] if lead else 1
@@ -567,13 +638,17 @@ def _output_attrs(op: Any, arr: xr.DataArray, lead: tuple[int, ...]) -> dict[Has
         per_band = isinstance(value, list | tuple) and len(value) == n_in and n_in > 1
         return key == "long_name" and per_band and n_out == n_in
 
-    kept = {
-        k: v
-        for k, v in arr.attrs.items()
-        if k not in DROPPED_ATTRS
-        and (k not in VALUE_ATTRS or band_names(k, v))
-        and not str(k).startswith("STATISTICS_")
-    }
+    keeps = getattr(op, "keeps_values", None)
+    if callable(keeps) and keeps():  # a band subset: what was true of the values still is
+        kept = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "nodata")}
+    else:
+        kept = {
+            k: v
+            for k, v in arr.attrs.items()
+            if k not in DROPPED_ATTRS
+            and (k not in VALUE_ATTRS or band_names(k, v))
+            and not str(k).startswith("STATISTICS_")
+        }
     if n_out != n_in:
         # per-band lists (one entry per input band) no longer line up with the bands
         kept = {
@@ -581,12 +656,37 @@ def _output_attrs(op: Any, arr: xr.DataArray, lead: tuple[int, ...]) -> dict[Has
             for k, v in kept.items()
             if not (isinstance(v, list | tuple) and len(v) == n_in and n_in > 1)
         }
+    described = _described_bands(op, arr.attrs.get("long_name"), n_in, n_out)
+    if described is not None:
+        kept["long_name"] = described
     declared = getattr(op, "output_attrs", None)
     if callable(declared):
         extra = declared()
         if extra:
             kept.update(extra)
     return kept
+
+
+def _described_bands(op: Any, names: Any, n_in: int, n_out: int) -> tuple[str, ...] | None:
+    """GDAL band descriptions (rioxarray's per-band ``long_name``) through the op's
+    ``output_band_names``, so they follow a band selection or reordering
+    (``SelectBands([3, 0])``: the 4th and the 1st description); ``None`` when the op does
+    not name its bands, or names a single band it computed (NDVI names its own)."""
+    if not (isinstance(names, list | tuple) and len(names) == n_in and n_in > 1):
+        return None
+    keeps = getattr(op, "keeps_values", None)
+    if n_out < 2 and not (callable(keeps) and keeps()):
+        return None
+    namer = getattr(op, "output_band_names", None)
+    if namer is None:
+        return None
+    try:
+        out = namer([str(v) for v in names])
+    except Exception:  # a namer that needs real band labels
+        return None
+    if out is None or len(out) != n_out:
+        return None
+    return tuple(str(v) for v in out)
 
 
 def _result_name(op: Any, arr: xr.DataArray) -> Hashable:

@@ -4,13 +4,15 @@
 Zarr inputs in :mod:`patchflow.io.sources`; nothing outside ``patchflow.io`` imports zarr,
 which ``lint-imports`` enforces.)
 
-Store layout (Zarr v3 group, readable with ``xr.open_zarr`` + rioxarray)::
+Store layout (a Zarr v3 group by default, or v2 with ``zarr_format=2``; readable with
+``xr.open_zarr`` + rioxarray)::
 
     store.zarr/
       zarr.json              group attrs["patchflow"]: status, block grid, the job record
                              (operator, input identity, every grid/stitch parameter), the
-                             resume recipe, CRS (WKT) and transform, pass count, and the
-                             names of the entries patchflow wrote
+                             resume recipe, CRS (WKT) and transform, pass count, Zarr
+                             format, and the names of the entries patchflow wrote
+                             (v2: ``.zattrs``, with ``.zgroup`` and ``.zmetadata``)
       <var>/                 the normalised result, dims (out dims…, y, x), one Zarr chunk
                              per output block (chunk shape = block shape)
       y/, x/, spatial_ref/   coordinates and the CRS (CF grid mapping, as rioxarray writes)
@@ -53,6 +55,13 @@ the store is only needed to add later passes. For a separable window on valid da
 denominator is geometry (outer product of per-axis weight sums), so by default neither is
 written: one array of output bytes is the whole I/O cost.
 
+Zarr v2 is the GIS-interoperable format: GDAL (3.10, the one rasterio wheels bundle) opens
+``ZARR:"store.zarr":/<var>`` as a georeferenced raster (CRS from the CF grid mapping, the
+transform from the x/y coordinates, nodata from the fill value, Zstd-compressed chunks),
+whereas it cannot decode the v3 store ("Unsupported codec: bytes"). Everything else
+(resume, checksums, accumulate, inspection) works the same in both formats; a store keeps
+the format it was created with.
+
 Only local directories are supported as stores; an output path that is, contains or lies
 inside one of the inputs is refused (:class:`OutputOverlapsInputError`) before anything is
 written or deleted.
@@ -72,6 +81,8 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
+import threading
 import time
 import types
 import warnings
@@ -80,7 +91,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import dask
 import dask.array as da
@@ -89,6 +100,7 @@ import xarray as xr
 import zarr
 import zarr.codecs
 from dask.base import tokenize
+from dask.callbacks import Callback
 from dask.delayed import Delayed
 
 from patchflow._xr import spatial_dims
@@ -100,7 +112,10 @@ from patchflow.errors import (
     _CLI,
     CorruptStoreError,
     ForeignFilesError,
+    ImportTargetError,
     IncompleteStoreError,
+    InputReadError,
+    ModelChangedError,
     OutputOverlapsInputError,
     ParameterError,
     PatchflowError,
@@ -116,6 +131,13 @@ from patchflow.errors import (
     _w,
     cli_wording,
 )
+from patchflow.io.cog import (
+    check_cog_path,
+    cog_options,
+    is_cog_path,
+    raster_metadata,
+    zarr_to_cog,
+)
 from patchflow.io.report import RunReport
 from patchflow.io.sources import is_remote
 from patchflow.options import (
@@ -125,8 +147,11 @@ from patchflow.options import (
     OnError,
     PadMode,
     RunMode,
+    SizeSpec,
+    ZarrFormat,
     given_keywords,
 )
+from patchflow.plan.grid import size_pair
 from patchflow.plan.windows import WindowSpec
 
 if sys.platform != "win32":
@@ -162,6 +187,17 @@ LOCK = ".patchflow-lock"
 CREATING = ".patchflow-creating"
 #: version of the job record in ``attrs["patchflow"]``
 RECORD = 2
+#: Zarr formats a store can be written in (v3 by default; v2 is what GDAL reads)
+ZARR_FORMATS: tuple[int, ...] = (2, 3)
+DEFAULT_ZARR_FORMAT = 3
+#: the group metadata files of a store in each format (patchflow's attrs are in
+#: ``zarr.json`` or ``.zattrs``)
+_GROUP_FILES: dict[int, tuple[str, ...]] = {
+    3: ("zarr.json",),
+    2: (".zattrs", ".zmetadata", ".zgroup"),
+}
+#: all of them, in the order a store is deleted (first: readers stop seeing a store at once)
+_META_FILES = ("zarr.json", ".zmetadata", ".zattrs", ".zgroup")
 #: testing hook: ``PATCHFLOW_CRASH_AT=<stage>`` SIGKILLs the writing process at that point so
 #: tests can kill a run at exact moments. Stages: ``create`` (marker written, arrays being
 #: created), ``replace`` (overwrite: old entries partly deleted), ``block-N`` (the N-th block
@@ -212,9 +248,30 @@ def _field_label(key: str) -> str:
 # --------------------------------------------------------------------------- compressors
 
 
-def default_compressors(dtype: np.dtype) -> Any:
-    """Zstd level 1: on float rasters it gives most of level 3's (small) gain at ~2× speed."""
+def default_compressors(dtype: np.dtype, zarr_format: int = DEFAULT_ZARR_FORMAT) -> Any:
+    """Zstd level 1: on float rasters it gives most of level 3's (small) gain at ~2× speed.
+
+    Zarr v2 takes numcodecs' Zstd (given as its JSON form, which zarr accepts), a codec
+    GDAL's Zarr driver decodes.
+    """
+    if zarr_format == 2:
+        return [{"id": "zstd", "level": 1}]
     return [zarr.codecs.ZstdCodec(level=1)]
+
+
+def _check_compressors(compressors: Any, zarr_format: int) -> None:
+    """Refuse v3 codecs for a v2 store before anything is written (zarr would only fail
+    while the store is being created)."""
+    if compressors is None or zarr_format != 2:
+        return
+    items = compressors if isinstance(compressors, (list, tuple)) else [compressors]
+    for codec in items:
+        if not ((isinstance(codec, dict) and "id" in codec) or hasattr(codec, "codec_id")):
+            raise ParameterError(
+                f"compressors={compressors!r} cannot compress a Zarr v2 store: v2 takes "
+                "numcodecs codecs (e.g. numcodecs.Zstd(level=1), or {'id': 'zstd', "
+                "'level': 1}); zarr.codecs.* are for zarr_format=3"
+            )
 
 
 # --------------------------------------------------------------------------- I/O errors
@@ -538,13 +595,20 @@ def _prepare_defaults() -> dict[str, Any]:
     }
 
 
-def _params_identity(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Every grid/stitch parameter: ``params`` over :func:`prepare`'s defaults, as JSON."""
+def _params_identity(
+    params: Mapping[str, Any], dims: tuple[Hashable, Hashable] = ("y", "x")
+) -> dict[str, Any]:
+    """Every grid/stitch parameter: ``params`` over :func:`prepare`'s defaults, as JSON.
+
+    ``size``/``stride`` are recorded as ``[y, x]`` pairs whatever form the call used (an
+    int, a pair, a mapping keyed by the spatial ``dims``), so equal grids resume.
+    """
     full = {**_prepare_defaults(), **params}
-    for key in ("size", "stride", "chunks"):
-        value = full.get(key)
-        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-            full[key] = [int(value), int(value)]
+    for key in ("size", "stride"):
+        full[key] = list(size_pair(full[key], key, dims=dims))
+    value = full.get("chunks")
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        full["chunks"] = [int(value), int(value)]
     if full.get("output_dtype") is not None:
         with contextlib.suppress(TypeError):
             full["output_dtype"] = np.dtype(full["output_dtype"])
@@ -686,7 +750,7 @@ def _job_record(
     return {
         "op": _op_identity(op),
         "input": _input_identity(obj),
-        "params": _params_identity(params),
+        "params": _params_identity(params, dims=(prep.arr.dims[-2], prep.arr.dims[-1])),
         "var": var,
         "result": _result_identity(prep),
     }
@@ -850,7 +914,20 @@ def _chunks_of(obj: xr.DataArray | xr.Dataset) -> dict[str, list[int]] | None:
 
 
 def _reopenable(obj: Any) -> dict[str, Any] | str:
-    """How to open ``obj`` again from its file, or why that is impossible."""
+    """How to open ``obj`` again from its file (or STAC items), or why that is impossible.
+
+    A stack from :func:`patchflow.io.stac.open_stac` carries its call in
+    ``encoding[STAC_CALL]``: reopening it is calling ``open_stac`` again (whether that
+    gives the same input, :func:`_recipe` checks).
+    """
+    from patchflow.io.stac import STAC_CALL
+
+    call = obj.encoding.get(STAC_CALL) if isinstance(obj, xr.DataArray) else None
+    if isinstance(call, dict):
+        items = call.get("items")
+        if not isinstance(items, list) or not items:
+            return f"the input is a STAC stack: {call.get('reason') or 'its items are unknown'}"
+        return {"path": items[0], "format": "stac", "stac": call}
     if isinstance(obj, xr.Dataset):
         source = obj.encoding.get("source")
         if not isinstance(source, str) or not _is_zarr_path(source):
@@ -877,6 +954,8 @@ def _open_input(source: Mapping[str, Any]) -> xr.DataArray | xr.Dataset:
     import rioxarray
 
     path = str(source["path"])
+    if source.get("format") == "stac":
+        return _open_stac(source["stac"])
     chunks = source.get("chunks")
     spec: Any = None if chunks is None else {k: tuple(v) for k, v in chunks.items()}
     with warnings.catch_warnings():
@@ -889,6 +968,60 @@ def _open_input(source: Mapping[str, Any]) -> xr.DataArray | xr.Dataset:
     if not isinstance(out, xr.DataArray):
         raise ResumeRecipeError(f"{path} now holds several rasters; it cannot be reopened")
     return out
+
+
+def _open_stac(call: Mapping[str, Any]) -> xr.DataArray:
+    """``open_stac`` called as recorded in ``encoding[STAC_CALL]`` (JSON lists → tuples)."""
+    from patchflow.io.stac import open_stac
+
+    def pair(value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    return open_stac(
+        list(call["items"]),
+        assets=list(call["assets"]),
+        resolution=pair(call.get("resolution")),
+        epsg=call.get("epsg"),
+        bounds=pair(call.get("bounds")),
+        bounds_latlon=pair(call.get("bounds_latlon")),
+        snap_bounds=bool(call.get("snap_bounds", True)),
+        resampling=call.get("resampling") or "nearest",
+        chunks=pair(call.get("chunks")) or 2048,
+        dtype=call.get("dtype"),
+        fill_value=call.get("fill_value"),
+        rescale=bool(call.get("rescale", True)),
+        sortby_date=call.get("sortby_date", "asc"),
+        properties=call.get("properties", True),
+        band_coords=bool(call.get("band_coords", True)),
+    )
+
+
+def _import_dirs(config: Any) -> dict[str, str]:
+    """``{module: directory on the Python path it was imported from}`` for every
+    :class:`~patchflow.ops.Imported` step of an operator config, to tell a resume where
+    the modules were (a module not imported, or without a file, is left out)."""
+    found: dict[str, str] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            params = value.get("params")
+            if value.get("op") == "Imported" and isinstance(params, dict):
+                module = str(params.get("target", "")).partition(":")[0]
+                file = getattr(sys.modules.get(module), "__file__", None)
+                if module and isinstance(file, str):
+                    root = Path(file).resolve().parent
+                    depth = module.count(".") + (Path(file).name == "__init__.py")
+                    for _ in range(depth):
+                        root = root.parent
+                    found[module] = str(root)
+            for item in value.values():
+                walk(item)
+
+    walk(config)
+    return found
 
 
 def _shapes(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
@@ -905,7 +1038,9 @@ def _recipe(
     if config is None:
         return None, (
             f"its operator ({job['op'].get('callable')}) is not a patchflow.ops operator with "
-            "a JSON config"
+            "a JSON config (your own function or class has one as "
+            "patchflow.ops.Imported('module:name', params={...}); a TorchScript model as "
+            "patchflow.ModelOp.from_torchscript(path))"
         )
     try:
         encoded = {k: _encode(v, k) for k, v in params.items()}
@@ -914,21 +1049,27 @@ def _recipe(
     source = _reopenable(obj)
     if isinstance(source, str):
         return None, source
+    what = "the STAC items" if source["format"] == "stac" else source["path"]
     selected = (
-        f"opening {source['path']} again does not give the same input (it was selected "
+        f"opening {what} again does not give the same input (it was selected "
         "or modified after opening)"
     )
     try:
-        # shapes first (the recorded chunks only fit the same shape), then everything
-        plain = _open_input({**source, "chunks": None})
-        if _shapes(plain) != _shapes(obj):
-            return None, selected
+        if source["format"] != "stac":
+            # shapes first (the recorded chunks only fit the same shape), then everything
+            plain = _open_input({**source, "chunks": None})
+            if _shapes(plain) != _shapes(obj):
+                return None, selected
         same = _input_identity(_open_input(source)) == job["input"]
     except Exception as exc:  # any failure just means: no recipe
-        return None, f"opening {source['path']} again failed ({_reason(exc)})"
+        return None, f"opening {what} again failed ({_reason(exc)})"
     if not same:
         return None, selected
-    return {"input": source, "op": config, "params": encoded, "var": var}, None
+    recipe = {"input": source, "op": config, "params": encoded, "var": var}
+    imports = _import_dirs(config)
+    if imports:
+        recipe["imports"] = imports
+    return recipe, None
 
 
 # --------------------------------------------------------------------------- layout
@@ -979,15 +1120,44 @@ def _write_json(file: Path, value: Any) -> None:
     os.replace(tmp, file)
 
 
+def _zarr_format(store: str) -> int | None:
+    """The Zarr format of the group at ``store`` (from its metadata files), or ``None``."""
+    root = Path(store)
+    if (root / "zarr.json").is_file():
+        return 3
+    if (root / ".zgroup").is_file() or (root / ".zattrs").is_file():
+        return 2
+    return None
+
+
 def _read_meta(store: str) -> dict[str, Any] | None:
-    doc = _read_json(Path(store) / "zarr.json")
+    root = Path(store)
+    doc = _read_json(root / "zarr.json")
     meta = doc.get("attributes", {}).get(META) if isinstance(doc, dict) else None
+    if not isinstance(meta, dict):
+        attrs = _read_json(root / ".zattrs")  # a v2 store
+        meta = attrs.get(META) if isinstance(attrs, dict) else None
     return dict(meta) if isinstance(meta, dict) else None
 
 
 def _set_meta(store: str, **updates: Any) -> None:
     """Update ``attrs["patchflow"]`` atomically, keeping the consolidated metadata."""
-    file = Path(store) / "zarr.json"
+    root = Path(store)
+    if _zarr_format(store) == 2:
+        # v2 keeps the group attrs in .zattrs and a copy in the consolidated .zmetadata
+        # (what xr.open_zarr reads): both are updated, each atomically
+        file = root / ".zattrs"
+        attrs = _read_json(file)
+        attrs = attrs if isinstance(attrs, dict) else {}  # none yet: xarray wrote no attrs
+        attrs[META] = {**(attrs.get(META) or {}), **updates}
+        _write_json(file, attrs)
+        consolidated = root / ".zmetadata"
+        if consolidated.exists():
+            doc = json.loads(consolidated.read_text())
+            doc.setdefault("metadata", {})[".zattrs"] = attrs
+            _write_json(consolidated, doc)
+        return
+    file = root / "zarr.json"
     doc = json.loads(file.read_text())
     attrs = doc.setdefault("attributes", {})
     meta = dict(attrs.get(META) or {})
@@ -1013,12 +1183,13 @@ def _state(path: str) -> tuple[str, dict[str, Any] | None]:
 
 def _ours(path: str, meta: Mapping[str, Any] | None) -> set[str]:
     """Top-level names patchflow wrote in the store directory."""
-    names = {"zarr.json", BOOK, LOCK, CREATING}
+    names = {*_META_FILES, BOOK, LOCK, CREATING}
     entries = (meta or {}).get("entries")
     if isinstance(entries, list):
         names |= {e for e in entries if _plain_name(e)}
     else:  # a store from before entries were recorded: its Zarr nodes
-        names |= {p.name for p in Path(path).iterdir() if (p / "zarr.json").is_file()}
+        nodes = ("zarr.json", ".zarray", ".zgroup")
+        names |= {p.name for p in Path(path).iterdir() if any((p / n).is_file() for n in nodes)}
     return names
 
 
@@ -1032,17 +1203,22 @@ def _foreign(path: str, meta: Mapping[str, Any] | None) -> list[str]:
 
 
 def _remove_entries(path: str, names: Iterable[str]) -> None:
-    """Delete patchflow's entries (``zarr.json`` first: readers stop seeing a store at once)."""
+    """Delete patchflow's entries (the group metadata first: readers stop seeing a store at
+    once)."""
     root = Path(path)
     wanted = {n for n in names if _plain_name(n) and n not in (LOCK, CREATING)}
     wanted |= {n for n in os.listdir(root) if _TEMPORARY.match(n)}
-    for name in sorted(wanted, key=lambda n: (n != "zarr.json", n)):
+
+    def order(name: str) -> tuple[int, str]:
+        return (_META_FILES.index(name) if name in _META_FILES else len(_META_FILES), name)
+
+    for name in sorted(wanted, key=order):
         target = root / name
         if target.is_symlink() or target.is_file():
             target.unlink()
         elif target.is_dir():
             shutil.rmtree(target)
-        if name == "zarr.json":
+        if name in ("zarr.json", ".zattrs"):
             _checkpoint("replace")
 
 
@@ -1230,9 +1406,18 @@ def _storable(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as JSON values; anything else is not JSON."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def _jsonable(value: Any) -> bool:
     try:
-        json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else v.tolist())
+        json.dumps(value, default=_plain)
     except (TypeError, ValueError):
         return False
     return True
@@ -1246,6 +1431,8 @@ def _create(
     compressors: Any,
     record: dict[str, Any],
     old_entries: Iterable[str] = (),
+    *,
+    zarr_format: int = DEFAULT_ZARR_FORMAT,
 ) -> None:
     """Create the store (replacing patchflow's old entries), marked as ours from the start."""
     template = prep.result()
@@ -1255,16 +1442,17 @@ def _create(
         # CF grid mapping, so plain xr.open_zarr + rioxarray finds the CRS
         ds[var].attrs["grid_mapping"] = "spatial_ref"
         ds[var].encoding["coordinates"] = "spatial_ref"
-    entries = sorted({"zarr.json", BOOK, *(str(n) for n in ds.variables)})
+    entries = sorted({*_GROUP_FILES[zarr_format], BOOK, *(str(n) for n in ds.variables)})
     old = sorted(set(old_entries))
     # the marker first: until it is removed, whatever is here is a half-made patchflow store
-    _write_json(Path(store) / CREATING, {**record, "entries": sorted({*entries, *old})})
+    marker = {**record, "zarr_format": zarr_format, "entries": sorted({*entries, *old})}
+    _write_json(Path(store) / CREATING, marker)
     _remove_entries(store, old)
     _checkpoint("create")
     encoding = {
         var: {
             "chunks": (*template.shape[:-2], *block),
-            "compressors": compressors or default_compressors(template.dtype),
+            "compressors": compressors or default_compressors(template.dtype, zarr_format),
         }
     }
     # metadata and coordinates only: the data variable is written block by block; mode "a"
@@ -1273,7 +1461,12 @@ def _create(
     ny, nx = prep.plan.n_blocks
     with _quiet():
         ds.to_zarr(
-            store, mode="a", compute=False, zarr_format=3, encoding=encoding, consolidated=False
+            store,
+            mode="a",
+            compute=False,
+            zarr_format=zarr_format,
+            encoding=encoding,
+            consolidated=False,
         )
         group = zarr.open_group(store, mode="r+", use_consolidated=False)
         book = group.require_group(BOOK)
@@ -1281,7 +1474,7 @@ def _create(
             book.create_array(name, shape=(ny, nx), chunks=(1, 1), dtype=dtype, fill_value=0)
         book.create_array("checksum", shape=(ny, nx), chunks=(1, 1), dtype="uint32", fill_value=0)
         for key in sums:
-            _create_sum(book, key, agg, template.shape, block, compressors)
+            _create_sum(book, key, agg, template.shape, block, compressors, zarr_format)
     crs = template.rio.crs
     transform = template.rio.transform()
     _set_meta(
@@ -1291,6 +1484,7 @@ def _create(
         blocks=[ny, nx],
         sums=list(sums),
         passes=0,
+        zarr_format=zarr_format,
         crs=None if crs is None else crs.to_wkt(),
         transform=list(transform)[:6],
         entries=entries,
@@ -1305,6 +1499,7 @@ def _create_sum(
     shape: tuple[int, ...],
     block: tuple[int, int],
     compressors: Any,
+    zarr_format: int,
 ) -> None:
     sshape, dtype = agg.sum_shape(key.removesuffix("_next"), block)
     full = (*sshape[:-2], *shape[-2:])
@@ -1314,7 +1509,7 @@ def _create_sum(
         chunks=(*sshape[:-2], *block),
         dtype=dtype,
         fill_value=0,
-        compressors=compressors or default_compressors(dtype),
+        compressors=compressors or default_compressors(dtype, zarr_format),
         overwrite=True,
     )
 
@@ -1333,10 +1528,12 @@ def run(
     keep_sums: bool = False,
     var: str | None = None,
     compressors: Any = None,
+    zarr_format: ZarrFormat | None = None,
+    creation_options: Mapping[str, str | int | float] | None = None,
     scheduler: Any = None,
-    progress: bool = False,
-    size: int | tuple[int, int] = DEFAULT_SIZE,
-    stride: int | tuple[int, int] = 192,
+    progress: bool | IO[str] = False,
+    size: SizeSpec = DEFAULT_SIZE,
+    stride: SizeSpec = 192,
     window: WindowSpec = "hann",
     window_params: Mapping[str, Any] | None = None,
     boundary: Boundary = "shift",
@@ -1363,7 +1560,7 @@ def run(
     name: Hashable | None = None,
     **unknown: Any,
 ) -> RunReport:
-    """Stream ``apply(obj, op, ...)`` into a Zarr v3 store, block by block.
+    """Stream ``apply(obj, op, ...)`` into a Zarr store (or a COG), block by block.
 
     Parameters
     ----------
@@ -1375,7 +1572,11 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
         As for :func:`patchflow.apply` (``chunks=`` sets the block = Zarr chunk size).
     store
         Directory of the Zarr store. It may not be, contain or lie inside an input file or
-        store, nor be a symbolic link.
+        store, nor be a symbolic link. A path ending in ``.tif``/``.tiff`` writes a
+        Cloud-Optimized GeoTIFF instead (see ``creation_options``): the blocks stream into
+        a staging Zarr store next to it, which GDAL's COG driver then copies (memory
+        stays bounded); a COG is written in one go, so ``mode``, ``resume``,
+        ``keep_sums``, ``compressors`` and ``zarr_format`` do not apply to it.
     mode
         ``"w"``: write a new result. ``"accumulate"``: add this pass's numerator and
         denominator to those already in the store (same input and grid; the operator and
@@ -1396,12 +1597,31 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
     var
         Name of the result variable (default: the result's name, else ``"result"``).
     compressors
-        Zarr v3 compressors for the result (default: Zstd level 1).
+        Compressors for the result (default: Zstd level 1): ``zarr.codecs`` for Zarr v3,
+        numcodecs codecs (or their JSON dicts) for v2.
+    zarr_format
+        ``3`` or ``2``. Default: 3 for a new store; resuming or accumulating keeps the
+        store's own format (giving another one is a :class:`ResumeMismatchError`). Choose
+        2 for GIS software: GDAL (3.10, as bundled with rasterio) opens a v2 store as a
+        georeferenced raster, ``rasterio.open('ZARR:"out.zarr":/<var>')`` with CRS,
+        transform, nodata and the values, but cannot decode patchflow's v3 store
+        ("Unsupported codec: bytes").
+    creation_options
+        GDAL COG driver options for a ``.tif`` store, e.g. ``{"COMPRESS": "ZSTD",
+        "LEVEL": 9, "PREDICTOR": 3, "BLOCKSIZE": 512}``; keys are case-insensitive and
+        override the defaults (``COMPRESS=DEFLATE``, ``BLOCKSIZE=256``,
+        ``BIGTIFF=IF_SAFER``). Checked before the job runs: an unknown key, a bad value, an
+        option that does not fit the result (``PREDICTOR=3`` on integers, ``JPEG`` on
+        floats) or one that would change the grid (``TARGET_SRS``) is a
+        :class:`~patchflow.errors.CreationOptionError` listing the valid ones (see
+        :data:`patchflow.io.cog.COG_OPTIONS`).
     scheduler
         Passed to ``dask.compute`` (default: the active scheduler or distributed client).
     progress
-        Show a progress bar of blocks written (dask's ``ProgressBar`` locally,
-        ``distributed.progress`` on a cluster).
+        Show one progress bar for the whole job (blocks written, then for a COG the
+        conversion), under any scheduler, local or distributed: ``True`` draws it on
+        stdout, redrawn in place (in a Jupyter notebook: one output, updated in place); a
+        text stream (e.g. ``sys.stderr``) draws it there.
     **unknown
         Not options: a catch-all so that keywords ``run`` does not take raise
         :class:`ParameterError` with the fix instead of Python's ``TypeError`` (other
@@ -1414,6 +1634,11 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
 
     Raises
     ------
+    ParameterError
+        An unknown keyword, an option with a value patchflow cannot use, or a Zarr-only
+        option for a ``.tif`` store (or ``creation_options`` for a Zarr store).
+    CreationOptionError
+        ``creation_options`` that GDAL's COG driver would refuse or silently ignore.
     StoreExistsError, ForeignFilesError
         The store exists (pass ``overwrite``/``resume``), or is not patchflow's to delete.
     ResumeMismatchError
@@ -1435,18 +1660,115 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
     >>> report = run(make_scene((600, 500), chunks=300), dn_ndvi, store=path)
     >>> report.blocks, report.computed, report.open().shape
     (4, 4, (1, 600, 500))
+    >>> cog = run(make_scene((600, 500), chunks=300), dn_ndvi, store=path[:-5] + ".tif",
+    ...           creation_options={"compress": "zstd", "predictor": 3})
+    >>> cog.open().rio.crs.to_epsg()
+    32610
     """
     # prepare's keywords this call sets (unknown ones fail in _regular_prepare)
     params = {**given_keywords(run, locals(), prepare), **unknown}
     if mode not in MODES:
         raise ParameterError(f"unknown mode {mode!r}; valid: {', '.join(map(repr, MODES))}")
+    if zarr_format is not None and zarr_format not in ZARR_FORMATS:
+        raise ParameterError(
+            f"{_w('zarr_format', value=repr(zarr_format))} is not a Zarr format patchflow "
+            "writes; valid: 3 (the default) or 2 (readable by GDAL and GIS software)"
+        )
     path = os.fspath(store)
+    cog = is_cog_path(path)
+    if cog:
+        _check_cog_call(
+            path,
+            mode=mode,
+            resume=resume,
+            keep_sums=keep_sums,
+            compressors=compressors,
+            zarr_format=zarr_format,
+        )
+    elif creation_options is not None:
+        raise ParameterError(
+            f"creation_options= are GDAL options of a Cloud-Optimized GeoTIFF, but the store "
+            f"{path!r} is a Zarr store: give a .tif/.tiff store path for a COG, or set the "
+            "Zarr store's compression with compressors= instead"
+        )
     # before anything else looks at (let alone deletes) the path
     check_output_path(path, [root for root, _ in _sources(obj)])
-    _check_store_path(path)
+    if cog:
+        check_cog_path(path, overwrite=overwrite)
+        # before the job runs: a bad option must not cost the whole computation
+        options = cog_options(creation_options)
+    else:
+        _check_store_path(path)
 
     prep = _regular_prepare(obj, op, params)
+    if not cog and (resume or mode == "accumulate") and params.get("chunks") is None:
+        prep = _recorded_blocks(obj, op, prep, params, path)
     var = var or (str(prep.name) if prep.name is not None else "result")
+    if cog:  # and against the result's dtype and bands, known now
+        result = prep.spec.agg
+        options = cog_options(
+            creation_options, dtype=result.result_dtype(), lead=result.result_lead()
+        )
+    bar = _bar(progress, ("blocks", "COG") if cog else ("blocks",))
+    try:
+        if cog:
+            report = _run_cog(
+                obj,
+                op,
+                prep,
+                params,
+                path,
+                var=var,
+                options=options,
+                overwrite=overwrite,
+                scheduler=scheduler,
+                bar=bar,
+            )
+        else:
+            report = _run_store(
+                obj,
+                op,
+                prep,
+                params,
+                path,
+                var=var,
+                mode=mode,
+                resume=resume,
+                overwrite=overwrite,
+                keep_sums=keep_sums,
+                compressors=compressors,
+                zarr_format=zarr_format,
+                scheduler=scheduler,
+                bar=bar,
+            )
+    except BaseException:
+        if bar is not None:
+            bar.close(done=False)
+        raise
+    if bar is not None:
+        bar.close(done=True)
+    return report
+
+
+def _run_store(
+    obj: Any,
+    op: Any,
+    prep: Prepared,
+    params: dict[str, Any],
+    path: str,
+    *,
+    var: str,
+    mode: str,
+    resume: bool,
+    overwrite: bool,
+    keep_sums: bool,
+    compressors: Any,
+    zarr_format: int | None,
+    scheduler: Any,
+    bar: _Progress | None,
+    recipe: bool = True,
+) -> RunReport:
+    """The Zarr job of :func:`run`, once prepared: record, lock, create or check, compute."""
     aggregator = prep.spec.agg
     want_sums = keep_sums or mode == "accumulate"
     if want_sums and not aggregator.sum_keys:
@@ -1457,18 +1779,26 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
     job = _job_record(obj, op, prep, params, var)
     state, meta = _state(path)
     _refuse(path, state, meta, mode=mode, resume=resume, overwrite=overwrite)
-    recipe, missing_recipe = _recipe(obj, job, params, var)
+    fmt = _format_for(path, state, meta, zarr_format, mode=mode, resume=resume, overwrite=overwrite)
+    _check_compressors(compressors, fmt)
+    if recipe:
+        how, missing_recipe = _recipe(obj, job, params, var)
+    else:
+        how, missing_recipe = None, "it is a staging store, deleted once the COG is written"
     record = {
         "record": RECORD,
         "signature": _signature(prep, var),
         "job": job,
-        "recipe": recipe,
+        "recipe": how,
         "recipe_missing": missing_recipe,
     }
     with _locked(path):
         # the store may have changed while we were not holding the lock
         state, meta = _state(path)
         _refuse(path, state, meta, mode=mode, resume=resume, overwrite=overwrite)
+        fmt = _format_for(
+            path, state, meta, zarr_format, mode=mode, resume=resume, overwrite=overwrite
+        )
         return _run_locked(
             prep,
             path,
@@ -1481,9 +1811,137 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
             overwrite=overwrite,
             sums=tuple(aggregator.sum_keys) if want_sums else (),
             compressors=compressors,
+            zarr_format=fmt,
             scheduler=scheduler,
-            progress=progress,
+            bar=bar,
         )
+
+
+def _format_for(
+    path: str,
+    state: str,
+    meta: Mapping[str, Any] | None,
+    wanted: int | None,
+    *,
+    mode: str,
+    resume: bool,
+    overwrite: bool,
+) -> int:
+    """The Zarr format to write: ``wanted`` (default 3) for a new store, else the store's."""
+    if state == "absent" or (overwrite and not resume):
+        return wanted or DEFAULT_ZARR_FORMAT
+    # a half-created store's marker records its job's format; a store has its files
+    found = (meta or {}).get("zarr_format") if state == "creating" else _zarr_format(path)
+    existing = found if found in ZARR_FORMATS else DEFAULT_ZARR_FORMAT
+    if wanted is not None and wanted != existing:
+        doing = "adding a pass to it" if mode == "accumulate" and not resume else "resuming it"
+        raise ResumeMismatchError(
+            f"{path!r} is a Zarr v{existing} store, and {doing} keeps its format: leave out "
+            f"{_w('zarr_format', value=wanted)} (or give {existing}), or pass "
+            f"{_w('overwrite')} to rewrite it as v{wanted} (or {_w('another')})",
+            (("zarr_format", existing, wanted),),
+        )
+    return int(existing)
+
+
+def _check_cog_call(
+    path: str,
+    *,
+    mode: str,
+    resume: bool,
+    keep_sums: bool,
+    compressors: Any,
+    zarr_format: int | None,
+) -> None:
+    """Refuse the Zarr-only options for a COG (written in one go, by GDAL)."""
+    given = {
+        "mode": mode != "w",
+        "resume": resume,
+        "keep_sums": keep_sums,
+        "compressors": compressors is not None,
+        "zarr_format": zarr_format is not None,
+    }
+    bad = [name for name, set_ in given.items() if set_]
+    if bad:
+        names = ", ".join(f"{n}=" for n in bad)
+        raise ParameterError(
+            f"{names} only apply to a Zarr store, but {path!r} is a Cloud-Optimized GeoTIFF, "
+            "written in one go (it cannot be resumed or added to): drop them, or give a "
+            ".zarr store path (a COG's compression is set with creation_options=)"
+        )
+
+
+def _run_cog(
+    obj: Any,
+    op: Any,
+    prep: Prepared,
+    params: dict[str, Any],
+    path: str,
+    *,
+    var: str,
+    options: Mapping[str, str],
+    overwrite: bool,
+    scheduler: Any,
+    bar: _Progress | None,
+) -> RunReport:
+    """The blocks into a staging Zarr v2 store next to ``path``, then GDAL's COG driver
+    copies it (reading the store through GDAL's Zarr driver: no intermediate GeoTIFF)."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise StoreError(
+            f"cannot write {_w('store')} {path!r}: {_reason(exc)}; {_fix(exc)}"
+        ) from exc
+    try:
+        report = _run_store(
+            obj,
+            op,
+            prep,
+            params,
+            str(staging / "result.zarr"),
+            var=var,
+            mode="w",
+            resume=False,
+            overwrite=False,
+            keep_sums=False,
+            compressors=None,
+            zarr_format=2,
+            scheduler=scheduler,
+            bar=bar,
+            recipe=False,
+        )
+        if bar is not None:
+            bar.begin("COG")
+        t0 = time.perf_counter()
+        staged = staging / "cog.tif"
+        try:
+            descriptions, tags = raster_metadata(report.open())
+            zarr_to_cog(
+                staging / "result.zarr",
+                var,
+                staged,
+                options,
+                descriptions=descriptions,
+                tags=tags,
+            )
+            if target.exists() and not overwrite:  # created while the job ran
+                raise StoreExistsError(
+                    f"{path!r} was created while the job ran; pass {_w('overwrite')} to "
+                    f"replace it, or {_w('another')}"
+                )
+            os.replace(staged, target)
+        except PatchflowError:
+            raise
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write {_w('store')} {path!r}: {_reason(exc)}; {_fix(exc)}"
+            ) from exc
+        seconds = report.seconds + time.perf_counter() - t0
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dataclasses.replace(report, store=path, seconds=seconds, kind="cog")
 
 
 def _refuse(
@@ -1535,8 +1993,9 @@ def _run_locked(
     overwrite: bool,
     sums: tuple[str, ...],
     compressors: Any,
+    zarr_format: int,
     scheduler: Any,
-    progress: bool,
+    bar: _Progress | None,
 ) -> RunReport:
     job = record["job"]
     agg = prep.spec.agg
@@ -1546,7 +2005,7 @@ def _run_locked(
     if state == "absent" or state == "creating" or (overwrite and not resume):
         old = _ours(path, meta) if state != "absent" else set()
         try:
-            _create(prep, path, var, sums, compressors, record, old)
+            _create(prep, path, var, sums, compressors, record, old, zarr_format=zarr_format)
         except PatchflowError:
             raise
         except OSError as exc:  # permission denied, read-only, disk full, file too large
@@ -1573,7 +2032,7 @@ def _run_locked(
         if accumulate or status == "accumulating":
             accumulate = True
             with _writing(path, "the next pass's bookkeeping"):
-                meta = _start_pass(prep, path, meta, record, var, sums, compressors)
+                meta = _start_pass(prep, path, meta, record, var, sums, compressors, zarr_format)
 
     repaired = 0
     # once a pass's sums are being promoted its blocks are all done and must not be
@@ -1599,7 +2058,7 @@ def _run_locked(
     keys = [(markers.name, *lead0, int(i), int(j)) for i, j in todo]
     t0 = time.perf_counter()
     if keys:
-        _compute([Delayed(k, graph, layer=markers.name) for k in keys], scheduler, progress)
+        _compute([Delayed(k, graph, layer=markers.name) for k in keys], scheduler, bar)
     seconds = time.perf_counter() - t0
 
     if not keys and not accumulate and meta.get("status") == "complete":
@@ -1660,6 +2119,7 @@ def _start_pass(
     var: str,
     sums: tuple[str, ...],
     compressors: Any,
+    zarr_format: int,
 ) -> dict[str, Any]:
     """Declare a new accumulate pass (its job first), then make its arrays (idempotent)."""
     if meta.get("status") == "complete":
@@ -1679,8 +2139,9 @@ def _start_pass(
         with _quiet():
             book = zarr.open_group(path, mode="r+", use_consolidated=False)[BOOK]
         shape = zarr.open_array(path, path=var, mode="r").shape
+        block = _out_block(prep)
         for key in sums:
-            _create_sum(book, f"{key}_next", prep.spec.agg, shape, _out_block(prep), compressors)
+            _create_sum(book, f"{key}_next", prep.spec.agg, shape, block, compressors, zarr_format)
         zarr.open_array(path, path=f"{BOOK}/done", mode="r+")[...] = 0
         zarr.open_array(path, path=f"{BOOK}/failed", mode="r+")[...] = 0
         _set_meta(path, pass_ready=True)
@@ -1712,7 +2173,9 @@ def _repair(path: str, meta: Mapping[str, Any]) -> int:
     return len(bad)
 
 
-def _compute(tasks: list[Delayed], scheduler: Any, progress: bool) -> None:
+def _compute(tasks: list[Delayed], scheduler: Any, bar: _Progress | None) -> None:
+    """Compute the block tasks in one go (one ``dask.compute``, or one set of futures on a
+    distributed client), feeding ``bar``."""
     client = None
     if scheduler is None:
         try:
@@ -1721,32 +2184,190 @@ def _compute(tasks: list[Delayed], scheduler: Any, progress: bool) -> None:
             client = default_client()
         except (ImportError, ValueError):
             client = None
-    if progress and client is not None:
-        from distributed import progress as show_progress
-        from distributed import wait
+    if bar is not None:
+        bar.begin("blocks")
+    if bar is not None and client is not None:
+        from distributed import as_completed
 
         futures = client.compute(tasks)
-        show_progress(futures)
-        wait(futures)
+        for finished, _ in enumerate(as_completed(futures), start=1):
+            bar.update(finished / len(futures))
         client.gather(futures)  # re-raises a task's error here
         return
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
+    if bar is not None:
+        with _TaskProgress(bar):
             dask.compute(*tasks, scheduler=scheduler)
         return
     dask.compute(*tasks, scheduler=scheduler)
 
 
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """One progress bar for a whole job, however many steps and computes it takes.
+
+    ``[#########                               ] |  23% | blocks | 4.1 s``, redrawn every
+    0.1 s from a timer thread (so the time runs on during a long block). On a text stream
+    (a terminal) it is redrawn in place with ``\\r`` and ended with one newline; in a
+    notebook (``out=None``) it is one display output updated in place (a ``\\r`` redraw
+    would add a line to the cell's saved output at every update). Each step
+    (``"blocks"``, then ``"COG"`` for a GeoTIFF) has a share of the bar; nothing is drawn
+    until the first step begins (a job with nothing to compute shows no bar).
+    """
+
+    WIDTH = 40
+    #: share of the bar of each step (steps not listed share the rest equally)
+    SHARES: Mapping[str, float] = types.MappingProxyType({"blocks": 0.9, "COG": 0.1})
+
+    def __init__(self, out: IO[str] | None, steps: Sequence[str]) -> None:
+        self._out = out
+        self._display: Any = None  # the notebook's display handle, once drawn
+        self._steps = tuple(steps)
+        shares = [self.SHARES.get(step, 1.0) for step in self._steps]
+        total = sum(shares)
+        self._shares = [share / total for share in shares]
+        self._step = -1
+        self._fraction = 0.0
+        self._t0 = 0.0
+        self._width = 0  # of the last line drawn (a shorter one must blank it out)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def begin(self, step: str) -> None:
+        """Start ``step`` (the first call starts the bar)."""
+        with self._lock:
+            self._step = max(self._step, self._steps.index(step))
+            self._fraction = 0.0
+        if self._thread is None:
+            self._t0 = time.perf_counter()
+            self._thread = threading.Thread(target=self._tick, name="patchflow-progress")
+            self._thread.daemon = True
+            self._thread.start()
+        self._draw()
+
+    def update(self, fraction: float) -> None:
+        """The current step is ``fraction`` done (never goes back)."""
+        self._fraction = min(1.0, max(self._fraction, fraction))
+
+    def close(self, *, done: bool) -> None:
+        """End the bar (at 100 % if the job is ``done``)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        if done:
+            self._step, self._fraction = len(self._steps) - 1, 1.0
+        self._draw()
+        if self._out is not None:
+            self._out.write("\n")
+            self._out.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.1):
+            self._draw()
+
+    def _draw(self) -> None:
+        with self._lock:
+            step = max(self._step, 0)
+            share = sum(self._shares[:step]) + self._shares[step] * self._fraction
+            filled = round(self.WIDTH * share)
+            line = (
+                f"[{'#' * filled:<{self.WIDTH}}] | {100 * share:3.0f}% | "
+                f"{self._steps[step]} | {time.perf_counter() - self._t0:.1f} s"
+            )
+            if self._out is None:
+                self._show(line)
+                return
+            self._out.write("\r" + line.ljust(self._width))
+            self._out.flush()
+            self._width = len(line)
+
+    def _show(self, line: str) -> None:
+        from IPython.display import display
+
+        shown = {"text/plain": line}
+        if self._display is None:
+            self._display = display(shown, raw=True, display_id=True)
+        else:
+            self._display.update(shown, raw=True)
+
+
+class _TaskProgress(Callback):
+    """Feeds a :class:`_Progress` from a local dask scheduler: the fraction of tasks done."""
+
+    def __init__(self, bar: _Progress) -> None:
+        super().__init__()
+        self._bar = bar
+
+    def _posttask(
+        self, key: Any, result: Any, dsk: Any, state: dict[str, Any], worker_id: Any
+    ) -> None:
+        done = len(state["finished"])
+        left = len(state["ready"]) + len(state["waiting"]) + len(state["running"])
+        self._bar.update(done / max(1, done + left))
+
+
+def _bar(progress: bool | IO[str], steps: Sequence[str]) -> _Progress | None:
+    """The job's bar: ``True`` draws in the notebook, else on stdout; a text stream on
+    that stream."""
+    if progress is False or progress is None:
+        return None
+    if progress is True:
+        return _Progress(None if _in_notebook() else sys.stdout, steps)
+    if not callable(getattr(progress, "write", None)):
+        raise ParameterError(
+            f"progress={progress!r}: give True (a bar on stdout, or in the notebook), False, "
+            "or a text stream such as sys.stderr"
+        )
+    return _Progress(progress, steps)
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (which can update a display in place)."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    return getattr(shell, "kernel", None) is not None
+
+
 def _regular_prepare(obj: Any, op: Any, params: dict[str, Any]) -> Prepared:
     """Prepare a job whose blocks form a regular grid (Zarr chunks must be regular)."""
-    own = ("store", "mode", "resume", "overwrite", "keep_sums", "var", "compressors")
+    own = (
+        "store",
+        "mode",
+        "resume",
+        "overwrite",
+        "keep_sums",
+        "var",
+        "compressors",
+        "zarr_format",
+        "creation_options",
+    )
     prep = prepare_from(obj, op, params, caller="run", also=(*own, "scheduler", "progress"))
     cy, cx = prep.plan.y.chunks, prep.plan.x.chunks
     if _regular(cy) and _regular(cx):
         return prep
     return prepare(obj, op, **{**params, "chunks": (max(cy), max(cx))})
+
+
+def _recorded_blocks(
+    obj: Any, op: Any, prep: Prepared, params: dict[str, Any], path: str
+) -> Prepared:
+    """Resume or accumulate on the blocks the store was written with.
+
+    Where the caller gave no ``chunks=``, patchflow picks the blocks from the scene and
+    the worker threads, so another machine (or a cluster) may pick others; the result does
+    not depend on them, so the store's own blocks win instead of a mismatch error.
+    """
+    meta = _read_meta(path) or {}
+    block = ((meta.get("job") or {}).get("result") or {}).get("block")
+    out = _out_block(prep)
+    if not (isinstance(block, list) and len(block) == 2) or tuple(block) == out:
+        return prep
+    here = (prep.plan.y.chunks[0], prep.plan.x.chunks[0])  # input pixels per output block
+    chunks = tuple(int(h * b // o) for h, b, o in zip(here, block, out, strict=True))
+    return _regular_prepare(obj, op, {**params, "chunks": chunks})
 
 
 def _promote_sums(path: str, sums: tuple[str, ...]) -> None:
@@ -1787,20 +2408,28 @@ def _missing_message(path: str, meta: Mapping[str, Any]) -> str:
 
 
 def resume(
-    store: str | os.PathLike[str], *, scheduler: Any = None, progress: bool = False
+    store: str | os.PathLike[str], *, scheduler: Any = None, progress: bool | IO[str] = False
 ) -> RunReport:
     """Finish (or repair) the job of ``store`` from what the store records.
 
-    Reopens the input file or Zarr store the job read (same chunks), rebuilds the operator
-    from its JSON config and reruns with the recorded parameters and ``resume=True``: only
-    missing blocks and blocks failing their checksum are computed.
+    Reopens the input file, Zarr store or STAC items the job read (same chunks), rebuilds
+    the operator from its JSON config and reruns with the recorded parameters and
+    ``resume=True``: only missing blocks and blocks failing their checksum are computed.
+
+    The operator is rebuilt as a *trusted* config (:func:`patchflow.ops.from_config`):
+    an :class:`~patchflow.ops.Imported` step imports the module it names and a
+    :class:`~patchflow.ops.TorchScript` step loads its model file, so resume only stores
+    you (or someone you trust) wrote, as you would only run their script.
 
     Raises
     ------
     ResumeRecipeError
         The store records no recipe (the input was in memory, or the operator is not a
-        :mod:`patchflow.ops` operator with a JSON config), or the input cannot be opened:
-        call :func:`run` with ``resume=True`` and the same input, operator and parameters.
+        :mod:`patchflow.ops` operator with a JSON config), the input cannot be opened, or
+        a module an :class:`~patchflow.ops.Imported` step names cannot be imported here:
+        the message says how to finish the job instead.
+    ModelChangedError
+        A TorchScript model file is not the one the job ran (its SHA-256 differs).
     IncompleteStoreError
         ``store`` is not a patchflow store.
     """
@@ -1825,7 +2454,7 @@ def resume(
             f"the input of {path!r}, {recipe['input'].get('path')}, cannot be opened "
             f"({_reason(exc)}); restore it, or {_w('rerun')}"
         ) from exc
-    op = from_config(recipe["op"])
+    op = _recipe_operator(path, recipe, from_config)
     params = _decode(recipe.get("params") or {})
     return run(
         obj,
@@ -1837,6 +2466,49 @@ def resume(
         progress=progress,
         **params,
     )
+
+
+def _recipe_operator(path: str, recipe: Mapping[str, Any], build: Callable[..., Any]) -> Any:
+    """The recipe's operator, with its own code imported and model files checked now, so
+    a module missing here or a changed model fails before anything runs, in the store's
+    words."""
+    from patchflow.ops import Imported, Sequential
+
+    try:
+        op = build(recipe["op"], trusted=True)
+        for step in op if isinstance(op, Sequential) else [op]:
+            if isinstance(step, Imported):
+                step.resolve()
+    except ImportTargetError as exc:
+        module = str(exc).partition(":")[0]
+        where = (recipe.get("imports") or {}).get(module)
+        if where is None or not exc.detail.startswith("no module named"):
+            raise ResumeRecipeError(f"{path!r} cannot be resumed here: its operator {exc}") from exc
+        fix = (
+            f"put that directory on PYTHONPATH, e.g. PYTHONPATH={where} patchflow resume {path}"
+            if _CLI.get()
+            else "add that directory to sys.path (or PYTHONPATH) and resume again"
+        )
+        raise ResumeRecipeError(
+            f"{path!r} cannot be resumed here: its operator imports your module {module} "
+            f"({str(exc).partition(': ')[0]}), which is not on the Python path here (the "
+            f"job imported it from {where}): {fix}"
+        ) from exc
+    except ModelChangedError as exc:
+        raise ModelChangedError(
+            f"{path!r} cannot be resumed: its model file {exc.path} changed since the job "
+            f"ran (SHA-256 {exc.recorded[:16]}… then, {exc.found[:16]}… now), and finishing "
+            "with another model would blend two models' results; restore the original "
+            f"file, or rerun the job with the new model and {_w('overwrite')}",
+            path=exc.path,
+            recorded=exc.recorded,
+            found=exc.found,
+        ) from exc
+    except InputReadError as exc:  # a model file that is gone
+        raise ResumeRecipeError(
+            f"{path!r} cannot be resumed: {exc}; restore it, or {_w('rerun')}"
+        ) from exc
+    return op
 
 
 # --------------------------------------------------------------------------- reading

@@ -4,11 +4,15 @@ A two-band (red, NIR) uint16 scene in UTM zone 10N (EPSG:32610, 10 m pixels, nea
 Tahoe): rectangular crop fields of varying vigour, bare soil, a lake with a wavy shore,
 and per-pixel sensor noise. Every pixel is a pure function of its (row, col) and the seed,
 so the scene is identical whatever the chunking, and huge scenes are generated lazily
-block by block.
+block by block. :func:`make_stac_items` writes a few dates of that scene as local STAC
+items with Cloud-Optimized GeoTIFF assets, for offline examples of STAC input.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -16,7 +20,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers .rio, used to write the CRS and nodata)
 import xarray as xr
 
-__all__ = ["CRS", "make_scene", "scene_block"]
+__all__ = ["CRS", "make_scene", "make_stac_items", "scene_block"]
 
 CRS = "EPSG:32610"
 ORIGIN = (740_000.0, 4_340_000.0)  # upper-left corner (x, y), metres
@@ -105,3 +109,75 @@ def make_scene(
     scene = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, name="dn")
     scene.attrs["long_name"] = "top-of-atmosphere DN (red, NIR)"
     return scene.rio.write_crs(CRS).rio.write_nodata(0, encoded=False)
+
+
+def make_stac_items(
+    directory: str | os.PathLike[str],
+    *,
+    shape: tuple[int, int] = (512, 512),
+    dates: int = 3,
+    cloudy: float = 0.2,
+    seed: int = 0,
+) -> Path:
+    """Write ``dates`` Sentinel-2-like STAC items with local COG assets; return the JSON path.
+
+    Each date has ``B04`` (red) and ``B08`` (NIR) uint16 assets (nodata 0) of
+    :func:`make_scene`'s ground with a few percent of seasonal change, and a ``cloudy``
+    fraction of pixels (a band of rows that moves from date to date) set to 0, so a
+    composite over the dates has something to fill. The items are plain JSON with the
+    projection extension, collected in ``items.json`` (a FeatureCollection) in
+    ``directory``; asset paths are relative to it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = make_stac_items(tempfile.mkdtemp(), shape=(64, 64), dates=2)
+    >>> path.name, len(json.loads(path.read_text())["features"])
+    ('items.json', 2)
+    """
+    from rasterio.warp import transform_bounds
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    ground = make_scene(shape, seed=seed, chunks=None)
+    h = int(shape[0])
+    band_rows = max(1, round(cloudy * h))
+    transform = list(ground.rio.transform())[:6]
+    west, south, east, north = transform_bounds(CRS, "EPSG:4326", *ground.rio.bounds())
+    footprint = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    features = []
+    for k in range(int(dates)):
+        values = np.rint(ground.values * (1.0 + 0.03 * k)).astype(np.uint16)
+        top = (k * h // max(int(dates), 1)) % h
+        values[:, top : top + band_rows, :] = 0  # this date's "cloud": nodata
+        assets = {}
+        for b, name in enumerate(("B04", "B08")):
+            href = f"{name}_{k}.tif"
+            band = ground.isel(band=b).copy(data=values[b]).rio.write_nodata(0)
+            band.rio.to_raster(root / href, driver="COG")
+            assets[name] = {
+                "href": href,
+                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                "roles": ["data"],
+                "proj:epsg": int(CRS.split(":")[1]),
+                "proj:shape": [h, int(shape[1])],
+                "proj:transform": transform,
+            }
+        features.append(
+            {
+                "type": "Feature",
+                "stac_version": "1.0.0",
+                "stac_extensions": [
+                    "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
+                ],
+                "id": f"synthetic-{k}",
+                "geometry": {"type": "Polygon", "coordinates": [footprint]},
+                "bbox": [west, south, east, north],
+                "properties": {"datetime": f"2024-06-{1 + 5 * k:02d}T18:40:00Z"},
+                "assets": assets,
+                "links": [],
+            }
+        )
+    path = root / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1))
+    return path

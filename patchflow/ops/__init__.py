@@ -5,12 +5,14 @@ module                    owns
 ========================  ============================================================
 :mod:`.base`              the operator contract (:class:`Operator`, :func:`batched`,
                           output spec, scale, band binding), the registry, configs and
-                          JSON, ``|`` composition (:class:`Sequential`), :class:`Lambda`
+                          JSON, ``|`` composition (:class:`Sequential`), :class:`Lambda`,
+                          and :class:`Imported` (your own code, named by import path)
 :mod:`.bands`             band arithmetic: DN → reflectance, normalised differences
                           (NDVI, NDWI, NBR), band selection, casts, rescaling, clipping
 :mod:`.composite`         NaN-skipping time composites
 :mod:`.tta`               test-time augmentation
-:mod:`.models`            ML models (PyTorch modules, TorchScript, any batched callable)
+:mod:`.models`            ML models (PyTorch modules, any batched callable) and
+                          :class:`TorchScript` files (a model with a config)
 ========================  ============================================================
 
 Nothing here builds a dask graph or touches storage: operators are plain functions of numpy
@@ -40,6 +42,7 @@ from patchflow.ops.bands import (
 from patchflow.ops.base import (
     Batched,
     ConfigError,
+    Imported,
     Lambda,
     Operator,
     Sequential,
@@ -56,7 +59,7 @@ from patchflow.ops.base import (
     to_json,
 )
 from patchflow.ops.composite import COMPOSITE_STATS, Composite
-from patchflow.ops.models import ModelOp, tiny_cnn
+from patchflow.ops.models import ModelOp, TorchScript, tiny_cnn
 from patchflow.ops.tta import TTA, TTA_PRESETS, TTA_TRANSFORMS
 
 __all__ = [
@@ -72,6 +75,7 @@ __all__ = [
     "Composite",
     "ConfigError",
     "DNToReflectance",
+    "Imported",
     "Lambda",
     "ModelOp",
     "NormalizedDifference",
@@ -80,6 +84,7 @@ __all__ = [
     "Rescale",
     "SelectBands",
     "Sequential",
+    "TorchScript",
     "as_operator",
     "batched",
     "from_config",

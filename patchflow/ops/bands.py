@@ -124,6 +124,7 @@ class NormalizedDifference(Operator):
 
     _band_params = ("a", "b")
     _label = "normalized_difference"
+    _long_name = "normalized difference"
 
     def __init__(self, a: Band, b: Band) -> None:
         self.a = _band(a, "a")
@@ -155,6 +156,9 @@ class NormalizedDifference(Operator):
     def output_band_names(self, names: Sequence[str]) -> list[str]:
         return [self._label]
 
+    def output_attrs(self) -> dict[str, Any]:
+        return {"long_name": self._long_name, "units": "1"}  # a ratio: dimensionless
+
     def _params(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b}
 
@@ -171,6 +175,7 @@ class NDVI(NormalizedDifference):
     """
 
     _label = "ndvi"
+    _long_name = "normalized difference vegetation index"
 
     def __init__(self, red: Band, nir: Band) -> None:
         super().__init__(a=nir, b=red)
@@ -191,6 +196,7 @@ class NDWI(NormalizedDifference):
     """
 
     _label = "ndwi"
+    _long_name = "normalized difference water index"
 
     def __init__(self, green: Band, nir: Band) -> None:
         super().__init__(a=green, b=nir)
@@ -211,6 +217,7 @@ class NBR(NormalizedDifference):
     """
 
     _label = "nbr"
+    _long_name = "normalized burn ratio"
 
     def __init__(self, nir: Band, swir2: Band) -> None:
         super().__init__(a=nir, b=swir2)
@@ -231,6 +238,7 @@ class SelectBands(Operator):
     """
 
     pointwise = True
+    _keeps_values = True
 
     _band_params = ("indices",)
 

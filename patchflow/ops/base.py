@@ -33,6 +33,16 @@ round-trip through :meth:`Operator.get_config` / :meth:`Operator.from_config` an
 and cloudpickle). Loading a config only ever instantiates classes registered with
 :func:`register` by name: it never evaluates code or unpickles anything.
 
+Your own code as data
+---------------------
+:class:`Imported` names a function, factory, operator class or operator instance of your
+own module by its import path (``"mypkg.ops:cloud_mask"``) plus JSON parameters, so a
+pipeline holding it still has a config (``patchflow resume`` rebuilds it from the store).
+Building one from a config *runs the code it names*, as ``python -m`` would; so do configs
+naming a model file (:class:`~patchflow.ops.models.TorchScript`). Such configs load only
+with ``from_config(config, trusted=True)``: give it for configs you wrote or trust, never
+for configs from elsewhere (a web request, a downloaded file).
+
 Examples
 --------
 >>> import numpy as np
@@ -51,21 +61,37 @@ True
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import difflib
+import functools
+import importlib
+import inspect
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from patchflow.errors import ConfigError, InputTypeError, ParameterError
+from patchflow.errors import (
+    ConfigError,
+    ImportTargetError,
+    InputTypeError,
+    ParameterError,
+    PatchflowError,
+    UserCodeError,
+    _w,
+)
 
 __all__ = [
+    "IMPORT_TARGET",
     "Batched",
     "ConfigError",
+    "Imported",
     "Lambda",
     "Operator",
     "Sequential",
@@ -78,7 +104,10 @@ __all__ = [
     "op_pointwise",
     "op_scale",
     "register",
+    "registered_op",
     "registered_ops",
+    "resolve_import",
+    "signature_text",
     "to_json",
 ]
 
@@ -194,6 +223,40 @@ def registered_ops() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _folded(name: str) -> str:
+    return name.replace("-", "").replace("_", "").casefold()
+
+
+def registered_op(name: str) -> type[Operator] | None:
+    """The operator class registered as ``name``, or ``None``.
+
+    An exact name wins; otherwise case, ``-`` and ``_`` are ignored (``ndvi``,
+    ``dn-to-reflectance``), which is how command lines and hand-written configs spell them.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` matches several registered names once case is ignored.
+
+    Examples
+    --------
+    >>> registered_op("rescale").__name__, registered_op("dn_to_reflectance").__name__
+    ('Rescale', 'DNToReflectance')
+    >>> registered_op("median") is None
+    True
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    key = _folded(name)
+    matches = sorted(k for k in _REGISTRY if _folded(k) == key)
+    if len(matches) > 1:
+        raise ConfigError(
+            f"operator name {name!r} is ambiguous: it matches the registered operators "
+            f"{', '.join(matches)}; spell one exactly"
+        )
+    return _REGISTRY[matches[0]] if matches else None
+
+
 def _jsonable(value: Any) -> Any:
     """``value`` with operators turned into configs, tuples into lists, numpy into Python."""
     if isinstance(value, Operator):
@@ -224,24 +287,52 @@ def _frozen(value: Any) -> Any:
     return value
 
 
-def from_config(config: Config) -> Operator:
+#: set while a ``trusted=True`` config is being built: operators that run code they name
+#: (:class:`Imported`, TorchScript files) load only then
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("patchflow_trusted", default=False)
+
+
+def from_config(config: Config, *, trusted: bool = False) -> Operator:
     """Build an operator from ``get_config()`` output (a dict, or a list for a pipeline).
 
     Only classes registered with :func:`register` can be named; nothing is evaluated or
     unpickled.
 
+    Parameters
+    ----------
+    config
+        ``{"op": name, "params": {...}}`` or a list of them.
+    trusted
+        Also build operators that run code the config names: :class:`Imported` (imports
+        a module, may call a factory in it) and TorchScript model files. Pass it only for
+        configs you wrote or trust, as you would only ``python -m`` a module you trust.
+
     Raises
     ------
     ConfigError
-        Malformed config, unknown operator name (the message lists registered names), or
-        parameters the operator rejects.
+        Malformed config, unknown operator name (the message lists registered names),
+        parameters the operator rejects, or code-naming operators without ``trusted``.
 
     Examples
     --------
     >>> from_config([{"op": "DNToReflectance", "params": {"scale": 1e-4}},
     ...              {"op": "NDVI", "params": {"red": 0, "nir": 1}}])
     DNToReflectance(scale=0.0001, offset=0.0) | NDVI(red=0, nir=1)
+    >>> from_config({"op": "Imported", "params": {"target": "numpy:negative"}})
+    Traceback (most recent call last):
+    ...
+    patchflow.errors.ConfigError: the config names code to run (Imported \
+'numpy:negative'); load it with from_config(config, trusted=True) (or from_json(text, \
+trusted=True)) if you trust where it comes from: building it imports and runs that code
+    >>> from_config({"op": "Imported", "params": {"target": "numpy:negative"}}, trusted=True)
+    Imported('numpy:negative')
     """
+    if trusted and not _TRUSTED.get():
+        token = _TRUSTED.set(True)
+        try:
+            return from_config(config)
+        finally:
+            _TRUSTED.reset(token)
     if isinstance(config, list):
         return Sequential([from_config(c) for c in config])
     if not isinstance(config, dict):
@@ -266,6 +357,13 @@ def from_config(config: Config) -> Operator:
     if not isinstance(params, dict):
         raise ConfigError(f"'params' of {name} must be a dict, got {params!r}")
     cls = _REGISTRY[name]
+    if cls._runs_code and not _TRUSTED.get():
+        shown = params.get("target", params.get("path", ""))
+        raise ConfigError(
+            f"the config names code to run ({name} {shown!r}); load it with "
+            "from_config(config, trusted=True) (or from_json(text, trusted=True)) if you "
+            "trust where it comes from: building it imports and runs that code"
+        )
     try:
         return cls._from_params(params)
     except ConfigError:
@@ -286,8 +384,8 @@ def to_json(op: Operator, **kwargs: Any) -> str:
     return json.dumps(op.get_config(), **kwargs)
 
 
-def from_json(text: str) -> Operator:
-    """Build an operator from a JSON config (see :func:`from_config`).
+def from_json(text: str, *, trusted: bool = False) -> Operator:
+    """Build an operator from a JSON config (see :func:`from_config`, and its ``trusted``).
 
     Examples
     --------
@@ -298,7 +396,7 @@ def from_json(text: str) -> Operator:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"operator config is not valid JSON: {exc}") from exc
-    return from_config(config)
+    return from_config(config, trusted=trusted)
 
 
 # --------------------------------------------------------------------------- base class
@@ -396,8 +494,14 @@ class Operator:
     #: the chip: the engine then runs the op once per block instead of on overlapping
     #: chips, which gives the same stitched result (see :func:`op_pointwise`)
     pointwise: ClassVar[bool] = False
+    #: the output values are input values (a band subset, a cast that keeps them): what
+    #: the input's attrs say of its values (units, long_name, scale_factor) stays true
+    _keeps_values: ClassVar[bool] = False
     #: registry name (set by :func:`register`)
     _op_name: ClassVar[str | None] = None
+    #: building it from a config runs code the config names (imports a module, loads a
+    #: TorchScript file): :func:`from_config` then needs ``trusted=True``
+    _runs_code: ClassVar[bool] = False
     #: attributes holding band references (int index or str name), resolved by :meth:`bind`
     _band_params: ClassVar[tuple[str, ...]] = ()
     _scale: float = 1.0
@@ -490,6 +594,15 @@ class Operator:
         """See :attr:`pointwise` (instances may depend on their parameters)."""
         return bool(self.pointwise)
 
+    def keeps_values(self) -> bool:
+        """Whether every output value is an input value, unchanged (e.g. a band subset):
+        the input's value attrs then carry over to the result."""
+        return bool(self._keeps_values)
+
+    def output_attrs(self) -> dict[str, Any]:
+        """Attrs that describe the output values (``long_name``, ``units``); none here."""
+        return {}
+
     def _params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able values or nested operators)."""
         return {}
@@ -516,9 +629,9 @@ class Operator:
         return {"op": name, "params": _jsonable(self._params())}
 
     @classmethod
-    def from_config(cls, config: Config) -> Operator:
+    def from_config(cls, config: Config, *, trusted: bool = False) -> Operator:
         """Build an operator from a config (see :func:`from_config`)."""
-        op = from_config(config)
+        op = from_config(config, trusted=trusted)
         if not isinstance(op, cls):
             raise ConfigError(f"the config describes a {type(op).__name__}, not a {cls.__name__}")
         return op
@@ -690,6 +803,15 @@ class Sequential(Operator):
     def is_pointwise(self) -> bool:
         return all(op_pointwise(op) for op in self.ops)
 
+    def keeps_values(self) -> bool:
+        return all(op.keeps_values() for op in self.ops)
+
+    def output_attrs(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {}
+        for op in self.ops:  # what the last value-changing step says, kept by later steps
+            attrs = {**(attrs if op.keeps_values() else {}), **op.output_attrs()}
+        return attrs
+
     def output_band_names(self, names: Sequence[str]) -> list[str] | None:
         current: list[str] | None = list(names)
         for op in self.ops:
@@ -837,3 +959,401 @@ def _positive(value: Any, what: str) -> float:
     if not (math.isfinite(out) and out > 0):
         raise ParameterError(f"{what} must be a positive finite number, got {value!r}")
     return out
+
+
+# --------------------------------------------------------------------------- your own code
+
+#: ``MODULE:NAME``, dotted on both sides (``pkg.mod:Class.factory``)
+IMPORT_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _signature(target: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(target)
+    except (TypeError, ValueError):  # builtins and C callables may have none
+        return None
+
+
+def _shown(value: Any) -> str:
+    """A default as it would be written in JSON (``[0.0, 1.0]``, ``true``), else its repr."""
+    try:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def signature_text(sig: inspect.Signature, *, skip: Sequence[str] = ()) -> str:
+    """The named parameters of ``sig`` as a user sets them: ``a (required), b=[0.0, 1.0]``.
+
+    Examples
+    --------
+    >>> def f(chip, gain=1.0, *, clip=True): ...
+    >>> signature_text(inspect.signature(f), skip=["chip"])
+    'gain=1.0, clip=true'
+    """
+    parts = []
+    for p in sig.parameters.values():
+        if p.kind not in _NAMED or p.name in skip:
+            continue
+        required = p.default is inspect.Parameter.empty
+        parts.append(f"{p.name} (required)" if required else f"{p.name}={_shown(p.default)}")
+    return ", ".join(parts) or "none"
+
+
+def param_problem(
+    name: str,
+    sig: inspect.Signature,
+    params: Mapping[str, Any],
+    *,
+    skip: Sequence[str] = (),
+    require: bool = True,
+) -> str | None:
+    """Why ``params`` do not fit ``sig`` (an unknown key, with the closest real one, or a
+    missing required one), naming the real parameters; ``None`` when they fit."""
+    real = [p.name for p in sig.parameters.values() if p.kind in _NAMED and p.name not in skip]
+    listed = signature_text(sig, skip=skip)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    for key in params:
+        if key in real or takes_any:
+            continue
+        close = difflib.get_close_matches(key, real, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{name} has no parameter {key!r}{hint}; its parameters: {listed}"
+    if not require:
+        return None
+    missing = [
+        p.name
+        for p in sig.parameters.values()
+        if p.kind in _NAMED
+        and p.name not in skip
+        and p.default is inspect.Parameter.empty
+        and p.name not in params
+    ]
+    if missing:
+        needs = ", ".join(f"{m}=VALUE" for m in missing)
+        return f"{name} needs {needs}; its parameters: {listed}"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, PatchflowError) else f"{type(exc).__name__}: {text}"
+
+
+def _target_error(target: str, detail: str) -> ImportTargetError:
+    return ImportTargetError(f"{target}: {detail}", detail=detail, part="target")
+
+
+def _params_error(detail: str) -> ImportTargetError:
+    return ImportTargetError(detail, detail=detail, part="params")
+
+
+def _import_module(module_name: str, target: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            top = module_name.split(".")[0]
+            raise _target_error(
+                target,
+                f"no module named {missing!r} on the Python path; put the directory holding "
+                f"{top}.py (or the {top} package) on {_w('pythonpath')}",
+            ) from None
+        raise UserCodeError(f"importing {module_name} ({target}) failed: {_one_line(exc)}") from exc
+    except Exception as exc:  # the user's module raised while importing
+        raise UserCodeError(f"importing {module_name} ({target}) failed: {_one_line(exc)}") from exc
+
+
+def _attribute(module: Any, target: str) -> Any:
+    obj = module
+    for part in target.partition(":")[2].split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n))]
+            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise _target_error(
+                target, f"{getattr(obj, '__name__', obj)!r} has no attribute {part!r}{hint}"
+            ) from None
+    return obj
+
+
+def _per_chip(fn: Callable[..., Any], params: Mapping[str, Any], batched: bool) -> Operator:
+    bound: Callable[..., Any] = functools.partial(fn, **params) if params else fn
+    return Lambda(bound, batched=batched, pointwise=op_pointwise(fn))
+
+
+def _call(target: str, factory: Callable[..., Any], params: Mapping[str, Any]) -> Operator:
+    try:
+        made = factory(**params)
+    except (PatchflowError, TypeError, ValueError) as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        raise _params_error(f"{target}({shown}) failed: {_one_line(exc)}") from exc
+    if not callable(made):
+        raise _target_error(
+            target,
+            f"calling it returned {type(made).__name__}, not an operator (a factory must "
+            "return a callable or a patchflow.ops.Operator)",
+        )
+    return as_operator(made)
+
+
+def resolve_import(target: str, params: Mapping[str, Any] | None = None) -> Operator:
+    """The operator ``"MODULE:NAME"`` names, built with ``params``: :class:`Imported`'s rule.
+
+    Imports ``MODULE`` (running it, as ``python -m`` would) and takes ``NAME`` in it. Then:
+    an :class:`Operator` instance is used as is (it takes no ``params``); a class is called
+    with ``params``; a function that still needs exactly one positional argument once
+    ``params`` are bound is the per-chip function (a :class:`Lambda`, batched when marked
+    with :func:`batched`, pointwise when it says so), its keyword parameters bound to
+    ``params``; a function that needs none is a factory, called once with ``params``, which
+    must return an operator or a callable.
+
+    Raises
+    ------
+    ImportTargetError
+        No such module on the Python path, no such name in it, not an operator, or
+        ``params`` that do not fit (unknown or missing, with the real parameters listed;
+        a factory or class rejecting them). ``part`` says which half is wrong.
+    UserCodeError
+        The module raised while being imported.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> op = resolve_import("numpy:clip", {"a_min": 0, "a_max": 1})
+    >>> op(np.array([[[[-1.0, 0.5, 2.0]]]])).ravel().tolist()
+    [0.0, 0.5, 1.0]
+    """
+    params = dict(params or {})
+    if not isinstance(target, str) or not IMPORT_TARGET.match(target):
+        raise ImportTargetError(
+            f"an imported operator is named 'MODULE:NAME' (a module path, a colon and a name "
+            f"in it, e.g. 'mypkg.ops:cloud_mask'), got {target!r}",
+            part="target",
+        )
+    obj = _attribute(_import_module(target.partition(":")[0], target), target)
+    if isinstance(obj, Operator):
+        if params:
+            raise _params_error(
+                f"{target} is an operator instance ({obj!r}); it takes no "
+                f"{_w('op_args')} (name its class or a factory to pass parameters)"
+            )
+        return obj
+    if not callable(obj):
+        raise _target_error(target, f"{type(obj).__name__} is not callable")
+    if isinstance(obj, Batched):
+        sig = _signature(obj.fn)
+        problem = None if sig is None else param_problem(target, sig, params, require=False)
+        if problem:
+            raise _params_error(problem)
+        return _per_chip(obj.fn, params, batched=True)
+    sig = _signature(obj)
+    if isinstance(obj, type):
+        problem = None if sig is None else param_problem(target, sig, params)
+        if problem:
+            raise _params_error(problem)
+        return _call(target, obj, params)
+    if sig is None:
+        if params:
+            raise _params_error(
+                f"{target} has no inspectable signature, so parameters cannot be bound to "
+                "it; wrap it in a Python function"
+            )
+        return _per_chip(obj, {}, batched=is_batched(obj))
+    needed = [
+        p
+        for p in sig.parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.name not in params
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    per_chip = len(needed) == 1 and needed[0].kind is not inspect.Parameter.KEYWORD_ONLY
+    # the chip is no parameter: leave it out of the parameters an error lists
+    skip = (needed[0].name,) if per_chip else ()
+    problem = param_problem(target, sig, params, skip=skip, require=False)
+    if problem:
+        raise _params_error(problem)
+    if not needed:
+        return _call(target, obj, params)
+    if per_chip:
+        return _per_chip(obj, params, batched=is_batched(obj))
+    rest = ", ".join(f"{p.name}=VALUE" for p in needed[1:])
+    raise _params_error(
+        f"{target} needs {rest} (its first parameter, {needed[0].name}, receives the chip); "
+        f"its parameters: {signature_text(sig)}"
+    )
+
+
+def _json_params(params: Mapping[str, Any] | None, target: str) -> dict[str, Any]:
+    """``params`` as plain JSON values (tuples → lists, numpy scalars → Python), so the
+    operator is called with exactly what its config records."""
+
+    def plain(value: Any, where: str) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v, where) for v in value]
+        if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+            return {k: plain(v, f"{where}.{k}") for k, v in value.items()}
+        raise ConfigError(
+            f"Imported({target!r}) parameter {where} = {_short(value)} is not a JSON value "
+            "(numbers, strings, booleans, null, lists and string-keyed mappings): the "
+            "parameters are the operator's config, written to stores and pipeline files"
+        )
+
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"Imported({target!r}) params must be a mapping, got {params!r}")
+    return {str(k): plain(v, str(k)) for k, v in params.items()}
+
+
+@register
+class Imported(Operator):
+    """An operator from your own code, named by its import path: a config, not a pickle.
+
+    ``Imported("mypkg.ops:cloud_mask", params={"threshold": 0.3})`` stands for what
+    ``mypkg.ops.cloud_mask`` gives with those parameters (see :func:`resolve_import`): a
+    per-chip function with the parameters bound to its keywords, a factory called with
+    them, an :class:`Operator` class instantiated with them, or a module-level operator
+    instance. Its config is the import path and the JSON parameters, so a pipeline holding
+    it writes to JSON/YAML and into a store's job record, and ``patchflow resume`` rebuilds
+    it. This is what ``patchflow apply --op MODULE:CALLABLE`` and pipeline steps naming
+    ``MODULE:CALLABLE`` build.
+
+    The module is imported lazily: on first use (the engine asks for the output spec while
+    planning) and again in each process the operator is unpickled in (its pickle is the
+    path and parameters, never the function), so dask workers need the module importable,
+    as they would to unpickle the function itself.
+
+    Building or resolving one **runs the code it names**, as ``python -m MODULE`` would:
+    name only modules you trust. Loading it from a config therefore needs
+    ``from_config(config, trusted=True)``.
+
+    Parameters
+    ----------
+    target
+        ``"MODULE:NAME"`` (``NAME`` may be dotted: ``"pkg.mod:Class.make"``).
+    params
+        Keyword arguments for ``NAME``: JSON values only (numbers, strings, booleans,
+        null, lists, string-keyed mappings), as the config records them.
+
+    Raises
+    ------
+    ConfigError
+        ``target`` is not ``MODULE:NAME``, or ``params`` are not JSON values.
+    ImportTargetError, UserCodeError
+        On first use: see :func:`resolve_import`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> op = Imported("numpy:clip", params={"a_min": 0, "a_max": 1})
+    >>> op
+    Imported('numpy:clip', params={'a_min': 0, 'a_max': 1})
+    >>> op(np.array([[[[-1.0, 0.5, 2.0]]]])).ravel().tolist()
+    [0.0, 0.5, 1.0]
+    >>> from_json(to_json(op), trusted=True) == op
+    True
+    """
+
+    _runs_code = True
+
+    def __init__(self, target: str, *, params: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(target, str) or not IMPORT_TARGET.match(target):
+            raise ConfigError(
+                "Imported needs 'MODULE:NAME' (a module path, a colon and a name in it, "
+                f"e.g. 'mypkg.ops:cloud_mask'), got {target!r}"
+            )
+        self.target = target
+        self.params = _json_params(params, target)
+        #: band names the engine bound the operator to (re-applied after unpickling)
+        self._band_names: list[str] | None = None
+        self._op: Operator | None = None
+        self._lock = threading.Lock()
+
+    # ---- the operator it stands for, built once per process
+
+    def resolve(self) -> Operator:
+        """The operator :attr:`target` names with :attr:`params` (imported on first call).
+
+        Raises
+        ------
+        ImportTargetError, UserCodeError
+            See :func:`resolve_import`.
+        """
+        op = self._op
+        if op is not None:
+            return op
+        with self._lock:
+            if self._op is None:
+                op = resolve_import(self.target, self.params)
+                if self._band_names is not None:
+                    op = op.bind(self._band_names)
+                self._op = op
+            return self._op
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_op"] = None  # the path and parameters travel, never the user's objects
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __call__(self, chips: np.ndarray) -> np.ndarray:
+        return np.asarray(self.resolve()(chips))
+
+    # ---- declarations: those of the operator it stands for
+
+    @property
+    def scale(self) -> float:
+        return self.resolve().scale
+
+    def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec | None:
+        return self.resolve().output_spec(lead, dtype)
+
+    def output_band_names(self, names: Sequence[str]) -> list[str] | None:
+        return self.resolve().output_band_names(names)
+
+    def is_pointwise(self) -> bool:
+        return self.resolve().is_pointwise()
+
+    def keeps_values(self) -> bool:
+        return self.resolve().keeps_values()
+
+    def output_attrs(self) -> dict[str, Any]:
+        return self.resolve().output_attrs()
+
+    def _needs_names(self) -> bool:
+        return self.resolve()._needs_names()
+
+    def bind(self, band_names: Sequence[str]) -> Imported:
+        if not self.resolve()._needs_names():
+            return self
+        new = Imported(self.target, params=self.params)
+        new._band_names = [str(n) for n in band_names]
+        return new
+
+    def _params(self) -> dict[str, Any]:
+        return {"target": self.target, "params": self.params}
+
+    @classmethod
+    def _from_params(cls, params: dict[str, Any]) -> Imported:
+        unknown = set(params) - {"target", "params"}
+        if unknown:
+            raise ConfigError(f"Imported takes 'target' and 'params', got {sorted(unknown)}")
+        return cls(params.get("target"), params=params.get("params"))  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        if not self.params:
+            return f"Imported({self.target!r})"
+        return f"Imported({self.target!r}, params={self.params!r})"

@@ -5,6 +5,12 @@ batches, or — when PyTorch is installed — a ``torch.nn.Module``, run in eval
 ``torch.inference_mode()`` on the chosen device (CUDA where available), optionally in half
 precision. torch is imported lazily: this module imports and works without it.
 
+:class:`TorchScript` (``ModelOp.from_torchscript(path)``) is a ModelOp on a TorchScript
+file that is also *data*: its config is the file's absolute path and SHA-256 and the run
+options, so a pipeline holding it writes to JSON and into a store's job record
+(``patchflow apply --model``; ``patchflow resume`` reloads the file and refuses one that
+changed), and it pickles to worker processes as the script's bytes.
+
 Examples
 --------
 >>> import numpy as np
@@ -16,18 +22,28 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from patchflow.errors import InputTypeError, ParameterError
-from patchflow.ops.base import ConfigError, Operator, Spec
+from patchflow.errors import (
+    InputReadError,
+    InputTypeError,
+    MissingExtraError,
+    ModelChangedError,
+    ParameterError,
+)
+from patchflow.ops.base import Config, ConfigError, Operator, Spec, register
 
-__all__ = ["ModelOp", "is_torch_module", "tiny_cnn"]
+__all__ = ["ModelOp", "TorchScript", "file_sha256", "is_torch_module", "tiny_cnn"]
 
 _TORCH_DTYPES = ("float16", "bfloat16", "float32", "float64")
 #: chips per model call when ``batch_size`` is not given: a torch model on CPU runs one
@@ -42,8 +58,9 @@ def _torch() -> Any:
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - exercised only without torch
-        raise ImportError(
-            "this needs PyTorch; install it with `pip install patchflow[torch]` (or torch)"
+        raise MissingExtraError(
+            "this needs PyTorch: pip install 'patchflow[torch]' (for a CPU-only build, first "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
         ) from exc
     return torch
 
@@ -268,9 +285,29 @@ class ModelOp(Operator):
 
     def get_config(self) -> Any:
         raise ConfigError(
-            "ModelOp wraps an arbitrary model and has no config; save the model with its "
-            "framework and wrap it again after loading"
+            "ModelOp wraps an arbitrary model and has no config; save it as TorchScript "
+            "(torch.jit.script(model).save(path)) and use ModelOp.from_torchscript(path), "
+            "which has one"
         )
+
+    @classmethod
+    def from_torchscript(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str | None = None,
+        batch_size: int | None = None,
+    ) -> TorchScript:
+        """A ModelOp on the TorchScript file ``path`` that has a config (see
+        :class:`TorchScript`, which takes the other ModelOp options too).
+
+        Examples
+        --------
+        >>> op = ModelOp.from_torchscript("unet.pt", device="cpu")  # doctest: +SKIP
+        >>> op.get_config()["params"]["path"]  # doctest: +SKIP
+        '/home/me/models/unet.pt'
+        """
+        return TorchScript(path, device=device, batch_size=batch_size)
 
     def __repr__(self) -> str:
         params = self._params()
@@ -339,3 +376,192 @@ def tiny_cnn(
             fan_in = max(1, param[0].numel()) if param.ndim > 1 else chans[0]
             param.copy_(torch.randn(param.shape, generator=gen) / fan_in**0.5)
     return net.eval()
+
+
+# --------------------------------------------------------------------------- TorchScript files
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB pieces (a model of any size).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+    ...     _ = f.write(b"abc")
+    >>> file_sha256(f.name)[:16]
+    'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        for piece in iter(lambda: src.read(2**20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _load_script(path: str) -> Any:
+    """``torch.jit.load(path)`` on the CPU (:meth:`ModelOp._prepare_torch` moves it), its
+    failures named."""
+    torch = _torch()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation in favour of export
+            return torch.jit.load(path, map_location="cpu")
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InputReadError(
+            f"cannot load {path} as a TorchScript model (torch.jit.load): "
+            f"{type(exc).__name__}: {text}; save one with torch.jit.script(model).save(path) "
+            "(or torch.jit.trace)"
+        ) from exc
+
+
+@register
+class TorchScript(ModelOp):
+    """A TorchScript model file as an operator whose config is the file, not the model.
+
+    The config is ``{path, sha256, device, batch_size, …}``: the file's absolute path and
+    the SHA-256 of its bytes, and the :class:`ModelOp` options. Loading the config reads
+    the file again and refuses one whose bytes changed (:class:`ModelChangedError`), so a
+    store's job record (``patchflow resume``) never finishes a result with another model.
+    The operator pickles (to process and ``dask.distributed`` workers) as the script's
+    bytes: workers need no access to the file.
+
+    Loading a TorchScript file runs the model's code, so a config naming one loads only
+    with ``from_config(config, trusted=True)`` (see :class:`~patchflow.ops.Imported`).
+
+    Parameters
+    ----------
+    path
+        The TorchScript file (``torch.jit.script(model).save(path)`` or
+        ``torch.jit.trace``); recorded as an absolute path.
+    sha256
+        The SHA-256 the file must have (a config's); default: the file's own, now.
+    device, batch_size, dtype, channels_last, output_bands, output_dtype, scale
+        As for :class:`ModelOp`.
+
+    Raises
+    ------
+    InputReadError
+        The file is missing or is not a TorchScript model.
+    ModelChangedError
+        The file's SHA-256 is not ``sha256``.
+    ParameterError
+        ``device`` is not a torch device, or another option is invalid.
+    ImportError
+        PyTorch is not installed (``pip install patchflow[torch]``).
+
+    Examples
+    --------
+    >>> import pytest, tempfile; torch = pytest.importorskip("torch")
+    >>> path = tempfile.mkdtemp() + "/net.pt"
+    >>> torch.jit.script(tiny_cnn(2, 1)).save(path)
+    >>> op = ModelOp.from_torchscript(path, device="cpu", batch_size=4)
+    >>> from patchflow.ops import from_json, to_json
+    >>> from_json(to_json(op), trusted=True) == op
+    True
+    >>> op(np.zeros((3, 2, 16, 16), np.float32)).shape
+    (3, 1, 16, 16)
+    """
+
+    _runs_code = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sha256: str | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+        dtype: Any = None,
+        channels_last: bool = False,
+        output_bands: int | tuple[int, ...] | None = None,
+        output_dtype: npt.DTypeLike | None = None,
+        scale: float = 1.0,
+    ) -> None:
+        torch = _torch()
+        file = Path(os.path.abspath(os.fspath(path)))
+        if not file.is_file():
+            raise InputReadError(f"model not found: {file}")
+        if device is not None:
+            try:
+                device = str(torch.device(device))
+            except (RuntimeError, ValueError, TypeError):
+                raise ParameterError(
+                    f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+                ) from None
+        found = file_sha256(file)
+        if sha256 is not None and found != sha256:
+            raise ModelChangedError(
+                f"the model file {file} is not the one this operator was configured with: "
+                f"its SHA-256 is {found[:16]}…, the config records {str(sha256)[:16]}… (the "
+                "file was replaced or modified); restore that file, or configure the "
+                "operator anew from the file now there (ModelOp.from_torchscript(path))",
+                path=str(file),
+                recorded=str(sha256),
+                found=found,
+            )
+        super().__init__(
+            _load_script(str(file)),
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            channels_last=channels_last,
+            output_bands=output_bands,
+            output_dtype=output_dtype,
+            scale=scale,
+        )
+        self.path = str(file)
+        self.sha256 = found
+
+    # ---- pickling: the script's bytes (TorchScript modules refuse pickle)
+
+    def __getstate__(self) -> dict[str, Any]:
+        torch = _torch()
+        state = super().__getstate__()
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation: nothing to act on
+            torch.jit.save(self.model, buffer)
+        state["model"] = buffer.getvalue()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        torch = _torch()
+        state = dict(state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state["model"] = torch.jit.load(io.BytesIO(state["model"]), map_location="cpu")
+        super().__setstate__(state)
+
+    # ---- config
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "channels_last": self.channels_last,
+            "output_bands": None if self.output_bands is None else list(self.output_bands),
+            "output_dtype": None if self.output_dtype is None else self.output_dtype.name,
+            "scale": self._scale,
+        }
+
+    def get_config(self) -> Config:
+        return Operator.get_config(self)
+
+    def __repr__(self) -> str:
+        params = self._params()
+        args = [repr(Path(params.pop("path")).name), f"sha256={params.pop('sha256')[:12]}…"]
+        defaults = {"channels_last": False, "scale": 1.0}
+        args += [f"{k}={v!r}" for k, v in params.items() if v is not None and defaults.get(k) != v]
+        return f"TorchScript({', '.join(args)})"
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        from dask.base import tokenize
+
+        params = self._params()
+        params.pop("path")  # the bytes (their hash) make the results, not where they live
+        return ("patchflow.TorchScript", tokenize(params))

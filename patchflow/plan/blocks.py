@@ -14,10 +14,15 @@ input; the output uses the same chunk grid. Along each axis:
   halo exchange.
 
 The 2-D plan is the outer product of two :class:`AxisPlan` objects.
+
+When patchflow chooses the blocks itself (numpy-backed input, or one input chunk),
+:func:`auto_block` picks their edge: about 2048 pixels, smaller on a small scene so every
+worker thread gets blocks, never so small that per-block overhead dominates.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -26,7 +31,28 @@ import numpy as np
 from patchflow.errors import GridError
 from patchflow.plan.grid import AxisGrid, ChipGrid
 
-__all__ = ["AxisPlan", "BlockPlan", "Piece"]
+__all__ = [
+    "BLOCKS_PER_THREAD",
+    "MIN_AUTO_BLOCK",
+    "TARGET_BLOCK",
+    "AxisPlan",
+    "BlockPlan",
+    "Piece",
+    "auto_block",
+    "default_block",
+]
+
+#: target block edge (pixels) when patchflow picks chunks itself; rounded up to a stride
+#: multiple so every block owns the same number of chips
+TARGET_BLOCK = 2048
+#: smallest block edge patchflow picks to give every worker thread work (with 2 × the chip
+#: size, rounded up to a stride multiple): a block costs ~0.5 ms of fixed work (plan,
+#: buffers, scheduling) and re-reads a ``size - stride`` halo, so a 512² block of the
+#: cheapest op (band math, ~5 ms) pays ~10% overhead, a 256² one ~45% (measured)
+MIN_AUTO_BLOCK = 512
+#: blocks per worker thread patchflow aims for when it picks the blocks: two, so a slow
+#: block does not leave the other threads idle at the end of the run
+BLOCKS_PER_THREAD = 2
 
 
 class Piece(NamedTuple):
@@ -213,3 +239,102 @@ class BlockPlan:
         ny = np.diff(self.y.bounds, axis=1)[:, 0]
         nx = np.diff(self.x.bounds, axis=1)[:, 0]
         return np.outer(ny, nx)
+
+
+# --------------------------------------------------------------------------- block size
+
+
+def default_block(size: int, stride: int) -> int:
+    """The multiple of ``stride`` nearest above :data:`TARGET_BLOCK` (and ``size``).
+
+    Examples
+    --------
+    >>> default_block(256, 192)
+    2112
+    """
+    return stride * math.ceil(max(TARGET_BLOCK, size) / stride)
+
+
+def _working(length: int, edge: int, chip: int) -> int:
+    """Blocks of ``edge`` pixels along ``length`` that own chips: a last block shorter than
+    a chip owns none on a shift/drop grid (the last chip starts before it)."""
+    return max(1, length // edge + (length % edge >= chip))
+
+
+def _axis_edges(length: int, size: int, stride: int, most: int) -> list[int]:
+    """Block edges worth trying along one axis: today's default, then for each block count
+    ``n`` the smallest stride multiple giving at most ``n`` blocks (the most even split),
+    until one gives ``most`` blocks, never below ``max(2 × size, MIN_AUTO_BLOCK)``."""
+    top = default_block(size, stride)
+    floor = min(top, stride * math.ceil(max(2 * size, MIN_AUTO_BLOCK) / stride))
+    edges = [top]
+    n = 0
+    while edges[-1] > floor and _working(length, edges[-1], size) < most:
+        n += 1
+        # rounding up to a stride multiple may give fewer than n blocks: keep counting
+        edge = max(floor, stride * math.ceil(math.ceil(length / n) / stride))
+        if edge < edges[-1]:
+            edges.append(edge)
+    return edges
+
+
+def auto_block(
+    shape: tuple[int, int],
+    size: tuple[int, int],
+    stride: tuple[int, int],
+    *,
+    threads: int,
+) -> tuple[int, int]:
+    """The ``(y, x)`` block edge patchflow picks for input whose blocks it chooses.
+
+    Rule: :func:`default_block` (the stride multiple nearest above :data:`TARGET_BLOCK`,
+    2048 pixels) as long as that gives every worker thread :data:`BLOCKS_PER_THREAD`
+    blocks that own chips; on a smaller scene, the stride multiples giving that many with
+    the fewest blocks (then the least ragged last blocks, then the squarest), but never
+    below ``max(2 × size, MIN_AUTO_BLOCK)``: smaller blocks cost more in per-block
+    overhead and halo re-reads than the parallelism gains. A scene too small for that
+    many blocks gets as many as the floor allows, and one too small for two keeps the
+    default (one block). Results never depend on the blocks.
+
+    Parameters
+    ----------
+    shape
+        Scene ``(height, width)``.
+    size, stride
+        Chip ``(y, x)`` size and stride.
+    threads
+        Worker threads that will run the blocks
+        (:func:`patchflow.engine.prepare.worker_threads` for the active scheduler).
+
+    Examples
+    --------
+    >>> auto_block((10_000, 10_000), (256, 256), (192, 192), threads=2)
+    (2112, 2112)
+    >>> auto_block((1_000, 1_000), (256, 256), (192, 192), threads=2)
+    (576, 576)
+    >>> auto_block((3_000, 3_000), (256, 256), (192, 192), threads=8)
+    (768, 768)
+    """
+    want = BLOCKS_PER_THREAD * max(1, int(threads))
+    ys = _axis_edges(shape[0], size[0], stride[0], want)
+    xs = _axis_edges(shape[1], size[1], stride[1], want)
+
+    def count(by: int, bx: int) -> int:
+        return _working(shape[0], by, size[0]) * _working(shape[1], bx, size[1])
+
+    default = count(ys[0], xs[0])
+    pairs = [(by, bx) for by in ys for bx in xs]
+    # a scene too small for ``want`` blocks gets as many as the floor allows
+    target = min(want, max(count(*b) for b in pairs))
+    if default >= target:
+        return ys[0], xs[0]  # enough blocks already, or no smaller block adds any
+    enough = [b for b in pairs if count(*b) >= target]
+
+    def cost(block: tuple[int, int]) -> tuple[int, int, float]:
+        by, bx = block
+        # fewest blocks first; then the least work in the scene's last, partial blocks
+        # (padding the parallel schedule); then the squarest (least halo per pixel)
+        ragged = (-shape[0] % by) * shape[1] + (-shape[1] % bx) * shape[0]
+        return count(by, bx), ragged, max(by, bx) / min(by, bx)
+
+    return min(enough, key=cost)

@@ -25,18 +25,21 @@ Boundary policies (what happens where ``(length - size)`` is not a multiple of `
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from patchflow.errors import GridError, ParameterError
+from patchflow.errors import GridError, ParameterError, _w
+from patchflow.options import SizeSpec
 
 __all__ = [
     "BOUNDARIES",
     "AxisGrid",
     "ChipGrid",
     "pair",
+    "size_pair",
     "window_bounds",
 ]
 
@@ -44,14 +47,45 @@ Boundary = Literal["shift", "pad", "drop", "raise"]
 BOUNDARIES: tuple[str, ...] = ("shift", "pad", "drop", "raise")
 
 
-def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """Normalise an int or a ``(y, x)`` pair to a tuple of two Python ints.
+def _forms(name: str, dims: tuple[Hashable, Hashable] | None) -> str:
+    """The accepted spellings of a ``(y, x)`` parameter, for error messages."""
+    own = ""
+    if dims is not None and tuple(map(str, dims)) != ("y", "x"):
+        own = f" (or {{{dims[0]!r}: …, {dims[1]!r}: …}}, the raster's own dim names)"
+    return f"accepted: {name}=256, {name}=(256, 128) or {name}={{'y': 256, 'x': 128}}{own}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def pair(
+    value: SizeSpec | list[int] | np.ndarray,
+    name: str,
+    *,
+    dims: tuple[Hashable, Hashable] | None = None,
+) -> tuple[int, int]:
+    """Normalise an int, a ``(y, x)`` pair or a ``{"y": …, "x": …}`` mapping to two ints.
+
+    Mapping keys are ``"y"`` and ``"x"``, or the raster's own spatial dim names when
+    ``dims`` gives them (``{"lat": 256, "lon": 128}`` with ``dims=("lat", "lon")``); both
+    axes must be given, each once.
+
+    Parameters
+    ----------
+    value
+        The parameter as the caller wrote it.
+    name
+        The parameter's name, for error messages.
+    dims
+        The ``(y, x)`` spatial dim names of the raster, if known.
 
     Raises
     ------
     ParameterError
-        When ``value`` is neither an int nor a pair of ints (a plain parameter mistake;
-        whether the values make a plannable grid is :class:`GridError`'s business).
+        When ``value`` is none of these forms, or a mapping has unknown or missing keys
+        (a plain parameter mistake; whether the values make a plannable grid is
+        :class:`GridError`'s business, see :func:`size_pair`).
 
     Examples
     --------
@@ -59,21 +93,94 @@ def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]
     (256, 256)
     >>> pair((256, 128), "size")
     (256, 128)
+    >>> pair({"x": 128, "y": 256}, "size")
+    (256, 128)
+    >>> pair({"lat": 64, "lon": 32}, "stride", dims=("lat", "lon"))
+    (64, 32)
     """
-    wrong = f"{name} must be an int or a (y, x) pair of ints, got {value!r}"
+    wrong = f"{name} must be an int or a (y, x) pair of ints, got {value!r}; {_forms(name, dims)}"
     if isinstance(value, bool | np.bool_):
         raise ParameterError(wrong)
     if isinstance(value, int | np.integer):
         return int(value), int(value)
+    if isinstance(value, Mapping):
+        return _from_mapping(value, name, dims)
+    if isinstance(value, str | bytes):
+        raise ParameterError(wrong)
     try:
         items = tuple(value)
     except TypeError:
         raise ParameterError(wrong) from None
-    if len(items) != 2 or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) for v in items
-    ):
+    if len(items) != 2 or not all(_is_int(v) for v in items):
         raise ParameterError(wrong)
     return int(items[0]), int(items[1])
+
+
+def _from_mapping(
+    value: Mapping[Any, Any], name: str, dims: tuple[Hashable, Hashable] | None
+) -> tuple[int, int]:
+    names: list[tuple[Hashable, ...]] = [("y",), ("x",)]
+    if dims is not None:
+        names = [
+            tuple(dict.fromkeys((axis[0], dim))) for axis, dim in zip(names, dims, strict=True)
+        ]
+    found: list[int | None] = [None, None]
+    for key, item in value.items():
+        axis = next((k for k, keys in enumerate(names) if key in keys), None)
+        if axis is None:
+            valid = " and ".join("/".join(map(repr, keys)) for keys in names)
+            raise ParameterError(
+                f"{name}={dict(value)!r} has an unknown key {key!r}; the keys name the "
+                f"spatial axes: {valid}; {_forms(name, dims)}"
+            )
+        if found[axis] is not None:
+            raise ParameterError(
+                f"{name}={dict(value)!r} gives the {names[axis][0]} axis twice "
+                f"({' and '.join(map(repr, names[axis]))}); give it once; {_forms(name, dims)}"
+            )
+        if not _is_int(item):
+            raise ParameterError(
+                f"{name}={dict(value)!r}: {key!r} must be an int, got {item!r}; "
+                f"{_forms(name, dims)}"
+            )
+        found[axis] = int(item)
+    missing = [names[k][0] for k in (0, 1) if found[k] is None]
+    if missing:
+        raise ParameterError(
+            f"{name}={dict(value)!r} does not give the {' and '.join(map(str, missing))} "
+            f"axis; a mapping names both; {_forms(name, dims)}"
+        )
+    return found[0], found[1]  # type: ignore[return-value]
+
+
+def size_pair(
+    value: SizeSpec, name: str, *, dims: tuple[Hashable, Hashable] | None = None
+) -> tuple[int, int]:
+    """A chip ``size`` or ``stride`` as two positive ints: the one normaliser of a
+    :data:`~patchflow.options.SizeSpec` (an int, a ``(y, x)`` pair or a mapping, see
+    :func:`pair`).
+
+    Raises
+    ------
+    ParameterError
+        ``value`` is not one of the accepted forms.
+    GridError
+        A value is zero or negative (no chip grid has such chips).
+
+    Examples
+    --------
+    >>> size_pair({"y": 256, "x": 128}, "size")
+    (256, 128)
+    >>> size_pair(0, "stride")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    patchflow.errors.GridError: stride must be positive, got 0; accepted: stride=256, ...
+    """
+    out = pair(value, name, dims=dims)
+    bad = [v for v in out if v <= 0]
+    if bad:
+        raise GridError(f"{name} must be positive, got {bad[0]}; {_forms(name, dims)}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -149,7 +256,8 @@ class AxisGrid:
         if size > length and self.boundary != "pad":
             raise GridError(
                 f"chip size {size} is larger than the scene ({length} pixels along "
-                f"{self.axis}); use a smaller size or boundary='pad' (chip reads padded values)"
+                f"{self.axis}); use a smaller {_w('size')} or {_w('boundary_pad')} (chips "
+                "read padded values)"
             )
         if self.boundary == "pad":
             # regular anchors until a chip reaches the edge; never one starting past it
@@ -205,7 +313,8 @@ class ChipGrid:
     shape
         ``(height, width)`` of the scene in pixels.
     size, stride
-        Chip size and stride: an int or a ``(y, x)`` pair.
+        Chip size and stride: an int, a ``(y, x)`` pair or a ``{"y": …, "x": …}``
+        mapping (:data:`~patchflow.options.SizeSpec`); stored as ``(y, x)`` tuples.
     boundary
         Boundary policy, see the module docstring.
     allow_gaps
@@ -214,7 +323,7 @@ class ChipGrid:
     Raises
     ------
     ParameterError
-        ``shape``, ``size`` or ``stride`` is not an int or a pair of ints.
+        ``shape``, ``size`` or ``stride`` is not an int, a pair of ints or a y/x mapping.
     GridError
         As for :class:`AxisGrid`, naming the axis.
 
@@ -228,8 +337,8 @@ class ChipGrid:
     """
 
     shape: tuple[int, int]
-    size: tuple[int, int] | int = 256
-    stride: tuple[int, int] | int = 192
+    size: SizeSpec = 256
+    stride: SizeSpec = 192
     boundary: Boundary = "shift"
     allow_gaps: bool = False
     y: AxisGrid = field(init=False, repr=False, compare=False)

@@ -1,7 +1,8 @@
 """Per-polygon statistics and polygon chips of a GeoDataFrame, computed block by block.
 
-``zonal_stats`` merges the partial statistics of polygons spanning several blocks exactly;
-``polygon_chips`` gives one chip per polygon bounding box with the polygon's interior mask.
+``zonal_stats`` merges the partial statistics of polygons spanning several blocks exactly
+and returns them joined to the polygons (a GeoDataFrame); ``polygon_chips`` gives one chip
+per polygon bounding box with the polygon's interior mask.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from patchflow.engine.graph import (
     ZoneBlock,
     zonal_graph,
 )
-from patchflow.errors import ParameterError
+from patchflow.errors import ParameterError, PatchflowError
 from patchflow.options import DEFAULT_STATS, ZONAL_STATS
 from patchflow.plan.layout import PolygonChip
 from patchflow.sampling.chips import _as_dataarray, _dask_data
@@ -47,6 +48,26 @@ def _geometries(gdf: Any, crs: Any) -> tuple[Any, list[Any]]:
     import pandas as pd
 
     return pd.RangeIndex(len(geoms)), geoms
+
+
+def _polygon_frame(gdf: Any, crs: Any) -> Any:
+    """The GeoDataFrame the statistics are joined to: a copy of ``gdf``'s rows (geometry,
+    columns, index, order and CRS as given), or, for plain geometries, one in ``crs``."""
+    try:
+        import geopandas as gpd
+        import pandas as pd
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise PatchflowError(
+            "zonal_stats returns a GeoDataFrame and needs geopandas: "
+            "pip install 'patchflow[geo]' (or: pip install geopandas)"
+        ) from exc
+    if isinstance(gdf, gpd.GeoDataFrame):
+        return gdf.copy()
+    if isinstance(gdf, gpd.GeoSeries):
+        return gpd.GeoDataFrame(geometry=gdf.copy())
+    if isinstance(gdf, pd.DataFrame) and "geometry" in gdf.columns:
+        return gpd.GeoDataFrame(gdf.copy(), geometry="geometry", crs=crs)
+    return gpd.GeoDataFrame(geometry=list(gdf), crs=crs)
 
 
 def _pixel_windows(geoms: list[Any], transform: Any, shape: tuple[int, int]) -> np.ndarray:
@@ -122,23 +143,35 @@ def zonal_stats(
         Value excluded from the statistics (default ``"auto"``: the raster's
         ``rio.nodata``; ``None``: only NaN is excluded).
     compute
-        ``False``: return a dask ``Delayed`` that computes the DataFrame.
+        ``False``: return a dask ``Delayed`` that computes the GeoDataFrame.
 
     Returns
     -------
-    pandas.DataFrame
-        One row per polygon, aligned with ``gdf``'s index. Columns are the stat names for a
-        2-D raster, else ``"<band>_<stat>"`` (e.g. ``red_mean``). Polygons covering no
-        valid pixel get ``count`` 0 and NaN statistics.
+    geopandas.GeoDataFrame
+        The polygons with their statistics: a GeoDataFrame or GeoSeries keeps its
+        geometry (in its own CRS), columns, index and row order, with one column added per
+        statistic; plain geometries get a ``geometry`` column in the raster's CRS and a
+        ``0 … n-1`` index. Stat columns are named by the stat for a 2-D raster, else
+        ``"<band>_<stat>"`` (e.g. ``red_mean``). Polygons covering no valid pixel get
+        ``count`` 0 and NaN statistics.
+
+    Raises
+    ------
+    ParameterError
+        Unknown ``stats``, a raster without georeference, or ``gdf`` already having a
+        column a statistic would be written to.
 
     Examples
     --------
+    >>> import pytest; _ = pytest.importorskip("geopandas")  # the [geo] extra
     >>> from shapely.geometry import box
     >>> from patchflow.io.synthetic import make_scene
     >>> scene = make_scene((256, 256), chunks=128)
     >>> x0, y0 = float(scene.x[0]) - 5, float(scene.y[0]) + 5
-    >>> df = zonal_stats(scene, [box(x0, y0 - 100, x0 + 100, y0)], stats=["count", "mean"])
-    >>> df["red_count"].tolist()
+    >>> gdf = zonal_stats(scene, [box(x0, y0 - 100, x0 + 100, y0)], stats=["count", "mean"])
+    >>> list(gdf.columns), gdf.crs.to_epsg()
+    (['geometry', 'red_count', 'red_mean', 'nir_count', 'nir_mean'], 32610)
+    >>> gdf["red_count"].tolist()
     [100]
     """
     import pandas as pd
@@ -153,13 +186,24 @@ def zonal_stats(
     if transform is None:
         raise ParameterError("zonal_stats needs a georeferenced raster (y/x coordinates)")
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
-    index, geoms = _geometries(gdf, crs)
+    base = _polygon_frame(gdf, crs)
+    _, geoms = _geometries(base, crs)
+    bands = math.prod(arr.shape[:-2])
+    band_names = _band_labels(arr)
+    columns = [
+        s if band_names is None else f"{band_names[b]}_{s}" for b in range(bands) for s in stats
+    ]
+    taken = [c for c in columns if c in base.columns]
+    if taken:
+        raise ParameterError(
+            f"the polygons already have the column(s) {taken} that zonal_stats would write; "
+            f"rename or drop them first (e.g. gdf.drop(columns={taken!r}))"
+        )
     windows = _pixel_windows(geoms, transform, shape)
     nd = arr.rio.nodata if isinstance(nodata, str) and nodata == "auto" else nodata
     if isinstance(nd, np.generic):
         nd = nd.item()
     data = _dask_data(arr)
-    bands = math.prod(arr.shape[:-2])
     ey = np.concatenate([[0], np.cumsum(data.chunks[-2])])
     ex = np.concatenate([[0], np.cumsum(data.chunks[-1])])
     token = tokenize(
@@ -169,6 +213,9 @@ def zonal_stats(
         stats,
         all_touched,
         nd,
+        # the table joins the polygons' other columns: they are part of the result's key
+        base.drop(columns=base.geometry.name),
+        str(base.crs),
     )
     nonempty = (windows[:, 1] > windows[:, 0]) & (windows[:, 3] > windows[:, 2])
     blocks = []
@@ -200,18 +247,26 @@ def zonal_stats(
             )
             spec = ZoneSpec((y0, x0), tr, bool(all_touched), nd, "median" in stats, items)
             blocks.append(ZoneBlock((i, j), spec))
-    band_names = _band_labels(arr)
 
-    def frame(table: dict[str, Any]) -> pd.DataFrame:
-        cols: dict[str, Any] = {}
-        for b in range(bands):
-            for s in stats:
-                key = s if band_names is None else f"{band_names[b]}_{s}"
-                cols[key] = table[s][:, b]
-        return pd.DataFrame(cols, index=index)
+    def frame(table: dict[str, Any]) -> Any:
+        values = {
+            c: table[s][:, b] for c, (b, s) in zip(columns, _band_stats(bands, stats), strict=True)
+        }
+        # positional join: the polygons' index may repeat labels
+        joined = pd.concat(
+            [base.reset_index(drop=True), pd.DataFrame(values, index=pd.RangeIndex(len(base)))],
+            axis=1,
+        )
+        joined.index = base.index
+        return joined
 
     table = zonal_graph(data, blocks, token, n=len(geoms), bands=bands, stats=stats, finish=frame)
     return table if not compute else table.compute()
+
+
+def _band_stats(bands: int, stats: tuple[str, ...]) -> list[tuple[int, str]]:
+    """``(band, stat)`` of each stat column, in column order (band-major)."""
+    return [(b, s) for b in range(bands) for s in stats]
 
 
 def polygon_chips(
@@ -228,6 +283,7 @@ def polygon_chips(
 
     Examples
     --------
+    >>> import pytest; _ = pytest.importorskip("shapely")  # the [geo] extra
     >>> from shapely.geometry import Point
     >>> from patchflow.io.synthetic import make_scene
     >>> scene = make_scene((256, 256), chunks=128)

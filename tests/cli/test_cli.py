@@ -103,6 +103,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_demo_writes_png_and_zarr(
     scene_factory: Callable[..., xr.DataArray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pytest.importorskip("matplotlib")  # the [plot] extra draws the preview
     out = tmp_path / "demo"
     assert main(["demo", "--size", "700", "--chunks", "384", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -272,6 +273,7 @@ def test_apply_resume_after_interrupted_run(
 def test_grid_prints_and_plots(
     tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pytest.importorskip("matplotlib")  # the [plot] extra draws --png
     png = tmp_path / "grid.png"
     assert main(["grid", str(tif), "--size", "256", "--stride", "192", "--png", str(png)]) == 0
     text = capsys.readouterr().out

@@ -688,3 +688,65 @@ def test_zarr_cf_scale_offset(
     assert np.isnan(ref[:, 5:25, 30:60]).all()
     assert_matches(out.values, ref, atol=1e-6)
     assert_matches(out.values, ndvi_bands(refl.values), atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------
+# overviews for previews (issue 15): only for the file's own, unchanged values
+# --------------------------------------------------------------------------------------
+
+
+def test_overviews_of_the_cog(cog: tuple[Path, np.ndarray]) -> None:
+    from patchflow.io.sources import open_overview, open_raster, overview_shapes
+
+    path, _ = cog
+    with rasterio.open(path) as src:
+        factors = src.overviews(1)
+    scene = open_raster(str(path))
+    shapes = overview_shapes(scene)
+    assert len(shapes) == len(factors)
+    for level, (h, w) in enumerate(shapes):
+        with rasterio.open(path, overview_level=level) as ov:
+            assert (h, w) == (ov.height, ov.width)
+    if not shapes:
+        pytest.skip("this GDAL wrote the COG without overviews")
+    ov = open_overview(scene, 0)
+    assert ov.dims == scene.dims and ov.shape == (2, *shapes[0])
+    assert ov.attrs["long_name"] == ("red", "nir") and ov.rio.nodata == 0
+    assert ov.rio.crs == scene.rio.crs
+    np.testing.assert_allclose(ov.rio.bounds(), scene.rio.bounds())
+    # the one band of a selection, by its file number, in the selection's layout
+    nir = open_overview(scene.sel(band=2), 0)
+    assert nir.dims == ("y", "x")
+    np.testing.assert_array_equal(nir.values, ov.values[1])
+    # a lazy read without dask chunks counts too, a loaded one does not
+    lazy = rioxarray.open_rasterio(path)
+    assert overview_shapes(lazy) == shapes
+    assert overview_shapes(lazy.load()) == []
+
+
+def test_no_overviews_in_a_plain_geotiff_or_zarr(
+    tmp_path: Path, zarr_cube: tuple[Path, np.ndarray], scene_factory: Callable[..., xr.DataArray]
+) -> None:
+    from patchflow.io.sources import open_raster, overview_shapes
+
+    path = tmp_path / "plain.tif"
+    scene_factory((300, 260)).rio.to_raster(path)  # striped, no overviews
+    assert overview_shapes(open_raster(str(path))) == []
+    zarr_path, _ = zarr_cube
+    assert overview_shapes(open_raster(str(zarr_path))) == []
+    assert overview_shapes(xr.DataArray(np.zeros((3, 4)), dims=("y", "x"))) == []
+
+
+def test_overviews_added_to_a_geotiff_are_found(
+    tmp_path: Path, scene_factory: Callable[..., xr.DataArray]
+) -> None:
+    from patchflow.io.sources import open_overview, open_raster, overview_shapes
+
+    path = tmp_path / "tiled.tif"
+    scene_factory((600, 520)).rio.to_raster(path, tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "r+") as dst:
+        dst.build_overviews([2, 4], Resampling.average)
+    scene = open_raster(str(path))
+    assert overview_shapes(scene) == [(300, 260), (150, 130)]
+    with rasterio.open(path, overview_level=1) as src:
+        np.testing.assert_array_equal(open_overview(scene, 1).values, src.read())

@@ -53,6 +53,34 @@ def test_store_fidelity_and_georeference(scene: xr.DataArray, tmp_path: Path) ->
     assert out.dims == ("band", "y", "x")
 
 
+def test_attrs_that_are_not_json_are_left_out(scene: xr.DataArray, tmp_path: Path) -> None:
+    """An object attr (stackstac puts its RasterSpec in attrs) must not crash the store."""
+
+    class Spec:  # neither JSON nor a numpy value
+        pass
+
+    tagged = scene.assign_attrs(spec=Spec(), sensor="S2", gain=np.float32(2.0))
+    out = run(tagged, dn_ndvi, store=tmp_path / "ndvi.zarr").open()
+    assert "spec" not in out.attrs
+    np.testing.assert_allclose(out.values, scene.patch.apply(dn_ndvi).values, atol=1e-6)
+
+
+def test_resume_on_a_machine_with_other_threads(tmp_path: Path) -> None:
+    """patchflow picks small scenes' blocks from the worker threads; the store's win."""
+    import dask
+
+    from patchflow.io.synthetic import make_scene
+
+    scene = make_scene((1200, 1200), chunks=None)  # numpy: patchflow picks the blocks
+    path = tmp_path / "ndvi.zarr"
+    with dask.config.set(num_workers=8):
+        first = run(scene, dn_ndvi, store=path, size={"y": 256, "x": 256})
+    assert first.blocks > 1
+    with dask.config.set(scheduler="sync"):  # one thread: would pick one big block
+        again = run(scene, dn_ndvi, store=path, resume=True, size=256)
+    assert (again.blocks, again.computed) == (first.blocks, 0)
+
+
 def test_existing_store_needs_overwrite(scene: xr.DataArray, tmp_path: Path) -> None:
     path = tmp_path / "out.zarr"
     run(scene, dn_ndvi, store=path)

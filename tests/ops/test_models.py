@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -248,3 +249,77 @@ def test_cnn_seam_error_hann_below_boxcar(torch: Any, scene: xr.DataArray) -> No
     assert box_max > 1e-3  # the seam is real
     assert hann_max < box_max
     assert hann_mean < 0.5 * box_mean
+
+
+# --------------------------------------------------------------------------- TorchScript files
+
+
+def save_script(torch: Any, path: Any, seed: int) -> Any:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation in favour of torch.export
+        torch.jit.script(tiny_cnn(2, 1, seed=seed)).save(str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_is_a_model_op_with_a_config(
+    torch: Any, scene: xr.DataArray, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from patchflow.ops import TorchScript, from_config, from_json
+
+    path = save_script(torch, tmp_path / "net.pt", seed=3)
+    monkeypatch.chdir(tmp_path)
+    op = ModelOp.from_torchscript("net.pt", device="cpu", batch_size=4)
+    assert isinstance(op, TorchScript) and isinstance(op, ModelOp)
+    config = op.get_config()
+    assert config["op"] == "TorchScript"
+    assert config["params"]["path"] == str(path.resolve())  # absolute, whatever the cwd
+    assert config["params"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (config["params"]["device"], config["params"]["batch_size"]) == ("cpu", 4)
+    with pytest.raises(ConfigError, match="trusted=True"):
+        from_config(config)
+    back = from_json(to_json(op), trusted=True)
+    assert back == op and tokenize(back) == tokenize(op) and repr(back) == repr(op)
+    assert repr(op).startswith("TorchScript('net.pt', sha256=")
+
+    chips = reflectance(scene)[:, :, :32, :32].repeat(3, axis=0)
+    reference = ModelOp(torch.jit.load(str(path)), device="cpu", batch_size=4)(chips)
+    np.testing.assert_array_equal(op(chips), reference)
+    for loads, dumps in ((pickle.loads, pickle.dumps), (cloudpickle.loads, cloudpickle.dumps)):
+        back = loads(dumps(op))  # the script's bytes travel: no access to the file needed
+        np.testing.assert_array_equal(back(chips), reference)
+        assert back == op and tokenize(back) == tokenize(op)
+
+    # through the engine on process workers, and in a pipeline that has a config
+    pipeline = DNToReflectance() | op
+    assert from_json(to_json(pipeline), trusted=True) == pipeline
+    out = patchflow.apply(scene, pipeline, size=128, stride=96)
+    values = out.compute(scheduler="processes", num_workers=2).values
+    np.testing.assert_array_equal(values, out.compute(scheduler="threads").values)
+
+
+def test_torchscript_refuses_a_changed_or_missing_file(torch: Any, tmp_path: Any) -> None:
+    from patchflow.errors import InputReadError, ModelChangedError
+    from patchflow.ops import TorchScript, from_config
+
+    path = save_script(torch, tmp_path / "net.pt", seed=1)
+    config = TorchScript(path).get_config()
+    save_script(torch, path, seed=2)  # another model at the same path
+    with pytest.raises(ModelChangedError, match="SHA-256") as info:
+        from_config(config, trusted=True)
+    assert info.value.path == str(path) and info.value.recorded != info.value.found
+    # without a recorded hash, the file now there is taken (and its hash recorded)
+    fresh = TorchScript(path)
+    assert fresh.sha256 == info.value.found
+    with pytest.raises(InputReadError, match="model not found"):
+        TorchScript(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(InputReadError, match="TorchScript model"):
+        TorchScript(tmp_path / "junk.pt")
+    with pytest.raises(ParameterError, match="not a torch device"):
+        TorchScript(path, device="gpu0")
+    # a model that is not a file has no config, and says how to get one
+    with pytest.raises(ConfigError, match="from_torchscript"):
+        ModelOp(tiny_cnn(2, 1)).get_config()

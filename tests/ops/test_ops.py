@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -565,3 +566,138 @@ def test_normalized_difference_negative_band_index() -> None:
     out = NormalizedDifference(-1, 0)(c)
     assert out.shape == (2, 1, 4, 4)
     np.testing.assert_allclose(out, (c[:, -1:] - c[:, :1]) / (c[:, -1:] + c[:, :1]))
+
+
+# --------------------------------------------------------------------------- Imported
+
+USER_OPS = '''
+import numpy as np
+import patchflow.ops as ops
+
+
+def gained(chip, gain=1.0):
+    """Per-chip: band 1 minus band 0, times gain."""
+    return (chip[1:2].astype("float32") - chip[0:1]) * gain
+
+
+@ops.batched
+def band_sum(chips):
+    return chips.astype("float32").sum(axis=1, keepdims=True)
+
+
+def make_ratio(eps=1.0):
+    eps = float(eps)
+
+    def ratio(chip):
+        return chip[1:2].astype("float32") / (chip[0:1] + eps)
+    return ratio
+
+
+class Shift(ops.Operator):
+    pointwise = True
+
+    def __init__(self, value=0.0):
+        self.value = float(value)
+
+    def _params(self):
+        return {"value": self.value}
+
+    def __call__(self, chips):
+        return chips.astype("float32") + self.value
+
+
+PIPE = ops.DNToReflectance() | ops.NDVI(red=0, nir=1)
+'''
+
+
+@pytest.fixture(scope="module")
+def user_ops(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The module ``pfops_user`` (in a temporary directory put on ``sys.path``)."""
+    import importlib
+    import sys
+
+    root = tmp_path_factory.mktemp("user_ops")
+    (root / "pfops_user.py").write_text(USER_OPS)
+    sys.path.insert(0, str(root))
+    try:
+        yield importlib.import_module("pfops_user")
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop("pfops_user", None)
+
+
+def test_imported_stands_for_each_kind_of_target(
+    user_ops: Any, scene: xr.DataArray, dn: np.ndarray
+) -> None:
+    from patchflow.ops import Imported
+
+    chips = dn[None, :, :16, :16]
+    cases = [
+        (
+            Imported("pfops_user:gained", params={"gain": 0.5}),
+            Lambda(lambda c: user_ops.gained(c, 0.5)),
+        ),
+        (Imported("pfops_user:band_sum"), Lambda(user_ops.band_sum)),
+        (Imported("pfops_user:make_ratio", params={"eps": 2}), Lambda(user_ops.make_ratio(eps=2))),
+        (Imported("pfops_user:Shift", params={"value": -3}), user_ops.Shift(-3)),
+        (Imported("pfops_user:PIPE"), user_ops.PIPE),
+    ]
+    for op, reference in cases:
+        np.testing.assert_array_equal(op(chips), reference(chips))
+        assert op.is_pointwise() == reference.is_pointwise(), op
+        back = from_json(to_json(op), trusted=True)
+        assert back == op and hash(back) == hash(op) and tokenize(back) == tokenize(op)
+    # declarations are the target's: Shift is pointwise, PIPE's output spec is known
+    assert Imported("pfops_user:PIPE").output_spec((2,), np.dtype("uint16")) == (
+        (1,),
+        np.dtype("float32"),
+    )
+    out = patchflow.apply(scene, Imported("pfops_user:PIPE"), size=128, stride=96)
+    np.testing.assert_allclose(out.values, seed_pipeline()(dn[None])[0], atol=1e-6)
+
+
+def test_imported_pickles_as_its_config_and_imports_in_workers(
+    user_ops: Any, scene: xr.DataArray, dn: np.ndarray
+) -> None:
+    from patchflow.ops import Imported
+
+    op = Imported("pfops_user:gained", params={"gain": 2})
+    op.resolve()
+    for loads, dumps in ((pickle.loads, pickle.dumps), (cloudpickle.loads, cloudpickle.dumps)):
+        data = dumps(op)
+        assert b"gained" in data and b"functools" not in data  # the path, not the function
+        back = loads(data)
+        assert back._op is None and back == op
+    # names bound by the engine survive the trip to process workers (re-bound there)
+    named = Imported("patchflow.ops:NDVI", params={"red": "red", "nir": "nir"})
+    with dask.config.set(scheduler="processes", num_workers=2):
+        got = patchflow.apply(scene, DNToReflectance() | named, size=256, stride=192).values
+        user = patchflow.apply(scene, op, size=256, stride=192).values
+    np.testing.assert_allclose(got, seed_pipeline()(dn[None])[0], atol=1e-6)
+    np.testing.assert_allclose(user, user_ops.gained(dn, 2), atol=1e-3)
+
+
+def test_imported_errors_name_the_fix(user_ops: Any) -> None:
+    from patchflow.errors import ImportTargetError, UserCodeError
+    from patchflow.ops import Imported
+
+    cases = [
+        ("pfops_user:gaind", {}, "target", "did you mean 'gained'"),
+        ("pfops_user:gained", {"gian": 1}, "params", "no parameter 'gian' (did you mean 'gain'"),
+        ("pfops_user:Shift", {"value": 1, "x": 2}, "params", "its parameters: value=0.0"),
+        ("pfops_user:PIPE", {"x": 1}, "params", "operator instance"),
+        ("pfops_user:make_ratio", {"eps": [1]}, "params", "make_ratio(eps=[1]) failed"),
+        ("pf_no_such_module.sub:f", {}, "target", "no module named 'pf_no_such_module'"),
+    ]
+    for target, params, part, words in cases:
+        op = Imported(target, params=params)  # lazy: nothing is imported yet
+        with pytest.raises(ImportTargetError) as info:
+            op.resolve()
+        assert info.value.part == part and words in str(info.value), (target, info.value)
+    # the user's module raising while it is imported
+    import importlib
+
+    (Path(user_ops.__file__).parent / "pfops_broken.py").write_text("1 / 0\n")
+    importlib.invalidate_caches()
+    with pytest.raises(UserCodeError, match=r"importing pfops_broken .* ZeroDivisionError"):
+        Imported("pfops_broken:f").resolve()

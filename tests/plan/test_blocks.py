@@ -1,14 +1,26 @@
-"""Block plan (chip ↔ block ownership): unit tests and property tests against naive loops."""
+"""Block plan (chip ↔ block ownership): unit tests and property tests against naive loops;
+the block size patchflow picks (``auto_block``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import patchflow
 from patchflow.errors import GridError
-from patchflow.plan.blocks import AxisPlan, BlockPlan, Piece
+from patchflow.plan.blocks import (
+    BLOCKS_PER_THREAD,
+    MIN_AUTO_BLOCK,
+    TARGET_BLOCK,
+    AxisPlan,
+    BlockPlan,
+    Piece,
+    auto_block,
+    default_block,
+)
 from patchflow.plan.grid import AxisGrid, ChipGrid
 
 # ---------------------------------------------------------------------------------------
@@ -292,3 +304,199 @@ def test_block_plan_is_outer_product(plan: BlockPlan) -> None:
             assert pairs == [(a, b) for a in plan.y.pieces(i) for b in plan.x.pieces(j)]
             for pyc, pxc in pairs:
                 assert (pyc.block, pxc.block) in working
+
+
+# ---------------------------------------------------------------------------------------
+# block size patchflow picks (issue 15): enough blocks for every worker thread
+# ---------------------------------------------------------------------------------------
+
+
+def _working(length: int, edge: int, size: int, stride: int) -> int:
+    """Blocks of ``edge`` along an axis that own at least one chip (the real plan)."""
+    chunks = [edge] * (length // edge) + ([length % edge] if length % edge else [])
+    plan = AxisPlan(AxisGrid(length, size, stride), tuple(chunks))
+    return sum(1 for b in range(plan.n_blocks) if plan.owned(b).size)
+
+
+def test_default_block_is_the_stride_multiple_above_2048() -> None:
+    assert default_block(256, 192) == 2112
+    assert default_block(64, 48) == 2064
+    assert default_block(4096, 4096) == 4096  # never below one chip
+    assert TARGET_BLOCK == 2048
+
+
+@pytest.mark.parametrize(
+    ("shape", "threads", "expected"),
+    [
+        ((10_000, 10_000), 2, (2112, 2112)),  # big scene: today's rule
+        ((4_000, 4_000), 2, (2112, 2112)),  # 2 x 2 blocks already feed 2 threads twice
+        ((4_000, 4_000), 8, (1152, 1152)),  # 4 x 4 = 16 blocks for 8 threads
+        ((1_000, 1_000), 2, (576, 576)),  # one 2112 block before: now 2 x 2
+        ((1_000, 1_000), 1, (1152, 576)),  # one thread: two blocks are enough
+        ((1_000, 1_000), 64, (576, 576)),  # the floor: 2 x size, as many as it allows
+        ((600, 600), 2, (2112, 2112)),  # a 576 block would leave a 24 px sliver: no gain
+        ((300, 260), 8, (2112, 2112)),  # a few chips: one block
+    ],
+)
+def test_auto_block_examples(
+    shape: tuple[int, int], threads: int, expected: tuple[int, int]
+) -> None:
+    assert auto_block(shape, (256, 256), (192, 192), threads=threads) == expected
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.integers(1, 12_000),
+    st.integers(1, 12_000),
+    st.integers(8, 700),
+    st.data(),
+    st.integers(1, 64),
+)
+def test_auto_block_rule(h: int, w: int, size: int, data: st.DataObject, threads: int) -> None:
+    stride = data.draw(st.integers(max(1, size // 4), size))
+    by, bx = auto_block((h, w), (size, size), (stride, stride), threads=threads)
+    top = default_block(size, stride)
+    floor = min(top, stride * -(-max(2 * size, MIN_AUTO_BLOCK) // stride))
+    for edge in (by, bx):
+        assert edge % stride == 0  # every block owns the same number of chips
+        assert floor <= edge <= top  # never below the overhead floor, never above today's
+    want = BLOCKS_PER_THREAD * threads
+    if size > min(h, w):
+        return  # no shift grid (pad only): nothing to compare against
+    got = _working(h, by, size, stride) * _working(w, bx, size, stride)
+    default = _working(h, top, size, stride) * _working(w, top, size, stride)
+    best = _working(h, floor, size, stride) * _working(w, floor, size, stride)
+    if default >= want:
+        assert (by, bx) == (top, top)  # a scene with enough blocks keeps today's rule
+    else:
+        # as many working blocks as asked for, or as the floor allows
+        assert got >= min(want, best)
+        assert got >= default
+
+
+def test_auto_block_counts_only_blocks_that_own_chips() -> None:
+    # 1000 px at 576: blocks 576 + 424, both own chips (anchors 0, 192, 384 | 576, 744)
+    assert _working(1000, 576, 256, 192) == 2
+    # 600 px at 576: the 24 px tail owns none, so 576 gives one working block: keep 2112
+    assert _working(600, 576, 256, 192) == 1
+    assert auto_block((600, 600), (256, 256), (192, 192), threads=4) == (2112, 2112)
+
+
+# ---------------------------------------------------------------------------------------
+# ... through the engine: worker threads of the active scheduler, apply's blocks
+# ---------------------------------------------------------------------------------------
+
+
+def _ndvi_like(chips: np.ndarray) -> np.ndarray:
+    red, nir = chips[:1].astype(np.float64), chips[1:2].astype(np.float64)
+    return (nir - red) / (nir + red + 1.0)
+
+
+def test_worker_threads_follows_the_dask_config() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+    from dask.system import CPU_COUNT
+
+    from patchflow.engine.prepare import worker_threads
+
+    assert worker_threads() == CPU_COUNT
+    with dask.config.set(scheduler="sync"):
+        assert worker_threads() == 1
+    with dask.config.set(scheduler="threads", num_workers=5):
+        assert worker_threads() == 5
+    with dask.config.set(scheduler="processes"):
+        assert worker_threads() == CPU_COUNT
+    with ThreadPoolExecutor(7) as pool, dask.config.set(pool=pool):
+        assert worker_threads() == 7
+    with ThreadPoolExecutor(3) as pool, dask.config.set(scheduler=pool):
+        assert worker_threads() == 3
+
+
+def test_worker_threads_of_a_distributed_client() -> None:
+    distributed = pytest.importorskip("distributed")
+    from patchflow.engine.prepare import worker_threads
+
+    with (
+        distributed.LocalCluster(
+            n_workers=3, threads_per_worker=4, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        assert worker_threads() == 12
+        scene = _scene((3000, 3000))
+        out = patchflow.apply(scene, _ndvi_like, size=256, stride=192)
+        # 12 threads want 24 blocks: 768 px gives 4 x 4 = 16, 576 px 5 x 5 = 25 working
+        # blocks (and a 120 px tail each way, which owns no chip)
+        assert out.data.chunksize[-2:] == (576, 576)
+        assert out.data.numblocks[-2:] == (6, 6)
+    from dask.system import CPU_COUNT
+
+    assert worker_threads() == CPU_COUNT  # the client is gone
+
+
+def _scene(shape: tuple[int, int], chunks: int | None = None) -> xr.DataArray:
+    """A 2-band scene, numpy-backed (or in dask chunks): cheap, since only graphs are built
+    from most of them (values matter in :func:`test_auto_blocks_do_not_change_results`)."""
+    values = np.random.default_rng(2).integers(1, 4000, (2, *shape), dtype=np.uint16)
+    scene = xr.DataArray(values, dims=("band", "y", "x"))
+    return scene if chunks is None else scene.chunk({"y": chunks, "x": chunks})
+
+
+@pytest.mark.parametrize(
+    ("shape", "threads", "numblocks"),
+    [
+        ((1000, 1000), 2, (2, 2)),  # was one block: the dashboard showed one task
+        ((1000, 1000), 1, (1, 2)),
+        ((4000, 4000), 2, (2, 2)),  # today's 2112 px blocks
+        ((4000, 4000), 8, (4, 4)),
+        ((300, 260), 8, (1, 1)),  # a few chips: one block
+    ],
+)
+def test_apply_blocks_for_numpy_input(
+    shape: tuple[int, int], threads: int, numblocks: tuple[int, int]
+) -> None:
+    import dask
+
+    scene = _scene(shape)
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        out = patchflow.apply(scene, _ndvi_like, size=256, stride=192)
+    assert out.data.numblocks[-2:] == numblocks
+    for chunks in out.data.chunks[-2:]:
+        assert all(c % 192 == 0 for c in chunks[:-1])  # stride multiples, as before
+
+
+def test_apply_blocks_for_single_chunk_and_chunked_input() -> None:
+    import dask
+
+    with dask.config.set(scheduler="threads", num_workers=2):
+        one_chunk = _scene((1000, 1000), chunks=1000)
+        assert one_chunk.data.numblocks[-2:] == (1, 1)
+        out = patchflow.apply(one_chunk, _ndvi_like, size=256, stride=192)
+        assert out.data.numblocks[-2:] == (2, 2)
+        # the input's own chunks (each holding a chip) are kept, as before
+        chunked = _scene((1000, 1000), chunks=500)
+        out = patchflow.apply(chunked, _ndvi_like, size=256, stride=192)
+        assert out.data.chunks[-2:] == ((500, 500), (500, 500))
+        # chunks= still overrides
+        out = patchflow.apply(_scene((1000, 1000)), _ndvi_like, size=256, stride=192, chunks=1000)
+        assert out.data.numblocks[-2:] == (1, 1)
+
+
+def test_auto_blocks_do_not_change_results() -> None:
+    import dask
+
+    scene = _scene((1100, 900))
+    whole = patchflow.apply(scene, _ndvi_like, size=256, stride=192, chunks=2112).values
+    for threads in (1, 2, 4, 16):
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            out = patchflow.apply(scene, _ndvi_like, size=256, stride=192)
+            assert out.data.npartitions > 1
+            # the same chips and weights; only the order of float sums may differ
+            np.testing.assert_allclose(out.values, whole, rtol=1e-12, atol=1e-15)
+    pointwise = patchflow.ops.NDVI(red=0, nir=1)
+    ref = patchflow.apply(scene, pointwise, size=256, stride=192, chunks=2112).values
+    with dask.config.set(scheduler="threads", num_workers=4):
+        out = patchflow.apply(scene, pointwise, size=256, stride=192)
+        assert out.data.npartitions > 1
+        np.testing.assert_array_equal(out.values, ref)

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from patchflow.errors import GridError, ParameterError, PatchflowError
-from patchflow.plan.grid import BOUNDARIES, AxisGrid, ChipGrid, pair
+from patchflow.plan.grid import BOUNDARIES, AxisGrid, ChipGrid, pair, size_pair
 
 # ---------------------------------------------------------------------------------------
 # naive reference implementation (plain python loops)
@@ -460,6 +460,158 @@ def test_pair_rejects_non_ints(value: object) -> None:
     with pytest.raises(ParameterError, match="pair of ints") as info:
         pair(value, "size")  # type: ignore[arg-type]
     assert not isinstance(info.value, GridError)
+
+
+# ---------------------------------------------------------------------------------------
+# size / stride specs: int, (y, x) pair or {"y": …, "x": …} mapping (issue 15)
+# ---------------------------------------------------------------------------------------
+
+FORMS = "accepted: size=256, size=(256, 128) or size={'y': 256, 'x': 128}"
+
+
+@pytest.mark.parametrize(
+    ("value", "dims", "expected"),
+    [
+        ({"y": 256, "x": 128}, None, (256, 128)),
+        ({"x": 128, "y": 256}, None, (256, 128)),  # key order does not matter
+        ({"y": np.int32(7), "x": np.int64(9)}, None, (7, 9)),
+        ({"lat": 64, "lon": 32}, ("lat", "lon"), (64, 32)),
+        ({"lat": 64, "x": 32}, ("lat", "lon"), (64, 32)),  # y/x always work too
+        ({"y": 5, "x": 6}, ("row", "col"), (5, 6)),
+    ],
+)
+def test_pair_accepts_mappings(
+    value: object, dims: tuple[str, str] | None, expected: object
+) -> None:
+    out = pair(value, "size", dims=dims)  # type: ignore[arg-type]
+    assert out == expected
+    assert all(type(v) is int for v in out)
+
+
+@pytest.mark.parametrize(
+    ("value", "dims", "match"),
+    [
+        ({"y": 1, "z": 2}, None, r"unknown key 'z'; the keys name the spatial axes: 'y' and 'x'"),
+        ({"lat": 1, "lon": 2}, None, r"unknown key 'lat'"),  # dims unknown: only y/x
+        ({"row": 1, "col": 2}, ("lat", "lon"), r"unknown key 'row'.*'y'/'lat' and 'x'/'lon'"),
+        ({"y": 4}, None, r"does not give the x axis"),
+        ({}, None, r"does not give the y and x axis"),
+        ({"y": 4, "lat": 4, "x": 1}, ("lat", "lon"), r"gives the y axis twice"),
+        ({"y": 4.0, "x": 4}, None, r"'y' must be an int, got 4.0"),
+        ({"y": True, "x": 4}, None, r"'y' must be an int, got True"),
+        ({"y": "4", "x": 4}, None, r"'y' must be an int"),
+    ],
+)
+def test_pair_rejects_bad_mappings(value: object, dims: object, match: str) -> None:
+    with pytest.raises(ParameterError, match=match) as info:
+        pair(value, "size", dims=dims)  # type: ignore[arg-type]
+    assert not isinstance(info.value, GridError)
+    assert FORMS in str(info.value)  # every mistake shows what is accepted
+
+
+def test_pair_error_names_the_raster_dims() -> None:
+    with pytest.raises(ParameterError, match=r"or \{'lat': …, 'lon': …\}, the raster's own"):
+        pair(1.5, "stride", dims=("lat", "lon"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [0, -3, (4, 0), {"y": 4, "x": -1}])
+def test_size_pair_rejects_non_positive(value: object) -> None:
+    with pytest.raises(GridError, match=r"stride must be positive") as info:
+        size_pair(value, "stride")  # type: ignore[arg-type]
+    assert isinstance(info.value, ParameterError)
+    assert "accepted: stride=256" in str(info.value)
+
+
+def test_chipgrid_takes_every_form() -> None:
+    forms = [((256, 128), (192, 100)), ({"y": 256, "x": 128}, {"x": 100, "y": 192})]
+    grids = [ChipGrid((1000, 600), size=s, stride=t) for s, t in forms]
+    assert grids[0] == grids[1]
+    assert grids[1].size == (256, 128) and grids[1].stride == (192, 100)
+    square = [ChipGrid((1000, 600), size=v, stride=w) for v, w in [
+        (256, 192), ((256, 256), (192, 192)), ({"y": 256, "x": 256}, {"y": 192, "x": 192})
+    ]]  # fmt: skip
+    assert square[0] == square[1] == square[2]
+
+
+def _scene_with_dims(y: str, x: str) -> object:
+    from patchflow.io.synthetic import make_scene
+
+    scene = make_scene((300, 260), seed=3, chunks=None)
+    return scene.rename({"y": y, "x": x}).rio.set_spatial_dims(y_dim=y, x_dim=x)
+
+
+SPEC_FORMS = [
+    ((64, 48), (48, 40)),
+    ({"y": 64, "x": 48}, {"y": 48, "x": 40}),
+    ({"x": 48, "y": 64}, (48, 40)),
+]
+
+
+def test_apply_gives_identical_results_for_every_size_form() -> None:
+    import patchflow
+
+    scene = _scene_with_dims("y", "x")
+    outs = [
+        patchflow.apply(scene, lambda c: c[1:] - c[:1] * 0.5, size=s, stride=t)
+        for s, t in SPEC_FORMS
+    ]
+    first = outs[0].values
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out.values, first)
+    square = [
+        patchflow.apply(scene, lambda c: c * 2.0, size=s, stride=t).values
+        for s, t in [(64, 48), ((64, 64), (48, 48)), ({"y": 64, "x": 64}, {"y": 48, "x": 48})]
+    ]
+    np.testing.assert_array_equal(square[0], square[1])
+    np.testing.assert_array_equal(square[0], square[2])
+
+
+def test_apply_takes_the_rasters_own_dim_names() -> None:
+    import patchflow
+
+    scene = _scene_with_dims("latitude", "longitude")
+    own = patchflow.apply(
+        scene, lambda c: c * 2.0, size={"latitude": 64, "longitude": 48}, stride=(48, 40)
+    )
+    plain = patchflow.apply(scene, lambda c: c * 2.0, size=(64, 48), stride=(48, 40))
+    np.testing.assert_array_equal(own.values, plain.values)
+    with pytest.raises(ParameterError, match=r"unknown key 'lat'.*'y'/'latitude'"):
+        patchflow.apply(scene, lambda c: c, size={"lat": 64, "longitude": 48})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"size": {"y": 64}}, ParameterError, r"size=\{'y': 64\} does not give the x axis"),
+        ({"stride": {"y": 48, "z": 2}}, ParameterError, r"stride=.*unknown key 'z'"),
+        ({"size": {"y": 64, "x": 0}}, GridError, r"size must be positive, got 0; accepted"),
+        ({"stride": {"y": -1, "x": 8}}, GridError, r"stride must be positive, got -1"),
+        ({"size": 64.0}, ParameterError, r"size must be an int or a \(y, x\) pair of ints"),
+    ],
+)
+def test_apply_names_bad_size_specs(kwargs: dict[str, object], error: type, match: str) -> None:
+    import patchflow
+
+    with pytest.raises(error, match=match):
+        patchflow.apply(_scene_with_dims("y", "x"), lambda c: c, **kwargs)  # type: ignore[arg-type]
+
+
+def test_plan_grid_gives_identical_grids_for_every_size_form() -> None:
+    import patchflow
+
+    scene = _scene_with_dims("y", "x")
+    layouts = [patchflow.plan_grid(scene, size=s, stride=t) for s, t in SPEC_FORMS]
+    for layout in layouts[1:]:
+        assert layout.grid == layouts[0].grid
+        np.testing.assert_array_equal(layout.bounds, layouts[0].bounds)
+
+
+def test_plan_grid_takes_the_rasters_own_dim_names() -> None:
+    import patchflow
+
+    scene = _scene_with_dims("latitude", "longitude")
+    own = patchflow.plan_grid(scene, size={"latitude": 64, "longitude": 48}, stride=(48, 40))
+    assert own.grid == patchflow.plan_grid(scene, size=(64, 48), stride=(48, 40)).grid
 
 
 def test_window_bounds_rotated_grid_uses_all_corners() -> None:

@@ -1,5 +1,6 @@
-"""Chip datasets, chip stores, torch adapter, stitching arbitrary anchors, zonal statistics
-(issue 7); stitching arbitrary anchors through apply's aggregators (issue 13)."""
+"""Chip datasets, chip stores, torch adapter, stitching arbitrary anchors, polygon chips
+(issue 7; zonal statistics: test_zonal.py); stitching arbitrary anchors through apply's
+aggregators (issue 13)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from patchflow.plan.samplers import (
     Sampler,
     Stratified,
 )
-from patchflow.sampling import polygon_chips, sample, stitch_anchors, zonal_stats
+from patchflow.sampling import polygon_chips, sample, stitch_anchors
 from patchflow.sampling.chips import READ_PREFIX
 from patchflow.sampling.stitch import STITCH_PREFIX
 from patchflow.sampling.torch_data import ChipStoreDataset, LazyChipDataset
@@ -334,97 +335,6 @@ def test_stitch_numpy_outputs_and_errors(scene) -> None:
 
 
 # --------------------------------------------------------------------------- polygons
-
-
-def random_polygons(scene: xr.DataArray, n: int, seed: int) -> list:
-    from shapely.geometry import Polygon, box
-
-    rng = np.random.default_rng(seed)
-    t = scene.rio.transform()
-    width, height = scene.sizes["x"] * t.a, scene.sizes["y"] * -t.e
-    polys = []
-    for k in range(n):
-        # centres spread slightly beyond the scene so some polygons cross its edge
-        cx = t.c + rng.uniform(-0.05, 1.05) * width
-        cy = t.f - rng.uniform(-0.05, 1.05) * height
-        if k % 10 == 0:  # axis-aligned boxes exactly on block boundaries
-            polys.append(box(cx - 1280, cy - 640, cx + 1280, cy + 640))
-            continue
-        m = int(rng.integers(3, 10))
-        ang = np.sort(rng.uniform(0, 2 * np.pi, m))
-        rad = rng.uniform(30, 1800, m)
-        polys.append(Polygon(np.c_[cx + rad * np.cos(ang), cy + rad * np.sin(ang)]))
-    polys.append(box(0, 0, 10, 10))  # far outside the scene
-    return polys
-
-
-def brute_zonal(values: np.ndarray, transform, geoms: list, nodata=None) -> dict:
-    import rasterio.features
-
-    out: dict = {s: [] for s in ("count", "mean", "std", "min", "max", "median", "sum")}
-    for geom in geoms:
-        mask = rasterio.features.rasterize(
-            [(geom, 1)], out_shape=values.shape[-2:], transform=transform, fill=0, dtype="uint8"
-        ).astype(bool)
-        rows = {s: [] for s in out}
-        for band in values.reshape(-1, *values.shape[-2:]):
-            v = band[mask].astype(np.float64)
-            v = v[np.isfinite(v)]
-            if nodata is not None:
-                v = v[v != nodata]
-            rows["count"].append(v.size)
-            rows["sum"].append(v.sum())
-            for s, f in [("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max),
-                         ("median", np.median)]:  # fmt: skip
-                rows[s].append(f(v) if v.size else np.nan)
-        for s in out:
-            out[s].append(rows[s])
-    return {s: np.array(v) for s, v in out.items()}
-
-
-def test_zonal_stats_equal_brute_force(scene) -> None:
-    gpd = pytest.importorskip("geopandas")
-    values = scene.values.astype(np.float32)
-    values[:, 300:360, 50:400] = np.nan  # a nodata stripe crossing blocks
-    values[0, 500:520, 500:520] = 0  # nodata value in one band only
-    raster = scene.copy(data=da.from_array(values, chunks=(2, 128, 128))).rio.write_nodata(0)
-    geoms = random_polygons(scene, 70, seed=11)
-    gdf = gpd.GeoDataFrame({"name": range(len(geoms))}, geometry=geoms, crs=scene.rio.crs)
-    gdf.index = gdf.index * 10 + 5
-    df = zonal_stats(raster, gdf, stats=("mean", "std", "min", "max", "count", "median", "sum"))
-    assert df.index.equals(gdf.index)
-    ref = brute_zonal(values, scene.rio.transform(), geoms, nodata=0)
-    assert (ref["count"][:, 0] > 0).sum() >= 50
-    # several polygons span more than one 128-px block, some cross the scene edge
-    t = scene.rio.transform()
-    bounds = np.array([g.bounds for g in geoms])
-    cols = (bounds[:, [0, 2]] - t.c) / t.a
-    assert ((cols[:, 0] // 128) != (cols[:, 1] // 128)).sum() >= 20
-    assert ((cols[:, 0] < 0) | (cols[:, 1] > 600)).sum() >= 3
-    for b, band in enumerate(["red", "nir"]):
-        assert np.array_equal(df[f"{band}_count"].values, ref["count"][:, b])
-        for s in ("mean", "std", "min", "max", "median", "sum"):
-            np.testing.assert_allclose(df[f"{band}_{s}"].values, ref[s][:, b], rtol=1e-9, atol=1e-9)
-    assert df.loc[gdf.index[-1], "red_count"] == 0 and np.isnan(df.loc[gdf.index[-1], "red_mean"])
-
-
-def test_zonal_stats_reprojects_and_is_lazy(scene) -> None:
-    gpd = pytest.importorskip("geopandas")
-    geoms = random_polygons(scene, 12, seed=2)[:-1]
-    gdf = gpd.GeoDataFrame(geometry=geoms, crs=scene.rio.crs)
-    red = scene.sel(band="red", drop=True)
-    expect = zonal_stats(red, gdf, stats=["count", "mean"])
-    assert list(expect.columns) == ["count", "mean"]  # 2-D raster: plain stat names
-    ref = brute_zonal(red.values, scene.rio.transform(), geoms)
-    assert np.array_equal(expect["count"].values, ref["count"][:, 0])
-    pending = zonal_stats(red, gdf.to_crs("EPSG:4326"), stats=["count", "mean"], compute=False)
-    got = pending.compute()
-    # reprojected polygons are no longer exactly the same shapes: counts agree closely
-    assert (
-        np.abs(got["count"].values - expect["count"].values).max() <= 0.02 * expect["count"].max()
-    )
-    with pytest.raises(ParameterError, match="unknown stats"):
-        zonal_stats(red, gdf, stats=["mode"])
 
 
 def test_polygon_chips(scene, scene_values) -> None:

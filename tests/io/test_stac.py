@@ -1,0 +1,466 @@
+"""``patchflow.io.stac.open_stac`` (issue 15): local STAC items with real GeoTIFF assets →
+a lazy, georeferenced ``(time, band, y, x)`` stack whose every value, coordinate, CRS and
+transform equals reading the GeoTIFFs with rioxarray directly; named errors for bad input.
+
+The items are written the way pystac ≥ 1.12 writes them: projection v2 ``proj:code`` only
+(no ``proj:epsg``, the field stackstac 0.5.1 reads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray
+import xarray as xr
+from affine import Affine
+
+import patchflow
+from patchflow.errors import InputReadError, InputTypeError, ParameterError, PatchflowError
+from patchflow.io.stac import open_stac
+from patchflow.io.synthetic import CRS, ORIGIN
+from patchflow.ops import Composite
+
+pystac = pytest.importorskip("pystac")
+stackstac = pytest.importorskip("stackstac")
+from pystac.extensions.projection import ProjectionExtension  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+
+SHAPE = (300, 260)
+X0, Y0 = ORIGIN
+T10 = Affine(10.0, 0.0, X0, 0.0, -10.0, Y0)
+T20 = Affine(20.0, 0.0, X0, 0.0, -20.0, Y0)
+DATES = [datetime.datetime(2024, 6, 1 + 5 * k, tzinfo=datetime.UTC) for k in range(3)]
+SIZE, STRIDE = 128, 96
+
+
+def write_band(path: Path, band: np.ndarray, transform: Affine, crs: Any = CRS) -> None:
+    """One band as a tiled GeoTIFF with nodata 0, written with rioxarray."""
+    h, w = band.shape
+    da = xr.DataArray(
+        band[None],
+        dims=("band", "y", "x"),
+        coords={
+            "band": [1],
+            "y": transform.f + transform.e * (np.arange(h) + 0.5),
+            "x": transform.c + transform.a * (np.arange(w) + 0.5),
+        },
+    )
+    da = da.rio.write_crs(crs).rio.write_transform(transform).rio.write_nodata(0)
+    da.rio.to_raster(path, tiled=True, blockxsize=128, blockysize=128)
+
+
+def make_item(
+    root: Path, date: datetime.datetime, bands: dict[str, tuple[np.ndarray, Affine]], epsg: int
+) -> Any:
+    """A pystac Item whose assets are GeoTIFFs written into ``root`` (proj:code only)."""
+    item = pystac.Item(
+        id=f"S2_{date:%Y%m%d}_{epsg}", geometry=None, bbox=None, datetime=date, properties={}
+    )
+    for name, (band, transform) in bands.items():
+        path = root / f"{item.id}_{name}.tif"
+        write_band(path, band, transform, crs=f"EPSG:{epsg}")
+        asset = pystac.Asset(href=str(path), media_type=pystac.MediaType.COG)
+        item.add_asset(name, asset)
+        proj = ProjectionExtension.ext(asset, add_if_missing=True)
+        proj.epsg = epsg  # pystac ≥ 1.12 stores this as proj:code "EPSG:…"
+        proj.shape = list(band.shape)
+        proj.transform = list(transform)[:6]
+    return item
+
+
+@pytest.fixture(scope="module")
+def stac_dir(
+    scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """3 dates × (B04, B08 at 10 m; B11 at 20 m), uint16 GeoTIFFs with nodata 0 and holes
+    (a "cloud" on date 1, a B04-only hole on every date). Written as: an ItemCollection
+    file ``items.json``, one Item file per date ``item_k.json``, and a JSON list of Items
+    ``list.json``."""
+    root = tmp_path_factory.mktemp("stac")
+    items = []
+    for k, date in enumerate(DATES):
+        red, nir = scene_factory(SHAPE, seed=30 + k).values
+        b11 = scene_factory((SHAPE[0] // 2, SHAPE[1] // 2), seed=40 + k).values[0]
+        if k == 1:
+            red[50:90, 100:180] = nir[50:90, 100:180] = 0
+        red[200:210, 20:40] = 0
+        bands = {"B04": (red, T10), "B08": (nir, T10), "B11": (b11, T20)}
+        items.append(make_item(root, date, bands, 32610))
+    collection = pystac.ItemCollection(items)
+    (root / "items.json").write_text(json.dumps(collection.to_dict()))
+    for k, item in enumerate(items):
+        (root / f"item_{k}.json").write_text(json.dumps(item.to_dict()))
+    (root / "list.json").write_text(json.dumps([item.to_dict() for item in items]))
+    return root
+
+
+def tif(root: Path, k: int, name: str) -> Path:
+    return root / f"S2_{DATES[k]:%Y%m%d}_32610_{name}.tif"
+
+
+def read_tif(path: Path) -> xr.DataArray:
+    """The GeoTIFF read directly with rioxarray, nodata masked to NaN (float64)."""
+    da = rioxarray.open_rasterio(path, masked=True)
+    assert isinstance(da, xr.DataArray)
+    return da.isel(band=0).astype(np.float64)
+
+
+def expected(root: Path, names: list[str]) -> np.ndarray:
+    """(time, band, y, x) of rioxarray reads."""
+    return np.stack(
+        [np.stack([read_tif(tif(root, k, n)).values for n in names]) for k in range(len(DATES))]
+    )
+
+
+@pytest.fixture(scope="module")
+def s2(stac_dir: Path) -> xr.DataArray:
+    return open_stac(stac_dir / "items.json", assets=["B04", "B08"], chunks=128)
+
+
+# --------------------------------------------------------------------------- values, geo
+
+
+def test_items_use_projection_v2_only(stac_dir: Path) -> None:
+    # what makes the proj:code normalisation necessary: no proj:epsg anywhere, and
+    # stackstac on the raw items cannot find a CRS
+    doc = json.loads((stac_dir / "items.json").read_text())
+    asset = doc["features"][0]["assets"]["B04"]
+    assert asset["proj:code"] == "EPSG:32610"
+    assert "proj:epsg" not in asset
+    with pytest.raises(ValueError, match="CRS"):
+        stackstac.stack(doc["features"], assets=["B04"])
+
+
+def test_values_equal_rioxarray_reads(s2: xr.DataArray, stac_dir: Path) -> None:
+    assert s2.dims == ("time", "band", "y", "x")
+    assert s2.shape == (3, 2, *SHAPE)
+    assert list(s2.band.values) == ["B04", "B08"]
+    assert s2.dtype == np.float64
+    assert s2.chunks is not None and s2.chunks[2][0] == s2.chunks[3][0] == 128
+    np.testing.assert_array_equal(
+        s2.time.values, [np.datetime64(d.replace(tzinfo=None)) for d in DATES]
+    )
+    values = s2.values
+    for k in range(len(DATES)):
+        for b, name in enumerate(["B04", "B08"]):
+            np.testing.assert_array_equal(values[k, b], read_tif(tif(stac_dir, k, name)).values)
+    # nodata (GeoTIFF nodata 0) arrives as NaN and is declared as the array's nodata
+    assert np.isnan(values[1, :, 50:90, 100:180]).all()
+    assert np.isnan(values[:, 0, 200:210, 20:40]).all()
+    assert not np.isnan(values[:, 1, 200:210, 20:40]).any()
+    assert np.isnan(s2.rio.nodata)
+
+
+def test_coords_crs_transform_match_rioxarray(s2: xr.DataArray, stac_dir: Path) -> None:
+    ref = read_tif(tif(stac_dir, 0, "B04"))
+    np.testing.assert_allclose(s2.x.values, ref.x.values, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(s2.y.values, ref.y.values, rtol=0, atol=1e-6)
+    assert s2.rio.crs == ref.rio.crs == CRS
+    assert s2.rio.transform() == s2.rio.transform(recalc=True) == ref.rio.transform() == T10
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["str", "path", "item_files", "list_file", "pystac_items", "item_collection", "dicts", "one"],
+)
+def test_every_input_form(form: str, stac_dir: Path, s2: xr.DataArray) -> None:
+    collection = pystac.ItemCollection.from_file(str(stac_dir / "items.json"))
+    given: Any = {
+        "str": str(stac_dir / "items.json"),
+        "path": stac_dir / "items.json",
+        "item_files": [stac_dir / f"item_{k}.json" for k in range(3)],
+        "list_file": stac_dir / "list.json",
+        "pystac_items": list(collection),
+        "item_collection": collection,
+        "dicts": [item.to_dict() for item in collection],
+        "one": stac_dir / "item_1.json",
+    }[form]
+    stack = open_stac(given, assets=["B04", "B08"], chunks=128)
+    if form == "one":
+        assert stack.sizes["time"] == 1
+        np.testing.assert_array_equal(stack.values[0], s2.values[1])
+        np.testing.assert_array_equal(stack.x.values, s2.x.values)
+        return
+    np.testing.assert_array_equal(stack.values, s2.values)
+    assert stack.rio.transform() == T10
+
+
+def test_item_level_projection(stac_dir: Path, s2: xr.DataArray) -> None:
+    # proj:* on the item (shared by its assets) instead of on each asset
+    items = json.loads((stac_dir / "list.json").read_text())
+    for item in items:
+        del item["assets"]["B11"]  # on its own 20 m grid
+        for asset in item["assets"].values():
+            fields = {k: asset.pop(k) for k in list(asset) if k.startswith("proj:")}
+        item["properties"].update(fields)
+        assert "proj:epsg" not in item["properties"]
+    stack = open_stac(items, assets=["B04", "B08"])
+    assert stack.rio.crs == CRS
+    np.testing.assert_array_equal(stack.values, s2.values)
+
+
+def test_items_are_not_modified(stac_dir: Path) -> None:
+    dicts = json.loads((stac_dir / "list.json").read_text())
+    before = json.dumps(dicts, sort_keys=True)
+    open_stac(dicts, assets=["B04"])
+    assert json.dumps(dicts, sort_keys=True) == before
+
+
+def test_relative_hrefs_resolve_against_the_file(stac_dir: Path, tmp_path: Path) -> None:
+    doc = json.loads((stac_dir / "item_0.json").read_text())
+    for asset in doc["assets"].values():
+        asset["href"] = "../" + stac_dir.name + "/" + Path(asset["href"]).name
+    sub = stac_dir.parent / "relative"
+    sub.mkdir(exist_ok=True)
+    (sub / "item.json").write_text(json.dumps(doc))
+    ref = read_tif(tif(stac_dir, 0, "B08")).values
+    stack = open_stac(sub / "item.json", assets=["B08"])
+    np.testing.assert_array_equal(stack.values[0, 0], ref)
+    # a pystac Item read from the file resolves them against its self href
+    item = pystac.Item.from_file(str(sub / "item.json"))
+    assert not Path(item.assets["B08"].href).is_absolute()
+    stack = open_stac([item], assets=["B08"])
+    np.testing.assert_array_equal(stack.values[0, 0], ref)
+
+
+def test_builds_without_computing(
+    stac_dir: Path, dask_computes: Callable[..., contextlib.AbstractContextManager[Any]]
+) -> None:
+    with dask_computes(max_computes=0):
+        stack = open_stac(stac_dir / "items.json", assets=["B04", "B08", "B11"], resolution=10)
+        stack.rio.transform()
+        out = patchflow.apply(stack, Composite("median"), over="time", size=SIZE, stride=STRIDE)
+    assert out.shape == (3, *SHAPE)
+
+
+# --------------------------------------------------------------------------- with patchflow
+
+
+def ndvi(chip: np.ndarray) -> np.ndarray:
+    red, nir = chip[..., 0:1, :, :], chip[..., 1:2, :, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (nir - red) / (nir + red)
+
+
+def assert_same_nan_and_close(out: np.ndarray, ref: np.ndarray) -> None:
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    ok = ~np.isnan(ref)
+    assert ok.any() and (~ok).any()
+    np.testing.assert_allclose(out[ok], ref[ok], rtol=0, atol=1e-9)
+
+
+def test_apply_per_date_equals_whole_array(s2: xr.DataArray) -> None:
+    out = patchflow.apply(s2, ndvi, size=SIZE, stride=STRIDE)
+    assert out.dims == ("time", "band", "y", "x") and out.shape == (3, 1, *SHAPE)
+    assert out.rio.crs == CRS and out.rio.transform() == T10
+    assert_same_nan_and_close(out.values, ndvi(s2.values))
+
+
+def test_apply_over_time_composite_equals_whole_array(s2: xr.DataArray) -> None:
+    out = patchflow.apply(s2, Composite("median"), over="time", size=SIZE, stride=STRIDE)
+    assert out.dims == ("band", "y", "x") and out.shape == (2, *SHAPE)
+    assert list(out.band.values) == ["B04", "B08"]
+    assert out.rio.crs == CRS and out.rio.transform() == T10
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        ref = np.nanmedian(s2.values, axis=0)
+    assert np.isnan(ref[0, 200:210, 20:40]).all()  # B04 hole on every date
+    assert_same_nan_and_close(out.values, ref)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def test_20m_asset_native_and_resampled_to_10m(stac_dir: Path) -> None:
+    native = open_stac(stac_dir / "items.json", assets=["B11"])
+    assert native.shape == (3, 1, SHAPE[0] // 2, SHAPE[1] // 2)
+    assert native.rio.transform() == T20
+    ref = expected(stac_dir, ["B11"])
+    np.testing.assert_array_equal(native.values, ref)
+    ten = open_stac(stac_dir / "items.json", assets=["B11"], resolution=10)
+    assert ten.shape == (3, 1, *SHAPE)
+    assert ten.rio.transform() == ten.rio.transform(recalc=True) == T10
+    np.testing.assert_array_equal(ten.values, ref.repeat(2, axis=-2).repeat(2, axis=-1))
+    # next to 10 m assets the default resolution is the finest
+    mixed = open_stac(stac_dir / "items.json", assets=["B04", "B11"])
+    assert mixed.rio.transform() == T10
+    np.testing.assert_array_equal(mixed.values[:, 1], ten.values[:, 0])
+
+
+def test_bounds_select_a_window(stac_dir: Path, s2: xr.DataArray) -> None:
+    # 40 px down, 30 px across, 100 × 80 px, in the CRS
+    bounds = (X0 + 300.0, Y0 - 1400.0, X0 + 1100.0, Y0 - 400.0)
+    sub = open_stac(stac_dir / "items.json", assets=["B04", "B08"], bounds=bounds)
+    assert sub.shape == (3, 2, 100, 80)
+    assert sub.rio.transform() == T10 * Affine.translation(30, 40)
+    np.testing.assert_array_equal(sub.values, s2.values[:, :, 40:140, 30:110])
+
+
+def test_integer_dtype_with_fill_value(stac_dir: Path) -> None:
+    raw = open_stac(stac_dir / "items.json", assets=["B04"], dtype="uint16", fill_value=0)
+    assert raw.dtype == np.uint16 and raw.rio.nodata == 0
+    with rasterio.open(tif(stac_dir, 1, "B04")) as src:
+        np.testing.assert_array_equal(raw.values[1, 0], src.read(1))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputReadError, match="STAC file not found"):
+        open_stac(tmp_path / "nope.json", assets=["B04"])
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("not json {", "not JSON"),
+        ('{"type": "Feature", "geometry": null, "properties": {}}', "not a STAC Item"),
+        ('{"type": "Collection", "id": "c"}', "Collection"),
+        ("[1, 2]", "JSON int"),
+    ],
+)
+def test_not_stac_json(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(InputReadError, match=match) as info:
+        open_stac(path, assets=["B04"])
+    assert "is not STAC JSON" in str(info.value) and isinstance(info.value, PatchflowError)
+
+
+def test_not_stac_objects() -> None:
+    with pytest.raises(InputTypeError, match="items must be"):
+        open_stac(42, assets=["B04"])
+    with pytest.raises(ParameterError, match="not STAC JSON"):
+        open_stac({"type": "Polygon"}, assets=["B04"])
+    with pytest.raises(ParameterError, match="no STAC items"):
+        open_stac([], assets=["B04"])
+
+
+def test_unknown_asset_lists_the_available_ones(stac_dir: Path) -> None:
+    with pytest.raises(ParameterError, match="unknown asset 'B8A'") as info:
+        open_stac(stac_dir / "items.json", assets=["B04", "B8A"])
+    assert "B04, B08, B11" in str(info.value)
+    assert "did you mean 'B08'" in str(info.value)
+
+
+def test_missing_asset_file(stac_dir: Path) -> None:
+    doc = json.loads((stac_dir / "item_0.json").read_text())
+    doc["assets"]["B04"]["href"] = str(stac_dir / "gone.tif")
+    with pytest.raises(InputReadError, match=r"asset 'B04' of item .* not found"):
+        open_stac(doc, assets=["B04"])
+
+
+def test_mixed_crs_needs_epsg(
+    stac_dir: Path, scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    red, nir = scene_factory(SHAPE, seed=50).values
+    other = make_item(tmp_path, DATES[0], {"B04": (red, T10), "B08": (nir, T10)}, 32611)
+    items = [*pystac.ItemCollection.from_file(str(stac_dir / "items.json")), other]
+    with pytest.raises(ParameterError, match=r"2 CRSs: EPSG:32610 .* EPSG:32611") as info:
+        open_stac(items, assets=["B04", "B08"])
+    assert "epsg=" in str(info.value)
+    stack = open_stac(items, assets=["B04", "B08"], epsg=32610, resolution=10)
+    assert stack.rio.crs == CRS and stack.sizes["time"] == 4
+
+
+def test_integer_dtype_needs_fill_value(stac_dir: Path) -> None:
+    with pytest.raises(ParameterError, match="fill_value=0"):
+        open_stac(stac_dir / "items.json", assets=["B04"], dtype="uint16")
+    with pytest.raises(ParameterError, match="does not fit"):
+        open_stac(stac_dir / "items.json", assets=["B04"], dtype="uint8", fill_value=-1)
+
+
+def test_bad_parameters(stac_dir: Path) -> None:
+    path = stac_dir / "items.json"
+    with pytest.raises(ParameterError, match="more than once"):
+        open_stac(path, assets=["B04", "B04"])
+    with pytest.raises(ParameterError, match="unknown resampling 'bilinar'"):
+        open_stac(path, assets=["B04"], resampling="bilinar")
+    with pytest.raises(ParameterError, match="not both"):
+        open_stac(path, assets=["B04"], bounds=(0, 0, 1, 1), bounds_latlon=(0, 0, 1, 1))
+
+
+def test_rescale_with_integer_dtype(stac_dir: Path) -> None:
+    doc = json.loads((stac_dir / "item_0.json").read_text())
+    doc["assets"]["B04"]["raster:bands"] = [{"scale": 0.0001, "offset": -0.1}]
+    with pytest.raises(ParameterError, match="'B04' carries a raster:bands scale/offset"):
+        open_stac(doc, assets=["B04"], dtype="uint16", fill_value=0)
+    with pytest.raises(ParameterError, match="dtype='float64' for scaled"):
+        open_stac(doc, assets=["B04"], dtype="float32")
+    raw = open_stac(doc, assets=["B04"], dtype="uint16", fill_value=0, rescale=False)
+    scaled = open_stac(doc, assets=["B04"])
+    np.testing.assert_allclose(scaled.values, np.where(raw.values == 0, np.nan, raw * 1e-4 - 0.1))
+
+
+def test_float32(stac_dir: Path, s2: xr.DataArray) -> None:
+    f32 = open_stac(stac_dir / "items.json", assets=["B04", "B08"], dtype="float32")
+    assert f32.dtype == np.float32 and np.isnan(f32.rio.nodata)
+    np.testing.assert_array_equal(f32.values, s2.values.astype(np.float32))
+
+
+def test_unreadable_asset_fails_the_computation(stac_dir: Path, tmp_path: Path) -> None:
+    # stackstac's default turns some read errors into nodata; open_stac never does
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a GeoTIFF")
+    doc = json.loads((stac_dir / "item_0.json").read_text())
+    doc["assets"]["B04"]["href"] = str(broken)
+    stack = open_stac(doc, assets=["B04"])  # building reads nothing
+    with pytest.raises(RuntimeError, match=r"Error opening .*broken.tif"):
+        stack.values  # noqa: B018
+
+
+# --------------------------------------------------------------------------- the recorded call
+
+
+def test_the_call_is_recorded_to_open_the_same_stack_again(
+    stac_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``encoding[STAC_CALL]``: every argument as JSON, the items as absolute paths; the
+    store's recipe reopens the stack from it, identical (same dask name: same identity)."""
+    from patchflow.io.stac import STAC_CALL
+    from patchflow.io.store import _input_identity, _open_input, _reopenable
+
+    monkeypatch.chdir(stac_dir)
+    stack = open_stac(
+        ["item_0.json", "item_2.json"],
+        assets=["B08", "B11"],
+        resolution=20,
+        bounds=(X0, Y0 - 2000, X0 + 2000, Y0),
+        chunks=(64, 96),
+        dtype="float32",
+        resampling="average",
+        sortby_date="desc",
+    )
+    call = stack.encoding[STAC_CALL]
+    assert json.loads(json.dumps(call)) == call
+    assert call["items"] == [str(stac_dir / "item_0.json"), str(stac_dir / "item_2.json")]
+    assert call["assets"] == ["B08", "B11"] and call["resolution"] == 20
+    assert call["chunks"] == [64, 96] and call["dtype"] == "float32"
+    assert call["resampling"] == "average" and call["sortby_date"] == "desc"
+    assert call["bounds"] == [X0, Y0 - 2000, X0 + 2000, Y0]
+    assert "spec" not in stack.attrs and STAC_CALL not in stack.attrs  # no result attr
+    source = _reopenable(stack)
+    assert isinstance(source, dict) and source["format"] == "stac"
+    monkeypatch.chdir("/")  # the recipe does not depend on the working directory
+    again = _open_input(source)
+    assert again.data.name == stack.data.name
+    assert _input_identity(again) == _input_identity(stack)
+    np.testing.assert_array_equal(again.values, stack.values)
+    # what cannot be reopened says why
+    items = [json.loads((stac_dir / "item_0.json").read_text())]
+    for asset in items[0]["assets"].values():
+        asset["href"] = str(stac_dir / Path(asset["href"]).name)
+    in_memory = open_stac(items, assets=["B08"])
+    assert "Python objects" in str(_reopenable(in_memory))

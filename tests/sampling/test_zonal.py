@@ -1,0 +1,208 @@
+"""zonal_stats: exact per-polygon statistics block by block (issue 7), returned joined to
+the polygons as a GeoDataFrame (issue 15)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+import patchflow
+from patchflow.errors import ParameterError
+from patchflow.sampling import zonal_stats
+
+gpd = pytest.importorskip("geopandas")
+
+
+@pytest.fixture(scope="module")
+def scene(scene_factory: Callable[..., xr.DataArray]) -> xr.DataArray:
+    return scene_factory((700, 600), seed=4, chunks=128)
+
+
+def random_polygons(scene: xr.DataArray, n: int, seed: int) -> list:
+    from shapely.geometry import Polygon, box
+
+    rng = np.random.default_rng(seed)
+    t = scene.rio.transform()
+    width, height = scene.sizes["x"] * t.a, scene.sizes["y"] * -t.e
+    polys = []
+    for k in range(n):
+        # centres spread slightly beyond the scene so some polygons cross its edge
+        cx = t.c + rng.uniform(-0.05, 1.05) * width
+        cy = t.f - rng.uniform(-0.05, 1.05) * height
+        if k % 10 == 0:  # axis-aligned boxes exactly on block boundaries
+            polys.append(box(cx - 1280, cy - 640, cx + 1280, cy + 640))
+            continue
+        m = int(rng.integers(3, 10))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, m))
+        rad = rng.uniform(30, 1800, m)
+        polys.append(Polygon(np.c_[cx + rad * np.cos(ang), cy + rad * np.sin(ang)]))
+    polys.append(box(0, 0, 10, 10))  # far outside the scene
+    return polys
+
+
+def brute_zonal(values: np.ndarray, transform, geoms: list, nodata=None) -> dict:
+    import rasterio.features
+
+    out: dict = {s: [] for s in ("count", "mean", "std", "min", "max", "median", "sum")}
+    for geom in geoms:
+        mask = rasterio.features.rasterize(
+            [(geom, 1)], out_shape=values.shape[-2:], transform=transform, fill=0, dtype="uint8"
+        ).astype(bool)
+        rows = {s: [] for s in out}
+        for band in values.reshape(-1, *values.shape[-2:]):
+            v = band[mask].astype(np.float64)
+            v = v[np.isfinite(v)]
+            if nodata is not None:
+                v = v[v != nodata]
+            rows["count"].append(v.size)
+            rows["sum"].append(v.sum())
+            for s, f in [("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max),
+                         ("median", np.median)]:  # fmt: skip
+                rows[s].append(f(v) if v.size else np.nan)
+        for s in out:
+            out[s].append(rows[s])
+    return {s: np.array(v) for s, v in out.items()}
+
+
+def test_zonal_stats_equal_brute_force(scene) -> None:
+    values = scene.values.astype(np.float32)
+    values[:, 300:360, 50:400] = np.nan  # a nodata stripe crossing blocks
+    values[0, 500:520, 500:520] = 0  # nodata value in one band only
+    raster = scene.copy(data=da.from_array(values, chunks=(2, 128, 128))).rio.write_nodata(0)
+    geoms = random_polygons(scene, 70, seed=11)
+    gdf = gpd.GeoDataFrame({"name": range(len(geoms))}, geometry=geoms, crs=scene.rio.crs)
+    gdf.index = gdf.index * 10 + 5
+    df = zonal_stats(raster, gdf, stats=("mean", "std", "min", "max", "count", "median", "sum"))
+    assert df.index.equals(gdf.index)
+    ref = brute_zonal(values, scene.rio.transform(), geoms, nodata=0)
+    assert (ref["count"][:, 0] > 0).sum() >= 50
+    # several polygons span more than one 128-px block, some cross the scene edge
+    t = scene.rio.transform()
+    bounds = np.array([g.bounds for g in geoms])
+    cols = (bounds[:, [0, 2]] - t.c) / t.a
+    assert ((cols[:, 0] // 128) != (cols[:, 1] // 128)).sum() >= 20
+    assert ((cols[:, 0] < 0) | (cols[:, 1] > 600)).sum() >= 3
+    for b, band in enumerate(["red", "nir"]):
+        assert np.array_equal(df[f"{band}_count"].values, ref["count"][:, b])
+        for s in ("mean", "std", "min", "max", "median", "sum"):
+            np.testing.assert_allclose(df[f"{band}_{s}"].values, ref[s][:, b], rtol=1e-9, atol=1e-9)
+    assert df.loc[gdf.index[-1], "red_count"] == 0 and np.isnan(df.loc[gdf.index[-1], "red_mean"])
+
+
+def test_zonal_stats_reprojects_and_is_lazy(scene) -> None:
+    geoms = random_polygons(scene, 12, seed=2)[:-1]
+    gdf = gpd.GeoDataFrame(geometry=geoms, crs=scene.rio.crs)
+    red = scene.sel(band="red", drop=True)
+    expect = zonal_stats(red, gdf, stats=["count", "mean"])
+    # 2-D raster: plain stat names, after the polygons' own columns
+    assert list(expect.columns) == ["geometry", "count", "mean"]
+    ref = brute_zonal(red.values, scene.rio.transform(), geoms)
+    assert np.array_equal(expect["count"].values, ref["count"][:, 0])
+    pending = zonal_stats(red, gdf.to_crs("EPSG:4326"), stats=["count", "mean"], compute=False)
+    got = pending.compute()
+    # reprojected polygons are no longer exactly the same shapes: counts agree closely
+    assert (
+        np.abs(got["count"].values - expect["count"].values).max() <= 0.02 * expect["count"].max()
+    )
+    with pytest.raises(ParameterError, match="unknown stats"):
+        zonal_stats(red, gdf, stats=["mode"])
+
+
+# --------------------------------------------------------------------------- GeoDataFrame out
+
+
+def test_zonal_stats_joins_the_input_geodataframe(scene) -> None:
+    geoms = random_polygons(scene, 8, seed=5)
+    gdf = gpd.GeoDataFrame(
+        {"name": [f"field-{k}" for k in range(len(geoms))], "crop": [*"abcabcab", "x"]},
+        geometry=geoms,
+        crs=scene.rio.crs,
+        index=[90, 10, 50, 30, 70, 20, 80, 60, 40],  # not sorted: order must be kept
+    )
+    out = zonal_stats(scene, gdf, stats=["count", "mean"])
+    assert isinstance(out, gpd.GeoDataFrame)
+    assert list(out.columns) == [
+        "name", "crop", "geometry", "red_count", "red_mean", "nir_count", "nir_mean"
+    ]  # fmt: skip
+    assert out.index.equals(gdf.index)
+    assert out.geometry.name == "geometry" and out.crs == gdf.crs
+    assert out.geometry.geom_equals(gdf.geometry).all()
+    assert out["name"].tolist() == gdf["name"].tolist()
+    ref = brute_zonal(scene.values, scene.rio.transform(), geoms)
+    assert np.array_equal(out["nir_count"].to_numpy(), ref["count"][:, 1])
+    np.testing.assert_allclose(out["red_mean"].to_numpy(), ref["mean"][:, 0], rtol=1e-12)
+    assert "red_count" not in gdf.columns  # the input is not modified
+
+
+def test_zonal_stats_keeps_the_input_crs_and_geometry_column(scene) -> None:
+    geoms = random_polygons(scene, 5, seed=8)[:-1]
+    local = gpd.GeoDataFrame({"id": range(5)}, geometry=geoms, crs=scene.rio.crs)
+    wgs84 = local.to_crs("EPSG:4326").rename_geometry("outline")
+    red = scene.sel(band="red", drop=True)
+    out = zonal_stats(red, wgs84, stats=["count"])
+    # statistics in the raster's CRS, rows as given: geometry still in EPSG:4326
+    assert out.crs.to_epsg() == 4326 and out.geometry.name == "outline"
+    assert out.geometry.geom_equals(wgs84.geometry).all()
+    assert list(out.columns) == ["id", "outline", "count"]
+    direct = zonal_stats(red, local, stats=["count"])
+    assert np.abs(out["count"] - direct["count"]).max() <= 0.02 * direct["count"].max()
+
+
+def test_zonal_stats_of_plain_geometries_is_in_the_raster_crs(scene) -> None:
+    geoms = random_polygons(scene, 5, seed=3)
+    out = zonal_stats(scene, geoms, stats=["count"])
+    assert isinstance(out, gpd.GeoDataFrame)
+    assert list(out.columns) == ["geometry", "red_count", "nir_count"]
+    assert out.crs == scene.rio.crs
+    assert out.index.equals(gpd.pd.RangeIndex(len(geoms)))
+    assert [g.wkb for g in out.geometry] == [g.wkb for g in geoms]
+
+
+def test_zonal_stats_of_a_geoseries_keeps_its_index(scene) -> None:
+    geoms = random_polygons(scene, 4, seed=6)
+    series = gpd.GeoSeries(geoms, index=list("pqrst"), crs=scene.rio.crs)
+    out = zonal_stats(scene, series, stats=["max"])
+    assert list(out.index) == list("pqrst")
+    assert list(out.columns) == ["geometry", "red_max", "nir_max"]
+    assert out.crs == series.crs
+
+
+def test_zonal_stats_with_repeated_index_labels(scene) -> None:
+    geoms = random_polygons(scene, 4, seed=9)[:3]
+    gdf = gpd.GeoDataFrame({"k": [1, 2, 3]}, geometry=geoms, crs=scene.rio.crs, index=[7, 7, 7])
+    out = zonal_stats(scene, gdf, stats=["count"])
+    ref = brute_zonal(scene.values, scene.rio.transform(), geoms)
+    assert list(out.index) == [7, 7, 7] and out["k"].tolist() == [1, 2, 3]
+    assert np.array_equal(out["red_count"].to_numpy(), ref["count"][:, 0])
+
+
+def test_zonal_stats_refuses_to_overwrite_a_column(scene) -> None:
+    geoms = random_polygons(scene, 3, seed=1)
+    gdf = gpd.GeoDataFrame({"red_mean": [1.0] * len(geoms)}, geometry=geoms, crs=scene.rio.crs)
+    with pytest.raises(ParameterError, match=r"already have the column\(s\) \['red_mean'\]"):
+        zonal_stats(scene, gdf, stats=["mean"])
+
+
+def test_zonal_stats_lazy_result_and_key_depend_on_the_columns(scene) -> None:
+    geoms = random_polygons(scene, 4, seed=12)
+    one = gpd.GeoDataFrame({"tag": [*"abcd", "e"]}, geometry=geoms, crs=scene.rio.crs)
+    two = one.assign(tag=list("vwxyz"))
+    lazy_one = zonal_stats(scene, one, stats=["count"], compute=False)
+    lazy_two = zonal_stats(scene, two, stats=["count"], compute=False)
+    # same polygons, other columns: another table, so another key (no stale cache hit)
+    assert lazy_one.key != lazy_two.key
+    got = lazy_two.compute()
+    assert isinstance(got, gpd.GeoDataFrame) and got["tag"].tolist() == list("vwxyz")
+    assert got.drop(columns="tag").equals(lazy_one.compute().drop(columns="tag"))
+
+
+def test_accessor_zonal_stats_is_a_geodataframe(scene) -> None:
+    geoms = random_polygons(scene, 3, seed=4)
+    gdf = gpd.GeoDataFrame({"id": [1, 2, 3, 4]}, geometry=geoms, crs=scene.rio.crs)
+    out = scene.patch.zonal_stats(gdf, ["mean"])
+    expect = patchflow.zonal_stats(scene, gdf, ["mean"])
+    assert isinstance(out, gpd.GeoDataFrame) and out.equals(expect)
