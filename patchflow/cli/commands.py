@@ -504,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="block edge in pixels (also the Zarr chunk); default: patchflow's rule "
-        "(the input's chunks, or a multiple of the stride just above 2048)",
+        "(the input's chunks, or a multiple of the stride just above 2048, smaller on a "
+        "small scene so that every worker thread gets two blocks)",
     )
     io.add_argument("--var", metavar="NAME", help="data variable of a Zarr INPUT with several")
     io.add_argument(
