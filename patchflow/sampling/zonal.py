@@ -24,7 +24,7 @@ from patchflow.engine.graph import (
     ZoneBlock,
     zonal_graph,
 )
-from patchflow.errors import ParameterError, PatchflowError
+from patchflow.errors import MissingExtraError, ParameterError
 from patchflow.options import DEFAULT_STATS, ZONAL_STATS
 from patchflow.plan.layout import PolygonChip
 from patchflow.sampling.chips import _as_dataarray, _dask_data
@@ -57,7 +57,7 @@ def _polygon_frame(gdf: Any, crs: Any) -> Any:
         import geopandas as gpd
         import pandas as pd
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PatchflowError(
+        raise MissingExtraError(
             "zonal_stats returns a GeoDataFrame and needs geopandas: "
             "pip install 'patchflow[geo]' (or: pip install geopandas)"
         ) from exc

@@ -5,8 +5,11 @@
 
 ``cli.run(...)`` starts the installed ``patchflow`` console script in a fresh process (the
 real command: its own interpreter, environment and exit status); ``cli.call(...)`` runs the
-same entry point in this process, for the long tables of usage errors where a process per
-case would only add start-up time. Both return a :class:`subprocess.CompletedProcess`.
+same entry point in this process, output and exit status captured the same way. A process
+costs about a second of imports (two or three more with torch), so each feature gets at
+least one ``run`` and its other cases ``call`` (with ``sys.path``/``os.environ`` patched
+where the subprocess would get ``PYTHONPATH`` or an environment variable). Both return a
+:class:`subprocess.CompletedProcess`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 ``--zarr-format``, ``--stac``/``--assets``, ``--workers``/``--report``; every sub-command's
 ``--help`` has an example and stays light; errors speak flags.
 
-Everything runs the real ``patchflow`` command in a subprocess on GeoTIFFs (and STAC items
-pointing at GeoTIFFs) written with rioxarray.
+Every flag runs through the real ``patchflow`` command in a subprocess at least once, on
+GeoTIFFs (and STAC items pointing at GeoTIFFs) written with rioxarray; its other cases, and
+the usage errors, run the same entry point in-process (``cli.call``), one process start-up
+fewer each.
 """
 
 from __future__ import annotations
@@ -85,16 +87,17 @@ def ndvi_of(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "bands",
-    ["B04,B08", "2,3", "B08,B04", "3,B04"],
+    ("bands", "fresh"),
+    [("B04,B08", True), ("2,3", False), ("B08,B04", False), ("3,B04", False)],
 )
 def test_bands_by_name_or_gdal_number(
-    cli: CLI, bands: str, four: xr.DataArray, tif4: Path, tmp_path: Path
+    cli: CLI, bands: str, fresh: bool, four: xr.DataArray, tif4: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ndvi.zarr"
+    run = cli.run if fresh else cli.call  # the installed command once, then in-process
     # --red/--nir address the selected bands (by name, or number within the selection)
     cli.ok(
-        cli.run(
+        run(
             *chips(
                 "apply", str(tif4), str(out), "--bands", bands, "--red", "B04", "--nir", "B08", "-q"
             )
@@ -109,14 +112,14 @@ def test_bands_select_what_the_operator_sees(
 ) -> None:
     out = tmp_path / "sel.zarr"
     args = chips("apply", str(tif4), str(out), "--bands", "B11,B02", "--op", "astype")
-    cli.ok(cli.run(*args, "--op-arg", "dtype=float32", "-q"))
+    cli.ok(cli.call(*args, "--op-arg", "dtype=float32", "-q"))
     result = patchflow.open_result(out)
     np.testing.assert_array_equal(result.values, four.values[[3, 0]].astype("float32"))
     # the band descriptions follow the selection, into a COG's band descriptions too
     assert list(result.attrs["long_name"]) == ["B11", "B02"]
     cog = tmp_path / "sel.tif"
     args = chips("apply", str(tif4), str(cog), "--bands", "4,1", "--op", "astype")
-    cli.ok(cli.run(*args, "--op-arg", "dtype=float32", "-q"))
+    cli.ok(cli.call(*args, "--op-arg", "dtype=float32", "-q"))
     with rasterio.open(cog) as src:
         assert src.descriptions == ("B11", "B02")
         np.testing.assert_array_equal(src.read(), four.values[[3, 0]].astype("float32"))
@@ -159,11 +162,11 @@ def test_creation_options_reach_the_cog(
 def test_bad_creation_option_speaks_the_flag(cli: CLI, tif4: Path, tmp_path: Path) -> None:
     out = tmp_path / "ndvi.tif"
     line = cli.error(
-        cli.run("apply", str(tif4), str(out), "--co", "COMPRESS=NOPE", "--red", "2"), 2
+        cli.call("apply", str(tif4), str(out), "--co", "COMPRESS=NOPE", "--red", "2"), 2
     )
     assert "--co" in line and "COMPRESS" in line and "creation_options=" not in line
     assert not out.exists()
-    line = cli.error(cli.run("apply", str(tif4), str(out), "--co", "COMPRESS"), 2)
+    line = cli.error(cli.call("apply", str(tif4), str(out), "--co", "COMPRESS"), 2)
     assert "argument --co" in line and "KEY=VALUE" in line
 
 
@@ -171,7 +174,8 @@ def test_bad_creation_option_speaks_the_flag(cli: CLI, tif4: Path, tmp_path: Pat
 def test_zarr_format(cli: CLI, fmt: int, four: xr.DataArray, tif4: Path, tmp_path: Path) -> None:
     out = tmp_path / "ndvi.zarr"
     args = chips("apply", str(tif4), str(out), "--red", "2", "--nir", "3", "-q")
-    cli.ok(cli.run(*args, "--zarr-format", str(fmt)))
+    run = cli.run if fmt == 2 else cli.call  # the installed command once, then in-process
+    cli.ok(run(*args, "--zarr-format", str(fmt)))
     assert zarr.open_group(str(out), mode="r").metadata.zarr_format == fmt
     assert (out / (".zgroup" if fmt == 2 else "zarr.json")).is_file()
     expected = ndvi_of(four.values[1], four.values[2])
@@ -288,7 +292,7 @@ def test_stac_composite_over_time(cli: CLI, stac: tuple[Path, np.ndarray], tmp_p
     root, stack = stac
     out = tmp_path / "max.zarr"
     args = chips("apply", "--stac", str(root / "items.json"), "--assets", "B08", str(out))
-    cli.ok(cli.run(*args, "--over", "time", "--op", "composite", "--op-arg", "stat=max", "-q"))
+    cli.ok(cli.call(*args, "--over", "time", "--op", "composite", "--op-arg", "stat=max", "-q"))
     result = patchflow.open_result(out)
     assert result.shape == (1, *SHAPE)
     np.testing.assert_array_equal(result.values[0], stack[:, 1].max(axis=0).astype(np.float64))
@@ -300,7 +304,7 @@ def test_stac_single_item_with_resolution(
     root, stack = stac
     out = tmp_path / "coarse.zarr"
     args = chips("apply", "--stac", str(root / "one.json"), "--assets", "B04", str(out), "-q")
-    cli.ok(cli.run(*args, "--resolution", "20", "--op", "astype", "--op-arg", "dtype=float64"))
+    cli.ok(cli.call(*args, "--resolution", "20", "--op", "astype", "--op-arg", "dtype=float64"))
     result = patchflow.open_result(out)
     assert result.shape == (1, 1, SHAPE[0] // 2, SHAPE[1] // 2)
     assert result.rio.resolution() == (20.0, -20.0)
@@ -349,25 +353,28 @@ def test_stac_errors(
 # --------------------------------------------------------------------------- cluster
 
 
+def has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
 @pytest.mark.slow
-def test_workers_start_a_local_cluster(
+def test_workers_start_a_local_cluster_and_report(
     cli: CLI, four: xr.DataArray, tif4: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "ndvi.zarr"
+    """``--workers`` and ``--report`` in one run: a LocalCluster costs seconds to start.
+    (Without bokeh the cluster is still checked, then the report part is skipped.)"""
+    out, report = tmp_path / "ndvi.zarr", tmp_path / "reports" / "perf.html"
     args = chips("apply", str(tif4), str(out), "--red", "B04", "--nir", "B08", "--chunks", "128")
-    text = cli.ok(cli.run(*args, "--workers", "2", "--threads-per-worker", "1"))
+    reporting = ["--report", str(report)] if has_bokeh() else []
+    text = cli.ok(cli.run(*args, "--workers", "2", "--threads-per-worker", "1", *reporting))
     assert "dask LocalCluster: 2 workers x 1 thread, dashboard: http" in text
     assert "blocks: 9 (9 computed)" in text
     expected = ndvi_of(four.values[1], four.values[2])
     np.testing.assert_allclose(patchflow.open_result(out).values, expected, atol=1e-6, rtol=0)
-
-
-@pytest.mark.slow
-def test_report_writes_a_performance_report(cli: CLI, tif4: Path, tmp_path: Path) -> None:
-    pytest.importorskip("bokeh")
-    out, report = tmp_path / "ndvi.zarr", tmp_path / "reports" / "perf.html"
-    args = chips("apply", str(tif4), str(out), "--red", "2", "--nir", "3", "--chunks", "128")
-    text = cli.ok(cli.run(*args, "--workers", "1", "--report", str(report)))
+    if not reporting:
+        pytest.skip("bokeh is not installed: --report not tested")
     assert f"performance report: {report}" in text
     html = report.read_text()
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:2000].lower()
@@ -419,7 +426,8 @@ def test_cluster_errors(
 
 @pytest.mark.parametrize("command", ["demo", "apply", "grid", "resume", "inspect"])
 def test_every_help_has_an_example(cli: CLI, command: str) -> None:
-    text = cli.ok(cli.run(command, "--help"))
+    """In-process (the installed command prints ``apply --help`` in the next test)."""
+    text = cli.ok(cli.call(command, "--help"))
     assert "\nexample:\n" in text
     example = text.split("\nexample:\n", 1)[1]
     assert f"patchflow {command}" in example
@@ -492,23 +500,30 @@ def test_bad_values_name_the_flag(
 
 
 @pytest.mark.parametrize(
-    ("args", "flag"),
+    ("args", "flag", "fresh"),
     [
-        (["--size", "0"], "argument --size: expected a positive integer, got '0'"),
-        (["--op", "rescale", "--op-arg", "in_rnge=[0, 1]"], "argument --op-arg: Rescale has no"),
-        (["--bands", "0"], "argument --bands: band 0 out of range"),
-        (["--stac", "s.json", "--assets", "B04"], "INPUT or --stac"),
+        (["--size", "0"], "argument --size: expected a positive integer, got '0'", False),
+        (
+            ["--op", "rescale", "--op-arg", "in_rnge=[0, 1]"],
+            "argument --op-arg: Rescale has no",
+            False,
+        ),
+        (["--bands", "0"], "argument --bands: band 0 out of range", True),
+        (["--stac", "s.json", "--assets", "B04"], "INPUT or --stac", False),
     ],
 )
 def test_errors_of_the_real_command_name_the_flag(
-    cli: CLI, args: list[str], flag: str, tif4: Path, tmp_path: Path
+    cli: CLI, args: list[str], flag: str, fresh: bool, tif4: Path, tmp_path: Path
 ) -> None:
-    """The same, from the installed command in a fresh process (exit status 2)."""
-    line = cli.error(cli.run("apply", str(tif4), str(tmp_path / "o.zarr"), *args), 2)
+    """The full messages, exit status 2; ``--bands 0`` (which reads the file first) from the
+    installed command in a fresh process, the others in-process."""
+    run = cli.run if fresh else cli.call
+    line = cli.error(run("apply", str(tif4), str(tmp_path / "o.zarr"), *args), 2)
     assert flag in line
 
 
 def test_unwritten_output_with_size_larger_than_scene(cli: CLI, tif4: Path, tmp_path: Path) -> None:
-    """A library error reached through the command line says --size, not size=."""
-    line = cli.error(cli.run("apply", str(tif4), str(tmp_path / "o.zarr"), "--size", "4096"), 1)
+    """A library error reached through the command line says --size, not size=
+    (in-process: test_wording runs it through the installed command)."""
+    line = cli.error(cli.call("apply", str(tif4), str(tmp_path / "o.zarr"), "--size", "4096"), 1)
     assert "larger than the scene" in line and "size=" not in line

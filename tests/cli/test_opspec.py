@@ -2,10 +2,14 @@
 registered operators, ``--op MODULE:CALLABLE`` for the user's own code, ``--pipeline`` JSON
 and YAML files, and ``--model`` TorchScript files.
 
-Every spec runs through the real ``patchflow`` command in a subprocess on GeoTIFFs written
-with rioxarray, and its result is compared with the same operator run in Python through
-``patchflow.apply``. The parser's pieces (``parse_op_arg``, ``op_spec``, ``build_operator``)
-also get unit tests.
+Every spec kind runs through the real ``patchflow`` command in a subprocess at least once
+(a registered op, ``MODULE:CALLABLE`` on worker processes, a YAML ``--pipeline`` with a module
+step, ``--model`` on worker processes, a missing PyTorch); the other cases run the same entry
+point in-process (``cli.call``: one process start-up fewer each, and no second ``import
+torch``), with ``sys.path`` and ``os.environ`` standing in for the subprocess's
+``PYTHONPATH`` and environment. Each result is compared with the same operator run in Python
+through ``patchflow.apply``, on GeoTIFFs written with rioxarray. The parser's pieces
+(``parse_op_arg``, ``op_spec``, ``build_operator``) also get unit tests.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import shutil
 import sys
 import textwrap
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +144,16 @@ def on_path(root: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.fixture
+def importable(user_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``pfuser`` importable in this process, as ``PYTHONPATH`` makes it for the command,
+    and imported afresh by the test (an earlier import must not hide an import error)."""
+    sys.modules.pop("pfuser", None)
+    monkeypatch.syspath_prepend(str(user_path))
+    yield
+    sys.modules.pop("pfuser", None)
+
+
 def user_ops(root: Path) -> Any:
     """The user's module imported here too, for the Python reference."""
     sys.path.insert(0, str(root))
@@ -237,11 +251,11 @@ def test_registered_band_op_uses_python_band_positions(
 ) -> None:
     out = tmp_path / "ndvi.tif"
     args = ["apply", str(tif), str(out), "--size", SIZE, "--stride", STRIDE, "-q"]
-    cli.ok(cli.run(*args, "--op", "NDVI", "--op-arg", "red=0", "--op-arg", "nir=1"))
+    cli.ok(cli.call(*args, "--op", "NDVI", "--op-arg", "red=0", "--op-arg", "nir=1"))
     np.testing.assert_allclose(result(out), python_apply(source, NDVI(red=0, nir=1)), atol=1e-6)
     # 2 on a 2-band input: the operator's own error, spotting a 1-based number
     bad = cli.error(
-        cli.run(*args, "--overwrite", "--op", "NDVI", "--op-arg", "red=1", "--op-arg", "nir=2"), 1
+        cli.call(*args, "--overwrite", "--op", "NDVI", "--op-arg", "red=1", "--op-arg", "nir=2"), 1
     )
     assert "0-based" in bad and "1-based" in bad
 
@@ -303,12 +317,14 @@ def test_module_callable(
     tif: Path,
     source: xr.DataArray,
     user_path: Path,
+    importable: None,
     tmp_path: Path,
 ) -> None:
+    """In-process; the installed command imports the module in the next test."""
     out = tmp_path / "user.zarr"
     flags = [x for arg in op_args for x in ("--op-arg", arg)]
     cli.ok(
-        cli.run(
+        cli.call(
             "apply",
             str(tif),
             str(out),
@@ -320,7 +336,6 @@ def test_module_callable(
             "--stride",
             STRIDE,
             "-q",
-            env=on_path(user_path),
         )
     )
     expected = python_apply(source, reference(user_ops(user_path)))
@@ -330,7 +345,8 @@ def test_module_callable(
 def test_module_callable_on_worker_processes(
     cli: CLI, tif: Path, source: xr.DataArray, user_path: Path, tmp_path: Path
 ) -> None:
-    """The function pickles by reference: process workers import the module themselves."""
+    """The function pickles by reference: process workers import the module themselves
+    (found through the command's ``PYTHONPATH``)."""
     out = tmp_path / "user.zarr"
     cli.ok(
         cli.run(
@@ -398,18 +414,13 @@ def test_module_callable_errors(
     status: int,
     words: list[str],
     tif: Path,
-    user_path: Path,
+    importable: None,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    proc = cli.run(
-        "apply",
-        str(tif),
-        str(tmp_path / "o.zarr"),
-        "--op",
-        spec,
-        *extra,
-        env={**on_path(user_path), **env},
-    )
+    for key, value in env.items():  # (PFUSER_FAIL: the module raises while imported)
+        monkeypatch.setenv(key, value)
+    proc = cli.call("apply", str(tif), str(tmp_path / "o.zarr"), "--op", spec, *extra)
     line = cli.error(proc, status)
     for word in words:
         assert word in line, (word, line)
@@ -454,8 +465,9 @@ def test_pipeline_yaml_with_a_module_step(
 
 
 def test_pipeline_json_steps_and_errors(
-    cli: CLI, tif: Path, source: xr.DataArray, user_path: Path, tmp_path: Path
+    cli: CLI, tif: Path, source: xr.DataArray, user_path: Path, importable: None, tmp_path: Path
 ) -> None:
+    """In-process (the YAML test above runs the installed command)."""
     spec = tmp_path / "pipe.json"
     steps = [
         {"op": "pfuser:scaled_diff", "params": {"gain": 2}},
@@ -474,7 +486,7 @@ def test_pipeline_json_steps_and_errors(
         "--stride",
         STRIDE,
     ]
-    cli.ok(cli.run(*args, "-q", env=on_path(user_path)))
+    cli.ok(cli.call(*args, "-q"))
     module = user_ops(user_path)
     reference = patchflow.ops.Lambda(lambda c: module.scaled_diff(c, gain=2)) | Rescale(
         (-2000, 2000)
@@ -483,10 +495,10 @@ def test_pipeline_json_steps_and_errors(
 
     # a bad step is named by its number, with the operator's real parameters
     spec.write_text(json.dumps([steps[0], {"op": "rescale", "params": {"range": [0, 1]}}]))
-    line = cli.error(cli.run(*args, "--overwrite", env=on_path(user_path)), 1)
+    line = cli.error(cli.call(*args, "--overwrite"), 1)
     assert f"invalid pipeline {spec}: step 2:" in line and "in_range (required)" in line
     spec.write_text("- op: NDVI\n")
-    line = cli.error(cli.run(*args, "--overwrite"), 1)
+    line = cli.error(cli.call(*args, "--overwrite"), 1)
     assert "not valid JSON" in line and ".yaml" in line
     bad_yaml = tmp_path / "pipe.yml"
     bad_yaml.write_text("- op: [NDVI\n")
@@ -528,9 +540,12 @@ def python_model(path: Path) -> ModelOp:
 def test_model_torchscript(
     cli: CLI, scheduler: str, torchscript: Path, tif: Path, source: xr.DataArray, tmp_path: Path
 ) -> None:
+    """``processes`` runs the installed command (the model travels to worker processes);
+    ``threads`` the same entry point in-process, where torch is already imported."""
     out = tmp_path / "model.zarr"
     args = ["apply", str(tif), str(out), "--model", str(torchscript), "--batch-size", "4"]
-    cli.ok(cli.run(*args, "--scheduler", scheduler, "--size", SIZE, "--stride", STRIDE, "-q"))
+    run = cli.run if scheduler == "processes" else cli.call
+    cli.ok(run(*args, "--scheduler", scheduler, "--size", SIZE, "--stride", STRIDE, "-q"))
     expected = python_apply(source, python_model(torchscript), batch_size=4)
     got = result(out)
     assert got.shape == (3, 300, 260) and got.dtype == np.float32
@@ -539,30 +554,25 @@ def test_model_torchscript(
 
 @pytest.mark.slow
 def test_model_errors(cli: CLI, torchscript: Path, tif: Path, tmp_path: Path) -> None:
+    """In-process, but for a missing PyTorch: a fresh process where torch cannot be imported
+    (the blocker stops ``import torch`` itself, so that process stays light)."""
     out = str(tmp_path / "m.zarr")
-    line = cli.error(cli.run("apply", str(tif), out, "--model", str(tmp_path / "none.pt")), 1)
+    line = cli.error(cli.call("apply", str(tif), out, "--model", str(tmp_path / "none.pt")), 1)
     assert "model not found" in line
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    line = cli.error(cli.run("apply", str(tif), out, "--model", str(tmp_path / "junk.pt")), 1)
+    line = cli.error(cli.call("apply", str(tif), out, "--model", str(tmp_path / "junk.pt")), 1)
     assert "TorchScript" in line
     line = cli.error(
-        cli.run("apply", str(tif), out, "--model", str(torchscript), "--device", "gpu0"), 2
+        cli.call("apply", str(tif), out, "--model", str(torchscript), "--device", "gpu0"), 2
     )
     assert "argument --device" in line
     # without PyTorch: the error names the extra to install
-    block = (
-        "import sys, importlib.abc\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
+    block = cli.blocker("torch")
     line = cli.error(cli.run("apply", str(tif), out, "--model", str(torchscript), pre=block), 1)
     assert "--model needs PyTorch" in line and "patchflow[torch]" in line
     assert not Path(out).exists()
 
 
 def test_subprocess_uses_the_console_script() -> None:
-    """The tests above run the installed entry point, not only ``python -m``."""
+    """The subprocess tests above run the installed entry point, not only ``python -m``."""
     assert shutil.which("patchflow", path=str(Path(sys.executable).parent)) is not None

@@ -3,16 +3,15 @@
 and ``--boundary pad``, ``--op-arg``, ``PYTHONPATH=…``), from Python the keywords
 (``epsg=``, ``creation_options=``, ``zarr_format=``, ``boundary='pad'``).
 
-Each error is raised for real: by the installed command in a subprocess on GeoTIFFs and
-STAC items written with rioxarray, and by the Python API on the same files.
+Each error is raised for real, on GeoTIFFs and STAC items written with rioxarray: by the
+installed command in a subprocess (at least once per kind of error; the other cases run the
+same entry point in-process, ``cli.call``, one process start-up fewer each), and by the
+Python API on the same files.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,17 +97,34 @@ def stac(
 
 
 @pytest.mark.parametrize(
-    ("name", "cli_words", "py_words"),
+    ("name", "cli_words", "py_words", "fresh"),
     [
-        ("mixed.json", ["2 CRSs", "--epsg (e.g. --epsg 32610)"], ["epsg= (e.g. epsg=32610)"]),
-        ("nocrs.json", ["no EPSG CRS", "--epsg, e.g. --epsg 32610"], ["epsg=, e.g. epsg=32610"]),
+        (
+            "mixed.json",
+            ["2 CRSs", "--epsg (e.g. --epsg 32610)"],
+            ["epsg= (e.g. epsg=32610)"],
+            True,
+        ),
+        (
+            "nocrs.json",
+            ["no EPSG CRS", "--epsg, e.g. --epsg 32610"],
+            ["epsg=, e.g. epsg=32610"],
+            False,
+        ),
     ],
 )
 def test_epsg(
-    cli: CLI, name: str, cli_words: list[str], py_words: list[str], stac: Path, tmp_path: Path
+    cli: CLI,
+    name: str,
+    cli_words: list[str],
+    py_words: list[str],
+    fresh: bool,
+    stac: Path,
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "o.zarr"
-    line = cli.error(cli.run("apply", "--stac", str(stac / name), "--assets", "B04", str(out)), 2)
+    run = cli.run if fresh else cli.call  # the installed command once, then in-process
+    line = cli.error(run("apply", "--stac", str(stac / name), "--assets", "B04", str(out)), 2)
     for word in cli_words:
         assert word in line, (word, line)
     assert "epsg=" not in line
@@ -122,33 +138,29 @@ def test_epsg(
 # --------------------------------------------------------------------------- --co
 
 
+#: the Python API's side, run first in the command's process (``cli.run(pre=...)``)
 GDAL_FAILS = """
-import sys
 import patchflow
 from patchflow.io.sources import open_raster
 from patchflow.ops import NDVI
 try:
-    patchflow.run(open_raster(sys.argv[1]), NDVI(red=0, nir=1), store=sys.argv[2],
-                  size=128, stride=96)
+    patchflow.run(open_raster({tif!r}), NDVI(red=0, nir=1), store={out!r}, size=128, stride=96)
 except patchflow.errors.StoreError as exc:
     print(exc)
 """
 
 
 def test_gdal_write_failure_says_co(cli: CLI, tif: Path, tmp_path: Path) -> None:
-    """GDAL failing to write the COG (here: its COG driver switched off) names the options."""
+    """GDAL failing to write the COG (here: its COG driver switched off, which GDAL only
+    reads at start-up: a fresh process) names the options. One process runs both sides: the
+    Python API first (its message on stdout), then the command's entry point (stderr)."""
     no_cog = {"GDAL_SKIP": "COG"}
     out = tmp_path / "o.tif"
-    line = cli.error(cli.run("apply", str(tif), str(out), "--red", "1", env=no_cog), 1)
+    python = GDAL_FAILS.format(tif=str(tif), out=str(tmp_path / "p.tif"))
+    proc = cli.run("apply", str(tif), str(out), "--red", "1", env=no_cog, pre=python)
+    line = cli.error(proc, 1)
     assert "GDAL could not write the COG" in line and "check --co" in line
     assert "creation_options=" not in line
-    proc = subprocess.run(
-        [sys.executable, "-c", GDAL_FAILS, str(tif), str(tmp_path / "p.tif")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **no_cog, "PYTHONWARNINGS": "ignore"},
-        timeout=300,
-    )
     assert "GDAL could not write the COG" in proc.stdout, proc.stderr
     assert "check creation_options=" in proc.stdout and "--co" not in proc.stdout
     assert issubclass(StoreError, OSError)
@@ -165,7 +177,7 @@ def test_zarr_format_of_a_half_created_store(cli: CLI, tif: Path, tmp_path: Path
     proc = cli.run(*args, "--zarr-format", "2", env={CRASH_AT: "create"})
     assert proc.returncode < 0  # killed
     assert not (out / ".zgroup").exists() and not (out / "zarr.json").exists()
-    line = cli.error(cli.run(*args, "--resume", "--zarr-format", "3"), 1)
+    line = cli.error(cli.call(*args, "--resume", "--zarr-format", "3"), 1)
     assert "leave out --zarr-format 3 (or give 2)" in line and "--overwrite" in line
     assert "zarr_format=" not in line
     from patchflow.io.sources import open_raster
@@ -201,7 +213,7 @@ def test_chip_larger_than_the_scene(cli: CLI, tif: Path, tmp_path: Path) -> None
     assert "larger than the scene" in line
     assert "use a smaller --size or --boundary pad" in line
     assert "boundary='pad'" not in line and "size=" not in line
-    line = cli.error(cli.run("grid", str(tif), "--size", "4096"), 1)
+    line = cli.error(cli.call("grid", str(tif), "--size", "4096"), 1)
     assert "--boundary pad" in line and "boundary='pad'" not in line
     scene = patchflow.io.sources.open_raster(str(tif))
     with pytest.raises(GridError) as info:
@@ -228,15 +240,16 @@ def test_resume_mismatch_names_the_flags_to_repeat(cli: CLI, tif: Path, tmp_path
 def test_imported_operator_errors_in_each_language(
     cli: CLI, tif: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--op MODULE:CALLABLE`` errors under their flags; the same errors from Python."""
+    """``--op MODULE:CALLABLE`` errors under their flags; the same errors from Python. The
+    module not found runs the installed command (its fix is the process's PYTHONPATH); the
+    others run in-process, the module on ``sys.path`` as PYTHONPATH would put it."""
     (tmp_path / "pfwording.py").write_text(
         "import patchflow.ops as ops\nPIPE = ops.NDVI(red=0, nir=1)\nVALUE = 3.5\n"
     )
-    env = {"PYTHONPATH": str(tmp_path)}
     monkeypatch.syspath_prepend(str(tmp_path))
     out = str(tmp_path / "o.zarr")
 
-    line = cli.error(cli.run("apply", str(tif), out, "--op", "pfwording:VALUE", env=env), 2)
+    line = cli.error(cli.call("apply", str(tif), out, "--op", "pfwording:VALUE"), 2)
     assert "argument --op pfwording:VALUE: float is not callable" in line
     with pytest.raises(ImportTargetError, match="float is not callable") as info:
         patchflow.ops.Imported("pfwording:VALUE").resolve()
@@ -244,7 +257,7 @@ def test_imported_operator_errors_in_each_language(
 
     # an operator instance takes no parameters: --op-arg on the command line
     args = ["apply", str(tif), out, "--op", "pfwording:PIPE", "--op-arg", "x=1"]
-    line = cli.error(cli.run(*args, env=env), 2)
+    line = cli.error(cli.call(*args), 2)
     assert "argument --op-arg: pfwording:PIPE is an operator instance" in line
     assert "takes no --op-arg" in line
     with pytest.raises(ImportTargetError, match="takes no parameters") as info:

@@ -5,7 +5,11 @@ Each case runs the real ``patchflow apply`` in a subprocess on real GeoTIFFs (or
 pointing at GeoTIFFs), SIGKILLs it part-way through writing its blocks (the
 ``PATCHFLOW_CRASH_AT=block-N`` hook of :mod:`patchflow.io.store`), then runs ``patchflow
 resume OUT.zarr`` with no other argument, and compares the finished store with an
-uninterrupted run of the same command, bit for bit:
+uninterrupted run of the same command, bit for bit. The kills are real processes; the
+``--model`` and ``--op MODULE:CALLABLE`` resumes run the installed command too (a fresh
+process, the module found through ``PYTHONPATH``), the other resumes and the uninterrupted
+references run the same entry point in-process (``patchflow.cli.main``), one process
+start-up fewer each. A killed store shared by two tests is copied by each before use:
 
 * ``--op MODULE:CALLABLE`` (the user's per-chip function, as :class:`patchflow.ops.Imported`),
 * ``--pipeline`` with a ``MODULE:CALLABLE`` step,
@@ -19,14 +23,17 @@ given as Python objects) and the Python API's side of the same recipes.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +96,16 @@ def patchflow_cmd(
     return subprocess.run(argv, capture_output=True, text=True, env=full, timeout=timeout)
 
 
+def patchflow_call(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same entry point, ``patchflow.cli.main(args)``, in this process."""
+    from patchflow.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(args))
+    return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
+
+
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
     return proc.stdout
@@ -119,19 +136,32 @@ def killed_run(args: list[str], out: Path, env: dict[str, str] | None = None) ->
 
 
 def resumed_equals_uninterrupted(
-    args: list[str], tmp_path: Path, env: dict[str, str] | None = None
+    args: list[str],
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    *,
+    killed: Path | None = None,
+    fresh: bool = False,
 ) -> xr.DataArray:
-    """Kill ``apply ARGS``, finish it with ``patchflow resume OUT.zarr`` alone, and check it
-    equals the same command run without interruption (values, dtype, attrs, coords)."""
+    """Kill ``apply ARGS`` (or take a copy of ``killed``, a store of that killed command),
+    finish it with ``patchflow resume OUT.zarr`` alone (the installed command with ``env``
+    if ``fresh``, else in-process), and check it equals the same command run without
+    interruption in-process (values, dtype, attrs, coords)."""
     out, ref = tmp_path / "out.zarr", tmp_path / "ref.zarr"
-    killed_run(args, out, env)
+    if killed is None:
+        killed_run(args, out, env)
+    else:
+        shutil.copytree(killed, out)
     with pytest.raises(patchflow.errors.IncompleteStoreError):
         patchflow.open_result(out)
-    text = ok(patchflow_cmd("resume", str(out), env=env))
+    resumed = (
+        patchflow_cmd("resume", str(out), env=env) if fresh else patchflow_call("resume", str(out))
+    )
+    text = ok(resumed)
     done, total = done_blocks(out)
     assert f"{total - 3} computed, 3 already done" in text, text
     assert done == total
-    ok(patchflow_cmd("apply", *args, str(ref), *CHIPS, "-q", env=env))
+    ok(patchflow_call("apply", *args, str(ref), *CHIPS, "-q"))
     got, want = patchflow.open_result(out), patchflow.open_result(ref)
     assert got.dtype == want.dtype and got.dims == want.dims
     np.testing.assert_array_equal(got.values, want.values)
@@ -184,6 +214,29 @@ def user_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture
+def importable(user_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``pfrecipe`` importable in this process, as ``PYTHONPATH`` makes it for the command;
+    forgotten again afterwards (a resume must find it unimportable without the path)."""
+    sys.modules.pop("pfrecipe", None)
+    monkeypatch.syspath_prepend(str(user_path))
+    yield
+    sys.modules.pop("pfrecipe", None)
+
+
+#: ``apply`` of the user's function (both tests of that recipe resume a copy of its store)
+MODULE_OP = ["--op", "pfrecipe:scaled_diff", "--op-arg", "gain=0.5"]
+
+
+@pytest.fixture(scope="module")
+def killed_module_op(tif: Path, user_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``apply TIF --op pfrecipe:scaled_diff`` killed after 3 blocks (not to be resumed in
+    place: tests copy it)."""
+    out = tmp_path_factory.mktemp("killed_op") / "out.zarr"
+    killed_run([str(tif), *MODULE_OP], out, on_path(user_path))
+    return out
+
+
 def _torchscript(path: Path, seed: int) -> Path:
     torch = pytest.importorskip("torch")
     torch.manual_seed(seed)
@@ -196,11 +249,23 @@ def _torchscript(path: Path, seed: int) -> Path:
     return path
 
 
-@pytest.fixture
-def torchscript(tmp_path: Path) -> Path:
-    """A tiny conv net (2 bands in, 2 out) saved as TorchScript (one per test: some tests
-    replace the file)."""
-    return _torchscript(tmp_path / "net.pt", seed=0)
+@pytest.fixture(scope="module")
+def torchscript(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny conv net (2 bands in, 2 out) saved as TorchScript (a test replacing the file
+    puts it back)."""
+    return _torchscript(tmp_path_factory.mktemp("model") / "net.pt", seed=0)
+
+
+#: ``apply``'s model flags (both tests of that recipe resume a copy of its store)
+MODEL_OP = ["--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def killed_model(tif: Path, torchscript: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``apply TIF --model net.pt`` killed after 3 blocks (tests copy it)."""
+    out = tmp_path_factory.mktemp("killed_model") / "out.zarr"
+    killed_run([str(tif), "--model", str(torchscript), *MODEL_OP], out)
+    return out
 
 
 def write_band(path: Path, band: np.ndarray, transform: Affine) -> None:
@@ -259,9 +324,13 @@ def stac_items(
 
 
 @pytest.mark.slow
-def test_module_callable(tif: Path, user_path: Path, tmp_path: Path) -> None:
-    args = [str(tif), "--op", "pfrecipe:scaled_diff", "--op-arg", "gain=0.5"]
-    got = resumed_equals_uninterrupted(args, tmp_path, env=on_path(user_path))
+def test_module_callable(
+    tif: Path, user_path: Path, importable: None, killed_module_op: Path, tmp_path: Path
+) -> None:
+    args = [str(tif), *MODULE_OP]
+    got = resumed_equals_uninterrupted(
+        args, tmp_path, on_path(user_path), killed=killed_module_op, fresh=True
+    )
     assert got.shape == (1, *SHAPE)
     recipe = _read_meta(str(tmp_path / "out.zarr"))["recipe"]
     assert recipe["op"] == {
@@ -273,7 +342,9 @@ def test_module_callable(tif: Path, user_path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pipeline_with_a_module_step(tif: Path, user_path: Path, tmp_path: Path) -> None:
+def test_pipeline_with_a_module_step(
+    tif: Path, user_path: Path, importable: None, tmp_path: Path
+) -> None:
     pipe = tmp_path / "pipe.yaml"
     pipe.write_text(
         "- op: dn_to_reflectance\n  params: {scale: 0.0001}\n"
@@ -291,9 +362,9 @@ def test_pipeline_with_a_module_step(tif: Path, user_path: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_model(tif: Path, torchscript: Path, tmp_path: Path) -> None:
-    args = [str(tif), "--model", str(torchscript), "--batch-size", "4"]
-    got = resumed_equals_uninterrupted(args, tmp_path)
+def test_model(tif: Path, torchscript: Path, killed_model: Path, tmp_path: Path) -> None:
+    args = [str(tif), "--model", str(torchscript), *MODEL_OP]
+    got = resumed_equals_uninterrupted(args, tmp_path, killed=killed_model, fresh=True)
     assert got.shape == (2, *SHAPE) and got.dtype == np.float32
     config = _read_meta(str(tmp_path / "out.zarr"))["recipe"]["op"]
     assert config["op"] == "TorchScript"
@@ -333,28 +404,37 @@ def test_stac(stac_items: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_changed_model_is_refused(tif: Path, torchscript: Path, tmp_path: Path) -> None:
+def test_changed_model_is_refused(torchscript: Path, killed_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.zarr"
-    killed_run([str(tif), "--model", str(torchscript)], out)
-    _torchscript(torchscript, seed=1)  # another model at the same path
-    line = error_line(patchflow_cmd("resume", str(out)), 1)
-    assert "model file" in line and "changed since the job ran" in line and "SHA-256" in line
-    assert "--overwrite" in line and "overwrite=True" not in line
-    assert done_blocks(out)[0] == 3  # nothing was written with the other model
-    with pytest.raises(ModelChangedError, match="overwrite=True") as info:
-        patchflow.resume(out)
-    assert info.value.path == str(torchscript.resolve())
-    # the file gone: named, with the way out
-    torchscript.unlink()
-    line = error_line(patchflow_cmd("resume", str(out)), 1)
-    assert "model not found" in line and "--resume" in line
+    shutil.copytree(killed_model, out)
+    original = torchscript.read_bytes()
+    try:
+        _torchscript(torchscript, seed=1)  # another model at the same path
+        assert torchscript.read_bytes() != original
+        line = error_line(patchflow_call("resume", str(out)), 1)
+        assert "model file" in line and "changed since the job ran" in line and "SHA-256" in line
+        assert "--overwrite" in line and "overwrite=True" not in line
+        assert done_blocks(out)[0] == 3  # nothing was written with the other model
+        with pytest.raises(ModelChangedError, match="overwrite=True") as info:
+            patchflow.resume(out)
+        assert info.value.path == str(torchscript.resolve())
+        # the file gone: named, with the way out
+        torchscript.unlink()
+        line = error_line(patchflow_call("resume", str(out)), 1)
+        assert "model not found" in line and "--resume" in line
+    finally:  # the shared model file as the killed job saw it
+        torchscript.write_bytes(original)
 
 
 @pytest.mark.slow
-def test_module_no_longer_importable(tif: Path, user_path: Path, tmp_path: Path) -> None:
+def test_module_no_longer_importable(
+    user_path: Path, killed_module_op: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out.zarr"
-    killed_run([str(tif), "--op", "pfrecipe:scaled_diff"], out, on_path(user_path))
-    line = error_line(patchflow_cmd("resume", str(out)), 1)  # no PYTHONPATH now
+    shutil.copytree(killed_module_op, out)
+    sys.modules.pop("pfrecipe", None)  # (in-process: as a fresh process without PYTHONPATH)
+    assert str(user_path) not in sys.path
+    line = error_line(patchflow_call("resume", str(out)), 1)  # no PYTHONPATH now
     assert "imports your module pfrecipe (pfrecipe:scaled_diff)" in line
     assert f"not on the Python path here (the job imported it from {user_path.resolve()})" in line
     assert f"PYTHONPATH={user_path.resolve()} patchflow resume {out}" in line
@@ -363,7 +443,11 @@ def test_module_no_longer_importable(tif: Path, user_path: Path, tmp_path: Path)
     ):
         patchflow.resume(out)
     # with the module on the path again, the store alone finishes it
-    ok(patchflow_cmd("resume", str(out), env=on_path(user_path)))
+    monkeypatch.syspath_prepend(str(user_path))
+    try:
+        ok(patchflow_call("resume", str(out)))
+    finally:
+        sys.modules.pop("pfrecipe", None)
     assert done_blocks(out)[0] == done_blocks(out)[1]
 
 
@@ -406,7 +490,7 @@ patchflow.run(stack, Imported("pfrecipe:scaled_diff", params={"gain": 2}), store
 
 @pytest.mark.slow
 def test_python_open_stac_and_imported_resume_in_process(
-    stac_items: Path, user_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stac_items: Path, user_path: Path, tmp_path: Path, importable: None
 ) -> None:
     out = tmp_path / "py.zarr"
     env = {**os.environ, **on_path(user_path), CRASH_AT: "block-4", "PYTHONWARNINGS": "ignore"}
@@ -419,7 +503,6 @@ def test_python_open_stac_and_imported_resume_in_process(
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert done_blocks(out)[0] == 3
-    monkeypatch.syspath_prepend(str(user_path))
     report = patchflow.resume(out)
     assert (report.computed, report.skipped) == (done_blocks(out)[1] - 3, 3)
     stack = open_stac(stac_items, assets=["B04", "B08"], chunks=128)
@@ -460,15 +543,16 @@ def test_imported_needs_json_params() -> None:
 
 
 def test_resume_reuses_the_recipe_of_a_finished_store(tif: Path, tmp_path: Path) -> None:
-    """A complete store whose chunk file was deleted: resume repairs it from the recipe."""
+    """A complete store whose chunk file was deleted: resume repairs it from the recipe
+    (in-process: the installed command resumes in the tests above)."""
     out = tmp_path / "done.zarr"
-    ok(patchflow_cmd("apply", str(tif), str(out), "--bands", "2,1", *CHIPS, "-q"))
+    ok(patchflow_call("apply", str(tif), str(out), "--bands", "2,1", *CHIPS, "-q"))
     before = patchflow.open_result(out).values
     var = out / _read_meta(str(out))["job"]["var"]
     meta = ("zarr.json", ".zarray", ".zattrs")
     chunks = sorted(p for p in var.rglob("*") if p.is_file() and p.name not in meta)
     assert len(chunks) == 9
     chunks[4].unlink()
-    text = ok(patchflow_cmd("resume", str(out)))
+    text = ok(patchflow_call("resume", str(out)))
     assert "1 damaged block recomputed" in text, text
     np.testing.assert_array_equal(patchflow.open_result(out).values, before)
