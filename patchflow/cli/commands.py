@@ -1003,7 +1003,6 @@ def _over(obj: Any, text: str | None) -> str | list[str] | None:
 def cmd_apply(args: argparse.Namespace) -> int:
     """``patchflow apply``."""
     import patchflow
-    from patchflow.io.cog import write_cog
     from patchflow.ops import SelectBands
 
     kind = _output_kind(args.output)
@@ -1087,16 +1086,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
             cog: dict[str, Any] = {}
             if args.co:
                 cog["creation_options"] = _creation_options(args.co)
-            with _co_errors():
-                report, result = write_cog(
+            # the CLI has checked OUTPUT itself (it may replace it); the job computes
+            # once, so dask's bar around it draws one bar
+            with _co_errors(), where.progress():
+                report = patchflow.run(
                     obj,
                     op,
-                    args.output,
-                    run_params=params,
+                    store=args.output,
+                    overwrite=True,
                     scheduler=where.scheduler,
-                    progress=where.progress,
                     **cog,
+                    **params,
                 )
+            result = report.open()
     _say(
         args,
         f"wrote {args.output}: {_describe(result)}",

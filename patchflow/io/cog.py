@@ -5,8 +5,8 @@ and the copy of a finished staging Zarr v2 store into a COG by GDAL.
 staging Zarr v2 store next to the output (memory stays bounded at any scene size), then
 GDAL's COG driver copies it, reading the store through GDAL's Zarr driver: no intermediate
 GeoTIFF, no second dask computation. This module owns the options (:data:`COG_OPTIONS`,
-:func:`cog_options`), the copy (:func:`zarr_to_cog`) and :func:`write_cog`, the command
-line's entry; :mod:`patchflow.io.store` owns the job.
+:func:`cog_options`) and the copy (:func:`zarr_to_cog`); :mod:`patchflow.io.store` owns
+the job.
 
 GDAL ignores an unknown creation option or a bad value with a log message (``COMPRESS=FOO``
 writes an uncompressed file, ``LEVEL=13`` the default level) and refuses some combinations
@@ -18,11 +18,9 @@ valid ones.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -41,7 +39,6 @@ from patchflow.errors import (
 if TYPE_CHECKING:
     import xarray as xr
 
-    from patchflow.io.report import RunReport
 
 __all__ = [
     "COG_DEFAULTS",
@@ -52,7 +49,6 @@ __all__ = [
     "cog_options",
     "is_cog_path",
     "raster_metadata",
-    "write_cog",
     "zarr_to_cog",
 ]
 
@@ -540,37 +536,3 @@ def _metadata(parent: Any, tags: Mapping[str, str]) -> None:
         block = ET.SubElement(parent, "Metadata")
         for key, value in tags.items():
             ET.SubElement(block, "MDI", key=key).text = value
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def write_cog(
-    obj: Any,
-    op: Any,
-    output: str | os.PathLike[str],
-    *,
-    run_params: Mapping[str, Any],
-    creation_options: Mapping[str, str | int | float] | None = None,
-    scheduler: Any = None,
-    progress: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> tuple[RunReport, xr.DataArray]:
-    """``patchflow.run(obj, op, store=output, overwrite=True, ...)`` for the command line,
-    which has checked ``output`` itself: the report and the COG, opened.
-
-    ``progress`` wraps the job (e.g. a dask ``ProgressBar``: the job computes once, so it
-    draws one bar); ``patchflow.run(..., progress=True)`` draws patchflow's own bar instead.
-    """
-    from patchflow.io.store import run
-
-    with progress():
-        report = run(
-            obj,
-            op,
-            store=output,
-            overwrite=True,
-            creation_options=creation_options,
-            scheduler=scheduler,
-            **run_params,
-        )
-    return report, report.open()

@@ -585,17 +585,12 @@ def test_dask_progress_bar_around_a_cog_job_draws_one_bar(
     # what `patchflow apply … OUT.tif` does: dask's ProgressBar around the whole job
     from dask.diagnostics import ProgressBar
 
-    from patchflow.io.cog import write_cog
-
     out = io.StringIO()
-    report, result = write_cog(
-        scene,
-        OP,
-        tmp_path / "c.tif",
-        run_params=KW,
-        creation_options={"compress": "zstd"},
-        progress=lambda: ProgressBar(minimum=0, out=out),
-    )
+    with ProgressBar(minimum=0, out=out):
+        report = patchflow.run(
+            scene, OP, store=tmp_path / "c.tif", creation_options={"compress": "zstd"}, **KW
+        )
+    result = report.open()
     assert len([line for line in out.getvalue().split("\n") if "Completed" in line]) == 1
     assert report.kind == "cog" and result.rio.crs == scene.rio.crs
 
