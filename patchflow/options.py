@@ -37,7 +37,18 @@ Boundary: TypeAlias = Literal["shift", "pad", "drop", "raise"]
 #: how ``boundary="pad"`` fills chips past the edge (numpy pad modes; ``core.PAD_MODES``)
 PadMode: TypeAlias = Literal["constant", "reflect", "edge", "symmetric", "wrap"]
 #: how overlapping chip outputs combine (``patchflow.AGGREGATIONS``)
-Agg: TypeAlias = Literal["overlap_add", "mean", "max", "min", "vote", "soft_vote", "centre"]
+Agg: TypeAlias = Literal[
+    "overlap_add",
+    "mean",
+    "max",
+    "min",
+    "vote",
+    "soft_vote",
+    "centre",
+    "sum",
+    "weighted_sum",
+    "mean_std",
+]
 #: what a failing chip does (``core.ON_ERROR``)
 OnError: TypeAlias = Literal["raise", "mask", "retry"]
 #: what :func:`patchflow.run` does with the store (``store.MODES``)

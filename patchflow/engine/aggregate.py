@@ -18,6 +18,10 @@ vote           the most frequent integer label; ties go to the label with the hi
 soft_vote      ``argmax`` over classes of the overlap-added class scores
 centre         the value from the chip whose centre is nearest, per band (ties: lower
                chip index; a band invalid in that chip takes the next nearest chip's)
+sum            ``sum(out)`` over the chips covering it (window ignored; e.g. counts)
+weighted_sum   ``sum(w * out)``
+mean_std       ``[mean, std]`` along a new leading axis: the overlap-add mean and the
+               weighted population std ``sqrt(sum(w (out - mean)^2) / sum(w))``
 ============== ===================================================================
 
 Invalid contributions (a non-finite op output, a failed chip, or — for non-float outputs
@@ -92,6 +96,16 @@ def _pixel_mask(batch: ChipBatch, k: int) -> np.ndarray | None:
     return mask
 
 
+def _whole_accumulator(default: np.dtype, out: np.ndarray) -> np.dtype:
+    """float64 when a sparse sample of ``out`` is all whole numbers, else ``default``."""
+    if default == np.float64:
+        return default
+    sample = out[..., ::7, ::7]
+    with np.errstate(invalid="ignore"):
+        whole = bool(np.all((sample == np.rint(sample)) | ~np.isfinite(sample)))
+    return np.dtype(np.float64) if whole else default
+
+
 class Aggregator:
     """Base class: subclasses define the partial state and how it merges."""
 
@@ -100,6 +114,8 @@ class Aggregator:
     weighted: ClassVar[bool] = True
     #: state arrays that add up across passes (empty: the aggregation cannot accumulate)
     sum_keys: ClassVar[tuple[str, ...]] = ()
+    #: labels of a leading ``stat`` dim the result gains (empty: none; mean_std: mean, std)
+    stat_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -231,12 +247,7 @@ class OverlapAdd(Aggregator):
         costs speed (float64 is never less exact), a wrong "fractional" guess only hits
         outputs that are not all whole numbers, which float32 sums to ~1e-7 anyway.
         """
-        if self.acc == np.float64:
-            return self.acc
-        sample = out[..., ::7, ::7]
-        with np.errstate(invalid="ignore"):
-            whole = bool(np.all((sample == np.rint(sample)) | ~np.isfinite(sample)))
-        return np.dtype(np.float64) if whole else self.acc
+        return _whole_accumulator(self.acc, out)
 
     def merged_accumulator(self, partials: list[State]) -> np.dtype:
         dtypes = [p["num"].dtype for p in partials if p.get("num") is not None]
@@ -565,8 +576,144 @@ class Centre(Aggregator):
         return self._finish(state["val"], state["score"] > self.MISSING)
 
 
+class Sum(Aggregator):
+    """Plain per-pixel sum of the op outputs of every chip covering it (e.g. counts).
+
+    ``num`` holds the sums, ``cnt`` how many valid chip outputs reached each element (a
+    pixel none reached is invalid). Like :class:`OverlapAdd` the sums are float64 where
+    the outputs are whole numbers, so counts come out exact.
+    """
+
+    name = "sum"
+    weighted = False
+    sum_keys = ("num", "cnt")
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        wide = self.op_dtype.kind in "biu" or self.op_dtype.itemsize >= 8
+        self.acc = np.dtype(np.float64) if wide else np.dtype(np.float32)
+
+    def result_dtype(self) -> np.dtype:
+        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
+
+    def accumulator_for(self, out: np.ndarray) -> np.dtype:
+        """float64 when the outputs look like whole numbers (see :class:`OverlapAdd`)."""
+        return _whole_accumulator(self.acc, out)
+
+    def merged_accumulator(self, partials: list[State]) -> np.dtype:
+        return np.result_type(self.acc, *[p["num"].dtype for p in partials if "num" in p])
+
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
+        full = (*self.lead, *shape)
+        # float64 counts: exact far beyond any realistic overlap, and sum_shape's dtype
+        return {"num": np.zeros(full, acc or self.acc), "cnt": np.zeros(full, np.float64)}
+
+    def _term(self, batch: ChipBatch, k: int, acc: np.dtype) -> np.ndarray:
+        """Chip ``k``'s contribution (its output; window-weighted in :class:`WeightedSum`)."""
+        return batch.out[k]
+
+    def add(self, state: State, batch: ChipBatch) -> None:
+        num, cnt = state["num"], state["cnt"]
+        h, w = batch.out.shape[-2:]
+        for k, (r, c) in enumerate(batch.pos):
+            sl = (..., slice(r, r + h), slice(c, c + w))
+            term = self._term(batch, k, num.dtype)
+            mask = _pixel_mask(batch, k)
+            if mask is None:
+                num[sl] += term
+                cnt[sl] += 1
+            else:
+                num[sl] += np.where(mask, term, 0)
+                cnt[sl] += mask
+
+    def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
+        for key in ("num", "cnt"):
+            dst[key][(..., *dst_sl)] += src[key][(..., *src_sl)]
+
+    def finalize(self, state: State) -> np.ndarray:
+        ok = state["cnt"] > 0
+        return self._finish(np.where(ok, state["num"], 0), ok)
+
+
+class WeightedSum(Sum):
+    """Per-pixel ``sum(w * out)`` over the chips covering it (``w`` = window)."""
+
+    name = "weighted_sum"
+    weighted = True
+
+    def _term(self, batch: ChipBatch, k: int, acc: np.dtype) -> np.ndarray:
+        if batch.unit_weights:
+            return batch.out[k]
+        # float64 products of whole numbers and the fixed-point window weights are exact
+        return np.multiply(batch.out[k], batch.weights[k], dtype=acc)
+
+
+class MeanStd(Aggregator):
+    """Window-weighted mean and standard deviation over the chips covering each pixel.
+
+    The std is the weighted population one, ``sqrt(sum(w (x - mean)^2) / sum(w))``. The
+    state is Chan's ``(W, mean, M2)`` in float64, merged pairwise (a chip is a partial
+    with ``M2 = 0``): no ``sum(x^2) - sum(x)^2`` cancellation, so a small signal on a large
+    offset keeps its spread. The result gets a leading axis of size 2: ``[mean, std]``.
+    The merge is not a plain sum, so this aggregation cannot accumulate across passes.
+    """
+
+    name = "mean_std"
+    stat_names = ("mean", "std")
+
+    def result_dtype(self) -> np.dtype:
+        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
+
+    def result_lead(self) -> tuple[int, ...]:
+        return (2, *self.lead)
+
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
+        full = (*self.lead, *shape)
+        return {key: np.zeros(full, np.float64) for key in ("w", "mean", "m2")}
+
+    @staticmethod
+    def _combine(
+        dst: State, sl: tuple[Any, ...], wb: np.ndarray, mb: np.ndarray, m2b: np.ndarray
+    ) -> None:
+        """Merge the partial ``(wb, mb, m2b)`` into ``dst[sl]`` (Chan et al.)."""
+        wa, ma = dst["w"][sl], dst["mean"][sl]
+        total = wa + wb
+        delta = mb - ma
+        # zero-weight elements stay as they are (no 0/0)
+        frac = np.divide(wb, total, out=np.zeros_like(total), where=total > 0)
+        dst["mean"][sl] = ma + delta * frac
+        dst["m2"][sl] += m2b + delta * delta * wa * frac
+        dst["w"][sl] = total
+
+    def add(self, state: State, batch: ChipBatch) -> None:
+        h, w = batch.out.shape[-2:]
+        for k, (r, c) in enumerate(batch.pos):
+            sl = (..., slice(r, r + h), slice(c, c + w))
+            out = batch.out[k].astype(np.float64)
+            wk = np.broadcast_to(batch.weights[k].astype(np.float64), out.shape)
+            mask = _pixel_mask(batch, k)
+            if mask is not None:
+                wk = np.where(mask, wk, 0.0)
+                out = np.where(mask, out, 0.0)
+            self._combine(state, sl, wk, out, np.zeros(()))
+
+    def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
+        s = (..., *src_sl)
+        self._combine(dst, (..., *dst_sl), src["w"][s], src["mean"][s], src["m2"][s])
+
+    def finalize(self, state: State) -> np.ndarray:
+        ok = state["w"] > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.where(ok, state["m2"] / np.where(ok, state["w"], 1.0), 0.0)
+        # rounding can leave M2 a hair below zero where every value is the same
+        std = np.sqrt(np.maximum(var, 0.0))
+        value = np.stack([np.where(ok, state["mean"], 0.0), std])
+        return self._finish(value, np.broadcast_to(ok, value.shape))
+
+
 AGGREGATIONS: dict[str, type[Aggregator]] = {
-    cls.name: cls for cls in (OverlapAdd, Mean, Max, Min, Vote, SoftVote, Centre)
+    cls.name: cls
+    for cls in (OverlapAdd, Mean, Max, Min, Vote, SoftVote, Centre, Sum, WeightedSum, MeanStd)
 }
 
 

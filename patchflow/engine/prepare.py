@@ -504,17 +504,21 @@ def prepare(
         crs=None if crs is None else str(crs),
         loop=loop_shape,
     )
+    lead = aggregator.result_lead()
+    stats = aggregator.stat_names  # mean_std: a leading ("mean", "std") dim before the op's
+    op_lead = lead[len(stats) > 0 :]
+    dims = _out_dims(arr, op_lead, output_dims, n_loop)
     return Prepared(
         arr=arr,
         data=data,
         plan=plan,
         spec=spec,
-        dims=_out_dims(arr, aggregator.result_lead(), output_dims, n_loop),
+        dims=("stat", *dims) if stats else dims,
         nodata=out_nodata,
         name=name if name is not None else _result_name(op, arr),
         band_names=_band_names(op, arr),
         encoded_nodata=encoded,
-        attrs=_output_attrs(op, arr, aggregator.result_lead()),
+        attrs=_output_attrs(op, arr, op_lead),
     )
 
 
@@ -795,4 +799,6 @@ class Prepared:
         band = self.dims[-1] if self.dims else None
         if self.band_names and band is not None and out.sizes[band] == len(self.band_names):
             out = out.assign_coords({band: list(self.band_names)})
+        if self.spec.agg.stat_names:
+            out = out.assign_coords(stat=list(self.spec.agg.stat_names))
         return out

@@ -104,7 +104,7 @@ from dask.callbacks import Callback
 from dask.delayed import Delayed
 
 from patchflow._xr import spatial_dims
-from patchflow.engine.aggregate import Aggregator, State
+from patchflow.engine.aggregate import AGGREGATIONS, Aggregator, State
 from patchflow.engine.graph import build_graph
 from patchflow.engine.prepare import Prepared, prepare, prepare_from
 from patchflow.engine.timing import phase
@@ -1773,8 +1773,8 @@ def _run_store(
     want_sums = keep_sums or mode == "accumulate"
     if want_sums and not aggregator.sum_keys:
         raise ParameterError(
-            f"agg={aggregator.name!r} cannot accumulate across passes; use overlap_add, mean, "
-            "soft_vote or vote, or keep_sums=False"
+            f"agg={aggregator.name!r} cannot accumulate across passes; use one of "
+            f"{', '.join(n for n, a in AGGREGATIONS.items() if a.sum_keys)}, or keep_sums=False"
         )
     job = _job_record(obj, op, prep, params, var)
     state, meta = _state(path)

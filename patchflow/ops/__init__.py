@@ -9,6 +9,9 @@ module                    owns
                           and :class:`Imported` (your own code, named by import path)
 :mod:`.bands`             band arithmetic: DN → reflectance, normalised differences
                           (NDVI, NDWI, NBR), band selection, casts, rescaling, clipping
+:mod:`.combinators`       :class:`Branch` (bands side by side), :class:`Switch` (an
+                          operator per chip, by a predicate that is data), :class:`Tap`
+                          (observe chips: statistics, your own logger)
 :mod:`.composite`         NaN-skipping time composites
 :mod:`.tta`               test-time augmentation
 :mod:`.models`            ML models (PyTorch modules, any batched callable) and
@@ -58,6 +61,19 @@ from patchflow.ops.base import (
     registered_ops,
     to_json,
 )
+from patchflow.ops.combinators import (
+    BandFraction,
+    BandMean,
+    Branch,
+    ImportedPredicate,
+    Predicate,
+    Switch,
+    Tap,
+    TapRecord,
+    clear_tap_records,
+    predicate_from_config,
+    tap_records,
+)
 from patchflow.ops.composite import COMPOSITE_STATS, Composite
 from patchflow.ops.models import ModelOp, TorchScript, tiny_cnn
 from patchflow.ops.tta import TTA, TTA_PRESETS, TTA_TRANSFORMS
@@ -71,30 +87,41 @@ __all__ = [
     "TTA_PRESETS",
     "TTA_TRANSFORMS",
     "Astype",
+    "BandFraction",
+    "BandMean",
     "Batched",
+    "Branch",
     "Composite",
     "ConfigError",
     "DNToReflectance",
     "Imported",
+    "ImportedPredicate",
     "Lambda",
     "ModelOp",
     "NormalizedDifference",
     "Operator",
     "PercentileClip",
+    "Predicate",
     "Rescale",
     "SelectBands",
     "Sequential",
+    "Switch",
+    "Tap",
+    "TapRecord",
     "TorchScript",
     "as_operator",
     "batched",
+    "clear_tap_records",
     "from_config",
     "from_json",
     "is_batched",
     "op_output_spec",
     "op_pointwise",
     "op_scale",
+    "predicate_from_config",
     "register",
     "registered_ops",
+    "tap_records",
     "tiny_cnn",
     "to_json",
 ]

@@ -1,0 +1,258 @@
+"""``agg="sum"``, ``"weighted_sum"`` and ``"mean_std"`` through ``patchflow.apply`` against a
+hand-written numpy loop over the same chip grid (``patchflow.plan_grid`` anchors, weights
+from ``patchflow.make_window``), with non-pointwise operators so chip boundaries matter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+
+import patchflow
+from patchflow.engine.prepare import POINTWISE_AGGS
+from patchflow.errors import ParameterError
+from patchflow.ops import Lambda
+
+SIZE, STRIDE = 16, 6
+CHUNKINGS = [(-1, -1), (17, 23), (9, 40), (31, 11)]
+
+
+def _scene(values: np.ndarray, chunks: tuple[int, int]) -> xr.DataArray:
+    arr = xr.DataArray(values, dims=("band", "y", "x"))
+    ys, xs = np.arange(values.shape[1]) * -10.0, np.arange(values.shape[2]) * 10.0
+    arr = arr.assign_coords(y=ys, x=xs)
+    arr = arr.rio.write_crs("EPSG:32633")
+    return arr.chunk({"band": -1, "y": chunks[0], "x": chunks[1]})
+
+
+def _engine(
+    values: np.ndarray, op: Callable[..., np.ndarray], chunks: tuple[int, int], **kw: Any
+) -> xr.DataArray:
+    with dask.config.set(scheduler="synchronous"):
+        return patchflow.apply(_scene(values, chunks), op, size=SIZE, stride=STRIDE, **kw).compute()
+
+
+def _chips(
+    values: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], window: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every chip's output and window weights placed on the full scene (NaN / 0 elsewhere)."""
+    _, height, width = values.shape
+    layout = patchflow.plan_grid(_scene(values, (-1, -1)), size=SIZE, stride=STRIDE)
+    win = patchflow.make_window(window, (SIZE, SIZE))
+    outs, wts = [], []
+    for ay, ax in layout.anchors.tolist():
+        out = np.asarray(fn(values[:, ay : ay + SIZE, ax : ax + SIZE]))
+        placed = np.full((out.shape[0], height, width), np.nan)
+        placed[:, ay : ay + SIZE, ax : ax + SIZE] = out
+        wk = win.weights(ay == 0, ay + SIZE >= height, ax == 0, ax + SIZE >= width)
+        weight = np.zeros((height, width))
+        weight[ay : ay + SIZE, ax : ax + SIZE] = wk
+        outs.append(placed)
+        wts.append(np.broadcast_to(weight, placed.shape))
+    out_all, w_all = np.stack(outs), np.stack(wts)
+    # a non-finite output (or no chip) contributes nothing
+    w_all = np.where(np.isfinite(out_all), w_all, 0.0)
+    return out_all, w_all
+
+
+def _wiggle(chip: np.ndarray) -> np.ndarray:
+    """Not pointwise: each chip shifts its pixels by its own mean."""
+    return (chip[:1] + np.nanmean(chip)).astype(np.float32)
+
+
+def _whole(chip: np.ndarray) -> np.ndarray:
+    """Whole numbers, different per chip (exact sums expected)."""
+    return (np.floor(chip[:1] * 100) + np.floor(np.nanmean(chip) * 1000)).astype(np.float32)
+
+
+def _values(seed: int = 0, shape: tuple[int, int, int] = (2, 45, 52)) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# sum / weighted_sum
+# ---------------------------------------------------------------------------------------
+
+
+def test_new_aggs_are_not_pointwise_shortcuts() -> None:
+    for agg in ("sum", "weighted_sum", "mean_std"):
+        assert agg not in POINTWISE_AGGS
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_sum_of_whole_numbers_is_exact(chunks: tuple[int, int]) -> None:
+    values = _values()
+    got = _engine(values, Lambda(_whole), chunks, agg="sum")
+    out_all, _ = _chips(values, _whole, "boxcar")
+    hit = np.isfinite(out_all)
+    expected = np.where(hit, out_all, 0).sum(axis=0)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got.values, expected.astype(np.float32))
+
+
+def test_sum_counts_chips_and_pointwise_op_gives_k_times_value() -> None:
+    values = _values(1)
+    ones = _engine(values, Lambda(lambda c: np.ones_like(c[:1])), (17, 23), agg="sum")
+    out_all, _ = _chips(values, lambda c: np.ones_like(c[:1]), "boxcar")
+    count = np.isfinite(out_all).sum(axis=0)
+    np.testing.assert_array_equal(ones.values, count)
+    assert count.max() > 1  # the chips overlap
+    # a pointwise op must not take the once-per-pixel shortcut: K chips sum to K * value
+    twice = Lambda(lambda c: 2 * c[:1], pointwise=True)
+    got = _engine(values, twice, (17, 23), agg="sum")
+    np.testing.assert_allclose(got.values, count * 2 * values[:1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+@pytest.mark.parametrize("window", ["hann", "triangular"])
+def test_weighted_sum_matches_numpy(chunks: tuple[int, int], window: str) -> None:
+    values = _values(2)
+    got = _engine(values, Lambda(_wiggle), chunks, agg="weighted_sum", window=window)
+    out_all, w_all = _chips(values, _wiggle, window)
+    expected = np.where(w_all > 0, out_all * w_all, 0).sum(axis=0)
+    np.testing.assert_allclose(got.values, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_weighted_sum_of_whole_numbers_is_exact() -> None:
+    values = _values(3)
+    got = _engine(values, Lambda(_whole), (9, 40), agg="weighted_sum")
+    out_all, w_all = _chips(values, _whole, "hann")
+    expected = np.where(w_all > 0, out_all * w_all, 0).sum(axis=0)
+    np.testing.assert_array_equal(got.values, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("agg", ["sum", "weighted_sum", "mean_std"])
+def test_pixels_no_valid_chip_reaches_are_nan(agg: str) -> None:
+    values = _values(4)
+    values[:, 20:24, 30:33] = np.nan  # every chip over these pixels outputs NaN there
+
+    def op(chip: np.ndarray) -> np.ndarray:
+        return (chip[:1] * 2 + np.nanmean(chip)).astype(np.float32)
+
+    got = _engine(values, Lambda(op), (17, 23), agg=agg).values
+    assert np.isnan(got[..., 20:24, 30:33]).all()
+    assert np.isfinite(np.delete(got, np.s_[20:24], axis=-2)).all()
+    out_all, w_all = _chips(values, op, "boxcar" if agg == "sum" else "hann")
+    ok = np.isfinite(out_all).any(axis=0)
+    if agg == "mean_std":
+        expected = _mean_std_reference(out_all, np.where(ok, w_all, 1.0))
+    else:
+        expected = np.where(w_all > 0, out_all * w_all, 0).sum(axis=0)
+    expected = np.where(ok, expected, np.nan)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def test_sum_accumulates_across_passes(tmp_path: Path) -> None:
+    values = _values(5)
+    store = tmp_path / "sum.zarr"
+    scene = _scene(values, (17, 23))
+    kw: dict[str, Any] = {"size": SIZE, "stride": STRIDE, "agg": "sum"}
+    with dask.config.set(scheduler="synchronous"):
+        patchflow.run(scene, Lambda(_whole), store=store, keep_sums=True, **kw)
+        report = patchflow.run(scene, Lambda(_whole), store=store, mode="accumulate", **kw)
+        got = report.open(verify=True).values
+    out_all, _ = _chips(values, _whole, "boxcar")
+    expected = 2 * np.where(np.isfinite(out_all), out_all, 0).sum(axis=0)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_mean_std_cannot_accumulate(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match="cannot accumulate"):
+        patchflow.run(
+            _scene(_values(6), (-1, -1)),
+            Lambda(_wiggle),
+            store=tmp_path / "ms.zarr",
+            keep_sums=True,
+            size=SIZE,
+            stride=STRIDE,
+            agg="mean_std",
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# mean_std
+# ---------------------------------------------------------------------------------------
+
+
+def _mean_std_reference(out_all: np.ndarray, w_all: np.ndarray) -> np.ndarray:
+    """``np.average`` per pixel over the chips covering it (stacked, float64)."""
+    x = np.where(w_all > 0, out_all, 0.0)
+    mean = np.average(x, weights=w_all, axis=0)
+    std = np.sqrt(np.average((x - mean) ** 2, weights=w_all, axis=0))
+    return np.stack([mean, std])
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+@pytest.mark.parametrize("window", ["hann", "boxcar"])
+def test_mean_std_matches_numpy(chunks: tuple[int, int], window: str) -> None:
+    values = _values(7)
+
+    def op(chip: np.ndarray) -> np.ndarray:  # two bands, both chip-dependent
+        return np.stack([chip[0] * chip.mean(), chip[1] - chip.std()]).astype(np.float64)
+
+    got = _engine(values, Lambda(op), chunks, agg="mean_std", window=window)
+    out_all, w_all = _chips(values, op, window)
+    expected = _mean_std_reference(out_all, w_all)
+    assert got.shape == (2, 2, *values.shape[1:]) and got.dtype == np.float64
+    assert float(expected[1].max()) > 1e-3  # chips disagree: the std is not trivially 0
+    np.testing.assert_allclose(got.values, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_mean_std_large_offset_is_stable(chunks: tuple[int, int]) -> None:
+    values = _values(8)
+
+    def op(chip: np.ndarray) -> np.ndarray:
+        # 1e4 + a small signal that differs per chip, as float32
+        return (np.float32(1e4) + (chip[:1] + chip.mean()) * np.float32(0.1)).astype(np.float32)
+
+    got = _engine(values, Lambda(op), chunks, agg="mean_std")
+    out_all, w_all = _chips(values, op, "hann")
+    expected = _mean_std_reference(out_all, w_all)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got.values[0], expected[0], rtol=1e-7)
+    std = expected[1]
+    assert float(std.max()) > 1e-3
+    np.testing.assert_allclose(got.values[1], std, rtol=1e-5, atol=1e-6)
+    # the naive one-pass formula in the op's float32 really fails here
+    x, w = np.where(w_all > 0, out_all, 0).astype(np.float32), w_all.astype(np.float32)
+    sw, sx, sxx = w.sum(0), (w * x).sum(0), (w * x * x).sum(0)
+    naive = np.sqrt(np.maximum(sxx / sw - (sx / sw) ** 2, 0))
+    assert np.max(np.abs(naive - std)) > 1e-2
+
+
+def test_mean_std_identical_chips_give_zero_std() -> None:
+    values = _values(9)
+    got = _engine(values, Lambda(lambda c: c[:1] * 3), (17, 23), agg="mean_std")
+    np.testing.assert_allclose(got.values[0], values[:1] * 3, rtol=1e-6)
+    np.testing.assert_array_equal(got.values[1], 0)
+
+
+def test_mean_std_names_its_stat_dim_through_apply_and_run(tmp_path: Path) -> None:
+    """The leading axis is a ``stat`` dim labelled mean/std; the op's dims keep their
+    labels, also for a time stack processed date by date and through a Zarr store."""
+    from patchflow.io.synthetic import make_scene
+
+    scene = make_scene((200, 180), chunks=100).astype("float32")
+    op = Lambda(lambda c: c * 1.0)
+    out = patchflow.apply(scene, op, agg="mean_std", size=64, stride=48)
+    assert out.dims == ("stat", "band", "y", "x")
+    assert out.stat.values.tolist() == ["mean", "std"]
+    assert out.band.values.tolist() == ["red", "nir"]
+    stack = xr.concat([scene, scene + 1], dim="time")
+    per_date = patchflow.apply(stack, op, agg="mean_std", size=64, stride=48)
+    assert per_date.dims == ("stat", "time", "band", "y", "x")
+    # a pointwise value: every chip agrees, so the std is 0 and the mean the value
+    np.testing.assert_allclose(per_date.sel(stat="mean").values, stack.values, rtol=1e-6)
+    assert float(abs(per_date.sel(stat="std")).max()) <= 1e-3
+    stored = patchflow.run(
+        scene, op, store=tmp_path / "ms.zarr", agg="mean_std", size=64, stride=48
+    ).open()
+    assert stored.dims == out.dims and stored.stat.values.tolist() == ["mean", "std"]
+    np.testing.assert_allclose(stored.values, out.values, rtol=1e-6)
