@@ -221,11 +221,8 @@ class Aggregator:
         )
 
 
-class OverlapAdd(Aggregator):
-    """Window-weighted mean: ``num / den``."""
-
-    name = "overlap_add"
-    sum_keys = ("num", "den")
+class _Summing(Aggregator):
+    """Aggregations that add op outputs up: a float result and the accumulator choice."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -252,6 +249,13 @@ class OverlapAdd(Aggregator):
     def merged_accumulator(self, partials: list[State]) -> np.dtype:
         dtypes = [p["num"].dtype for p in partials if p.get("num") is not None]
         return np.result_type(self.acc, *dtypes)
+
+
+class OverlapAdd(_Summing):
+    """Window-weighted mean: ``num / den``."""
+
+    name = "overlap_add"
+    sum_keys = ("num", "den")
 
     def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
         return {
@@ -576,7 +580,7 @@ class Centre(Aggregator):
         return self._finish(state["val"], state["score"] > self.MISSING)
 
 
-class Sum(Aggregator):
+class Sum(_Summing):
     """Plain per-pixel sum of the op outputs of every chip covering it (e.g. counts).
 
     ``num`` holds the sums, ``cnt`` how many valid chip outputs reached each element (a
@@ -587,21 +591,6 @@ class Sum(Aggregator):
     name = "sum"
     weighted = False
     sum_keys = ("num", "cnt")
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        wide = self.op_dtype.kind in "biu" or self.op_dtype.itemsize >= 8
-        self.acc = np.dtype(np.float64) if wide else np.dtype(np.float32)
-
-    def result_dtype(self) -> np.dtype:
-        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
-
-    def accumulator_for(self, out: np.ndarray) -> np.dtype:
-        """float64 when the outputs look like whole numbers (see :class:`OverlapAdd`)."""
-        return _whole_accumulator(self.acc, out)
-
-    def merged_accumulator(self, partials: list[State]) -> np.dtype:
-        return np.result_type(self.acc, *[p["num"].dtype for p in partials if "num" in p])
 
     def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
         full = (*self.lead, *shape)
