@@ -179,6 +179,20 @@ def _coords(transform: Affine, rows: int, cols: int) -> dict[str, np.ndarray]:
     return {"y": y, "x": x}
 
 
+def write_band_tif(
+    path: Path | str, band: np.ndarray, transform: Affine, crs: str, *, nodata: Any = None
+) -> None:
+    """One 2-D band as a tiled GeoTIFF written with rioxarray (a STAC asset, say)."""
+    h, w = band.shape
+    da = xr.DataArray(
+        band[None], dims=("band", "y", "x"), coords={"band": [1], **_coords(transform, h, w)}
+    )
+    da = da.rio.write_crs(crs).rio.write_transform(transform)
+    if nodata is not None:
+        da = da.rio.write_nodata(nodata)
+    da.rio.to_raster(path, tiled=True, blockxsize=128, blockysize=128)
+
+
 def _to_xarray(
     data: np.ndarray,
     transform: Affine,

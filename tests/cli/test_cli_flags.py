@@ -24,6 +24,7 @@ import xarray as xr
 import zarr
 from affine import Affine
 from clirun import CLI
+from conftest import write_band_tif
 
 import patchflow
 from patchflow.demo import dn_ndvi
@@ -216,21 +217,6 @@ def test_output_flags_need_their_output_kind(
 DATES = ["2024-06-01T10:00:00Z", "2024-06-06T10:00:00Z"]
 
 
-def write_band(path: Path, band: np.ndarray, transform: Affine, epsg: int) -> None:
-    h, w = band.shape
-    da = xr.DataArray(
-        band[None],
-        dims=("band", "y", "x"),
-        coords={
-            "band": [1],
-            "y": transform.f + transform.e * (np.arange(h) + 0.5),
-            "x": transform.c + transform.a * (np.arange(w) + 0.5),
-        },
-    )
-    da = da.rio.write_crs(f"EPSG:{epsg}").rio.write_transform(transform)
-    da.rio.to_raster(path, tiled=True, blockxsize=128, blockysize=128)
-
-
 def stac_item(
     root: Path, k: int, bands: dict[str, np.ndarray], epsg: int = 32610
 ) -> dict[str, Any]:
@@ -239,7 +225,7 @@ def stac_item(
     assets = {}
     for name, band in bands.items():
         href = f"d{k}_{name}_{epsg}.tif"
-        write_band(root / href, band, transform, epsg)
+        write_band_tif(root / href, band, transform, f"EPSG:{epsg}")
         assets[name] = {
             "href": href,
             "type": "image/tiff; application=geotiff; profile=cloud-optimized",

@@ -21,6 +21,7 @@ import pytest
 import xarray as xr
 from affine import Affine
 from clirun import CLI
+from conftest import write_band_tif
 
 import patchflow
 from patchflow.errors import (
@@ -55,17 +56,8 @@ def _item(root: Path, k: int, epsg: int | None, band: np.ndarray) -> dict[str, A
     """A STAC Item with one GeoTIFF asset B04 (``proj:code`` only when ``epsg`` is given)."""
     transform = Affine(10.0, 0.0, ORIGIN[0], 0.0, -10.0, ORIGIN[1])
     h, w = band.shape
-    da = xr.DataArray(
-        band[None],
-        dims=("band", "y", "x"),
-        coords={
-            "band": [1],
-            "y": transform.f + transform.e * (np.arange(h) + 0.5),
-            "x": transform.c + transform.a * (np.arange(w) + 0.5),
-        },
-    )
     path = root / f"b{k}_{epsg}.tif"
-    da.rio.write_crs(f"EPSG:{epsg or 32610}").rio.write_transform(transform).rio.to_raster(path)
+    write_band_tif(path, band, transform, f"EPSG:{epsg or 32610}")
     asset: dict[str, Any] = {"href": path.name, "proj:shape": [h, w]}
     if epsg is not None:
         asset["proj:code"] = f"EPSG:{epsg}"

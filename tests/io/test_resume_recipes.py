@@ -41,6 +41,7 @@ import pytest
 import xarray as xr
 import zarr
 from affine import Affine
+from conftest import write_band_tif
 
 import patchflow
 from patchflow.errors import ConfigError, ModelChangedError, ResumeRecipeError
@@ -268,21 +269,6 @@ def killed_model(tif: Path, torchscript: Path, tmp_path_factory: pytest.TempPath
     return out
 
 
-def write_band(path: Path, band: np.ndarray, transform: Affine) -> None:
-    h, w = band.shape
-    da = xr.DataArray(
-        band[None],
-        dims=("band", "y", "x"),
-        coords={
-            "band": [1],
-            "y": transform.f + transform.e * (np.arange(h) + 0.5),
-            "x": transform.c + transform.a * (np.arange(w) + 0.5),
-        },
-    )
-    da = da.rio.write_crs("EPSG:32610").rio.write_transform(transform)
-    da.rio.to_raster(path, tiled=True, blockxsize=128, blockysize=128)
-
-
 @pytest.fixture(scope="module")
 def stac_items(
     scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
@@ -296,7 +282,7 @@ def stac_items(
         assets = {}
         for name, band in (("B04", red), ("B08", nir)):
             href = f"d{k}_{name}.tif"
-            write_band(root / href, band, transform)
+            write_band_tif(root / href, band, transform, "EPSG:32610")
             assets[name] = {
                 "href": href,
                 "type": "image/tiff; application=geotiff; profile=cloud-optimized",

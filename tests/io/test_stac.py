@@ -22,6 +22,7 @@ import rasterio
 import rioxarray
 import xarray as xr
 from affine import Affine
+from conftest import write_band_tif
 
 import patchflow
 from patchflow.errors import InputReadError, InputTypeError, ParameterError, PatchflowError
@@ -43,22 +44,6 @@ DATES = [datetime.datetime(2024, 6, 1 + 5 * k, tzinfo=datetime.UTC) for k in ran
 SIZE, STRIDE = 128, 96
 
 
-def write_band(path: Path, band: np.ndarray, transform: Affine, crs: Any = CRS) -> None:
-    """One band as a tiled GeoTIFF with nodata 0, written with rioxarray."""
-    h, w = band.shape
-    da = xr.DataArray(
-        band[None],
-        dims=("band", "y", "x"),
-        coords={
-            "band": [1],
-            "y": transform.f + transform.e * (np.arange(h) + 0.5),
-            "x": transform.c + transform.a * (np.arange(w) + 0.5),
-        },
-    )
-    da = da.rio.write_crs(crs).rio.write_transform(transform).rio.write_nodata(0)
-    da.rio.to_raster(path, tiled=True, blockxsize=128, blockysize=128)
-
-
 def make_item(
     root: Path, date: datetime.datetime, bands: dict[str, tuple[np.ndarray, Affine]], epsg: int
 ) -> Any:
@@ -68,7 +53,7 @@ def make_item(
     )
     for name, (band, transform) in bands.items():
         path = root / f"{item.id}_{name}.tif"
-        write_band(path, band, transform, crs=f"EPSG:{epsg}")
+        write_band_tif(path, band, transform, f"EPSG:{epsg}", nodata=0)
         asset = pystac.Asset(href=str(path), media_type=pystac.MediaType.COG)
         item.add_asset(name, asset)
         proj = ProjectionExtension.ext(asset, add_if_missing=True)
