@@ -20,7 +20,7 @@ xarray) and loads the engine, dask, zarr and rioxarray the first time a name bel
 
 >>> import patchflow
 >>> sorted(patchflow.AGGREGATIONS)[:3]
-['centre', 'max', 'mean']
+['centre', 'inverse_variance', 'max']
 """
 
 from __future__ import annotations
@@ -45,9 +45,12 @@ if TYPE_CHECKING:
         resume,
         run,
         sample,
-        stitch_anchors,
+        stitch,
         write_chips,
         zonal_stats,
+    )
+    from patchflow.api import (
+        stitch_anchors as stitch_anchors,
     )
     from patchflow.engine.aggregate import AGGREGATIONS
     from patchflow.io.stac import open_stac
@@ -69,6 +72,7 @@ _HOMES: dict[str, str] = {
             "resume",
             "run",
             "sample",
+            "stitch",
             "stitch_anchors",
             "write_chips",
             "zonal_stats",
@@ -109,7 +113,7 @@ __all__ = [
     "run",
     "sample",
     "sampling",
-    "stitch_anchors",
+    "stitch",
     "to_json",
     "write_chips",
     "zonal_stats",

@@ -231,7 +231,7 @@ class PatchAccessor(Generic[T]):
             **given_keywords(PatchAccessor.zonal_stats, locals(), zonal_stats),
         )
 
-    def stitch_anchors(
+    def stitch(
         self,
         chip_outputs: Any,
         anchors: Any = None,
@@ -240,18 +240,21 @@ class PatchAccessor(Generic[T]):
         window_params: Mapping[str, Any] | None = None,
         chunks: int | tuple[int, int] | None = None,
         name: Hashable | None = None,
-        agg: str = "overlap_add",
+        agg: Agg = "overlap_add",
         n_classes: int | None = None,
         nodata: Any = None,
     ) -> xr.DataArray:
-        """Same as :func:`patchflow.stitch_anchors`: blend chips at arbitrary anchors."""
-        stitch_anchors = _api().stitch_anchors
-        return stitch_anchors(
+        """Same as :func:`patchflow.stitch`: merge chips at any sampler's anchors."""
+        stitch = _api().stitch
+        return stitch(
             self._obj,
             chip_outputs,
             anchors,
-            **given_keywords(PatchAccessor.stitch_anchors, locals(), stitch_anchors),
+            **given_keywords(PatchAccessor.stitch, locals(), stitch),
         )
+
+    #: the former name of :meth:`stitch`
+    stitch_anchors = stitch
 
     def polygon_chips(
         self, gdf: Any, *, all_touched: bool = False, skip_empty: bool = True

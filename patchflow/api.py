@@ -12,7 +12,7 @@ run, resume         :mod:`patchflow.io.store` (streamed, resumable Zarr output)
 open_result         :mod:`patchflow.io.store`
 check_store         :mod:`patchflow.io.store`
 sample              :mod:`patchflow.sampling.chips`
-stitch_anchors      :mod:`patchflow.sampling.stitch`
+stitch              :mod:`patchflow.sampling.stitch` (``stitch_anchors``: former name)
 write_chips         :mod:`patchflow.io.chips`
 open_chips          :mod:`patchflow.io.chips`
 zonal_stats         :mod:`patchflow.sampling.zonal`
@@ -57,7 +57,7 @@ from patchflow.plan.grid import ChipGrid, size_pair
 from patchflow.plan.layout import ChipLayout
 from patchflow.plan.windows import WindowSpec
 from patchflow.sampling.chips import sample
-from patchflow.sampling.stitch import stitch_anchors
+from patchflow.sampling.stitch import stitch, stitch_anchors
 from patchflow.sampling.zonal import polygon_chips, zonal_stats
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "resume",
     "run",
     "sample",
+    "stitch",
     "stitch_anchors",
     "write_chips",
     "zonal_stats",
@@ -132,8 +133,13 @@ def apply(
         Boundary policy (``"shift"``, ``"pad"``, ``"drop"``, ``"raise"``) and, for
         ``"pad"``, how chips past the edge are filled (numpy pad modes).
     agg, n_classes
-        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
-        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
+        Aggregation: ``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
+        ``"soft_vote"``, ``"centre"``, ``"sum"``, ``"weighted_sum"``, the uncertainty
+        merges ``"mean_std"`` (result gains a leading ``stat`` dim: mean, std) and
+        ``"inverse_variance"`` (the op returns mean and variance along its first output
+        axis, which becomes ``stat``: mean, variance), and the exact ``"median"`` and
+        ``"mode"`` (one value layer per chip over a pixel; see
+        :mod:`patchflow.engine.aggregate`); ``n_classes`` for ``"vote"``.
     batched
         Whether ``op`` takes a batch of chips (see ``op`` above). Default: ``op.batched``
         (set by :func:`patchflow.batched`), else plain.
@@ -171,9 +177,20 @@ def apply(
         so for ``(time, band, y, x)`` the op runs per time step on ``(band, h, w)``;
         ``over="time"`` hands it ``(time, band, h, w)`` (e.g. a temporal composite).
     on_error, retries, retry_on
-        Per-chip failure policy: ``"raise"`` (error names the chip, its pixel window and CRS
-        bounds), ``"mask"`` (the chip gets zero weight; :func:`patchflow.run` reports the
-        count), ``"retry"`` (``retries`` more attempts on ``retry_on`` exceptions).
+        What a chip whose operator call raises does. ``"raise"`` (default): an
+        :class:`~patchflow.errors.OperatorError` naming the chip, its pixel window and CRS
+        bounds. ``"skip"``: every result pixel the chip covers is nodata (NaN for floats),
+        even where other chips cover it, so no pixel silently gets a different blend; every
+        other pixel is exactly what the run without the failure gives; an integer result
+        without a nodata value gets one. ``"mask"``: the chip gets zero weight, so the
+        other chips covering its pixels fill them (a blend of fewer chips there) and pixels
+        no other chip reaches are nodata. ``"retry"``: ``retries`` more attempts on
+        ``retry_on`` exceptions, then as ``"raise"``. With ``"skip"``/``"mask"`` each
+        failed chip is reported as a :class:`~patchflow.errors.ChipFailedWarning` naming
+        its index, bounds and exception (raised where the stitch task runs: in the caller
+        under the threaded/synchronous schedulers); :func:`patchflow.run` records them in
+        the store instead (``RunReport.chip_errors``, ``check_store(store).chip_errors``,
+        ``patchflow inspect STORE``).
     per_variable
         Dataset input only: apply ``op`` to each data variable separately and return a
         Dataset (default: variables stacked along ``variable`` into one DataArray).

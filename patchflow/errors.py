@@ -16,9 +16,11 @@ from typing import Any
 
 __all__ = [
     "PEER_KEYWORDS",
+    "ChipFailedWarning",
     "CommandError",
     "ConfigError",
     "CorruptStoreError",
+    "CoverageError",
     "DimensionError",
     "ForeignFilesError",
     "GridError",
@@ -26,6 +28,7 @@ __all__ = [
     "IncompleteStoreError",
     "InputReadError",
     "InputTypeError",
+    "LayerOverflowError",
     "MissingExtraError",
     "ModelChangedError",
     "NodataCollisionError",
@@ -89,6 +92,14 @@ class OperatorError(PatchflowError, RuntimeError):
 
 class PatchflowWarning(UserWarning):
     """Something works but is probably not what you want (slow chunking, empty output...)."""
+
+
+class ChipFailedWarning(PatchflowWarning):
+    """Chips whose operator call failed were left out (``on_error="mask"``/``"skip"``).
+
+    ``apply`` warns once per failed chip (its index, scene bounds and exception); ``run``
+    warns once at the end with the count, the records being in the store
+    (``check_store(STORE).chip_errors``, ``patchflow inspect STORE``)."""
 
 
 class NodataCollisionError(PatchflowError, ValueError):
@@ -458,6 +469,18 @@ class UsageError(PatchflowError):
 
 class CommandError(PatchflowError):
     """The ``patchflow`` command could not do its job (exit status 1)."""
+
+
+class CoverageError(ParameterError):
+    """Too many chips cover one pixel for an aggregation that keeps every chip's value
+    (``agg="median"``/``"mode"``: one layer per chip, at most
+    :data:`patchflow.engine.aggregate.MAX_LAYERS`); use a larger stride, fewer
+    overlapping chips, or ``agg="overlap_add"``."""
+
+
+class LayerOverflowError(CoverageError):
+    """A pixel received more chip values than the ``layers=`` an aggregation was built
+    with (the bound was computed wrongly: it must be the most chips over one pixel)."""
 
 
 # --------------------------------------------------------------------------- wording

@@ -48,9 +48,12 @@ Agg: TypeAlias = Literal[
     "sum",
     "weighted_sum",
     "mean_std",
+    "inverse_variance",
+    "median",
+    "mode",
 ]
 #: what a failing chip does (``core.ON_ERROR``)
-OnError: TypeAlias = Literal["raise", "mask", "retry"]
+OnError: TypeAlias = Literal["raise", "mask", "retry", "skip"]
 #: what :func:`patchflow.run` does with the store (``store.MODES``)
 RunMode: TypeAlias = Literal["w", "accumulate"]
 #: the Zarr format of :func:`patchflow.run`'s store (2: readable by GDAL and so QGIS)

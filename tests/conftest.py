@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,23 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from patchflow.io.synthetic import make_scene
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Every test leaves ``os.environ`` as it found it.
+
+    ``distributed.LocalCluster`` sets ``OMP_NUM_THREADS=1`` (and friends) in the calling
+    process for good; every later subprocess (the CLI tests') then runs torch on one
+    thread, whose conv kernels round differently from the two-thread run they are
+    compared with.
+    """
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
 
 # --------------------------------------------------------------------------- synthetic scenes
 

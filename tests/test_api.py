@@ -362,7 +362,7 @@ def test_error_no_spatial_dims() -> None:
         ({"size": 64, "stride": 80}, "allow_gaps"),
         ({"size": 512}, "larger than the scene"),
         ({"window": "hamming-ish"}, "not one of patchflow.s .boxcar, gaussian, hann"),
-        ({"agg": "median"}, "valid names: centre, max, mean, mean_std, min"),
+        ({"agg": "medain"}, "valid names: centre, inverse_variance, max, mean, mean_std, median"),
         ({"agg": "vote"}, "n_classes"),
         ({"boundary": "wrap"}, "valid: 'shift', 'pad'"),
     ],

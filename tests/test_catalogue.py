@@ -356,11 +356,11 @@ CASES: list[Case] = [
     ),
     Case(
         "unknown-agg",
-        '`agg="median"`',
+        '`agg="medain"`',
         "`ParameterError` listing the aggregations",
-        planned(agg="median"),
+        planned(agg="medain"),
         ParameterError,
-        r"unknown agg 'median'; valid names: centre, max, mean",
+        r"unknown agg 'medain'; valid names: centre, inverse_variance, max, mean",
     ),
     Case(
         "unknown-pad-mode",
@@ -372,11 +372,11 @@ CASES: list[Case] = [
     ),
     Case(
         "unknown-on-error",
-        '`on_error="skip"`',
-        "`ParameterError` listing raise, mask, retry",
-        planned(on_error="skip"),
+        '`on_error="ignore"`',
+        "`ParameterError` listing raise, mask, retry, skip",
+        planned(on_error="ignore"),
         ParameterError,
-        r"unknown on_error 'skip'; valid: raise, mask, retry",
+        r"unknown on_error 'ignore'; valid: raise, mask, retry, skip",
     ),
     Case(
         "vote-no-n-classes",

@@ -155,7 +155,7 @@ def test_run_own_keywords(fn: Callable[..., Any]) -> None:
         PatchAccessor.grid,
         PatchAccessor.sample,
         PatchAccessor.zonal_stats,
-        PatchAccessor.stitch_anchors,
+        PatchAccessor.stitch,
         PatchAccessor.polygon_chips,
     ],
 )
@@ -178,7 +178,7 @@ def test_accessor_on_the_class_is_the_accessor() -> None:
         ("grid", patchflow.plan_grid),
         ("sample", patchflow.sample),
         ("zonal_stats", patchflow.zonal_stats),
-        ("stitch_anchors", patchflow.stitch_anchors),
+        ("stitch", patchflow.stitch),
         ("polygon_chips", patchflow.polygon_chips),
     ],
 )

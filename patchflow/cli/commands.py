@@ -13,8 +13,9 @@
     Finish an interrupted ``.zarr`` run (or recompute its damaged blocks) from the job the
     store records: no need to retype INPUT and the options.
 ``patchflow inspect STORE``
-    Status of a ``.zarr`` OUTPUT: blocks done, missing and corrupt (checksums verified);
-    exit status 1 if it is incomplete or damaged.
+    Status of a ``.zarr`` OUTPUT: blocks done, missing and corrupt (checksums verified),
+    and the chips that failed under ``--on-error skip|mask`` (``--verbose``: with their
+    tracebacks); exit status 1 if it is incomplete or damaged (failed chips are not).
 ``patchflow grid INPUT``
     Print (and optionally plot) the chips ``apply`` would use.
 
@@ -112,7 +113,8 @@ example:
 INSPECT_EPILOG = """\
 example:
   patchflow inspect ndvi.zarr                    # exit status 1 if incomplete or damaged
-  patchflow inspect ndvi.zarr --quick            # done markers only, no checksums"""
+  patchflow inspect ndvi.zarr --quick            # done markers only, no checksums
+  patchflow inspect ndvi.zarr --verbose          # failed chips with their tracebacks"""
 
 
 def _apply_epilog() -> str:
@@ -445,6 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="chips per operator call (and per model call with --model)",
     )
     chips.add_argument(
+        "--on-error",
+        choices=["raise", "mask", "retry", "skip"],
+        default="raise",
+        help="a chip whose operator call fails: raise stops the job; skip makes every "
+        "pixel it covers nodata; mask gives it zero weight (the chips around it fill its "
+        "pixels); retry calls it again on I/O errors, then raises. skip and mask record "
+        "each failed chip in OUTPUT ('patchflow inspect OUTPUT' lists them)",
+    )
+    chips.add_argument(
         "--over",
         metavar="DIM[,DIM]",
         default=None,
@@ -594,14 +605,22 @@ def build_parser() -> argparse.ArgumentParser:
             "being written), its job, and how many blocks are done, missing or corrupt. "
             "Every done block is read once and its checksum compared with the one recorded "
             "when it was written (the cost of reading the whole result; --quick skips it). "
-            "Exit status 1 if the store is incomplete or damaged ('patchflow resume STORE' "
-            "repairs it)."
+            "Chips that failed under --on-error skip/mask are listed (index, pixel and CRS "
+            "bounds, exception; --verbose adds tracebacks): they are the job's outcome, not "
+            "damage. Exit status 1 if the store is incomplete or damaged ('patchflow resume "
+            "STORE' repairs it)."
         ),
         epilog=INSPECT_EPILOG,
     )
     inspect_.add_argument("store", metavar="STORE", help="the .zarr store to check")
     inspect_.add_argument(
         "--quick", action="store_true", help="only read the done markers (no checksums)"
+    )
+    inspect_.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="with each failed chip (--on-error skip/mask), the traceback of its exception",
     )
     inspect_.set_defaults(func=cmd_inspect)
     return parser
@@ -1058,6 +1077,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for key in ("n_classes", "batch_size", "chunks", "nodata", "input_nodata"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
+    if args.on_error != "raise":
+        params["on_error"] = args.on_error
     over = _over(obj, args.over)
     if over is not None:
         params["over"] = over
@@ -1065,7 +1086,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         params["name"] = name
     layout = patchflow.plan_grid(obj, size=args.size, stride=args.stride, boundary=args.boundary)
 
-    with _execution(args) as where, cli_wording():
+    with _execution(args) as where, cli_wording(), _failed_chips() as said:
         if kind == "zarr":
             extra: dict[str, Any] = {}
             if args.zarr_format is not None:
@@ -1106,7 +1127,28 @@ def cmd_apply(args: argparse.Namespace) -> int:
         f"{args.window}, {args.agg}), blocks: {report.blocks} ({_blocks_done(report)})",
         f"  wall time: {report.seconds:.2f} s",
     )
+    said(report)
     return 0
+
+
+@contextlib.contextmanager
+def _failed_chips() -> Iterator[Any]:
+    """Hold back ``run``'s :class:`~patchflow.errors.ChipFailedWarning`; the command prints
+    its line on stderr as the last thing it says (the callable yielded, given the report).
+    """
+    import warnings
+
+    from patchflow.errors import ChipFailedWarning
+    from patchflow.io.store import chips_failed_message
+
+    def say(report: Any) -> None:
+        line = chips_failed_message(report)
+        if line is not None:
+            print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ChipFailedWarning)
+        yield say
 
 
 @contextlib.contextmanager
@@ -1152,7 +1194,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """``patchflow resume``."""
     from patchflow.io.store import resume
 
-    with _execution(args) as where, cli_wording():
+    with _execution(args) as where, cli_wording(), _failed_chips() as said:
         with where.progress():
             report = resume(args.store, scheduler=where.scheduler)
     _say(
@@ -1160,16 +1202,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
         f"resumed {args.store}: blocks: {report.blocks} ({_blocks_done(report)})",
         f"  wall time: {report.seconds:.2f} s",
     )
+    said(report)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """``patchflow inspect``: exit status 1 (a named error) if the store is not healthy."""
+    """``patchflow inspect``: exit status 1 (a named error) if the store is not healthy
+    (failed chips are the job's outcome, not damage: listed, exit status 0)."""
     from patchflow.io.store import check_store
 
     with cli_wording():
         health = check_store(args.store, checksums=not args.quick)
-    _say(args, *health.lines())
+    _say(args, *health.lines(verbose=args.verbose))
     if not health.ok:
         raise health.error()
     return 0

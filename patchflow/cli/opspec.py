@@ -236,7 +236,11 @@ def build_operator(spec: str, params: Mapping[str, Any], *, where: Where) -> Ope
             f"{', '.join(_listed())} (or MODULE:CALLABLE for your own code)"
         )
     sig = _signature(cls)
-    if sig is not None:
+    if sig is not None and not any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values()
+    ):
+        # (an operator taking ``*ops``, e.g. Branch, has a config of its own: ``{"ops":
+        # [...]}``, checked by its from_config)
         _check_params(cls.__name__, sig, params, where)
     try:
         # the user named the operator: a code-naming one (Imported, TorchScript) is theirs
@@ -331,7 +335,26 @@ def _step(step: Any, where: Where) -> Operator:
         raise ConfigError(f"'op' must be an operator name, got {name!r}")
     if not isinstance(params, dict):
         raise ConfigError(f"'params' of {name} must be a mapping, got {params!r}")
-    return build_operator(name, params, where=where)
+    return build_operator(name, _nested(params), where=where)
+
+
+def _nested(value: Any) -> Any:
+    """A step's params with the steps inside combinators (Branch ``ops``, Switch ``cases``)
+    spelled like top-level steps: registered names in any case, ``MODULE:CALLABLE``."""
+    if isinstance(value, list):
+        return [_nested(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if isinstance(value.get("op"), str) and not set(value) - {"op", "params"}:
+        name, params = value["op"], _nested(value.get("params") or {})
+        if _CALLABLE.match(name):
+            return {"op": Imported._op_name, "params": {"target": name, "params": params}}
+        try:
+            cls = registered_op(name)
+        except ConfigError:
+            cls = None
+        return {"op": name if cls is None else cls._op_name, "params": params}
+    return {k: _nested(v) for k, v in value.items()}
 
 
 # --------------------------------------------------------------------------- --model

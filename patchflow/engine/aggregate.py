@@ -7,27 +7,38 @@ and turned into pixels once (:meth:`Aggregator.finalize`). Merging is associativ
 commutative up to float rounding, so the result does not depend on chunking or on the
 order tasks finish in.
 
-============== ===================================================================
-``agg``        what a pixel gets
-============== ===================================================================
-overlap_add    ``sum(w * out) / sum(w)`` over the chips covering it (``w`` = window)
-mean           same with a boxcar window (unweighted mean)
-max / min      the maximum / minimum over chips
-vote           the most frequent integer label; ties go to the label with the higher
-               summed window weight, then to the lower label
-soft_vote      ``argmax`` over classes of the overlap-added class scores
-centre         the value from the chip whose centre is nearest, per band (ties: lower
-               chip index; a band invalid in that chip takes the next nearest chip's)
-sum            ``sum(out)`` over the chips covering it (window ignored; e.g. counts)
-weighted_sum   ``sum(w * out)``
-mean_std       ``[mean, std]`` along a new leading axis: the overlap-add mean and the
-               weighted population std ``sqrt(sum(w (out - mean)^2) / sum(w))``
-============== ===================================================================
+================ ===================================================================
+``agg``          what a pixel gets
+================ ===================================================================
+overlap_add      ``sum(w * out) / sum(w)`` over the chips covering it (``w`` = window)
+mean             same with a boxcar window (unweighted mean)
+max / min        the maximum / minimum over chips
+vote             the most frequent integer label; ties go to the label with the higher
+                 summed window weight, then to the lower label
+soft_vote        ``argmax`` over classes of the overlap-added class scores
+centre           the value from the chip whose centre is nearest, per band (ties: lower
+                 chip index; a band invalid in that chip takes the next nearest chip's)
+sum              ``sum(out)`` over the chips covering it (window ignored; e.g. counts)
+weighted_sum     ``sum(w * out)``
+mean_std         ``[mean, std]`` along a new leading axis: the overlap-add mean and the
+                 weighted population std ``sqrt(sum(w (out - mean)^2) / sum(w))``
+inverse_variance the op returns ``(mean, variance)`` on its first output axis; with
+                 ``a = w / var``: ``[sum(a mean) / sum(a), sum(w a) / sum(a)^2]`` on that
+                 axis (the variance of the estimator; ``1 / sum(1 / var)`` if ``w = 1``)
+median           the exact median of the chip values (even count: mean of the middle two)
+mode             the most frequent chip value; ties go to the smallest value
+================ ===================================================================
 
 Invalid contributions (a non-finite op output, a failed chip, or — for non-float outputs
 and with a ``fill_value`` — invalid input under the pixel; see :mod:`patchflow.engine.nodata`)
 carry zero weight. A pixel nothing valid reaches comes out as NaN (floats) or ``nodata``
 (ints); sums are float32, or float64 where the outputs are whole numbers (exact).
+
+``median`` and ``mode`` are exact, so they keep every chip value: ``K`` value layers per
+block region plus a per-element count, where ``K`` (``layers=``) is the most chips covering
+one pixel — computed by the caller from the chip positions. Memory is ``K × region pixels ×
+lead × itemsize`` per block (e.g. 4 layers of float32 for 256/192 chips), so ``K`` is
+capped at :data:`MAX_LAYERS` (:class:`~patchflow.errors.CoverageError` above it).
 
 The overlap-add denominator of a separable window on a regular grid depends on geometry
 only: it is the outer product of per-axis weight sums. A partial whose chips saw no invalid
@@ -42,9 +53,21 @@ from typing import Any, ClassVar
 import numpy as np
 
 from patchflow.engine.nodata import OutputNodata, check_collision
-from patchflow.errors import OperatorError, ParameterError
+from patchflow.errors import CoverageError, LayerOverflowError, OperatorError, ParameterError
 
-__all__ = ["AGGREGATIONS", "Aggregator", "ChipBatch", "make_aggregator"]
+__all__ = [
+    "AGGREGATIONS",
+    "LAYERED_AGGS",
+    "MAX_LAYERS",
+    "Aggregator",
+    "ChipBatch",
+    "make_aggregator",
+]
+
+#: most value layers ``agg="median"``/``"mode"`` keep per pixel (the most chips that may
+#: cover one pixel): a block then holds ``MAX_LAYERS × pixels × itemsize`` bytes of values
+#: (64 float32 layers of a 2048² block: 1 GiB), which is where bounded memory ends
+MAX_LAYERS = 64
 
 State = dict[str, Any]
 Slices = tuple[slice, slice]
@@ -641,14 +664,21 @@ class MeanStd(Aggregator):
     """Window-weighted mean and standard deviation over the chips covering each pixel.
 
     The std is the weighted population one, ``sqrt(sum(w (x - mean)^2) / sum(w))``. The
-    state is Chan's ``(W, mean, M2)`` in float64, merged pairwise (a chip is a partial
-    with ``M2 = 0``): no ``sum(x^2) - sum(x)^2`` cancellation, so a small signal on a large
-    offset keeps its spread. The result gets a leading axis of size 2: ``[mean, std]``.
-    The merge is not a plain sum, so this aggregation cannot accumulate across passes.
+    state is West's weighted form of Welford's running ``(W, mean, M2)``: each chip moves
+    the mean by ``w/W`` of its deviation and adds ``w (x - mean_old)(x - mean_new)`` to
+    ``M2``; partials merge with Chan's pairwise formula. Deviations are always taken from
+    the running mean, never from zero, so there is no ``sum(x^2) - sum(x)^2`` cancellation:
+    a small signal on a large offset (1e4 + 1e-2 noise) keeps its spread. ``mean`` and
+    ``M2`` are float64 (float32 would round the running mean of 1e4-offset data at 1e-3,
+    above such a spread); ``W``, a sum of window weights, is float32 for float32 outputs.
+
+    The result gets a leading axis of size 2: ``[mean, std]``. The merge is not a plain
+    sum, so this aggregation cannot accumulate across passes.
     """
 
     name = "mean_std"
     stat_names = ("mean", "std")
+    KEYS: ClassVar[tuple[str, ...]] = ("w", "mean", "m2")
 
     def result_dtype(self) -> np.dtype:
         return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
@@ -658,65 +688,468 @@ class MeanStd(Aggregator):
 
     def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
         full = (*self.lead, *shape)
-        return {key: np.zeros(full, np.float64) for key in ("w", "mean", "m2")}
+        # float32 weight sums for float32 (and smaller) outputs: their rounding (2-D window
+        # weights have 24 significant bits) is at the outputs' own resolution
+        narrow = self.op_dtype.kind == "f" and self.op_dtype.itemsize <= 4
+        return {
+            "w": np.zeros(full, np.float32 if narrow else np.float64),
+            "mean": np.zeros(full, np.float64),
+            "m2": np.zeros(full, np.float64),
+        }
 
-    @staticmethod
-    def _combine(
-        dst: State, sl: tuple[Any, ...], wb: np.ndarray, mb: np.ndarray, m2b: np.ndarray
-    ) -> None:
-        """Merge the partial ``(wb, mb, m2b)`` into ``dst[sl]`` (Chan et al.)."""
-        wa, ma = dst["w"][sl], dst["mean"][sl]
+    def add(self, state: State, batch: ChipBatch) -> None:
+        h, w = batch.out.shape[-2:]
+        # chip-sized float64 scratch, reused: the arithmetic runs in cache and each state
+        # array is read and written once per chip
+        dev = np.empty(batch.out.shape[1:], np.float64)
+        step = np.empty(batch.out.shape[1:], np.float64)
+        for k, (r, c) in enumerate(batch.pos):
+            sl = (..., slice(r, r + h), slice(c, c + w))
+            out, wk = batch.out[k], batch.weights[k]
+            mask = _pixel_mask(batch, k)
+            if mask is not None:
+                wk = np.where(mask, wk, np.float32(0))
+                out = np.where(mask, out, 0)
+            total, mean = state["w"][sl], state["mean"][sl]
+            total += wk
+            np.subtract(out, mean, out=dev)
+            # the mean moves by w/W of the deviation (no valid value yet: W = 0, step 0)
+            if mask is None:
+                np.divide(wk, total, out=step, dtype=np.float64)
+            else:
+                step[...] = 0
+                np.divide(wk, total, out=step, where=total > 0, dtype=np.float64)
+            step *= dev
+            mean += step
+            # M2 += w (x - mean_old)(x - mean_new)
+            np.subtract(out, mean, out=step)
+            step *= dev
+            step *= wk
+            state["m2"][sl] += step
+
+    def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
+        d, s = (..., *dst_sl), (..., *src_sl)
+        wa = dst["w"][d]
+        if not wa.any():  # nothing here yet (e.g. the block's own partial): take src
+            for key in self.KEYS:
+                dst[key][d] = src[key][s]
+            return
+        wb = src["w"][s]
         total = wa + wb
-        delta = mb - ma
-        # zero-weight elements stay as they are (no 0/0)
-        frac = np.divide(wb, total, out=np.zeros_like(total), where=total > 0)
-        dst["mean"][sl] = ma + delta * frac
-        dst["m2"][sl] += m2b + delta * delta * wa * frac
-        dst["w"][sl] = total
+        delta = src["mean"][s] - dst["mean"][d]
+        frac = np.divide(
+            wb, total, out=np.zeros(total.shape, np.float64), where=total > 0, dtype=np.float64
+        )
+        dst["m2"][d] += src["m2"][s] + delta * delta * wa * frac  # Chan et al.
+        dst["mean"][d] += delta * frac
+        dst["w"][d] = total
+
+    def finalize(self, state: State) -> np.ndarray:
+        w = state["w"]
+        ok = w > 0
+        every = bool(ok.all())
+        value = np.empty((2, *w.shape), self.result_dtype())
+        value[0] = state["mean"]
+        # in place: a block's state is finalised once, and a fresh 2-D float64 array costs
+        # more in page faults than the division itself
+        var = np.divide(state["m2"], w if every else np.where(ok, w, 1), out=state["m2"])
+        np.maximum(var, 0, out=var)  # rounding: a hair below 0 where every value agrees
+        np.sqrt(var, out=value[1], casting="unsafe")
+        if every:
+            return self._finish(value, None)
+        value[:, ~ok] = 0
+        return self._finish(value, np.broadcast_to(ok, value.shape))
+
+
+class InverseVariance(Aggregator):
+    """Inverse-variance weighted merge of ``(mean, variance)`` chip outputs.
+
+    The op returns the per-pixel mean and variance along its first output axis (size 2;
+    e.g. MC dropout or an ensemble). Each chip's estimate ``x`` with variance ``v`` gets
+    the weight ``a = w / v``, where ``w`` is the window weight (the window acts as a prior
+    weight on the chip). The result replaces that axis by ``[mean, variance]``:
+
+    * ``mean = sum(a x) / sum(a)``
+    * ``variance = sum(w^2 / v) / sum(w / v)^2``, the variance of that weighted estimator
+      when the chips' estimates are independent; with unit weights (boxcar window, or
+      ``w = 1``) it is the classic ``1 / sum(1 / v)``.
+
+    The state is three float64 sums (``sa = sum(w / v)``, ``sax = sum(w x / v)``,
+    ``sb = sum(w^2 / v)``), so the merge is a plain sum and the aggregation can accumulate
+    across passes (:func:`patchflow.run` ``mode="accumulate"``). A non-finite mean or
+    variance makes that chip's contribution invalid (zero weight); a variance ``<= 0``
+    where the mean is valid is an :class:`~patchflow.errors.OperatorError` (dividing by it
+    would be silently wrong). Constant variance gives the overlap-add mean.
+
+    ``n_loop`` leading axes of ``lead`` are looped dims (``over=``), not op outputs: the
+    ``(mean, variance)`` axis is ``lead[n_loop]``.
+
+    Examples
+    --------
+    >>> agg = make_aggregator("inverse_variance", out_dtype=np.dtype("float32"), lead=(2,))
+    >>> agg.result_lead(), agg.stat_names
+    ((2,), ('mean', 'variance'))
+    """
+
+    name = "inverse_variance"
+    sum_keys = ("sa", "sax", "sb")
+    stat_names = ("mean", "variance")
+
+    def __init__(
+        self,
+        *,
+        out_dtype: np.dtype,
+        lead: tuple[int, ...],
+        nodata: Any = None,
+        n_classes: int | None = None,
+        n_loop: int = 0,
+    ) -> None:
+        super().__init__(out_dtype=out_dtype, lead=lead, nodata=nodata, n_classes=n_classes)
+        self.n_loop = int(n_loop)
+        op_lead = self.lead[self.n_loop :]
+        if not op_lead or op_lead[0] != 2:
+            raise ParameterError(
+                "agg='inverse_variance' needs the operator to return (mean, variance) along "
+                f"its first output axis, got shape {(*op_lead, 'h', 'w')}; return "
+                "np.stack([mean, variance]) per chip, or use agg='mean_std' to get the "
+                "spread between chips instead"
+            )
+        #: the state's non-spatial shape: ``lead`` without the (mean, variance) axis
+        self.rest = self.lead[: self.n_loop] + self.lead[self.n_loop + 1 :]
+
+    def result_dtype(self) -> np.dtype:
+        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
+
+    def result_lead(self) -> tuple[int, ...]:
+        # the (mean, variance) axis becomes the leading ``stat`` axis (before looped dims)
+        return (2, *self.rest)
+
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
+        full = (*self.rest, *shape)
+        return {key: np.zeros(full, np.float64) for key in self.sum_keys}
+
+    def add(self, state: State, batch: ChipBatch) -> None:
+        h, w = batch.out.shape[-2:]
+        axis = self.n_loop
+        for k, (r, c) in enumerate(batch.pos):
+            sl = (..., slice(r, r + h), slice(c, c + w))
+            out = batch.out[k]
+            x = np.take(out, 0, axis=axis).astype(np.float64)
+            v = np.take(out, 1, axis=axis).astype(np.float64)
+            mask = _pixel_mask(batch, k)
+            ok = None if mask is None else np.take(mask, 0, axis=axis) & np.take(mask, 1, axis)
+            bad = v <= 0 if ok is None else (v <= 0) & ok
+            if bad.any():
+                where = tuple(int(i[0]) for i in np.nonzero(bad))
+                raise OperatorError(
+                    f"agg='inverse_variance': the operator returned a variance "
+                    f"{float(v[where])!r} <= 0 at chip {int(batch.chip_ids[k])}, element {where}; "
+                    "variance must be > 0 (it divides the weight); floor it, e.g. "
+                    "np.maximum(var, 1e-12), or return NaN where it is unknown"
+                )
+            wk = batch.weights[k].astype(np.float64)
+            if ok is None:
+                a = wk / v
+                state["sa"][sl] += a
+                state["sax"][sl] += a * x
+                state["sb"][sl] += a * wk
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    a = np.where(ok, wk / np.where(ok, v, 1.0), 0.0)
+                state["sa"][sl] += a
+                state["sax"][sl] += a * np.where(ok, x, 0.0)
+                state["sb"][sl] += a * wk
+
+    def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
+        for key in self.sum_keys:
+            dst[key][(..., *dst_sl)] += src[key][(..., *src_sl)]
+
+    def finalize(self, state: State) -> np.ndarray:
+        sa = state["sa"]
+        ok = sa > 0
+        safe = np.where(ok, sa, 1.0)
+        mean = np.where(ok, state["sax"] / safe, 0.0)
+        var = np.where(ok, state["sb"] / (safe * safe), 0.0)
+        value = np.stack([mean, var])
+        return self._finish(value, np.broadcast_to(ok, value.shape))
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (*super().__dask_tokenize__(), self.n_loop)
+
+
+class _Layered(Aggregator):
+    """Exact order statistics: every valid chip value is kept, one layer per chip.
+
+    The state is ``values`` — ``layers`` (``K``) layers ``(K, *lead, h, w)`` in the op's
+    dtype (uint8 for bool) — and ``count``, how many layers of each element hold a value.
+    :meth:`add` writes each chip's valid values into the next free layer of their
+    elements; :meth:`merge` appends the source's layers after the destination's, element by
+    element; :meth:`finalize` sorts the filled layers. ``K`` must be the most chips that
+    cover one pixel (the caller computes it from the chip positions): a pixel receiving
+    more values raises :class:`~patchflow.errors.LayerOverflowError` (nothing is ever
+    overwritten), and ``K > MAX_LAYERS`` raises :class:`~patchflow.errors.CoverageError`.
+    Memory per block: ``K × region pixels × prod(lead) × itemsize`` (+1 byte per element).
+    Merging is exact (no arithmetic), so the result does not depend on chunking.
+    """
+
+    weighted = False
+
+    def __init__(
+        self,
+        *,
+        out_dtype: np.dtype,
+        lead: tuple[int, ...],
+        nodata: Any = None,
+        n_classes: int | None = None,
+        layers: int | None = None,
+    ) -> None:
+        super().__init__(out_dtype=out_dtype, lead=lead, nodata=nodata, n_classes=n_classes)
+        if layers is None or isinstance(layers, bool) or not isinstance(layers, int | np.integer):
+            raise ParameterError(
+                f"agg={self.name!r} keeps one value per chip over a pixel and needs "
+                f"layers=<the most chips covering one pixel> (an int), got {layers!r}"
+            )
+        if layers < 1:
+            raise ParameterError(f"agg={self.name!r} needs layers >= 1, got {layers}")
+        if layers > MAX_LAYERS:
+            raise CoverageError(
+                f"agg={self.name!r} keeps one value per chip over a pixel: up to {int(layers)} "
+                f"chips cover one pixel here, more than the limit of {MAX_LAYERS} layers "
+                f"(memory grows as layers × block pixels × itemsize); use a larger stride "
+                f"(or fewer overlapping chips) so at most {MAX_LAYERS} chips cover a pixel, "
+                f"or agg='overlap_add'"
+            )
+        self.layers = int(layers)
+
+    def _dtype(self) -> np.dtype:
+        return np.dtype(np.uint8) if self.op_dtype.kind == "b" else self.op_dtype
+
+    def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
+        full = (*self.lead, *shape)
+        # uint8 counts: MAX_LAYERS < 255
+        return {
+            "values": np.zeros((self.layers, *full), self._dtype()),
+            "count": np.zeros(full, np.uint8),
+        }
+
+    def _overflow(self, got: int) -> LayerOverflowError:
+        return LayerOverflowError(
+            f"agg={self.name!r} was built with layers={self.layers} (the most chips over one "
+            f"pixel) but a pixel received {got} values; the layers= bound passed to "
+            "make_aggregator is wrong: compute it as the most chips covering one pixel"
+        )
+
+    def _append(
+        self, values: np.ndarray, count: np.ndarray, new: np.ndarray, sel: np.ndarray | None
+    ) -> None:
+        """Write ``new`` into the next free layer of ``values`` where ``sel`` (all: None)."""
+        if sel is None:
+            top = int(count.max()) if count.size else 0
+            if top >= self.layers:
+                raise self._overflow(top + 1)
+            np.put_along_axis(values, count[None].astype(np.intp), new[None], axis=0)
+            count += np.uint8(1)
+            return
+        idx = count[sel].astype(np.intp)
+        if idx.size and int(idx.max()) >= self.layers:
+            raise self._overflow(int(idx.max()) + 1)
+        values[(idx, *np.nonzero(sel))] = new[sel]
+        count += sel
 
     def add(self, state: State, batch: ChipBatch) -> None:
         h, w = batch.out.shape[-2:]
         for k, (r, c) in enumerate(batch.pos):
-            sl = (..., slice(r, r + h), slice(c, c + w))
-            out = batch.out[k].astype(np.float64)
-            wk = np.broadcast_to(batch.weights[k].astype(np.float64), out.shape)
+            ys, xs = slice(r, r + h), slice(c, c + w)
             mask = _pixel_mask(batch, k)
-            if mask is not None:
-                wk = np.where(mask, wk, 0.0)
-                out = np.where(mask, out, 0.0)
-            self._combine(state, sl, wk, out, np.zeros(()))
+            if mask is not None and not mask.any():
+                continue
+            sel = None if mask is None or bool(mask.all()) else np.asarray(mask)
+            self._append(
+                state["values"][:, ..., ys, xs], state["count"][..., ys, xs], batch.out[k], sel
+            )
 
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
-        s = (..., *src_sl)
-        self._combine(dst, (..., *dst_sl), src["w"][s], src["mean"][s], src["m2"][s])
+        dv, dc = dst["values"][(slice(None), ..., *dst_sl)], dst["count"][(..., *dst_sl)]
+        sv, sc = src["values"][(slice(None), ..., *src_sl)], src["count"][(..., *src_sl)]
+        top = int(sc.max()) if sc.size else 0
+        if top == 0:
+            return
+        total = dc.astype(np.int64) + sc
+        if int(total.max()) > self.layers:
+            raise self._overflow(int(total.max()))
+        for j in range(top):  # at most K passes, each vectorised over the region
+            sel = sc > j
+            self._append(dv, dc, sv[j], None if bool(sel.all()) else sel)
+
+    def _sorted(self, state: State) -> tuple[np.ndarray, np.ndarray]:
+        """The filled layers sorted ascending per element (free layers last), and counts."""
+        count = state["count"]
+        top = int(count.max()) if count.size else 0
+        part = state["values"][:top]
+        dt = part.dtype
+        # free layers get a value no valid one exceeds (valid floats are finite)
+        fill = np.inf if dt.kind == "f" else np.iinfo(dt).max
+        free = np.arange(top).reshape(top, *(1,) * count.ndim) >= count[None]
+        part = np.where(free, dt.type(fill), part)
+        part.sort(axis=0)
+        return part, count
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (*super().__dask_tokenize__(), self.layers)
+
+
+class Median(_Layered):
+    """Exact median of the valid chip values over each pixel (see :class:`_Layered`).
+
+    An even count gives the mean of the two middle values, as :func:`numpy.median`; the
+    result is a float: the op's dtype if float, else the float that holds its values.
+
+    Examples
+    --------
+    >>> agg = make_aggregator("median", out_dtype=np.dtype("int16"), lead=(), layers=3)
+    >>> state = agg.new((1, 1))
+    >>> for v in (5, 1, 4):
+    ...     agg.add(state, ChipBatch(np.array([[[v]]], np.int16), np.array([[0, 0]]),
+    ...                              [np.ones((1, 1), np.float32)], None, np.array([0])))
+    >>> agg.finalize(state)
+    array([[4.]], dtype=float32)
+    """
+
+    name = "median"
+
+    def result_dtype(self) -> np.dtype:
+        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
 
     def finalize(self, state: State) -> np.ndarray:
-        ok = state["w"] > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = np.where(ok, state["m2"] / np.where(ok, state["w"], 1.0), 0.0)
-        # rounding can leave M2 a hair below zero where every value is the same
-        std = np.sqrt(np.maximum(var, 0.0))
-        value = np.stack([np.where(ok, state["mean"], 0.0), std])
-        return self._finish(value, np.broadcast_to(ok, value.shape))
+        part, count = self._sorted(state)
+        ok = count > 0
+        dtype = self.result_dtype()
+        if not part.shape[0]:
+            return self._finish(np.zeros(count.shape, dtype), ok)
+        n = np.maximum(count, 1).astype(np.intp)[None]
+        lo = np.take_along_axis(part, (n - 1) // 2, axis=0)[0].astype(dtype)
+        hi = np.take_along_axis(part, n // 2, axis=0)[0].astype(dtype)
+        # as numpy.median: the two middle values added in the result dtype, halved
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = (lo + hi) / 2
+            huge = ~np.isfinite(value) & ok
+            if huge.any():  # lo + hi overflowed: halve first
+                value = np.where(huge, lo / 2 + hi / 2, value)
+        return self._finish(np.where(ok, value, 0), ok)
+
+
+class Mode(_Layered):
+    """Most frequent valid chip value over each pixel (see :class:`_Layered`).
+
+    Ties go to the smallest of the tied values. The result keeps the op's dtype (uint8
+    for bool, so a pixel no chip reaches can hold a nodata value).
+
+    Examples
+    --------
+    >>> agg = make_aggregator("mode", out_dtype=np.dtype("int16"), lead=(), layers=4)
+    >>> state = agg.new((1, 1))
+    >>> for v in (7, 3, 7, 3):
+    ...     agg.add(state, ChipBatch(np.array([[[v]]], np.int16), np.array([[0, 0]]),
+    ...                              [np.ones((1, 1), np.float32)], None, np.array([0])))
+    >>> agg.finalize(state)
+    array([[3]], dtype=int16)
+    """
+
+    name = "mode"
+
+    def result_dtype(self) -> np.dtype:
+        return self._dtype()
+
+    def finalize(self, state: State) -> np.ndarray:
+        part, count = self._sorted(state)
+        ok = count > 0
+        best = np.zeros(count.shape, np.int64)
+        run = np.zeros(count.shape, np.int64)
+        value = np.zeros(count.shape, part.dtype)
+        for j in range(part.shape[0]):
+            run = run + 1 if j == 0 else np.where(part[j] == part[j - 1], run + 1, 1)
+            # strictly longer only: on a tie the earlier (smaller, sorted) value stays
+            better = (run > best) & (j < count)
+            best = np.where(better, run, best)
+            value = np.where(better, part[j], value)
+        return self._finish(value, ok)
 
 
 AGGREGATIONS: dict[str, type[Aggregator]] = {
     cls.name: cls
-    for cls in (OverlapAdd, Mean, Max, Min, Vote, SoftVote, Centre, Sum, WeightedSum, MeanStd)
+    for cls in (
+        OverlapAdd,
+        Mean,
+        Max,
+        Min,
+        Vote,
+        SoftVote,
+        Centre,
+        Sum,
+        WeightedSum,
+        MeanStd,
+        InverseVariance,
+        Median,
+        Mode,
+    )
 }
 
+#: aggregations that keep one value layer per chip and need ``layers=``
+LAYERED_AGGS: tuple[str, ...] = ("median", "mode")
 
-def make_aggregator(agg: str, **kw: Any) -> Aggregator:
-    """Build the aggregator named ``agg``.
+
+def make_aggregator(
+    agg: str,
+    *,
+    out_dtype: np.dtype,
+    lead: tuple[int, ...],
+    nodata: Any = None,
+    n_classes: int | None = None,
+    n_chips: int | None = None,
+    layers: int | None = None,
+    n_loop: int = 0,
+) -> Aggregator:
+    """Build the aggregator named ``agg`` (the one entry point; see the module table).
+
+    Parameters
+    ----------
+    agg
+        A name from :data:`AGGREGATIONS`.
+    out_dtype, lead
+        The op's output dtype and non-spatial output shape (looped dims first).
+    nodata
+        Fill for invalid pixels (usually set later with :meth:`Aggregator.set_nodata`).
+    n_classes
+        ``vote``: the number of classes.
+    n_chips
+        ``centre``: the number of chips (tie-break scores); ignored by the others.
+    layers
+        ``median``/``mode``: the most chips covering one pixel (at most
+        :data:`MAX_LAYERS`); ignored by the others.
+    n_loop
+        ``inverse_variance``: how many leading ``lead`` axes are looped dims (``over=``),
+        so the ``(mean, variance)`` axis is ``lead[n_loop]``; ignored by the others.
 
     Examples
     --------
     >>> make_aggregator("max", out_dtype=np.dtype("float32"), lead=(1,)).result_dtype()
     dtype('float32')
+    >>> make_aggregator("median", out_dtype=np.dtype("uint8"), lead=(1,), layers=4).layers
+    4
     """
     if not isinstance(agg, str) or agg not in AGGREGATIONS:
         raise ParameterError(f"unknown agg {agg!r}; valid names: {', '.join(sorted(AGGREGATIONS))}")
     cls = AGGREGATIONS[agg]
-    if cls is not Centre:
-        kw.pop("n_chips", None)
-    return cls(**kw)
+    common: dict[str, Any] = {
+        "out_dtype": out_dtype,
+        "lead": lead,
+        "nodata": nodata,
+        "n_classes": n_classes,
+    }
+    if issubclass(cls, Centre):
+        return cls(n_chips=1 if n_chips is None else n_chips, **common)
+    if issubclass(cls, _Layered):
+        return cls(layers=layers, **common)
+    if issubclass(cls, InverseVariance):
+        return cls(n_loop=n_loop, **common)
+    return cls(**common)

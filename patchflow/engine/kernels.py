@@ -3,11 +3,24 @@
 Everything here is top-level and picklable (threads, processes and dask.distributed run the
 same code). Static configuration travels in frozen dataclasses, which dask passes through
 untouched instead of scanning them for keys.
+
+Failed chips (``on_error="mask"``/``"skip"``) travel as bookkeeping keys of a block's
+partial state, next to the aggregation's arrays: ``_failed`` (their count), ``_errors``
+(one plain-dict record per chip: index, scene and CRS bounds, exception type, message,
+traceback) and, for ``"skip"``, ``_skip`` (each failed chip's footprint as an output-pixel
+rectangle ``(y0, y1, x0, x1)`` in the partial's own coordinates). Count and records stay
+with the block that owns the chip; footprints follow every spill-over slice and merge
+(:func:`slice_state`, :func:`stitch_block`), so each output block knows which of its
+pixels a skipped chip covered and sets them invalid after finalising
+(:func:`mark_skipped`) — whatever the aggregation, including ones added later.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -16,8 +29,9 @@ from typing import Any, overload
 import numpy as np
 
 from patchflow.engine.aggregate import Aggregator, ChipBatch, OverlapAdd, State
+from patchflow.engine.nodata import check_collision, is_value
 from patchflow.engine.timing import phase
-from patchflow.errors import OperatorError
+from patchflow.errors import ChipFailedWarning, OperatorError
 from patchflow.plan.grid import window_bounds
 from patchflow.plan.windows import Window
 
@@ -25,12 +39,19 @@ __all__ = [
     "BlockTask",
     "EngineSpec",
     "StitchTask",
+    "describe_chip_error",
+    "finalize_block",
+    "mark_skipped",
     "process_block",
     "slice_array",
     "slice_state",
     "split_halo",
     "stitch_block",
 ]
+
+
+#: characters of a failed chip's traceback kept in its record (the end: the raising frames)
+TRACEBACK_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -54,7 +75,8 @@ class EngineSpec:
     pad_mode: str
     #: output pixels per input pixel as an exact ratio ``(num, den)``: (2, 1) = ×2, (1, 4) = ÷4
     scale: tuple[int, int] = (1, 1)
-    #: ``"raise"``, ``"mask"`` (failed chips get zero weight) or ``"retry"``
+    #: ``"raise"``, ``"mask"`` (failed chips get zero weight), ``"skip"`` (zero weight, and
+    #: every pixel they cover is invalid in the result) or ``"retry"``
     on_error: str = "raise"
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = (OSError,)
@@ -81,6 +103,29 @@ class EngineSpec:
     def out_size(self) -> tuple[int, int]:
         """Chip size in output pixels."""
         return self.sc(self.size[0]), self.sc(self.size[1])
+
+    def chip_record(self, chip_id: int, row: int, col: int, exc: BaseException) -> dict[str, Any]:
+        """The JSON-able record of chip ``chip_id`` at scene ``(row, col)`` failing with
+        ``exc``: bounds clipped to the scene (the pixels it covers), world bounds when the
+        raster has a transform, and the traceback's last :data:`TRACEBACK_CHARS` characters.
+        """
+        h, w = self.size
+        row1, col1 = min(row + h, self.scene[0]), min(col + w, self.scene[1])
+        world = None
+        if self.transform is not None:
+            box = window_bounds(self.transform, [(row, col)], (row1 - row, col1 - col))[0, :4]
+            world = [float(v) for v in box]
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return {
+            "chip": int(chip_id),
+            "bounds": [int(row), int(row1), int(col), int(col1)],
+            "world_bounds": world,
+            "crs": self.crs,
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": text[-TRACEBACK_CHARS:],
+            "on_error": self.on_error,
+        }
 
     def describe(self, chip_id: int, row: int, col: int) -> str:
         """``chip N (rows a:b, cols c:d[, x .. y .. in CRS])`` for error messages."""
@@ -142,8 +187,12 @@ def slice_state(state: State, ys: tuple[int, int], xs: tuple[int, int]) -> State
     """A copied spatial window of a partial state (spill-over sent to a neighbour block)."""
     out: State = {}
     for key, value in state.items():
+        if key == "_skip":
+            # skipped chips' footprints follow the pixels they cover
+            out[key] = _moved(value, ys, xs, (0, 0))
+            continue
         if key.startswith("_"):
-            continue  # bookkeeping (failed-chip count) stays with the owning block
+            continue  # bookkeeping (failed-chip count, records) stays with the owning block
         if value is None:
             out[key] = None
         elif key == "dy":
@@ -153,6 +202,89 @@ def slice_state(state: State, ys: tuple[int, int], xs: tuple[int, int]) -> State
         else:
             out[key] = slice_array(value, ys, xs)
     return out
+
+
+Rect = tuple[int, int, int, int]
+
+
+def _moved(
+    rects: Sequence[Rect], ys: tuple[int, int], xs: tuple[int, int], to: tuple[int, int]
+) -> list[Rect]:
+    """``rects`` (``(y0, y1, x0, x1)``) clipped to rows ``ys`` × cols ``xs`` and moved so
+    that ``(ys[0], xs[0])`` lands on ``to``; empty intersections are dropped."""
+    out = []
+    for y0, y1, x0, x1 in rects:
+        a, b = max(y0, ys[0]), min(y1, ys[1])
+        c, d = max(x0, xs[0]), min(x1, xs[1])
+        if a < b and c < d:
+            dy, dx = to[0] - ys[0], to[1] - xs[0]
+            out.append((a + dy, b + dy, c + dx, d + dx))
+    return out
+
+
+def mark_skipped(value: np.ndarray, rects: Sequence[Rect], agg: Aggregator) -> np.ndarray:
+    """A finalised block with the pixels of skipped chips (``rects`` in its output pixels)
+    set to the aggregation's invalid fill: NaN for a float result without a nodata value,
+    else the nodata.
+
+    Examples
+    --------
+    >>> from patchflow.engine.aggregate import make_aggregator
+    >>> agg = make_aggregator("mean", out_dtype=np.dtype("float32"), lead=())
+    >>> mark_skipped(np.ones((2, 3), np.float32), [(0, 1, 1, 3)], agg).tolist()
+    [[1.0, nan, nan], [1.0, 1.0, 1.0]]
+    """
+    if not rects:
+        return value
+    fill = np.nan if value.dtype.kind in "fc" and agg.nodata is None else agg.nodata
+    if fill is None:
+        raise OperatorError(
+            f"{len(rects)} chip footprint(s) must be invalid (on_error='skip') but the "
+            f"{value.dtype} result has no nodata value; pass nodata=<value>"
+        )
+    value = np.array(value, copy=True)  # may share memory with a partial dask still holds
+    for y0, y1, x0, x1 in rects:
+        value[..., y0:y1, x0:x1] = fill
+    return value
+
+
+def finalize_block(agg: Aggregator, state: State, skip: Sequence[Rect] = ()) -> np.ndarray:
+    """``agg.finalize(state)`` with the footprints ``skip`` of skipped chips invalid.
+
+    Inside a footprint the merged state lacks the skipped chip, so its pixels may hold
+    values no result would (0 where only that chip reached, under a geometric
+    denominator); a float result's nodata collision check therefore runs after they
+    are marked, on the pixels that stay valid.
+    """
+    if not skip:
+        return agg.finalize(state)
+    target = agg.encoded if agg.result_dtype().kind in "fc" else None
+    if not is_value(target):
+        return mark_skipped(agg.finalize(state), skip, agg)
+    probe = copy.copy(agg)
+    probe.encoded = None
+    value = mark_skipped(probe.finalize(state), skip, agg)
+    check_collision(value, ~np.isnan(value), target, agg.nodata_origin)
+    return value
+
+
+def describe_chip_error(record: dict[str, Any]) -> str:
+    """One line naming a failed chip's record: index, scene (and CRS) bounds, exception.
+
+    Examples
+    --------
+    >>> describe_chip_error({"chip": 3, "bounds": [0, 64, 128, 192], "type": "ValueError",
+    ...                      "message": "bad chip", "world_bounds": None})
+    'chip 3 (rows 0:64, cols 128:192): ValueError: bad chip'
+    """
+    r0, r1, c0, c1 = record["bounds"]
+    text = f"chip {record['chip']} (rows {r0}:{r1}, cols {c0}:{c1}"
+    world = record.get("world_bounds")
+    if world:
+        text += f"; x {world[0]:.6g}..{world[2]:.6g}, y {world[1]:.6g}..{world[3]:.6g}"
+        if record.get("crs"):
+            text += f" in {record['crs']}"
+    return text + f"): {record['type']}: {record['message']}"
 
 
 def _parts(chunks: list[list[np.ndarray]], task: BlockTask) -> list[list[np.ndarray]]:
@@ -351,24 +483,33 @@ def _batch_name(labels: Sequence[str]) -> _Lazy:
     return _Lazy(lambda: f"chips {labels[0]} … {labels[-1]}" if len(labels) > 1 else labels[0])
 
 
+#: a batch's failed chips: their indices in the batch and, per index, the exception
+Failures = tuple[list[int], dict[int, BaseException]]
+
+
 def _run_looped(
     spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: Sequence[str]
-) -> tuple[np.ndarray, list[int]]:
-    """Like :func:`_run_batch`, running the op once per step of the looped dims (e.g. time)."""
+) -> tuple[np.ndarray, Failures]:
+    """Like :func:`_run_batch`, running the op once per step of the looped dims (e.g. time).
+
+    A chip failing at any step fails as a whole (its first failing step's exception)."""
     if not spec.loop:
         return _run_batch(spec, chips, mask, labels)
     n, steps = len(chips), math.prod(spec.loop)
     flat = chips.reshape(n * steps, *chips.shape[1 + len(spec.loop) :])
     flat_mask = None if mask is None else mask.reshape(n * steps, *mask.shape[-2:])
     flat_labels = _ChipNames(lambda k: f"{labels[k // steps]}, step {k % steps}", n * steps)
-    out, failed = _run_batch(spec, flat, flat_mask, flat_labels)
-    return out.reshape(n, *spec.loop, *out.shape[1:]), sorted({f // steps for f in failed})
+    out, (failed, errors) = _run_batch(spec, flat, flat_mask, flat_labels)
+    chip_errors: dict[int, BaseException] = {}
+    for f in failed:
+        chip_errors.setdefault(f // steps, errors[f])
+    return out.reshape(n, *spec.loop, *out.shape[1:]), (sorted(chip_errors), chip_errors)
 
 
 def _run_batch(
     spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: Sequence[str]
-) -> tuple[np.ndarray, list[int]]:
-    """Op outputs ``(n, *out_lead, h', w')`` and the indices of chips that failed (masked)."""
+) -> tuple[np.ndarray, Failures]:
+    """Op outputs ``(n, *out_lead, h', w')`` and the chips that failed (mask/skip)."""
     expected = (*spec.out_lead, *spec.out_size)
     if spec.batched:
         where = _batch_name(labels)
@@ -377,24 +518,26 @@ def _run_batch(
         except OperatorError:
             raise
         except Exception:
-            # rerun chip by chip: names the failing chip (raise) or isolates it (mask)
+            # rerun chip by chip: names the failing chip (raise) or isolates it (mask/skip)
             return _per_chip(spec, chips, mask, labels)
         _check(spec, out, (len(chips), *expected), where, chips.shape)
-        return out, []
+        return out, ([], {})
     return _per_chip(spec, chips, mask, labels)
 
 
 def _per_chip(
     spec: EngineSpec, chips: np.ndarray, mask: np.ndarray | None, labels: Sequence[str]
-) -> tuple[np.ndarray, list[int]]:
+) -> tuple[np.ndarray, Failures]:
     """Call the op chip by chip: the plain convention, or a failed batch being isolated.
 
     A batched op gets ``(1, …)`` stacks; on failure the error names the chip (raise) or
-    the chip is marked failed and gets zeros with zero weight (mask).
+    the chip is marked failed and gets zeros (mask: with zero weight; skip: left out of
+    the state by :func:`process_block`).
     """
     lead = (1,) if spec.batched else ()
     expected = (*lead, *spec.out_lead, *spec.out_size)
     outs, failed = [], []
+    errors: dict[int, BaseException] = {}
     for k in range(len(chips)):
         chip = chips[k : k + 1] if spec.batched else chips[k]
         sub = None if mask is None else (mask[k : k + 1] if spec.batched else mask[k])
@@ -403,13 +546,14 @@ def _per_chip(
         except OperatorError:
             raise
         except Exception as exc:
-            if spec.on_error != "mask":
+            if spec.on_error not in ("mask", "skip"):
                 raise _failed(spec, labels[k], exc) from exc
             failed.append(k)
+            errors[k] = exc
             out = np.zeros(expected, spec.agg.op_dtype)
         _check(spec, out, expected, _Lazy(partial(labels.__getitem__, k)), chip.shape)
         outs.append(out[0] if spec.batched else out)
-    return np.stack(outs), failed
+    return np.stack(outs), (failed, errors)
 
 
 def _rescale_mask(mask: np.ndarray, num: int, den: int) -> np.ndarray:
@@ -505,6 +649,9 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
     window = spec.window
     unit = window is None or window.unit
     n_failed = 0
+    records: list[dict[str, Any]] = []
+    skipped: list[Rect] = []
+    pending: list[ChipBatch] = []  # batches of masked chips only, before the state exists
     for lo in range(0, len(positions), spec.batch_size):
         pos = np.asarray(positions[lo : lo + spec.batch_size], dtype=np.int64)
         with phase("chips"):
@@ -523,13 +670,18 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             partial(_describe, spec, ids[lo : lo + len(pos)], pos, r0, c0), len(pos)
         )
         with phase("op"):
-            out, failed = _run_looped(spec, chips, vmask, labels)
+            out, (failed, errors) = _run_looped(spec, chips, vmask, labels)
         omask: np.ndarray | None
         if elem_valid is not None:
             omask = np.stack([elem_valid[..., r : r + h, c : c + w] for r, c in pos])
         else:
             omask = None if vmask is None else _rescale_mask(vmask, *spec.scale)
         n_failed += len(failed)  # their outputs are dropped through ``ChipBatch.failed``
+        for k in failed:
+            r, c = int(pos[k][0]), int(pos[k][1])
+            records.append(spec.chip_record(ids[lo + k], r + r0, c + c0, errors[k]))
+            if spec.on_error == "skip":
+                skipped.append((sc(r), sc(r + h), sc(c), sc(c + w)))
         if omask is not None and spec.loop and elem_valid is None:
             # (n, *loop, h, w) → broadcastable against (n, *loop, *out_lead, h, w)
             omask = omask.reshape(*omask.shape[:-2], *(1,) * len(spec.out_lead), oh, ow)
@@ -547,24 +699,50 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
                     for r, c in pos
                 ]
         opos = np.asarray([(sc(int(r)), sc(int(c))) for r, c in pos], dtype=np.int64)
+        chip_ids = np.asarray(ids[lo : lo + len(pos)])
+        dropped: list[int] = []
+        if failed and spec.on_error == "skip":
+            # "skip": failed chips are left out of the state altogether (no fake outputs
+            # for the aggregation to check). They only ever reach their own footprint,
+            # which becomes invalid; the geometric denominator (dy/dx, which still counts
+            # them) is only used outside it. So every other pixel is exactly what a run
+            # without the failure computes.
+            keep = [k for k in range(len(pos)) if k not in set(failed)]
+            if not keep:
+                continue
+            out, opos, chip_ids = out[keep], opos[keep], chip_ids[keep]
+            weights = [weights[k] for k in keep]
+            omask = None if omask is None else omask[keep]
+        else:
+            dropped = failed
         batch = ChipBatch(
             out,
             opos,
             weights,
             omask,
-            np.asarray(ids[lo : lo + len(pos)]),
+            chip_ids,
             nan_marks=spec.fill_value is None,
-            failed=failed,
+            failed=dropped,
             unit_weights=unit,
         )
         with phase("accumulate"):
             if state is None:
-                state = agg.new(region_shape, agg.accumulator_for(out))
+                if len(dropped) == len(out):
+                    # only masked chips' zeros so far: they must not pick the accumulator
+                    pending.append(batch)
+                    continue
+                good = np.delete(out, dropped, axis=0) if dropped else out
+                state = agg.new(region_shape, agg.accumulator_for(good))
+                for early in pending:
+                    agg.add(state, early)
+                pending.clear()
             agg.add(state, batch)
 
     with phase("seal"):
-        if state is None:  # a block that owns no chip
+        if state is None:  # a block that owns no chip, or whose chips all failed
             state = agg.new(region_shape)
+            for early in pending:
+                agg.add(state, early)
         dy = dx = None
         if isinstance(agg, OverlapAdd) and (window is None or window.separable):
             oys = tuple(sc(a) for a in task.ys)
@@ -575,6 +753,10 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
         if (in_h, in_w) != (r1 - r0, c1 - c0):
             state = _crop(state, sc(in_h), sc(in_w))
     state["_failed"] = n_failed
+    if records:
+        state["_errors"] = records
+    if skipped:
+        state["_skip"] = skipped
     return state
 
 
@@ -614,10 +796,20 @@ def stitch_block(
 ) -> np.ndarray:
     """Merge the pieces of every partial that overlaps an output block, then finalise.
 
+    Pixels a skipped chip covered (``on_error="skip"``) are then set invalid
+    (:func:`mark_skipped`); without a sink each failed chip whose record this block holds
+    is reported as a :class:`~patchflow.errors.ChipFailedWarning` (in the process running
+    the task: the caller's under the threaded and synchronous schedulers).
+
     With a ``sink`` (see :mod:`patchflow.io.store`) the merged state is handed to
-    ``sink.write(index, state, agg)`` instead, which persists it and returns a marker.
+    ``sink.write(index, state, agg, failed, skip=..., errors=...)`` instead, which
+    finalises and persists it (records included) and returns a marker.
     """
     agg = spec.agg
+    skip: list[Rect] = []
+    for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
+        skip += _moved(part.get("_skip", ()), ys, xs, (yd[0], xd[0]))
+    records = [r for part in partials for r in part.get("_errors", ())]
     with phase("merge"):
         whole = ((0, task.shape[0]), (0, task.shape[0]), (0, task.shape[1]), (0, task.shape[1]))
         if len(partials) == 1 and task.pieces[0] == whole and _exactly(partials[0], task.shape):
@@ -625,7 +817,16 @@ def stitch_block(
             state = dict(partials[0])
         else:
             state = agg.new(task.shape, agg.merged_accumulator(partials))
-            for (ys, yd, xs, xd), part in zip(task.pieces, partials, strict=True):
+            # the largest piece (the block's own partial) first, the spill-over strips of
+            # its neighbours after: a merge into an empty state is a copy, which the
+            # aggregations whose merge is more than a sum (mean_std) take as such
+            pieces = sorted(
+                zip(task.pieces, partials, strict=True),
+                key=lambda piece: (
+                    -(piece[0][0][1] - piece[0][0][0]) * (piece[0][2][1] - piece[0][2][0])
+                ),
+            )
+            for (ys, yd, xs, xd), part in pieces:
                 agg.merge(
                     state,
                     part,
@@ -650,7 +851,20 @@ def stitch_block(
             agg.set_geometry(state, dy, dx)
     if sink is not None:
         failed = sum(int(p.get("_failed", 0)) for p in partials)
-        marker: np.ndarray = sink.write(task.index, state, agg, failed)
+        marker: np.ndarray = sink.write(
+            task.index, state, agg, failed, skip=tuple(skip), errors=tuple(records)
+        )
         return marker
+    for record in records:
+        what = (
+            "its pixels are nodata"
+            if record["on_error"] == "skip"
+            else "it got zero weight: other chips fill the pixels they cover"
+        )
+        warnings.warn(
+            f"{describe_chip_error(record)} — on_error={record['on_error']!r}: {what}",
+            ChipFailedWarning,
+            stacklevel=2,
+        )
     with phase("normalise"):
-        return agg.finalize(state)
+        return finalize_block(agg, state, skip)

@@ -28,7 +28,7 @@ import xarray as xr
 from affine import Affine
 
 from patchflow._xr import as_dataarray, spatial_dims, transform_of, write_georef
-from patchflow.engine.aggregate import make_aggregator
+from patchflow.engine.aggregate import LAYERED_AGGS, make_aggregator
 from patchflow.engine.graph import build_graph
 from patchflow.engine.kernels import EngineSpec
 from patchflow.engine.nodata import input_nodata as input_nodata_of
@@ -46,12 +46,24 @@ from patchflow.plan.windows import WindowSpec, make_window
 __all__ = ["Prepared", "prepare", "prepare_from", "worker_threads"]
 
 BATCH_BYTES = 8 * 2**20
-ON_ERROR = ("raise", "mask", "retry")
+ON_ERROR = ("raise", "mask", "retry", "skip")
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
 #: input bytes per op call when a pointwise op runs on strips of a block
 POINTWISE_TILE_BYTES = 2**20
 #: merges whose result is the op's own value when every covering chip agrees on it
-POINTWISE_AGGS = ("overlap_add", "mean", "max", "min", "centre", "vote", "soft_vote")
+#: (median/mode of identical values is that value; inverse_variance is not: the merged
+#: variance shrinks with the number of chips)
+POINTWISE_AGGS = (
+    "overlap_add",
+    "mean",
+    "max",
+    "min",
+    "centre",
+    "vote",
+    "soft_vote",
+    "median",
+    "mode",
+)
 
 
 def _spatial_chunks(chunks: Any, y: Hashable, x: Hashable) -> tuple[Any, Any] | None:
@@ -257,6 +269,26 @@ def _covers(grid: ChipGrid) -> bool:
     return True
 
 
+def _most_chips(grid: ChipGrid, ratio: tuple[int, int]) -> int:
+    """The most chips covering one output pixel (median/mode's ``layers``), exactly.
+
+    Coverage is separable — pixel ``(i, j)`` is under ``count_y(i) * count_x(j)`` chips —
+    so its maximum is the product of the per-axis maxima, each counted from the actual
+    chip starts (``boundary="shift"`` moves the last one; padded pixels included), in
+    output pixels (``ratio``: the op's ``num/den`` scale).
+    """
+    num, den = ratio
+    most = 1
+    for axis in (grid.y, grid.x):
+        starts = np.asarray(axis.anchors, dtype=np.int64) * num // den
+        size = axis.size * num // den
+        count = np.zeros(int(starts.max()) + size + 1, dtype=np.int64)
+        np.add.at(count, starts, 1)
+        np.add.at(count, starts + size, -1)
+        most *= int(np.cumsum(count).max())
+    return most
+
+
 def _out_dims(
     arr: xr.DataArray,
     lead: tuple[int, ...],
@@ -454,11 +486,15 @@ def prepare(
         lead=agg_lead,
         n_classes=n_classes,
         n_chips=grid.n_chips,
+        # median/mode keep one value layer per chip over a pixel (from the final grid:
+        # the pointwise plan's strips need one)
+        layers=_most_chips(grid, ratio) if agg in LAYERED_AGGS else None,
+        n_loop=n_loop,
     )
     res_dtype = aggregator.result_dtype()
     can_be_invalid = (
         not full_cover
-        or on_error == "mask"
+        or on_error in ("mask", "skip")
         or src_dtype.kind in "fc"
         or is_nodata_value(in_nodata)
         or op_dtype.kind in "fc"

@@ -20,7 +20,13 @@ Store layout (a Zarr v3 group by default, or v2 with ``zarr_format=2``; readable
                              data are written; written *after* the data
       _patchflow/checksum    uint32, same grid: CRC-32 of the block's result bytes (the
                              array the task already holds), written before ``done``
-      _patchflow/failed, valid  per block: chips masked by ``on_error``, valid pixels
+      _patchflow/failed, valid  per block: chips left out by ``on_error``, valid pixels
+      _patchflow/chip_errors/<i>.<j>.json
+                             (only where chips failed) the records of the chips block
+                             (i, j) owns that failed under ``on_error="mask"``/``"skip"``:
+                             index, scene and CRS bounds, exception, traceback; with the
+                             block's checksum, written before its done marker and rewritten
+                             (or removed) whenever the block is recomputed
       _patchflow/num, den    (``keep_sums=True`` or ``mode="accumulate"``) the overlap-add
                              numerator and denominator (``count``/``wsum`` for ``vote``),
                              float, same block chunks
@@ -47,7 +53,9 @@ grid). Resuming also re-reads the blocks already marked done and recomputes any 
 checksum no longer matches (a deleted or damaged chunk file) — except in a store summing
 several passes, where that is a :class:`CorruptStoreError` (one operator cannot recompute
 it). :func:`check_store` (``patchflow inspect``) and ``open_result(verify=True)`` run the
-same verification.
+same verification, which also checks that each done block's failed-chip records match
+its failed-chip count and checksum (a deleted or foreign record file is damage that
+``resume`` recomputes).
 
 The numerator/denominator of a block are summed in memory by the block's stitch task (from
 the block's own chips and its neighbours' spill-over) and normalised there; writing them to
@@ -106,10 +114,12 @@ from dask.delayed import Delayed
 from patchflow._xr import spatial_dims
 from patchflow.engine.aggregate import AGGREGATIONS, Aggregator, State
 from patchflow.engine.graph import build_graph
+from patchflow.engine.kernels import finalize_block
 from patchflow.engine.prepare import Prepared, prepare, prepare_from
 from patchflow.engine.timing import phase
 from patchflow.errors import (
     _CLI,
+    ChipFailedWarning,
     CorruptStoreError,
     ForeignFilesError,
     ImportTargetError,
@@ -138,7 +148,7 @@ from patchflow.io.cog import (
     raster_metadata,
     zarr_to_cog,
 )
-from patchflow.io.report import RunReport
+from patchflow.io.report import ChipError, RunReport
 from patchflow.io.sources import is_remote
 from patchflow.options import (
     DEFAULT_SIZE,
@@ -158,6 +168,7 @@ if sys.platform != "win32":
     import fcntl
 
 __all__ = [
+    "ChipError",
     "CorruptStoreError",
     "ForeignFilesError",
     "IncompleteStoreError",
@@ -182,6 +193,10 @@ __all__ = [
 
 META = "patchflow"
 BOOK = "_patchflow"
+#: directory (inside ``BOOK``) of the per-block failed-chip records, ``<i>.<j>.json``
+CHIP_ERRORS = "chip_errors"
+#: failed chips :meth:`StoreHealth.lines` lists without ``verbose``
+LISTED_CHIPS = 100
 MODES = ("w", "accumulate")
 LOCK = ".patchflow-lock"
 CREATING = ".patchflow-creating"
@@ -224,7 +239,17 @@ def _checkpoint(stage: str) -> None:
 
 #: ``prepare`` keywords that ``patchflow apply`` exposes as ``--flags``
 _CLI_FLAGS = frozenset(
-    {"size", "stride", "window", "agg", "n_classes", "boundary", "batch_size", "chunks"}
+    {
+        "size",
+        "stride",
+        "window",
+        "agg",
+        "n_classes",
+        "boundary",
+        "batch_size",
+        "chunks",
+        "on_error",
+    }
 )
 
 
@@ -309,6 +334,8 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         # our lock file and creation marker are not Zarr nodes (Zarr notes it when listing)
         warnings.filterwarnings("ignore", message=r"Object at \.patchflow-")
+        # nor is the folder of failed-chip records (plain JSON files) inside the bookkeeping
+        warnings.filterwarnings("ignore", message=rf"Object at {CHIP_ERRORS} ")
         # string band labels have no final Zarr v3 dtype spec yet; xarray reads them back
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
         # consolidated metadata is not in the v3 spec yet; xarray and zarr read it
@@ -349,18 +376,38 @@ class BlockSink:
         return (*lead, slice(i * by, i * by + shape[-2]), slice(j * bx, j * bx + shape[-1]))
 
     def write(
-        self, index: tuple[int, int], state: State, agg: Aggregator, failed: int = 0
+        self,
+        index: tuple[int, int],
+        state: State,
+        agg: Aggregator,
+        failed: int = 0,
+        *,
+        skip: Sequence[tuple[int, int, int, int]] = (),
+        errors: Sequence[Mapping[str, Any]] = (),
     ) -> np.ndarray:
-        """Persist block ``index`` of a merged state; return a one-element marker."""
+        """Persist block ``index`` of a merged state; return a one-element marker.
+
+        ``failed`` chips of this block failed; ``errors`` are their records (written to
+        ``_patchflow/chip_errors/<i>.<j>.json``, or that file removed when there are
+        none) and ``skip`` the output-pixel rectangles of skipped chips, set invalid.
+        """
         try:
-            self._write(index, state, agg, failed)
+            self._write(index, state, agg, failed, skip, errors)
         except PatchflowError:
             raise
         except OSError as exc:  # disk full, file too large, read-only, store removed
             raise _write_error(self.store, f"block {tuple(index)}", exc, self.cli) from exc
         return np.ones((1,) * (self.nlead + 2), np.int8)
 
-    def _write(self, index: tuple[int, int], state: State, agg: Aggregator, failed: int) -> None:
+    def _write(
+        self,
+        index: tuple[int, int],
+        state: State,
+        agg: Aggregator,
+        failed: int,
+        skip: Sequence[tuple[int, int, int, int]],
+        errors: Sequence[Mapping[str, Any]],
+    ) -> None:
         if self.sums:
             sums = agg.to_sums(state)
             if self.accumulate:
@@ -373,7 +420,7 @@ class BlockSink:
                 arr[self._region(index, sums[key].shape)] = sums[key]
             state = agg.from_sums(sums)
         with phase("normalise"):
-            out = agg.finalize(state)
+            out = finalize_block(agg, state, skip)
         # every chunk is written, even all-nodata ones, so the bytes read back are exactly
         # the bytes checksummed here (Zarr would otherwise drop it and return its fill value)
         with phase("write"):
@@ -384,6 +431,9 @@ class BlockSink:
             result[self._region(index, out.shape)] = out
             checksum = _crc(out)  # the array in hand: no re-read
             good = np.isfinite(out) if out.dtype.kind == "f" else out != agg.nodata
+            # the records before the count and checksum they must match: a kill in
+            # between leaves a block that is not done, so it is recomputed
+            _write_records(self.store, index, checksum, errors)
             zarr.open_array(self.store, path=f"{BOOK}/failed", mode="r+")[index] = failed
             valid = int(good.sum())
             zarr.open_array(self.store, path=f"{BOOK}/valid", mode="r+")[index] = valid
@@ -392,6 +442,87 @@ class BlockSink:
             _checkpoint(f"block-{next(_BLOCKS_WRITTEN)}")
         # the marker goes last: a block is done only once all its data are on disk
         zarr.open_array(self.store, path=f"{BOOK}/done", mode="r+")[index] = 1
+
+
+def _records_file(store: str, index: tuple[int, int]) -> Path:
+    return Path(store) / BOOK / CHIP_ERRORS / f"{int(index[0])}.{int(index[1])}.json"
+
+
+def _write_records(
+    store: str, index: tuple[int, int], checksum: int, errors: Sequence[Mapping[str, Any]]
+) -> None:
+    """Block ``index``'s failed-chip records (atomically), or no file when none failed:
+    a recomputed block never keeps an earlier run's records."""
+    file = _records_file(store, index)
+    if not errors:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(file)
+        return
+    file.parent.mkdir(exist_ok=True)
+    doc = {"block": [int(index[0]), int(index[1])], "checksum": int(checksum)}
+    _write_json(file, {**doc, "errors": [dict(e) for e in errors]})
+
+
+def _read_records(
+    path: str, index: tuple[int, int], checksum: int, failed: int
+) -> list[ChipError] | None:
+    """Block ``index``'s records, or ``None`` if they do not belong to its current result
+    (a missing, unreadable or foreign file, another checksum, another count)."""
+    file = _records_file(path, index)
+    if not file.exists():
+        return [] if failed == 0 else None
+    doc = _read_json(file)
+    if not isinstance(doc, dict) or doc.get("checksum") != checksum:
+        return None
+    errors = doc.get("errors")
+    if not isinstance(errors, list) or len(errors) != failed:
+        return None
+    try:
+        return [ChipError.from_record(e, block=index) for e in errors]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _chip_errors(path: str, meta: Mapping[str, Any]) -> tuple[ChipError, ...]:
+    """The failed-chip records of every done block whose records match it, by chip."""
+    if not meta.get("chip_records"):
+        return ()  # a store written before records existed
+    folder = Path(path) / BOOK / CHIP_ERRORS
+    if not folder.is_dir():
+        return ()
+    done, sums, failed = _done(path, meta), _book(path, "checksum"), _book(path, "failed")
+    if sums is None or failed is None:
+        return ()
+    found: list[ChipError] = []
+    for file in folder.iterdir():
+        match = re.fullmatch(r"(\d+)\.(\d+)\.json", file.name)
+        if match is None:
+            continue
+        i, j = int(match[1]), int(match[2])
+        if i >= done.shape[0] or j >= done.shape[1] or done[i, j] != 1:
+            continue
+        found += _read_records(path, (i, j), int(sums[i, j]), int(failed[i, j])) or []
+    return tuple(sorted(found, key=lambda e: e.chip))
+
+
+def chips_failed_message(report: RunReport) -> str | None:
+    """The end-of-run line when chips failed (``None`` when none did)."""
+    n = report.failed_chips
+    if not n:
+        return None
+    how = report.chip_errors[0].on_error if report.chip_errors else "mask"
+    what = (
+        "their pixels are nodata"
+        if how == "skip"
+        else "they got zero weight (other chips fill the pixels they cover; pixels no other "
+        "chip reaches are nodata)"
+    )
+    where = (
+        "see RunReport.chip_errors (a COG keeps no records)"
+        if report.kind == "cog"
+        else f"see patchflow inspect {report.store} / check_store({report.store!r}).chip_errors"
+    )
+    return f"{n} chip{'s' if n > 1 else ''} failed (on_error={how!r}): {what}; {where}"
 
 
 # --------------------------------------------------------------------------- reports
@@ -420,6 +551,11 @@ class StoreHealth:
     job: Mapping[str, Any] | None = None
     #: the problem and its fix, in the caller's words (``None`` when healthy)
     problem: str | None = None
+    #: chips whose operator call failed and were left out (``on_error="mask"``/``"skip"``):
+    #: not damage (the store is still ``ok``), the job's own outcome
+    failed_chips: int = 0
+    #: the record of each of them (index, bounds, exception, traceback), by chip index
+    chip_errors: tuple[ChipError, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -431,8 +567,9 @@ class StoreHealth:
         cls = CorruptStoreError if self.corrupt else IncompleteStoreError
         return cls(self.problem or f"{self.store!r} is healthy")
 
-    def lines(self) -> list[str]:
-        """A human-readable summary (``patchflow inspect``)."""
+    def lines(self, *, verbose: bool = False) -> list[str]:
+        """A human-readable summary (``patchflow inspect``); ``verbose`` adds each failed
+        chip's traceback."""
         ny, nx = self.blocks
         out = [f"{self.store}: {self.status}" + (" (being written now)" if self.locked else "")]
         if self.status == "not a patchflow store":
@@ -463,6 +600,26 @@ class StoreHealth:
         out.append(
             "  resumable from the store alone: " + ("yes" if self.resumable else "no (no recipe)")
         )
+        if self.failed_chips or self.chip_errors:
+            how = self.chip_errors[0].on_error if self.chip_errors else "mask"
+            what = "their pixels are nodata" if how == "skip" else "zero weight"
+            out.append(f"  failed chips: {self.failed_chips} (on_error={how!r}: {what})")
+            shown = self.chip_errors if verbose else self.chip_errors[:LISTED_CHIPS]
+            for err in shown:
+                out.append(f"    {err.describe()}")
+                if verbose and err.traceback:
+                    out.extend(f"      {line}" for line in err.traceback.rstrip().splitlines())
+            if len(shown) < len(self.chip_errors):
+                more = len(self.chip_errors) - len(shown)
+                out.append(
+                    f"    … and {more} more (--verbose / lines(verbose=True) lists them all, "
+                    "with tracebacks)"
+                )
+            if len(self.chip_errors) < self.failed_chips:
+                out.append(
+                    f"    ({self.failed_chips - len(self.chip_errors)} without a record: "
+                    "the store predates failed-chip records)"
+                )
         return out
 
 
@@ -1247,7 +1404,8 @@ def _done(path: str, meta: Mapping[str, Any] | None = None) -> np.ndarray:
 
 
 def _damaged(path: str, meta: Mapping[str, Any], candidates: np.ndarray) -> list[tuple[int, int]]:
-    """Blocks among ``candidates`` whose result bytes do not match their checksum.
+    """Blocks among ``candidates`` whose result bytes do not match their checksum, or
+    whose failed-chip records (a store that keeps them) do not match the block.
 
     Reads each candidate block once (in parallel threads): about the cost of reading the
     result. A chunk that cannot be read (missing metadata, garbage bytes) counts as damaged.
@@ -1283,6 +1441,15 @@ def _damaged(path: str, meta: Mapping[str, Any], candidates: np.ndarray) -> list
     workers = max(1, min(8, os.cpu_count() or 1, len(blocks)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         verdicts = list(pool.map(intact, blocks))
+    if meta.get("chip_records"):
+        # a block's failed-chip records are part of its result: missing or foreign
+        # records (another checksum or count) are damage too
+        failed = _book(path, "failed")
+        counts = np.zeros(sums.shape, np.int64) if failed is None else failed
+        verdicts = [
+            good and _read_records(path, (i, j), int(sums[i, j]), int(counts[i, j])) is not None
+            for (i, j), good in zip(blocks, verdicts, strict=True)
+        ]
     return [block for block, good in zip(blocks, verdicts, strict=True) if not good]
 
 
@@ -1488,6 +1655,8 @@ def _create(
         crs=None if crs is None else crs.to_wkt(),
         transform=list(transform)[:6],
         entries=entries,
+        # failed chips are recorded per block (``_patchflow/chip_errors``), and verified
+        chip_records=1,
     )
     os.unlink(Path(store) / CREATING)
 
@@ -1568,8 +1737,26 @@ def run(
         As for :func:`patchflow.apply`.
     size, stride, window, window_params, boundary, pad_mode, agg, n_classes, batched, \
 batch_size, chunks, output_dtype, output_shape, output_bands, output_dims, nodata, \
-input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries, retry_on, name
+input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on, name
         As for :func:`patchflow.apply` (``chunks=`` sets the block = Zarr chunk size).
+    on_error
+        What a chip whose operator call raises does. ``"raise"`` (default): the run stops
+        with an :class:`~patchflow.errors.OperatorError` naming the chip (the blocks
+        already written stay; finish with ``resume=True``). ``"skip"``: every result pixel
+        the chip covers is nodata (NaN for floats), even where other chips cover it, so no
+        pixel silently gets a different blend; an integer result without a nodata value
+        gets one. ``"mask"``: the chip gets zero weight, so the other chips covering its
+        pixels fill them (a blend of fewer chips there: approximate next to the failed
+        chip), and pixels no other chip reaches are nodata. ``"retry"``: call it again up
+        to ``retries`` times on a ``retry_on`` exception, then as ``"raise"``. With
+        ``"skip"`` and ``"mask"`` each failed chip is recorded in the store
+        (``_patchflow/chip_errors``: index, bounds in scene pixels and in the CRS,
+        exception type, message and traceback), read back as ``RunReport.chip_errors``
+        and ``check_store(store).chip_errors`` (``patchflow inspect STORE``), and the run
+        ends with a :class:`~patchflow.errors.ChipFailedWarning` giving their count;
+        failed chips are not damage (the store is complete). ``"skip"`` cannot be
+        combined with ``keep_sums``/``mode="accumulate"`` (a later pass would blend the
+        skipped pixels again).
     store
         Directory of the Zarr store. It may not be, contain or lie inside an input file or
         store, nor be a symbolic link. A path ending in ``.tif``/``.tiff`` writes a
@@ -1630,7 +1817,8 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
     Returns
     -------
     RunReport
-        Blocks computed/skipped/repaired and wall time; ``.open()`` gives the result.
+        Blocks computed/skipped/repaired and wall time, failed chips and their records
+        (``failed_chips``, ``chip_errors``); ``.open()`` gives the result.
 
     Raises
     ------
@@ -1747,6 +1935,9 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, on_error, retries,
         raise
     if bar is not None:
         bar.close(done=True)
+    line = chips_failed_message(report)
+    if line is not None:
+        warnings.warn(line, ChipFailedWarning, stacklevel=2)
     return report
 
 
@@ -1775,6 +1966,13 @@ def _run_store(
         raise ParameterError(
             f"agg={aggregator.name!r} cannot accumulate across passes; use one of "
             f"{', '.join(n for n, a in AGGREGATIONS.items() if a.sum_keys)}, or keep_sums=False"
+        )
+    if want_sums and prep.spec.on_error == "skip":
+        raise ParameterError(
+            "on_error='skip' cannot be combined with keep_sums=True or mode='accumulate': "
+            "the stored sums leave the skipped chips out, so a later pass would blend "
+            "their pixels again instead of keeping them nodata; use on_error='mask' (zero "
+            "weight) or 'raise'"
         )
     job = _job_record(obj, op, prep, params, var)
     state, meta = _state(path)
@@ -2064,7 +2262,17 @@ def _run_locked(
     if not keys and not accumulate and meta.get("status") == "complete":
         # resuming a finished, intact store: nothing to write (it may be read-only)
         failed = int(meta.get("failed_chips", 0))
-        return RunReport(path, var, ny * nx, 0, ny * nx, seconds, mode, failed_chips=failed)
+        return RunReport(
+            path,
+            var,
+            ny * nx,
+            0,
+            ny * nx,
+            seconds,
+            mode,
+            failed_chips=failed,
+            chip_errors=_chip_errors(path, meta),
+        )
     missing = int((_done(path, meta) == 0).sum())
     if missing:
         raise IncompleteStoreError(
@@ -2108,6 +2316,7 @@ def _run_locked(
         mode,
         failed_chips=failed,
         repaired=repaired,
+        chip_errors=_chip_errors(path, meta),
     )
 
 
@@ -2144,6 +2353,8 @@ def _start_pass(
             _create_sum(book, f"{key}_next", prep.spec.agg, shape, block, compressors, zarr_format)
         zarr.open_array(path, path=f"{BOOK}/done", mode="r+")[...] = 0
         zarr.open_array(path, path=f"{BOOK}/failed", mode="r+")[...] = 0
+        # the records of the previous pass go with its counts
+        shutil.rmtree(Path(path) / BOOK / CHIP_ERRORS, ignore_errors=True)
         _set_meta(path, pass_ready=True)
         meta = _read_meta(path) or meta
     return meta
@@ -2558,9 +2769,9 @@ def check_store(store: str | os.PathLike[str], *, checksums: bool = True) -> Sto
     problem = None
     if corrupt:
         problem = (
-            f"{path!r} is damaged: {len(corrupt)} block(s) fail their checksum (a result "
-            f"chunk was deleted or overwritten): {_blocks_text(corrupt)}; recompute them with "
-            f"{_w('finish')}"
+            f"{path!r} is damaged: {len(corrupt)} block(s) fail their checksum or their "
+            "failed-chip records (a result chunk or record file was deleted or overwritten): "
+            f"{_blocks_text(corrupt)}; recompute them with {_w('finish')}"
         )
     elif locked and status != "complete":
         problem = f"{path!r} is being written right now ({status}); wait for the run to finish"
@@ -2580,7 +2791,17 @@ def check_store(store: str | os.PathLike[str], *, checksums: bool = True) -> Sto
         resumable=resumable,
         job=job,
         problem=problem,
+        failed_chips=_failed_count(path, done),
+        chip_errors=_chip_errors(path, meta),
     )
+
+
+def _failed_count(path: str, done: np.ndarray) -> int:
+    """Failed chips of the done blocks (their count array; 0 if it is unreadable)."""
+    failed = _book(path, "failed")
+    if failed is None or failed.shape != done.shape:
+        return 0
+    return int(failed[done == 1].sum())
 
 
 def open_result(

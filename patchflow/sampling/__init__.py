@@ -5,7 +5,7 @@ sampler's anchors, zonal statistics and torch datasets.
 module                 owns
 =====================  ================================================================
 :mod:`.chips`          ``sample``: chips at a sampler's anchors as a lazy DataArray
-:mod:`.stitch`         ``stitch_anchors``: chip outputs at any anchors → one map
+:mod:`.stitch`         ``stitch``: chip outputs at any anchors → one map (any agg)
 :mod:`.zonal`          ``zonal_stats``, ``polygon_chips``
 :mod:`.torch_data`     ``ChipStoreDataset``, ``LazyChipDataset`` (torch optional)
 =====================  ================================================================
@@ -16,7 +16,7 @@ Graphs come from :mod:`patchflow.engine.graph`, chip stores from :mod:`patchflow
 from __future__ import annotations
 
 from patchflow.sampling.chips import chip_array, sample
-from patchflow.sampling.stitch import stitch_anchors
+from patchflow.sampling.stitch import stitch, stitch_anchors
 from patchflow.sampling.zonal import (
     DEFAULT_STATS,
     ZONAL_STATS,
@@ -32,6 +32,7 @@ __all__ = [
     "chip_array",
     "polygon_chips",
     "sample",
+    "stitch",
     "stitch_anchors",
     "zonal_stats",
 ]

@@ -1,7 +1,8 @@
 """Stitch chip outputs at arbitrary anchors (any sampler) into one lazily computed map.
 
-``stitch_anchors`` runs the same aggregators as :func:`patchflow.apply` (overlap-add, mean,
-max, min, vote, soft vote, centre) and the same nodata rules; uncovered pixels are invalid.
+:func:`stitch` runs every aggregation :func:`patchflow.apply` has, through the same
+aggregators (:mod:`patchflow.engine.aggregate`) and the same nodata rules; pixels no chip
+covers are invalid and counted. ``stitch_anchors`` is its former name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from patchflow._xr import georef, write_georef
-from patchflow.engine.aggregate import make_aggregator
+from patchflow.engine.aggregate import LAYERED_AGGS, make_aggregator
 from patchflow.engine.chip_kernels import StitchSpec
 from patchflow.engine.graph import (
     ANCHORS_STITCH_PREFIX,
@@ -30,6 +31,7 @@ from patchflow.engine.nodata import input_nodata, is_value
 from patchflow.engine.nodata import resolve as resolve_nodata
 from patchflow.errors import DimensionError, ParameterError
 from patchflow.io.chips import GROUP_BYTES
+from patchflow.options import Agg
 from patchflow.plan.grid import pair
 from patchflow.plan.windows import Window, make_window
 from patchflow.sampling.chips import NUMPY_BLOCK, _as_dataarray
@@ -71,17 +73,17 @@ def _block_hits(
     return [chip[edges[b] : edges[b + 1]] for b in range(nby * nbx)]
 
 
-def _block_covered(
+def _block_coverage(
     anchors: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]
-) -> bool:
-    """Whether the chips at ``anchors`` cover every pixel of ``box`` (``y0, y1, x0, x1``).
+) -> tuple[int, int]:
+    """``(uncovered pixels, most chips over one pixel)`` of ``box`` (``y0, y1, x0, x1``).
 
     Exact, on the grid of the chips' (clipped) edges: a 2-D difference array over at most
     ``(2k + 2)²`` cells for ``k`` chips, never a per-pixel mask.
     """
-    if len(anchors) == 0:
-        return False
     y0, y1, x0, x1 = box
+    if len(anchors) == 0:
+        return (y1 - y0) * (x1 - x0), 0
     h, w = size
     rs, re = np.clip(anchors[:, 0], y0, y1), np.clip(anchors[:, 0] + h, y0, y1)
     cs, ce = np.clip(anchors[:, 1], x0, x1), np.clip(anchors[:, 1] + w, x0, x1)
@@ -94,10 +96,12 @@ def _block_covered(
     np.add.at(diff, (a1, b0), -1)
     np.add.at(diff, (a0, b1), -1)
     np.add.at(diff, (a1, b1), 1)
-    return bool((diff.cumsum(axis=0).cumsum(axis=1)[:-1, :-1] > 0).all())
+    cover = diff.cumsum(axis=0).cumsum(axis=1)[:-1, :-1]
+    area = np.outer(np.diff(ys), np.diff(xs))
+    return int(area[cover == 0].sum()), int(cover.max())
 
 
-def stitch_anchors(
+def stitch(
     obj_like: xr.DataArray | xr.Dataset,
     chip_outputs: Any,
     anchors: Any = None,
@@ -106,19 +110,25 @@ def stitch_anchors(
     window_params: Mapping[str, Any] | None = None,
     chunks: int | tuple[int, int] | None = None,
     name: Hashable | None = None,
-    agg: str = "overlap_add",
+    agg: Agg = "overlap_add",
     n_classes: int | None = None,
     nodata: Any = None,
 ) -> xr.DataArray:
     """Stitch chip outputs at arbitrary anchors into one map (lazy, block by block).
 
-    The chips go through the same aggregators as :func:`patchflow.apply` (see
-    :mod:`patchflow.engine.aggregate`): ``agg="overlap_add"`` (default) gives each pixel the
-    window-weighted mean of the chips covering it (``sum(w * chip) / sum(w)``); ``mean``,
-    ``max``, ``min``, ``vote`` (integer labels, ``n_classes``), ``soft_vote`` (class scores
-    → argmax) and ``centre`` (value of the chip whose centre is nearest; ties: the lower
-    chip index) work for any anchors. Windows are border-aware as in ``apply``: a chip
-    touching the scene edge has the outward half of its window flattened.
+    Any sampler's chips (regular grid, random, jittered, Poisson-disk, stratified, explicit
+    anchors) go through every aggregation :func:`patchflow.apply` has, with the same
+    aggregators (the table in :mod:`patchflow.engine.aggregate`): ``agg="overlap_add"``
+    (default) gives each pixel the window-weighted mean of the chips covering it
+    (``sum(w * chip) / sum(w)``); ``mean``, ``max``, ``min``, ``vote`` (integer labels,
+    ``n_classes``), ``soft_vote`` (class scores → argmax), ``centre`` (value of the chip
+    whose centre is nearest; ties: the lower chip index), ``sum``, ``weighted_sum``, the
+    uncertainty merges ``mean_std`` and ``inverse_variance`` (chip outputs ``(n, 2, …)``
+    holding mean and variance) and the exact ``median`` and ``mode``, which keep one layer
+    per chip over a pixel: as many layers as the most chips the anchors put over one
+    pixel of a block (refused above ``patchflow.engine.aggregate.MAX_LAYERS``). Windows are
+    border-aware as in ``apply``: a chip touching the scene edge has the outward half of
+    its window flattened.
 
     Validity follows :mod:`patchflow.engine.nodata`, as in ``apply``: non-finite chip values carry
     zero weight; pixels no valid chip value reaches are NaN for float results and the
@@ -153,17 +163,20 @@ def stitch_anchors(
     name
         Name of the result.
     agg, n_classes
-        Aggregation (``"overlap_add"``, ``"mean"``, ``"max"``, ``"min"``, ``"vote"``,
-        ``"soft_vote"``, ``"centre"``); ``n_classes`` for ``"vote"``.
+        Aggregation (any name in ``patchflow.AGGREGATIONS``); ``n_classes`` for
+        ``"vote"``.
     nodata
         Nodata of the result (see above).
 
     Returns
     -------
     xarray.DataArray
-        Lazy, dims ``(out…, y, x)`` (``soft_vote``: the class axis is reduced) with
-        ``obj_like``'s spatial coords and CRS; dtype and ``rio.nodata`` as ``apply``'s for
-        the same aggregation.
+        Lazy, dims ``(out…, y, x)`` (``soft_vote``: the class axis is reduced;
+        ``mean_std``: a leading ``stat`` dim ``["mean", "std"]``; ``inverse_variance``: the
+        first output axis becomes ``stat`` ``["mean", "variance"]``) with ``obj_like``'s
+        spatial coords and CRS; dtype and ``rio.nodata`` as ``apply``'s for the same
+        aggregation. ``attrs["uncovered_pixels"]`` counts the pixels no chip covers
+        (exact, from the anchors; they are invalid in the result).
 
     Examples
     --------
@@ -172,10 +185,12 @@ def stitch_anchors(
     >>> from patchflow.io.synthetic import make_scene
     >>> scene = make_scene((300, 300), chunks=128).astype("float32")
     >>> chips = sample(scene, PoissonDisk(20, seed=0), size=64)
-    >>> out = stitch_anchors(scene, chips * 2)
+    >>> out = stitch(scene, chips * 2)
     >>> bool(np.nanmax(np.abs(out.values - 2 * scene.values)) < 1e-3)
     True
-    >>> top = stitch_anchors(scene, chips.astype("int32"), agg="max", nodata=-1)
+    >>> out.attrs["uncovered_pixels"] > 0  # Poisson-disk chips leave gaps
+    True
+    >>> top = stitch(scene, chips.astype("int32"), agg="max", nodata=-1)
     >>> str(top.dtype), int(top.rio.nodata)
     ('int32', -1)
     """
@@ -234,13 +249,6 @@ def stitch_anchors(
         raise DimensionError(
             "agg='soft_vote' needs class scores: chip_outputs (n, classes, …, h, w)"
         )
-    aggregator = make_aggregator(
-        agg, out_dtype=op_dtype, lead=lead, n_classes=n_classes, n_chips=max(n, 1)
-    )
-    win: Window | None = None
-    if aggregator.weighted:  # as in apply: mean/max/min/centre weigh every chip 1
-        win = make_window(window, (h, w), **dict(window_params or {}))
-
     if chunks is not None:
         cy, cx = pair(chunks, "chunks")
         out_chunks = da.core.normalize_chunks((cy, cx), scene)
@@ -253,22 +261,38 @@ def stitch_anchors(
     hits = _block_hits(anchors, (h, w), ey, ex)
     nbx = len(out_chunks[1])
 
-    # the result's nodata: the rules of patchflow.engine.nodata, with apply's "can be invalid"
+    # exact coverage per block, from geometry: holes (pixels no chip covers) are counted
+    # and make the result invalid there; the most chips over one pixel bounds the layers
+    # median/mode keep
+    coverage = [
+        _block_coverage(
+            anchors[hits[i * nbx + j]],
+            (h, w),
+            (int(ey[i]), int(ey[i + 1]), int(ex[j]), int(ex[j + 1])),
+        )
+        for i in range(len(out_chunks[0]))
+        for j in range(nbx)
+    ]
+    holes = sum(c[0] for c in coverage)
+    aggregator = make_aggregator(
+        agg,
+        out_dtype=op_dtype,
+        lead=lead,
+        n_classes=n_classes,
+        n_chips=max(n, 1),
+        # median/mode keep one layer per chip: as many as the anchors put over one pixel
+        layers=max(1, max(c[1] for c in coverage)) if agg in LAYERED_AGGS else None,
+    )
+    win: Window | None = None
+    if aggregator.weighted:  # as in apply: mean/max/min/centre weigh every chip 1
+        win = make_window(window, (h, w), **dict(window_params or {}))
     res_dtype = aggregator.result_dtype()
     in_nodata = input_nodata(arr)
     can_be_invalid = (
         op_dtype.kind in "fc"
         or np.dtype(arr.dtype).kind in "fc"
         or is_value(in_nodata)
-        or not all(
-            _block_covered(
-                anchors[hits[i * nbx + j]],
-                (h, w),
-                (int(ey[i]), int(ey[i + 1]), int(ex[j]), int(ex[j + 1])),
-            )
-            for i in range(len(out_chunks[0]))
-            for j in range(nbx)
-        )
+        or holes > 0
     )
     nd = resolve_nodata(
         res_dtype,
@@ -309,12 +333,24 @@ def stitch_anchors(
         out_chunks=(tuple(out_chunks[0]), tuple(out_chunks[1])),
         dtype=res_dtype,
     )
-    # soft_vote reduces the class axis (the first output axis)
-    out_dims = lead_dims[len(lead) - len(res_lead) :]
+    stats = aggregator.stat_names
+    # soft_vote reduces the class axis (the first output axis); mean_std adds a leading
+    # ``stat`` axis, inverse_variance turns the first output axis (mean, variance) into one
+    kept = res_lead[1:] if stats else res_lead
+    out_dims: tuple[Hashable, ...] = lead_dims[len(lead) - len(kept) :]
     coords: dict[Hashable, Any] = {d: c for d, c in lead_coords.items() if d in out_dims}
+    if stats:
+        out_dims = ("stat", *out_dims)
+        coords["stat"] = list(stats)
     for dim in (ydim, xdim):
         if dim in arr.coords:
             coords[dim] = arr.coords[dim]
     out = xr.DataArray(lazy, dims=(*out_dims, ydim, xdim), coords=coords, name=name)
     transform, crs = georef(arr)
-    return write_georef(out, crs=crs, transform=transform, nodata=out_nodata, encoded=encoded)
+    out = write_georef(out, crs=crs, transform=transform, nodata=out_nodata, encoded=encoded)
+    out.attrs["uncovered_pixels"] = holes
+    return out
+
+
+#: the former name of :func:`stitch`
+stitch_anchors = stitch

@@ -35,7 +35,7 @@ import patchflow
 from patchflow.cli.opspec import OPTION, build_operator, op_spec, parse_op_arg, parse_op_args
 from patchflow.errors import UsageError
 from patchflow.io.sources import open_raster
-from patchflow.ops import NDVI, DNToReflectance, ModelOp, Rescale
+from patchflow.ops import NDVI, NDWI, DNToReflectance, ModelOp, Rescale
 
 
 @pytest.fixture(scope="module")
@@ -506,6 +506,58 @@ def test_pipeline_json_steps_and_errors(
         cli.call("apply", str(tif), str(tmp_path / "y.zarr"), "--pipeline", str(bad_yaml)), 1
     )
     assert f"invalid pipeline {bad_yaml}: not valid YAML" in line
+
+
+PIPELINE_COMBINATORS = """\
+# two outputs per chip (Branch), one of them chosen by the chip's content (Switch)
+- op: branch
+  params:
+    ops:
+      - op: ndvi
+        params: {red: 0, nir: 1}
+      - op: switch
+        params:
+          predicate: {kind: fraction, band: 1, where: ">", value: 3000, threshold: 0.5}
+          cases:
+            "true": {op: pfuser:scaled_diff, params: {gain: 2}}
+            "false": {op: NDWI, params: {green: 0, nir: 1}}
+- op: tap
+  params: {observer: pfuser:stack_sum}
+"""
+
+
+def test_pipeline_branch_switch_tap(
+    cli: CLI, tif: Path, source: xr.DataArray, user_path: Path, importable: None, tmp_path: Path
+) -> None:
+    """Combinators in a --pipeline: nested steps are spelled like top-level ones (any case,
+    MODULE:CALLABLE) and the result equals the same operator built in Python (resuming
+    such a store: tests/io/test_resume_recipes.py)."""
+    from patchflow.ops import Branch, Switch, Tap
+    from patchflow.ops.combinators import BandFraction
+
+    spec = tmp_path / "combine.yaml"
+    spec.write_text(PIPELINE_COMBINATORS)
+    out = tmp_path / "c.zarr"
+    args = ["apply", str(tif), str(out), "--pipeline", str(spec), "--size", SIZE]
+    cli.ok(cli.call(*args, "--stride", STRIDE, "-q"))
+    module = user_ops(user_path)
+    reference = Branch(
+        NDVI(red=0, nir=1),
+        Switch(
+            BandFraction(band=1, where=">", value=3000, threshold=0.5),
+            {
+                "true": patchflow.ops.Lambda(lambda c: module.scaled_diff(c, gain=2)),
+                "false": NDWI(green=0, nir=1),
+            },
+        ),
+    ) | Tap(module.stack_sum)
+    want = python_apply(source, reference)
+    got = result(out)
+    assert got.shape == want.shape and got.shape[0] == 2
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # both cases of the Switch happened on this scene (else the test proves little)
+    fraction = (source.values[1] > 3000).mean()
+    assert 0.05 < fraction < 0.95, fraction
 
 
 # --------------------------------------------------------------------------- --model

@@ -227,6 +227,33 @@ def test_mean_std_large_offset_is_stable(chunks: tuple[int, int]) -> None:
     assert np.max(np.abs(naive - std)) > 1e-2
 
 
+@pytest.mark.parametrize("order", ["outlier first", "outlier last"])
+def test_mean_std_outlier_chip_with_tiny_weight_costs_no_precision(order: str) -> None:
+    """The first chip over a pixel often has a tiny window weight there (the pixel is at
+    its far edge) and can be an outlier: a running shift taken from it would make float32
+    sums round at the outlier's scale. The running mean does not care."""
+    from patchflow.engine.aggregate import ChipBatch, make_aggregator
+
+    rng = np.random.default_rng(3)
+    shape = (1, 64)
+    good = (5 + rng.normal(0, 0.01, (3, 1, *shape))).astype(np.float32)
+    outlier = np.full((1, 1, *shape), 1000.0, np.float32)
+    outs = np.concatenate([outlier, good] if order == "outlier first" else [good, outlier])
+    tiny = np.full(shape, 2.0**-12, np.float32)
+    ones = np.ones(shape, np.float32)
+    weights = [tiny, ones, ones, ones] if order == "outlier first" else [ones] * 3 + [tiny]
+    agg = make_aggregator("mean_std", out_dtype=np.dtype(np.float32), lead=(1,))
+    state = agg.new(shape)
+    pos = np.zeros((4, 2), np.int64)
+    agg.add(state, ChipBatch(outs, pos, weights, None, np.arange(4)))
+    got = agg.finalize(state)
+    x, w = outs[:, 0].astype(np.float64), np.stack(weights).astype(np.float64)
+    mean = np.average(x, weights=w, axis=0)
+    std = np.sqrt(np.average((x - mean) ** 2, weights=w, axis=0))
+    np.testing.assert_allclose(got[0, 0], mean, rtol=1e-6)
+    np.testing.assert_allclose(got[1, 0], std, rtol=1e-5)
+
+
 def test_mean_std_identical_chips_give_zero_std() -> None:
     values = _values(9)
     got = _engine(values, Lambda(lambda c: c[:1] * 3), (17, 23), agg="mean_std")

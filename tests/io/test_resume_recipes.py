@@ -348,6 +348,27 @@ def test_pipeline_with_a_module_step(
 
 
 @pytest.mark.slow
+def test_pipeline_with_combinators(tif: Path, tmp_path: Path) -> None:
+    """Branch and Switch steps (nested steps spelled like top-level ones) resume from the
+    job record alone."""
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(
+        "- op: branch\n  params:\n    ops:\n"
+        "      - {op: ndvi, params: {red: 0, nir: 1}}\n"
+        "      - op: switch\n        params:\n"
+        "          predicate: {kind: fraction, band: 1, where: '>', value: 3000}\n"
+        "          cases:\n"
+        "            'true': {op: ndwi, params: {green: 0, nir: 1}}\n"
+        "            'false': {op: NDVI, params: {red: 1, nir: 0}}\n"
+    )
+    got = resumed_equals_uninterrupted([str(tif), "--pipeline", str(pipe)], tmp_path)
+    assert got.shape == (2, *SHAPE)
+    recipe = _read_meta(str(tmp_path / "out.zarr"))["recipe"]
+    (step,) = recipe["op"]  # a one-step pipeline
+    assert step["op"] == "Branch" and step["params"]["ops"][1]["op"] == "Switch"
+
+
+@pytest.mark.slow
 def test_model(tif: Path, torchscript: Path, killed_model: Path, tmp_path: Path) -> None:
     args = [str(tif), "--model", str(torchscript), *MODEL_OP]
     got = resumed_equals_uninterrupted(args, tmp_path, killed=killed_model, fresh=True)

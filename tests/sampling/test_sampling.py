@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from patchflow.plan.samplers import (
     Sampler,
     Stratified,
 )
-from patchflow.sampling import polygon_chips, sample, stitch_anchors
+from patchflow.sampling import polygon_chips, sample, stitch
 from patchflow.sampling.chips import READ_PREFIX
 from patchflow.sampling.stitch import STITCH_PREFIX
 from patchflow.sampling.torch_data import ChipStoreDataset, LazyChipDataset
@@ -287,7 +288,7 @@ def test_stitch_poisson_predictions(scene, scene_values) -> None:
     preds = xr.DataArray(pred, dims=("chip", "band", "y", "x")).assign_coords(
         row=("chip", chips.row.values), col=("chip", chips.col.values)
     )
-    out = stitch_anchors(scene, preds)
+    out = stitch(scene, preds)
     assert out.dims == ("band", "y", "x") and out.shape == (1, 700, 600)
     assert out.rio.crs == scene.rio.crs and out.rio.transform() == scene.rio.transform()
     window = patchflow.make_window("hann", (64, 64))
@@ -315,23 +316,23 @@ def test_stitch_regular_anchors_equals_apply(scene) -> None:
     engine = scene.patch.apply(chip_mean, size=size, stride=stride, window="hann").values
     chips = sample(scene, RegularStride(stride=stride), size=size)
     outs = xr.apply_ufunc(chip_mean, chips, dask="allowed")
-    got = stitch_anchors(scene, outs, window="hann").values
+    got = stitch(scene, outs, window="hann").values
     np.testing.assert_allclose(got, engine, rtol=1e-5)
 
 
 def test_stitch_numpy_outputs_and_errors(scene) -> None:
     anchors = np.array([[0, 0], [100, 100]])
     ones = np.ones((2, 32, 32), np.float32)
-    out = stitch_anchors(scene, ones, anchors, window="boxcar", chunks=256)
+    out = stitch(scene, ones, anchors, window="boxcar", chunks=256)
     assert out.dims == ("y", "x") and out.data.chunksize == (256, 256)
     values = out.values
     assert np.nansum(values) == 2 * 32 * 32 and np.isnan(values).sum() == 700 * 600 - 2048
     with pytest.raises(ParameterError, match="anchors"):
-        stitch_anchors(scene, ones)
+        stitch(scene, ones)
     with pytest.raises(ParameterError, match="outside"):
-        stitch_anchors(scene, ones, np.array([[0, 0], [690, 0]]))
+        stitch(scene, ones, np.array([[0, 0], [690, 0]]))
     with pytest.raises(ParameterError, match="2 chip outputs but 1"):
-        stitch_anchors(scene, ones, anchors[:1])
+        stitch(scene, ones, anchors[:1])
 
 
 # --------------------------------------------------------------------------- polygons
@@ -365,7 +366,7 @@ def test_explicit_and_stitch_with_lazy_operator(scene) -> None:
     anchors = np.array([[10, 20], [40, 60], [300, 500]])
     chips = sample(scene, Explicit(anchors), size=(64, 80))
     pred = chips.astype(np.float32) * 2
-    out = stitch_anchors(scene, pred, window="boxcar")
+    out = stitch(scene, pred, window="boxcar")
     assert isinstance(out.data, da.Array)
     got = out.values
     ref = scene.values.astype(np.float32) * 2
@@ -377,15 +378,17 @@ def test_no_chips(scene) -> None:
     chips = sample(scene, Random(0), size=32, labels=label_raster(scene))
     assert chips.shape == (0, 2, 32, 32) and chips.values.shape == (0, 2, 32, 32)
     assert chips.label.values.shape == (0, 32, 32)
-    assert np.isnan(stitch_anchors(scene, chips.astype(np.float32)).values).all()
+    assert np.isnan(stitch(scene, chips.astype(np.float32)).values).all()
 
 
 # --------------------------------------------------------------------------- stitching
 # through the aggregators: every agg x every sampler against a plain numpy reference
 
-AGGS = ("overlap_add", "mean", "max", "min", "vote", "soft_vote", "centre")
+AGGS = tuple(patchflow.AGGREGATIONS)
 #: aggregations whose result is shaped by the window (the others weigh every chip 1)
-WEIGHTED = {"overlap_add", "vote", "soft_vote"}
+WEIGHTED = {name for name, cls in patchflow.AGGREGATIONS.items() if cls.weighted}
+#: chip outputs are (mean, variance) along the first output axis
+PAIRED = {"inverse_variance"}
 N_CLASSES = 4
 SMALL = (150, 130)
 CHIP = (24, 20)
@@ -436,7 +439,22 @@ CASES = (
     ("soft_vote", "float"),
     ("centre", "float"),
     ("centre", "int"),
+    ("sum", "float"),
+    ("sum", "int"),
+    ("weighted_sum", "float"),
+    ("weighted_sum", "int"),
+    ("mean_std", "float"),
+    ("mean_std", "int"),
+    ("inverse_variance", "float"),
+    ("median", "float"),
+    ("median", "int"),
+    ("mode", "float"),
+    ("mode", "int"),
 )
+
+
+def test_cases_cover_every_aggregation() -> None:
+    assert {agg for agg, _ in CASES} == set(patchflow.AGGREGATIONS)
 
 
 def make_outputs(chips: np.ndarray, agg: str, kind: str, seed: int = 0) -> np.ndarray:
@@ -454,6 +472,13 @@ def make_outputs(chips: np.ndarray, agg: str, kind: str, seed: int = 0) -> np.nd
         )
     elif kind == "int":
         out = (np.floor(x / 2) + 37 * idx) % 997 + 1
+        if agg == "mode":  # few distinct values, so chips agree and tie
+            out = np.floor(x / 300) % 4 + 1 + idx % 2
+    elif agg == "mode":
+        out = (np.floor(x / 400) % 3 + idx % 2) / 4
+    elif agg in PAIRED:
+        mean = x[:, :1] / 1000 + rng.normal(0, 1, (n, 1, 1, 1))
+        out = np.concatenate([mean, rng.uniform(0.25, 4.0, mean.shape)], axis=1)
     else:
         scale = rng.uniform(0.5, 2.0, (n, 1, 1, 1))
         out = x * scale / 1000 + rng.normal(0, 1, (n, 1, 1, 1))
@@ -528,6 +553,52 @@ def reference_stitch(
             top_n = np.where(better, count[cls], top_n)
             top_w = np.where(better, wsum[cls], top_w)
         return label, top_n > 0
+    if agg in ("sum", "weighted_sum", "mean_std"):
+        wsum, num, count = np.zeros(full), np.zeros(full), np.zeros(full)
+        for k in range(n):
+            wk = np.where(ok[k], weights[k], 0)
+            wsum[spot[k]] += wk
+            num[spot[k]] += wk * np.where(ok[k], outs[k].astype(np.float64), 0)
+            count[spot[k]] += ok[k]
+        if agg != "mean_std":
+            return num, count > 0
+        valid = wsum > 0
+        mean = np.where(valid, num / np.where(valid, wsum, 1), 0)
+        m2 = np.zeros(full)  # second pass: the textbook two-pass variance
+        for k in range(n):
+            dev = np.where(ok[k], outs[k].astype(np.float64), 0) - mean[spot[k]]
+            m2[spot[k]] += np.where(ok[k], weights[k], 0) * dev**2
+        std = np.sqrt(np.where(valid, m2 / np.where(valid, wsum, 1), 0))
+        return np.stack([mean, std]), np.stack([valid, valid])
+    if agg in PAIRED:
+        pair_ok = ok[:, 0] & ok[:, 1]
+        s_a, s_ax, s_b = (np.zeros((H, W)) for _ in range(3))
+        for k in range(n):
+            mean_k, var_k = outs[k].astype(np.float64)
+            a = np.where(pair_ok[k], weights[k] / np.where(pair_ok[k], var_k, 1), 0)
+            s_a[spot[k]] += a
+            s_ax[spot[k]] += a * np.where(pair_ok[k], mean_k, 0)
+            s_b[spot[k]] += a * weights[k]
+        valid = s_a > 0
+        safe = np.where(valid, s_a, 1)
+        value = np.stack([s_ax / safe, s_b / safe**2])
+        return np.where(valid, value, 0), np.stack([valid, valid])
+    if agg in ("median", "mode"):
+        stack = np.full((n, *full), np.nan)  # every chip's value, NaN where it has none
+        for k in range(n):
+            stack[k][spot[k]] = np.where(ok[k], outs[k].astype(np.float64), np.nan)
+        valid = np.isfinite(stack).any(axis=0)
+        if agg == "median":
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
+                return np.where(valid, np.nanmedian(stack, axis=0), 0), valid
+        best, best_n = np.zeros(full), np.zeros(full)
+        for k in range(n):  # the most frequent value; a tie goes to the smaller value
+            here = np.isfinite(stack[k])
+            times = (stack == stack[k]).sum(axis=0)
+            better = here & ((times > best_n) | ((times == best_n) & (stack[k] < best)))
+            best, best_n = np.where(better, stack[k], best), np.where(better, times, best_n)
+        return best, valid
     assert agg == "centre"
     dist = np.full(full, np.inf)
     value = np.zeros(full)
@@ -542,7 +613,7 @@ def reference_stitch(
 
 
 def result_dtype(agg: str, outs: np.ndarray) -> np.dtype:
-    if agg in ("overlap_add", "mean"):
+    if agg in ("overlap_add", "mean", "sum", "weighted_sum", "mean_std", "median", *PAIRED):
         return outs.dtype if outs.dtype.kind == "f" else np.dtype(np.float32)
     if agg == "soft_vote" or (agg == "vote" and outs.dtype.kind == "f"):
         return np.dtype(np.uint8)
@@ -567,7 +638,7 @@ def test_stitch_every_agg_every_sampler_matches_numpy(
     outs = make_outputs(chips.values, agg, kind, seed=len(anchors))
     lazy_outs = da.from_array(outs, chunks=(3, *outs.shape[1:]))  # several source chunks
     with dask.config.set(scheduler=refuse):  # building the graph computes nothing
-        out = stitch_anchors(
+        out = stitch(
             stitch_scene,
             lazy_outs,
             anchors,
@@ -586,6 +657,11 @@ def test_stitch_every_agg_every_sampler_matches_numpy(
     if sampler_kind != "regular":
         assert holes.any()  # uncovered pixels are part of every case but the full grid
     assert not valid[..., holes].any()
+    assert out.attrs["uncovered_pixels"] == int(holes.sum())  # counted, from geometry
+    stats = patchflow.AGGREGATIONS[agg].stat_names
+    assert (out.dims[0] == "stat") == bool(stats)
+    if stats:
+        assert list(out["stat"].values) == list(stats)
     if dtype.kind == "f":
         assert np.isnan(out.rio.nodata)
         assert np.array_equal(np.isnan(got), ~valid)
@@ -612,8 +688,8 @@ def test_stitch_graph_is_lazy_blockwise_and_named(stitch_scene, agg) -> None:
         op = op % N_CLASSES
     kw = {"agg": agg, "n_classes": N_CLASSES if agg == "vote" else None, "chunks": 50}
     with dask.config.set(scheduler=refuse):
-        out = stitch_anchors(stitch_scene, op, **kw)
-        again = stitch_anchors(stitch_scene, op, **kw)
+        out = stitch(stitch_scene, op, **kw)
+        again = stitch(stitch_scene, op, **kw)
     assert isinstance(out.data, da.Array)
     name = out.data.name
     assert name == again.data.name  # deterministic keys
@@ -621,7 +697,7 @@ def test_stitch_graph_is_lazy_blockwise_and_named(stitch_scene, agg) -> None:
     assert not name.startswith(APPLY_STITCH_PREFIX + "-")
     other = "max" if agg != "max" else "min"
     if agg not in ("vote", "soft_vote"):
-        assert stitch_anchors(stitch_scene, op, **{**kw, "agg": other}).data.name != name
+        assert stitch(stitch_scene, op, **{**kw, "agg": other}).data.name != name
     # one task per output block, depending only on the chip chunks that touch it
     graph = out.data.__dask_graph__()
     layer = graph.layers[name]
@@ -659,7 +735,11 @@ def _apply_op(agg: str, kind: str):
             return np.concatenate(scores, axis=1).astype(np.float32)
         if kind == "int":
             return (np.floor(x[:, :1] / 10) + m[:, 1:2]).astype(np.int32)
-        return (x[:, :1] * 0.01 + m[:, 1:2]).astype(np.float32)
+        mean = x[:, :1] * 0.01 + m[:, 1:2]
+        if agg in PAIRED:  # (mean, variance), variance > 0
+            var = np.broadcast_to(1 + m[:, :1] % 3, mean.shape)
+            return np.concatenate([mean, var], axis=1).astype(np.float32)
+        return mean.astype(np.float32)
 
     return op
 
@@ -694,7 +774,7 @@ def test_stitch_regular_anchors_equals_apply_every_agg(apply_scene, agg, kind) -
         chunks=(chips.data.chunks[0], (probe.shape[1],), (size[0],), (size[1],)),
         meta=np.empty((0,) * 4, probe.dtype),
     )
-    got = stitch_anchors(apply_scene, outs, anchors, agg=agg, n_classes=n_classes)
+    got = stitch(apply_scene, outs, anchors, agg=agg, n_classes=n_classes)
     assert got.dtype == engine.dtype and got.shape == engine.shape
     assert got.dims == engine.dims or agg != "soft_vote"
     assert (got.rio.nodata is None) == (engine.rio.nodata is None)
@@ -712,49 +792,67 @@ def test_stitch_integer_nodata_rules(stitch_scene) -> None:
     rng = np.random.default_rng(0)
     outs = rng.integers(1, 100, (3, *size)).astype(np.int16)
     # the scene's nodata (0) marks the uncovered pixels of an integer result
-    out = stitch_anchors(stitch_scene, outs, anchors, agg="max")
+    out = stitch(stitch_scene, outs, anchors, agg="max")
     assert out.rio.nodata == 0 and out.dtype == np.int16
     hole = ~covered(SMALL, anchors, size)
     assert (out.values[hole] == 0).all() and (out.values[~hole] > 0).all()
     # nodata= wins; a valid value equal to it is refused (never silently masked)
-    out = stitch_anchors(stitch_scene, outs, anchors, agg="centre", nodata=-5)
+    out = stitch(stitch_scene, outs, anchors, agg="centre", nodata=-5)
     assert out.rio.nodata == -5 and (out.values[hole] == -5).all()
     clash = outs.copy()
     clash[1, 15, 20] = -5  # chip 1's centre pixel: chip 1 wins it
     with pytest.raises(NodataCollisionError, match="-5"):
-        stitch_anchors(stitch_scene, clash, anchors, agg="centre", nodata=-5).compute()
+        stitch(stitch_scene, clash, anchors, agg="centre", nodata=-5).compute()
     with pytest.raises(ParameterError, match="cannot be stored"):
-        stitch_anchors(stitch_scene, outs, anchors, agg="min", nodata=1e6)
+        stitch(stitch_scene, outs, anchors, agg="min", nodata=1e6)
     # no input nodata: the dtype's default when pixels can be invalid, none at full cover
     bare = xr.DataArray(np.zeros(SMALL, np.uint16), dims=("y", "x"))
-    out = stitch_anchors(bare, outs, anchors, agg="min")
+    out = stitch(bare, outs, anchors, agg="min")
     assert out.rio.nodata == np.iinfo(np.int16).min
     assert (out.values[hole] == np.iinfo(np.int16).min).all()
     grid = RegularStride(stride=(25, 30)).anchors(SMALL, size)
     full = rng.integers(0, 100, (len(grid), *size)).astype(np.uint8)
-    out = stitch_anchors(bare, full, grid, agg="centre")
+    out = stitch(bare, full, grid, agg="centre")
     assert out.rio.nodata is None and out.dtype == np.uint8
     ref, valid = reference_stitch(SMALL, full, grid, "centre", patchflow.make_window("hann", size))
     assert valid.all() and np.array_equal(out.values, ref)
     # a float result: NaN in memory, nodata= as the encoded (on-disk) value
-    out = stitch_anchors(stitch_scene, outs.astype(np.float32), anchors, nodata=-9999.0)
+    out = stitch(stitch_scene, outs.astype(np.float32), anchors, nodata=-9999.0)
     assert out.rio.encoded_nodata == -9999.0 and np.isnan(out.values[hole]).all()
+
+
+def test_stitch_median_layers_bounded_by_observed_coverage(stitch_scene) -> None:
+    """median/mode keep as many layers as the anchors put chips over one pixel (exact,
+    from geometry); beyond MAX_LAYERS the job is refused when the graph is built."""
+    from patchflow.engine.aggregate import MAX_LAYERS
+    from patchflow.errors import CoverageError
+
+    size = (16, 16)
+    rng = np.random.default_rng(1)
+    stacked = np.array([[5, 7]] * MAX_LAYERS + [[100, 90]])  # 64 chips on one spot
+    outs = rng.normal(size=(len(stacked), 1, *size)).astype(np.float32)
+    got = stitch(stitch_scene, outs, stacked, agg="median", chunks=64)
+    want = np.median(outs[:MAX_LAYERS, 0], axis=0)
+    np.testing.assert_allclose(got.values[0, 5:21, 7:23], want, rtol=1e-6)
+    assert got.attrs["uncovered_pixels"] == SMALL[0] * SMALL[1] - 2 * 16 * 16
+    with pytest.raises(CoverageError, match=str(MAX_LAYERS + 1)):
+        stitch(stitch_scene, np.concatenate([outs, outs[:1]]), [*stacked, [5, 7]], agg="mode")
 
 
 def test_stitch_agg_errors(stitch_scene) -> None:
     anchors = np.array([[0, 0], [10, 15]])
     outs = np.ones((2, 3, 16, 16), np.float32)
     with pytest.raises(ParameterError, match="unknown agg"):
-        stitch_anchors(stitch_scene, outs, anchors, agg="median")
+        stitch(stitch_scene, outs, anchors, agg="medium")
     with pytest.raises(ParameterError, match="n_classes"):
-        stitch_anchors(stitch_scene, outs, anchors, agg="vote")
+        stitch(stitch_scene, outs, anchors, agg="vote")
     with pytest.raises(DimensionError, match="class"):
-        stitch_anchors(stitch_scene, outs[:, 0], anchors, agg="soft_vote")
+        stitch(stitch_scene, outs[:, 0], anchors, agg="soft_vote")
     with pytest.raises(ParameterError, match="numbers"):
-        stitch_anchors(stitch_scene, outs.astype(np.complex64), anchors)
+        stitch(stitch_scene, outs.astype(np.complex64), anchors)
     # labels outside [0, n_classes) are refused when the block is computed
     with pytest.raises(OperatorError, match="n_classes"):
-        stitch_anchors(stitch_scene, outs * 7, anchors, agg="vote", n_classes=3).compute()
+        stitch(stitch_scene, outs * 7, anchors, agg="vote", n_classes=3).compute()
     # soft_vote reduces the class axis; the chip-dim coordinates do not leak
-    lab = stitch_anchors(stitch_scene, outs, anchors, agg="soft_vote")
+    lab = stitch(stitch_scene, outs, anchors, agg="soft_vote")
     assert lab.dims == ("y", "x") and lab.dtype == np.uint8 and lab.rio.nodata == 255
