@@ -68,6 +68,8 @@ __all__ = [
 #: cover one pixel): a block then holds ``MAX_LAYERS × pixels × itemsize`` bytes of values
 #: (64 float32 layers of a 2048² block: 1 GiB), which is where bounded memory ends
 MAX_LAYERS = 64
+#: chip outputs ``mean_std`` keeps before folding them into its state (two passes)
+STASH_BYTES = 64 * 2**20
 
 State = dict[str, Any]
 Slices = tuple[slice, slice]
@@ -663,14 +665,17 @@ class WeightedSum(Sum):
 class MeanStd(Aggregator):
     """Window-weighted mean and standard deviation over the chips covering each pixel.
 
-    The std is the weighted population one, ``sqrt(sum(w (x - mean)^2) / sum(w))``. The
-    state is West's weighted form of Welford's running ``(W, mean, M2)``: each chip moves
-    the mean by ``w/W`` of its deviation and adds ``w (x - mean_old)(x - mean_new)`` to
-    ``M2``; partials merge with Chan's pairwise formula. Deviations are always taken from
-    the running mean, never from zero, so there is no ``sum(x^2) - sum(x)^2`` cancellation:
-    a small signal on a large offset (1e4 + 1e-2 noise) keeps its spread. ``mean`` and
-    ``M2`` are float64 (float32 would round the running mean of 1e4-offset data at 1e-3,
-    above such a spread); ``W``, a sum of window weights, is float32 for float32 outputs.
+    The std is the weighted population one, ``sqrt(sum(w (x - mean)^2) / sum(w))``. A
+    block's chips are kept (up to :data:`STASH_BYTES` of outputs at a time) and folded in
+    two passes: pass 1 sums ``W = sum(w)`` and takes as shift ``a`` the value of the chip
+    with the largest window weight at each element; pass 2 sums the deviations
+    ``S1 = sum(w (x - a))`` and ``S2 = sum(w (x - a)^2)``; then ``mean = a + S1/W`` and
+    ``M2 = S2 - S1^2/W``. The shift is a value of the data near the mean, so nothing
+    cancels: a small signal on a large offset (1e4 + 1e-2 noise) keeps its spread, an
+    outlier chip with a tiny window weight costs no precision, and identical chips give a
+    std of exactly 0. The passes run in the outputs' float32 (float64 for integer and
+    float64 outputs); the folded state ``(W, mean, M2)`` keeps ``mean`` in float64 and
+    merges with Chan's pairwise formula.
 
     The result gets a leading axis of size 2: ``[mean, std]``. The merge is not a plain
     sum, so this aggregation cannot accumulate across passes.
@@ -680,6 +685,13 @@ class MeanStd(Aggregator):
     stat_names = ("mean", "std")
     KEYS: ClassVar[tuple[str, ...]] = ("w", "mean", "m2")
 
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        narrow = self.op_dtype.kind == "f" and self.op_dtype.itemsize <= 4
+        #: the dtype of the two passes and of ``W`` (float32 sums of float32 outputs round
+        #: at the outputs' own resolution)
+        self.acc = np.dtype(np.float32) if narrow else np.dtype(np.float64)
+
     def result_dtype(self) -> np.dtype:
         return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
 
@@ -688,44 +700,81 @@ class MeanStd(Aggregator):
 
     def new(self, shape: tuple[int, int], acc: np.dtype | None = None) -> State:
         full = (*self.lead, *shape)
-        # float32 weight sums for float32 (and smaller) outputs: their rounding (2-D window
-        # weights have 24 significant bits) is at the outputs' own resolution
-        narrow = self.op_dtype.kind == "f" and self.op_dtype.itemsize <= 4
         return {
-            "w": np.zeros(full, np.float32 if narrow else np.float64),
+            "w": np.zeros(full, self.acc),
             "mean": np.zeros(full, np.float64),
-            "m2": np.zeros(full, np.float64),
+            "m2": np.zeros(full, self.acc),  # sums of positive terms: no cancellation
+            "_stash": [],
         }
 
     def add(self, state: State, batch: ChipBatch) -> None:
-        h, w = batch.out.shape[-2:]
-        # chip-sized float64 scratch, reused: the arithmetic runs in cache and each state
-        # array is read and written once per chip
-        dev = np.empty(batch.out.shape[1:], np.float64)
-        step = np.empty(batch.out.shape[1:], np.float64)
-        for k, (r, c) in enumerate(batch.pos):
-            sl = (..., slice(r, r + h), slice(c, c + w))
-            out, wk = batch.out[k], batch.weights[k]
-            mask = _pixel_mask(batch, k)
-            if mask is not None:
-                wk = np.where(mask, wk, np.float32(0))
-                out = np.where(mask, out, 0)
-            total, mean = state["w"][sl], state["mean"][sl]
-            total += wk
-            np.subtract(out, mean, out=dev)
-            # the mean moves by w/W of the deviation (no valid value yet: W = 0, step 0)
-            if mask is None:
-                np.divide(wk, total, out=step, dtype=np.float64)
-            else:
-                step[...] = 0
-                np.divide(wk, total, out=step, where=total > 0, dtype=np.float64)
-            step *= dev
-            mean += step
-            # M2 += w (x - mean_old)(x - mean_new)
-            np.subtract(out, mean, out=step)
-            step *= dev
-            step *= wk
-            state["m2"][sl] += step
+        stash = state.setdefault("_stash", [])
+        stash.append(batch)
+        if sum(b.out.nbytes for b in stash) >= STASH_BYTES:
+            self._fold(state)
+
+    def seal(self, state: State, dy: np.ndarray | None, dx: np.ndarray | None) -> State:
+        self._fold(state)
+        return state
+
+    def _fold(self, state: State) -> None:
+        """Fold the kept chips into ``(W, mean, M2)`` with the two passes (see above)."""
+        stash: list[ChipBatch] = state.pop("_stash", [])
+        state["_stash"] = []
+        if not stash:
+            return
+        acc, shape = self.acc, state["w"].shape
+        # pass 1: W, and the shift: per element the value of the chip with the largest
+        # window weight there (a value of the data, so identical chips give exactly 0)
+        total, shift = np.zeros(shape, acc), np.zeros(shape, acc)
+        heaviest = np.zeros(shape, np.float32)
+        chips = []
+        for batch in stash:
+            h, w = batch.out.shape[-2:]
+            for k, (r, c) in enumerate(batch.pos):
+                sl = (..., slice(r, r + h), slice(c, c + w))
+                out, wk = batch.out[k], batch.weights[k]
+                mask = _pixel_mask(batch, k)
+                if mask is not None:
+                    wk = np.where(mask, wk, np.float32(0))
+                    out = np.where(mask, out, 0)
+                chips.append((sl, out, wk))
+                total[sl] += wk
+                better = np.broadcast_to(wk, out.shape) > heaviest[sl]
+                np.copyto(shift[sl], out, where=better, casting="unsafe")
+                np.copyto(heaviest[sl], np.broadcast_to(wk, out.shape), where=better)
+        ok = total > 0
+        every = bool(ok.all())
+        # pass 2: deviations from the shift. The heaviest chip has at least 1/K of the
+        # weight, so the shift is within sqrt(K) standard deviations of the mean and the
+        # correction below loses at most ~K ulps (a first-come shift could be an outlier
+        # with a tiny weight, far outside)
+        s1, s2 = np.zeros(shape, acc), np.zeros(shape, acc)
+        dev: np.ndarray | None = None
+        term: np.ndarray | None = None
+        for sl, out, wk in chips:
+            if dev is None or term is None or dev.shape != out.shape:
+                dev, term = np.empty(out.shape, acc), np.empty(out.shape, acc)
+            np.subtract(out, shift[sl], out=dev, dtype=acc, casting="unsafe")
+            np.multiply(dev, wk, out=term)
+            s1[sl] += term
+            term *= dev
+            s2[sl] += term
+        # mean = shift + S1/W; M2 = S2 - S1^2/W = S2 - W (S1/W)^2
+        np.divide(s1, total, out=s1, where=True if every else ok)
+        if not every:
+            s1[~ok] = 0
+        mean = np.add(shift, s1, dtype=np.float64)
+        s1 *= s1
+        s1 *= total
+        s2 -= s1
+        np.maximum(s2, 0, out=s2)
+        part: State = {"w": total, "mean": mean, "m2": s2}
+        if not state["w"].any():  # the first fold of this state: it is the state
+            state.update(part)
+            return
+        whole = (slice(None), slice(None))
+        self.merge(state, part, whole, whole)
 
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
         d, s = (..., *dst_sl), (..., *src_sl)
@@ -745,6 +794,7 @@ class MeanStd(Aggregator):
         dst["w"][d] = total
 
     def finalize(self, state: State) -> np.ndarray:
+        self._fold(state)  # (a state used without seal: chips still kept)
         w = state["w"]
         ok = w > 0
         every = bool(ok.all())
