@@ -246,7 +246,15 @@ class Aggregator:
         )
 
 
-class _Summing(Aggregator):
+class _FloatResult(Aggregator):
+    """Aggregations whose result is a float: the op's float dtype, or the float that holds
+    every value of its integer/bool dtype exactly."""
+
+    def result_dtype(self) -> np.dtype:
+        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
+
+
+class _Summing(_FloatResult):
     """Aggregations that add op outputs up: a float result and the accumulator choice."""
 
     def __init__(self, **kw: Any) -> None:
@@ -255,9 +263,6 @@ class _Summing(Aggregator):
         # and (decided per block, see accumulator_for) float outputs holding whole numbers
         wide = self.op_dtype.kind in "biu" or self.op_dtype.itemsize >= 8
         self.acc = np.dtype(np.float64) if wide else np.dtype(np.float32)
-
-    def result_dtype(self) -> np.dtype:
-        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
 
     def accumulator_for(self, out: np.ndarray) -> np.dtype:
         """float64 when the outputs look like whole numbers, else the default.
@@ -662,7 +667,7 @@ class WeightedSum(Sum):
         return np.multiply(batch.out[k], batch.weights[k], dtype=acc)
 
 
-class MeanStd(Aggregator):
+class MeanStd(_FloatResult):
     """Window-weighted mean and standard deviation over the chips covering each pixel.
 
     The std is the weighted population one, ``sqrt(sum(w (x - mean)^2) / sum(w))``. A
@@ -691,9 +696,6 @@ class MeanStd(Aggregator):
         #: the dtype of the two passes and of ``W`` (float32 sums of float32 outputs round
         #: at the outputs' own resolution)
         self.acc = np.dtype(np.float32) if narrow else np.dtype(np.float64)
-
-    def result_dtype(self) -> np.dtype:
-        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
 
     def result_lead(self) -> tuple[int, ...]:
         return (2, *self.lead)
@@ -811,7 +813,7 @@ class MeanStd(Aggregator):
         return self._finish(value, np.broadcast_to(ok, value.shape))
 
 
-class InverseVariance(Aggregator):
+class InverseVariance(_FloatResult):
     """Inverse-variance weighted merge of ``(mean, variance)`` chip outputs.
 
     The op returns the per-pixel mean and variance along its first output axis (size 2;
@@ -866,9 +868,6 @@ class InverseVariance(Aggregator):
             )
         #: the state's non-spatial shape: ``lead`` without the (mean, variance) axis
         self.rest = self.lead[: self.n_loop] + self.lead[self.n_loop + 1 :]
-
-    def result_dtype(self) -> np.dtype:
-        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
 
     def result_lead(self) -> tuple[int, ...]:
         # the (mean, variance) axis becomes the leading ``stat`` axis (before looped dims)
@@ -1048,7 +1047,7 @@ class _Layered(Aggregator):
         return (*super().__dask_tokenize__(), self.layers)
 
 
-class Median(_Layered):
+class Median(_FloatResult, _Layered):
     """Exact median of the valid chip values over each pixel (see :class:`_Layered`).
 
     An even count gives the mean of the two middle values, as :func:`numpy.median`; the
@@ -1066,9 +1065,6 @@ class Median(_Layered):
     """
 
     name = "median"
-
-    def result_dtype(self) -> np.dtype:
-        return self.op_dtype if self.op_dtype.kind == "f" else _float_dtype(self.op_dtype)
 
     def finalize(self, state: State) -> np.ndarray:
         part, count = self._sorted(state)
