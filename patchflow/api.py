@@ -18,6 +18,7 @@ open_chips          :mod:`patchflow.io.chips`
 zonal_stats         :mod:`patchflow.sampling.zonal`
 polygon_chips       :mod:`patchflow.sampling.zonal`
 global_percentiles  here: scene percentiles for ``PercentileClip(per="global")``
+dos1                here: per-band dark objects (streamed) → a ``DOS1`` operator
 ==================  ======================================================================
 
 Examples
@@ -34,7 +35,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import xarray as xr
@@ -60,10 +61,16 @@ from patchflow.sampling.chips import sample
 from patchflow.sampling.stitch import stitch, stitch_anchors
 from patchflow.sampling.zonal import polygon_chips, zonal_stats
 
+if TYPE_CHECKING:
+    from dask.delayed import Delayed
+
+    from patchflow.ops.radiometry import DOS1
+
 __all__ = [
     "ChipLayout",
     "apply",
     "check_store",
+    "dos1",
     "global_percentiles",
     "open_chips",
     "open_result",
@@ -359,3 +366,140 @@ def global_percentiles(
             return [float(v) for v in lo], [float(v) for v in hi]
         lo, hi = np.nanpercentile(sample, [p_min, p_max])
     return float(lo), float(hi)
+
+
+@overload
+def dos1(
+    data: Any,
+    *,
+    percentile: float | Literal["min"] = ...,
+    bands: Sequence[int | str] | None = ...,
+    haze_fraction: float = ...,
+    nodata: Any = ...,
+    compute: Literal[True] = ...,
+) -> DOS1: ...
+@overload
+def dos1(
+    data: Any,
+    *,
+    percentile: float | Literal["min"] = ...,
+    bands: Sequence[int | str] | None = ...,
+    haze_fraction: float = ...,
+    nodata: Any = ...,
+    compute: Literal[False],
+) -> Delayed: ...
+def dos1(
+    data: Any,
+    *,
+    percentile: float | Literal["min"] = 0.01,
+    bands: Sequence[int | str] | None = None,
+    haze_fraction: float = 0.01,
+    nodata: Any = None,
+    compute: bool = True,
+) -> DOS1 | Delayed:
+    """DOS1 dark-object subtraction, pass one: the scene's per-band dark objects.
+
+    Returns a :class:`~patchflow.ops.radiometry.DOS1` operator holding the dark values in
+    its config, so pass two is just that operator (``patchflow.apply``/``run``, alone or
+    after :class:`~patchflow.ops.radiometry.Radiometric`) and ``patchflow.resume``
+    rebuilds it from the store without recomputing anything.
+
+    Method: *exact*. Each chunk contributes its valid-pixel count and its ``k`` smallest
+    valid values (``k`` from :func:`~patchflow.ops.radiometry.dark_k`, enough for the
+    percentile of the whole scene); a tree of merges keeps ``k`` per band, and the result
+    equals ``numpy.percentile(valid_values, percentile)`` (linear method) — or their
+    minimum — to the last bit. One streamed dask pass, chunk by chunk: the scene is never
+    in memory whole: each task holds one chunk, or the ``k`` smallest values of up to 8
+    chunks (``k`` ≈ pixels × percentile / 100: 0.01 % of a 10980² band is 12 058
+    values). Dark objects use small percentiles; a large one (say 30) would hold that
+    share of the scene per merge, as float64.
+
+    Parameters
+    ----------
+    data
+        The scene in the units DOS1 will run on (usually reflectance: e.g.
+        ``patchflow.apply(dn, Radiometric.sentinel2(dn))``, lazy): a DataArray with
+        spatial dims (others first: the first non-spatial dim is the band) or an array
+        ``(band, …, y, x)`` / ``(y, x)``, dask or numpy.
+    percentile
+        The dark object: ``"min"``, or a percentile in percent (0.01: the value below which
+        1 pixel in 10 000 lies — robust to a few dead pixels), per band, over valid pixels.
+    bands
+        Bands (0-based positions, or names of the band coordinate) to compute and correct;
+        the operator passes the others through. Default: every band.
+    haze_fraction
+        See :class:`~patchflow.ops.radiometry.DOS1` (0.01: the 1 % dark object).
+    nodata
+        Value marking invalid pixels besides NaN (default: the DataArray's nodata, as
+        :func:`patchflow.engine.nodata.input_nodata` finds it).
+    compute
+        ``False``: return a ``dask.delayed`` object computing to the operator (nothing
+        is read until you compute it).
+
+    Raises
+    ------
+    NoValidPixelsError
+        A band has no valid pixel (when computed).
+    ParameterError
+        A bad percentile, band or input shape.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> scene = xr.DataArray(np.arange(2 * 100.0).reshape(2, 10, 10) / 1000,
+    ...                      dims=("band", "y", "x"))
+    >>> dos1(scene, percentile="min")
+    DOS1(dark=[0.0, 0.1], haze_fraction=0.01)
+    """
+    import dask
+    import dask.array as da
+
+    from patchflow.engine.nodata import input_nodata, is_value
+    from patchflow.ops.radiometry import (
+        band_position,
+        dark_k,
+        dark_partial,
+        dos1_from_partials,
+        merge_dark_partials,
+    )
+
+    dark_k(percentile, 1)  # checks percentile now, not when computed
+    names: list[str] | None = None
+    arr = data
+    if isinstance(data, xr.DataArray):
+        y, x = spatial_dims(data)
+        others = [d for d in data.dims if d not in (y, x)]
+        data = data.transpose(*others, y, x)
+        nodata = input_nodata(data, nodata)
+        if others and data[others[0]].dtype.kind in "UO":
+            names = [str(v) for v in data[others[0]].values.tolist()]
+        arr = data.data
+    if not hasattr(arr, "ndim") or arr.ndim < 2:
+        raise ParameterError(f"dos1 needs (band, …, y, x) or (y, x) data, got {type(arr).__name__}")
+    arr = da.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    positions = list(range(arr.shape[0]))
+    if bands is not None:
+        positions = [band_position(b, names, arr.shape[0]) for b in bands]
+    nd = float(nodata) if is_value(nodata) else None
+    picked = arr[positions].rechunk({0: 1})  # one band per chunk: partials are per band
+    k = dark_k(percentile, math.prod(picked.shape[1:]))
+    partial = dask.delayed(dark_partial, pure=True)
+    merge = dask.delayed(merge_dark_partials, pure=True)
+    blocks = picked.to_delayed()
+    per_band = []
+    for b in range(len(positions)):
+        parts = [partial(block, k=k, nodata=nd) for block in blocks[b].ravel()]
+        while len(parts) > 1:  # a tree: never every chunk's values in one task
+            parts = [merge(parts[i : i + 8], k=k) for i in range(0, len(parts), 8)]
+        per_band.append(parts[0])
+    labels = [names[p] if names is not None else str(p) for p in positions]
+    made = dask.delayed(dos1_from_partials, pure=True)(
+        per_band,
+        percentile=percentile,
+        haze_fraction=haze_fraction,
+        bands=None if bands is None else list(bands),
+        labels=labels,
+    )
+    return made.compute() if compute else made

@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "PEER_KEYWORDS",
+    "AugmentationError",
     "ChipFailedWarning",
     "CommandError",
     "ConfigError",
@@ -29,14 +30,18 @@ __all__ = [
     "InputReadError",
     "InputTypeError",
     "LayerOverflowError",
+    "MaskValueError",
     "MissingExtraError",
     "ModelChangedError",
+    "ModelNotFittedError",
+    "NoValidPixelsError",
     "NodataCollisionError",
     "OperatorError",
     "OutputOverlapsInputError",
     "ParameterError",
     "PatchflowError",
     "PatchflowWarning",
+    "RadiometryMetadataError",
     "ResumeMismatchError",
     "ResumeRecipeError",
     "StoreError",
@@ -481,6 +486,34 @@ class CoverageError(ParameterError):
 class LayerOverflowError(CoverageError):
     """A pixel received more chip values than the ``layers=`` an aggregation was built
     with (the bound was computed wrongly: it must be the most chips over one pixel)."""
+
+
+class MaskValueError(PatchflowError, ValueError):
+    """A mask band holds values that are no codes of its product: an SCL value outside
+    0..11, a QA_PIXEL word outside 0..65535, or a fraction (a resampled or wrong band).
+    The message names the values, the band, and how to fix the input."""
+
+
+class ModelNotFittedError(ParameterError):
+    """A model was handed to an operator before it was trained (a scikit-learn
+    estimator never ``fit``): fit it on training pixels first."""
+
+
+class AugmentationError(ParameterError):
+    """A training augmentation (flips, rotations, band dropout, brightness jitter) was
+    used where geometry or values must be kept (``patchflow.apply``/``run`` stitching),
+    or on chips it cannot transform (``Rot90`` on non-square chips)."""
+
+
+class RadiometryMetadataError(ParameterError):
+    """A radiometric conversion cannot be set up from what the source and the arguments
+    say: the processing baseline / offsets are missing or contradict each other, or the
+    data was already scaled on read. The message names the keys read and what to pass."""
+
+
+class NoValidPixelsError(ParameterError):
+    """A scene statistic (e.g. DOS1's dark object) was asked of a band with no valid
+    pixel: every value is NaN or nodata. The message names the band."""
 
 
 # --------------------------------------------------------------------------- wording

@@ -220,6 +220,36 @@ def test_time_composite_skips_cloudy_dates_per_pixel() -> None:
 # --------------------------------------------------------------------------- names, attrs
 
 
+def _nd(a: int, b: int) -> Any:
+    return lambda x: (x[:, a : a + 1] - x[:, b : b + 1]) / (x[:, a : a + 1] + x[:, b : b + 1])
+
+
+@pytest.mark.parametrize(
+    ("op", "reference"),
+    [
+        (ops.NDVI(red="red", nir="nir"), _nd(1, 0)),
+        (ops.NDVI(red=0, nir=1), _nd(1, 0)),
+        (ops.NormalizedDifference(0, 1), _nd(0, 1)),
+        (ops.SelectBands(["nir"]), lambda x: x[:, 1:2]),
+    ],
+    ids=["ndvi-names", "ndvi-positions", "normalized-difference", "select-bands"],
+)
+def test_band_ops_never_pick_bands_along_another_axis(op: Any, reference: Any) -> None:
+    """With ``over="time"`` the op sees ``(time, band, h, w)`` chips, and band names bind
+    to the band dim (the last non-spatial one): an op that picked "bands" on the first
+    axis would silently pick dates there. Looped per date or seeing every date, the
+    result is the op on each date."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 1000, (3, 2, 40, 40)).astype("float32")
+    stack = xr.DataArray(data, dims=("time", "band", "y", "x"), coords={"band": ["red", "nir"]})
+    for over in (None, "time"):
+        out = patchflow.apply(stack, op, size=16, stride=12, window="boxcar", over=over)
+        assert out.dims == ("time", "band", "y", "x")
+        np.testing.assert_allclose(out.values, reference(data), rtol=1e-6)
+    bound = op.bind(["red", "nir"])  # a batch (n, time, band, h, w) directly
+    np.testing.assert_allclose(bound(data[None])[0], reference(data), rtol=1e-6)
+
+
 def test_result_is_named_and_describes_itself() -> None:
     data = np.random.default_rng(1).integers(1, 4000, (2, 60, 70)).astype(np.uint16)
     scene = xr.DataArray(

@@ -85,7 +85,18 @@ _CALLABLE = IMPORT_TARGET
 _YAML_SUFFIXES = (".yaml", ".yml")
 #: registered, but said better by other flags: a pipeline (--pipeline), your own code
 #: (--op MODULE:CALLABLE), a TorchScript file (--model)
-_HIDDEN = {"Sequential", "Imported", "TorchScript"}
+_HIDDEN = {
+    "Sequential",
+    "Imported",
+    "TorchScript",
+    # a fitted model is a file (Python: SklearnOp.from_file), not --op-arg values
+    "SklearnOp",
+    # training-chip augmentations cannot be stitched (apply refuses them)
+    "Flip",
+    "Rot90",
+    "BandDropout",
+    "BrightnessJitter",
+}
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from patchflow.engine.nodata import is_value as is_nodata_value
 from patchflow.engine.nodata import resolve as resolve_nodata
 from patchflow.engine.nodata import work_dtype
 from patchflow.errors import DimensionError, OperatorError, ParameterError, PatchflowWarning
-from patchflow.ops import is_batched, op_output_spec, op_pointwise, op_scale
+from patchflow.ops import check_stitchable, is_batched, op_output_spec, op_pointwise, op_scale
 from patchflow.options import SizeSpec
 from patchflow.plan.blocks import TARGET_BLOCK as TARGET_BLOCK
 from patchflow.plan.blocks import BlockPlan, auto_block, default_block
@@ -423,6 +423,7 @@ def prepare(
     if on_error not in ON_ERROR:
         raise ParameterError(f"unknown on_error {on_error!r}; valid: {', '.join(ON_ERROR)}")
     op = _bind_bands(op, arr)
+    check_stitchable(op)  # flips/rotations of training augmentations cannot be stitched
 
     if output_bands is not None:
         output_shape = (int(output_bands),)

@@ -13,6 +13,16 @@ module                    owns
                           operator per chip, by a predicate that is data), :class:`Tap`
                           (observe chips: statistics, your own logger)
 :mod:`.composite`         NaN-skipping time composites
+:mod:`.indices`           :class:`SpectralIndex`: any index of the Awesome Spectral
+                          Indices catalogue (``spyndex``, the ``[indices]`` extra)
+:mod:`.masks`             validity masks: :class:`SCL` (Sentinel-2), :class:`QABits`
+                          (Landsat QA_PIXEL), :class:`Mask` (your predicate); masked
+                          pixels become NaN, so every merge and composite skips them
+:mod:`.radiometry`        DN → reflectance/radiance (:class:`Radiometric`, from the
+                          source's attrs for Sentinel-2 and Landsat C2) and :class:`DOS1`
+:mod:`.sklearn`           fitted scikit-learn estimators as operators (:class:`SklearnOp`)
+:mod:`.augment`           seeded training-chip augmentations (flips, rotations, band
+                          dropout, brightness); never for stitching
 :mod:`.tta`               test-time augmentation
 :mod:`.models`            ML models (PyTorch modules, any batched callable) and
                           :class:`TorchScript` files (a model with a config)
@@ -31,6 +41,17 @@ True
 
 from __future__ import annotations
 
+from patchflow.ops.augment import (
+    AUGMENT_AXES,
+    Augmentation,
+    AugmentTransform,
+    BandDropout,
+    BrightnessJitter,
+    Flip,
+    Rot90,
+    augment,
+    check_stitchable,
+)
 from patchflow.ops.bands import (
     NBR,
     NDVI,
@@ -75,42 +96,67 @@ from patchflow.ops.combinators import (
     tap_records,
 )
 from patchflow.ops.composite import COMPOSITE_STATS, Composite
+from patchflow.ops.indices import SpectralIndex, catalogue_indices
+from patchflow.ops.masks import QA_CONFIDENCE, QA_FLAGS, SCL, SCL_CLASSES, Mask, QABits, qa_rejected
 from patchflow.ops.models import ModelOp, TorchScript, tiny_cnn
+from patchflow.ops.radiometry import DOS1, Radiometric
+from patchflow.ops.sklearn import SKLEARN_OUTPUTS, SklearnOp
 from patchflow.ops.tta import TTA, TTA_PRESETS, TTA_TRANSFORMS
 
 __all__ = [
+    "AUGMENT_AXES",
     "COMPOSITE_STATS",
+    "DOS1",
     "NBR",
     "NDVI",
     "NDWI",
+    "QA_CONFIDENCE",
+    "QA_FLAGS",
+    "SCL",
+    "SCL_CLASSES",
+    "SKLEARN_OUTPUTS",
     "TTA",
     "TTA_PRESETS",
     "TTA_TRANSFORMS",
     "Astype",
+    "AugmentTransform",
+    "Augmentation",
+    "BandDropout",
     "BandFraction",
     "BandMean",
     "Batched",
     "Branch",
+    "BrightnessJitter",
     "Composite",
     "ConfigError",
     "DNToReflectance",
+    "Flip",
     "Imported",
     "ImportedPredicate",
     "Lambda",
+    "Mask",
     "ModelOp",
     "NormalizedDifference",
     "Operator",
     "PercentileClip",
     "Predicate",
+    "QABits",
+    "Radiometric",
     "Rescale",
+    "Rot90",
     "SelectBands",
     "Sequential",
+    "SklearnOp",
+    "SpectralIndex",
     "Switch",
     "Tap",
     "TapRecord",
     "TorchScript",
     "as_operator",
+    "augment",
     "batched",
+    "catalogue_indices",
+    "check_stitchable",
     "clear_tap_records",
     "from_config",
     "from_json",
@@ -119,6 +165,7 @@ __all__ = [
     "op_pointwise",
     "op_scale",
     "predicate_from_config",
+    "qa_rejected",
     "register",
     "registered_ops",
     "tap_records",

@@ -134,13 +134,13 @@ class NormalizedDifference(Operator):
         self._check_bound()
         chips = np.asarray(chips)
         _need_bands(chips, self)
-        n = chips.shape[1]
+        n = chips.shape[-3]
         ia, ib = (i % n for i in _indices(self, [self.a, self.b], n))
         ft = _float_dtype(chips.dtype)
         # basic slices (views) and astype without a copy when already float: this is the
         # hot path of every NDVI job
-        a = chips[:, ia : ia + 1].astype(ft, copy=False)
-        b = chips[:, ib : ib + 1].astype(ft, copy=False)
+        a = chips[..., ia : ia + 1, :, :].astype(ft, copy=False)
+        b = chips[..., ib : ib + 1, :, :].astype(ft, copy=False)
         den = a + b
         out = a - b
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -151,7 +151,7 @@ class NormalizedDifference(Operator):
 
     def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:
         self._check_bands(lead)
-        return (1, *lead[1:]), _float_dtype(dtype)
+        return (*lead[:-1], 1), _float_dtype(dtype)
 
     def output_band_names(self, names: Sequence[str]) -> list[str]:
         return [self._label]
@@ -251,11 +251,11 @@ class SelectBands(Operator):
         self._check_bound()
         chips = np.asarray(chips)
         _need_bands(chips, self)
-        return chips[:, _indices(self, self.indices, chips.shape[1])]
+        return np.take(chips, _indices(self, self.indices, chips.shape[-3]), axis=-3)
 
     def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:
         self._check_bands(lead)
-        return (len(self.indices), *lead[1:]), dtype
+        return (*lead[:-1], len(self.indices)), dtype
 
     def output_band_names(self, names: Sequence[str]) -> list[str]:
         out = []
@@ -396,7 +396,8 @@ def _limits(value: Any) -> tuple[float | tuple[float, ...], float | tuple[float,
 class PercentileClip(Operator):
     """Clip each band to its ``[p_min, p_max]`` percentiles (optionally stretch to [0, 1]).
 
-    Percentiles are taken per band (the first non-spatial axis), ignoring NaN.
+    Percentiles are taken per band (the last non-spatial axis: other non-spatial axes,
+    e.g. dates, are pooled with the pixels), ignoring NaN.
 
     ``per="chip"``
         Percentiles of each chip on its own. Cheap and needs no pass over the scene, but
@@ -448,8 +449,8 @@ class PercentileClip(Operator):
 
     def _chip_limits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = x.shape[0]
-        nb = x.shape[1] if x.ndim > 3 else 1
-        flat = x.reshape(n, nb, -1)
+        nb = x.shape[-3] if x.ndim > 3 else 1
+        flat = (np.moveaxis(x, -3, 1) if x.ndim > 3 else x).reshape(n, nb, -1)
         q = [self.p_min, self.p_max]
         with np.errstate(all="ignore"):
             if np.isnan(flat).any():
@@ -458,7 +459,7 @@ class PercentileClip(Operator):
                     lo, hi = np.nanpercentile(flat, q, axis=-1)
             else:
                 lo, hi = np.percentile(flat, q, axis=-1)
-        shape = (n, nb, *([1] * (x.ndim - 2))) if x.ndim > 3 else (n, 1, 1)
+        shape = (n, *([1] * (x.ndim - 4)), nb, 1, 1) if x.ndim > 3 else (n, 1, 1)
         return lo.reshape(shape).astype(x.dtype), hi.reshape(shape).astype(x.dtype)
 
     def _global_limits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -467,11 +468,11 @@ class PercentileClip(Operator):
         for v in self.limits:
             arr = np.asarray(v, x.dtype)
             if arr.ndim == 1:
-                if x.ndim < 4 or x.shape[1] != arr.size:
+                if x.ndim < 4 or x.shape[-3] != arr.size:
                     raise ParameterError(
                         f"{self!r}: {arr.size} per-band limits for chips of shape {x.shape}"
                     )
-                arr = arr.reshape(1, arr.size, *([1] * (x.ndim - 2)))
+                arr = arr.reshape(arr.size, 1, 1)
             out.append(arr)
         return out[0], out[1]
 
@@ -489,8 +490,8 @@ class PercentileClip(Operator):
 
     def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:
         for v in self.limits or ():
-            if isinstance(v, tuple) and (not lead or lead[0] != len(v)):
-                bands = f"{lead[0]} bands" if lead else "no band dim"
+            if isinstance(v, tuple) and (not lead or lead[-1] != len(v)):
+                bands = f"{lead[-1]} bands" if lead else "no band dim"
                 raise ParameterError(
                     f"{self!r}: {len(v)} per-band limits but the input chips have {bands} "
                     f"(non-spatial shape {lead}); give one limit per band, or plain numbers"

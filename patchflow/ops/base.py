@@ -20,8 +20,10 @@ contract and declare what they can, so the engine can plan without a dry run:
   super-resolution, ``0.25`` for a stride-4 encoder; 1.0 for every built-in);
 * :meth:`Operator.bind` — resolve bands given *by name* (``NDVI(red="red", nir="nir")``)
   to indices, from the input's band coordinate labels; the engine calls it when the input
-  has a coordinate on its first non-spatial dim. Bands are always the first non-spatial
-  axis of a chip (axis 1 of a batch). Band references are Python-style: 0-based positions
+  has a coordinate on its band dim. Bands are always the *last* non-spatial axis of a chip
+  (axis -3 of a batch; axis 1 when the chips are ``(n, band, h, w)``): with
+  ``apply(..., over="time")`` a chip is ``(time, band, h, w)``, and a band op then works on
+  every date. Band references are Python-style: 0-based positions
   (negative ones count from the end) or names. A name the input lacks, a name on an input
   without band labels, or a position out of range fails while ``patchflow.apply`` plans
   (in ``bind`` and ``output_spec``), not when the graph computes; a position equal to the
@@ -537,7 +539,7 @@ class Operator:
     def bind(self: _T, band_names: Sequence[str]) -> _T:
         """A copy with bands given by name resolved to indices into ``band_names``.
 
-        ``band_names`` are the labels of the input's first non-spatial dim (e.g. the
+        ``band_names`` are the labels of the input's band dim (its last non-spatial dim, e.g. the
         ``band`` coordinate of a ``(band, y, x)`` scene). Integer indices are checked
         against their number. Operators without band parameters return themselves.
 
@@ -579,14 +581,14 @@ class Operator:
         unbound = [b for b in names if isinstance(b, str)]
         if unbound:
             raise ParameterError(
-                f"{self!r} addresses bands by name, but the input's {lead[0]} bands have no "
+                f"{self!r} addresses bands by name, but the input's {lead[-1]} bands have no "
                 "names (no string coordinate on the band dim); use 0-based positions, or "
                 "label the bands, e.g. obj.assign_coords(band=['red', 'nir', ...]) (for a "
                 "GeoTIFF read with rioxarray: band=list(obj.attrs['long_name']))"
             )
         for band in names:
-            if not -lead[0] <= band < lead[0]:
-                raise ParameterError(_out_of_range(repr(self), band, lead[0]))
+            if not -lead[-1] <= band < lead[-1]:
+                raise ParameterError(_out_of_range(repr(self), band, lead[-1]))
 
     # ---- config
 

@@ -155,13 +155,13 @@ class Branch(Operator):
                 f"Branch concatenates along the band axis, but {', '.join(flat)} returned "
                 f"no band axis (shapes {shapes}); make each branch return (n, bands, h, w)"
             )
-        if len({(s[0], *s[2:]) for s in shapes.values()}) > 1:
+        if len({(s[:-3], *s[-2:]) for s in shapes.values()}) > 1:
             raise ConfigError(
                 f"Branch outputs differ in more than their band counts: {shapes}; every "
                 "branch must give the same number of chips, non-band dims and h, w"
             )
         dtype = np.result_type(*(o.dtype for o in outs))
-        return np.concatenate([o.astype(dtype, copy=False) for o in outs], axis=1)
+        return np.concatenate([o.astype(dtype, copy=False) for o in outs], axis=-3)
 
     @property
     def scale(self) -> float:
@@ -183,14 +183,14 @@ class Branch(Operator):
                 f"Branch concatenates along the band axis, but {', '.join(flat)} gives no "
                 "band axis; make each branch return (n, bands, h, w)"
             )
-        if len({out[1:] for out in leads.values()}) > 1:
+        if len({out[:-1] for out in leads.values()}) > 1:
             raise ConfigError(
                 f"Branch outputs differ in their non-band dims: {leads}; every branch must "
-                "give the same dims after the band axis"
+                "give the same dims before the band axis"
             )
-        bands = sum(s[0][0] for s in known)
+        bands = sum(s[0][-1] for s in known)
         first = known[0][0]
-        return (bands, *first[1:]), np.result_type(*(s[1] for s in known))
+        return (*first[:-1], bands), np.result_type(*(s[1] for s in known))
 
     def is_pointwise(self) -> bool:
         return all(op_pointwise(op) for op in self.ops)
@@ -281,8 +281,8 @@ class Predicate:
                     f"{self!r} addresses band {band!r} by name, but the input's bands have no "
                     "names; use a 0-based position or label the bands"
                 )
-            if not -lead[0] <= band < lead[0]:
-                raise ParameterError(_out_of_range(repr(self), band, lead[0]))
+            if not -lead[-1] <= band < lead[-1]:
+                raise ParameterError(_out_of_range(repr(self), band, lead[-1]))
 
     def _band_values(self, chips: np.ndarray, band: Band) -> np.ndarray:
         if isinstance(band, str):
@@ -294,10 +294,10 @@ class Predicate:
             raise ParameterError(
                 f"{self!r} needs chips (n, bands, …, h, w), got shape {chips.shape}"
             )
-        n = chips.shape[1]
+        n = chips.shape[-3]
         if not -n <= band < n:
             raise ParameterError(_out_of_range(repr(self), band, n))
-        return chips[:, band].reshape(chips.shape[0], -1)
+        return np.take(chips, band, axis=-3).reshape(chips.shape[0], -1)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

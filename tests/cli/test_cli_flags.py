@@ -422,7 +422,16 @@ def test_every_help_has_an_example(cli: CLI, command: str) -> None:
 def test_apply_help_lists_operators_and_conventions(cli: CLI) -> None:
     text = cli.ok(cli.run("apply", "--help"))
     # Sequential, Imported and TorchScript are --pipeline, MODULE:CALLABLE and --model
-    hidden = {"Sequential", "Imported", "TorchScript"}
+    hidden = {
+        "Sequential",
+        "Imported",
+        "TorchScript",
+        "SklearnOp",
+        "Flip",
+        "Rot90",
+        "BandDropout",
+        "BrightnessJitter",
+    }
     for name in patchflow.ops.registered_ops():
         if name not in hidden:
             assert f"\n  {name} " in text, name

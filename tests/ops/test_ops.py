@@ -272,8 +272,9 @@ def test_output_specs() -> None:
     u16 = np.dtype("uint16")
     assert DNToReflectance().output_spec((2,), u16) == ((2,), np.dtype("float32"))
     assert NDVI(red=0, nir=1).output_spec((2,), u16) == ((1,), np.dtype("float32"))
-    assert NDVI(red=0, nir=1).output_spec((2, 5), np.dtype("float64")) == (
-        (1, 5),
+    # bands are the last non-spatial axis: (time, band) chips give (time, 1)
+    assert NDVI(red=0, nir=1).output_spec((5, 2), np.dtype("float64")) == (
+        (5, 1),
         np.dtype("float64"),
     )
     assert SelectBands([1, 1, 0]).output_spec((2,), u16) == ((3,), u16)
