@@ -277,7 +277,7 @@ def test_band_errors_come_at_call_time(small_scene: xr.DataArray) -> None:
             lazy.patch.apply(op, size=64, stride=48)
     # rioxarray-style integer band coordinate: names cannot bind
     numbered = lazy.assign_coords(band=[1, 2])
-    with pytest.raises(patchflow.ParameterError, match=r"no names.*long_name"):
+    with pytest.raises(patchflow.ParameterError, match=r"no names.*band descriptions"):
         numbered.patch.apply(NDVI(red="red", nir="nir"), size=64, stride=48)
 
 

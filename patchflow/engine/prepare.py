@@ -757,10 +757,26 @@ def _band_names(op: Any, arr: xr.DataArray) -> tuple[str, ...] | None:
 
 
 def _labels(arr: xr.DataArray) -> list[str] | None:
-    if arr.ndim < 3 or arr.dims[-3] not in arr.coords:
+    """Band names: the band dim's string labels, else a GeoTIFF's band descriptions.
+
+    rioxarray labels a GeoTIFF's bands 1..N and keeps their descriptions in
+    ``attrs["long_name"]`` (one per band); those are the names the file's users know.
+    """
+    if arr.ndim < 3:
         return None
-    values = arr.coords[arr.dims[-3]].values
-    return [str(v) for v in values] if values.dtype.kind in "UO" else None
+    if arr.dims[-3] in arr.coords:
+        values = arr.coords[arr.dims[-3]].values
+        if values.dtype.kind in "UO":
+            return [str(v) for v in values]
+    described = arr.attrs.get("long_name")
+    if (
+        isinstance(described, tuple | list)
+        and len(described) == arr.shape[-3]
+        and all(isinstance(v, str) and v for v in described)
+        and len(set(described)) == len(described)
+    ):
+        return list(described)
+    return None
 
 
 def _bind_bands(op: Any, arr: xr.DataArray) -> Any:

@@ -583,8 +583,8 @@ class Operator:
             raise ParameterError(
                 f"{self!r} addresses bands by name, but the input's {lead[-1]} bands have no "
                 "names (no string coordinate on the band dim); use 0-based positions, or "
-                "label the bands, e.g. obj.assign_coords(band=['red', 'nir', ...]) (for a "
-                "GeoTIFF read with rioxarray: band=list(obj.attrs['long_name']))"
+                "label the bands, e.g. obj.assign_coords(band=['red', 'nir', ...]) (a GeoTIFF's "
+                "band descriptions are used when every band has a distinct one)"
             )
         for band in names:
             if not -lead[-1] <= band < lead[-1]:

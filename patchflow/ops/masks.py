@@ -120,8 +120,8 @@ def _band_axis_check(op: Operator, band: Band, lead: tuple[int, ...], what: str)
         raise ParameterError(
             f"{op!r} addresses the {what} band by name, but the input's {n} bands have no "
             "names (no string coordinate on the band dim); give its 0-based position, or "
-            "label the bands, e.g. obj.assign_coords(band=['red', 'nir', 'scl']) (for a "
-            "GeoTIFF read with rioxarray: band=list(obj.attrs['long_name']))"
+            "label the bands, e.g. obj.assign_coords(band=['red', 'nir', 'scl']) (a GeoTIFF's "
+            "band descriptions are used when every band has a distinct one)"
         )
     if not -n <= band < n:
         raise ParameterError(_out_of_range(repr(op), band, n))

@@ -426,6 +426,30 @@ def test_module_callable_errors(
         assert word in line, (word, line)
 
 
+def test_op_args_name_bands_by_the_files_band_descriptions(
+    cli: CLI, scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    """A GeoTIFF's band descriptions are its band names for --op-arg, as for --bands."""
+    scene = scene_factory((120, 100), seed=3)
+    scl = xr.full_like(scene.isel(band=[0]), 4).where(scene.isel(band=[0]) % 7 != 0, 9)
+    stack = xr.concat([scene, scl], "band").assign_coords(band=[1, 2, 3])
+    stack.attrs["long_name"] = ("red", "nir", "scl")
+    path = tmp_path / "described.tif"
+    stack.rio.to_raster(path)
+    out = tmp_path / "masked.zarr"
+    args = ["--op", "scl", "--op-arg", "band=scl", "--size", "64", "--stride", "48", "-q"]
+    cli.ok(cli.call("apply", str(path), str(out), *args))
+    got = result(out)
+    red, nir, cls = (stack.values[k].astype(np.float64) for k in range(3))
+    keep = np.isin(cls, [4, 5, 6, 11])
+    np.testing.assert_array_equal(np.isnan(got[0]), ~keep)
+    np.testing.assert_allclose(got[1][keep], nir[keep])
+    diff = tmp_path / "nd.zarr"
+    nd = ["--op", "normalized_difference", "--op-arg", "a=nir", "--op-arg", "b=red"]
+    cli.ok(cli.call("apply", str(path), str(diff), *nd, "--size", "64", "--stride", "48", "-q"))
+    np.testing.assert_allclose(result(diff)[0], (nir - red) / (nir + red), rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- --pipeline
 
 

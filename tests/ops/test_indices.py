@@ -335,8 +335,16 @@ def test_apply_plan_time_band_errors(s2_tif: tuple[Path, np.ndarray]) -> None:
     wrong = SpectralIndex("NDVI", bands={"N": "nir08", "R": "red"})
     with pytest.raises(ParameterError, match=r"'nir08' not found.*did you mean 'nir'"):
         patchflow.apply(named, wrong, size=128, stride=128)
-    unnamed = rioxarray.open_rasterio(path, chunks={"y": 128, "x": 128})
-    assert isinstance(unnamed, xr.DataArray)
+    described = rioxarray.open_rasterio(path, chunks={"y": 128, "x": 128})
+    assert isinstance(described, xr.DataArray)
+    # the file's band descriptions name its bands (rioxarray numbers them 1..N)
+    by_name = SpectralIndex("NDVI", bands=BY_NAME)
+    np.testing.assert_array_equal(
+        patchflow.apply(described, by_name, size=128, stride=128).values,
+        patchflow.apply(named, by_name, size=128, stride=128).values,
+    )
+    unnamed = described.copy()
+    del unnamed.attrs["long_name"]
     with pytest.raises(ParameterError, match="no names"):
         patchflow.apply(unnamed, SpectralIndex("NDVI", bands=BY_NAME), size=128, stride=128)
     with pytest.raises(ParameterError, match="1-based"):
