@@ -1103,6 +1103,16 @@ def _call(target: str, factory: Callable[..., Any], params: Mapping[str, Any]) -
     return as_operator(made)
 
 
+def import_callable(target: str) -> Callable[..., Any]:
+    """The callable ``"MODULE:NAME"`` names (importing ``MODULE``, as ``python -m`` would):
+    what :class:`~patchflow.ops.combinators.Tap`, predicates and masks given by import path
+    call. A name that is not callable is a :class:`~patchflow.errors.ConfigError`."""
+    fn = _attribute(_import_module(target.partition(":")[0], target), target)
+    if not callable(fn):
+        raise ConfigError(f"{target} is {type(fn).__name__}, not a callable")
+    return fn
+
+
 def resolve_import(target: str, params: Mapping[str, Any] | None = None) -> Operator:
     """The operator ``"MODULE:NAME"`` names, built with ``params``: :class:`Imported`'s rule.
 

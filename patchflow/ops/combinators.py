@@ -37,14 +37,13 @@ from patchflow.ops.base import (
     Config,
     Operator,
     Spec,
-    _attribute,
     _band,
-    _import_module,
     _json_params,
     _out_of_range,
     _resolve,
     as_operator,
     from_config,
+    import_callable,
     op_pointwise,
     register,
 )
@@ -432,10 +431,7 @@ class ImportedPredicate(Predicate):
 
     def _resolve_fn(self) -> Callable[..., Any]:
         if self._fn is None:
-            fn = _attribute(_import_module(self.target.partition(":")[0], self.target), self.target)
-            if not callable(fn):
-                raise ConfigError(f"{self.target} is {type(fn).__name__}, not a callable")
-            self._fn = fn
+            self._fn = import_callable(self.target)
         return self._fn
 
     def __getstate__(self) -> dict[str, Any]:
@@ -891,11 +887,7 @@ class Tap(Operator):
         if callable(self.observer):
             return self.observer
         if self._fn is None:
-            target = self.observer
-            fn = _attribute(_import_module(target.partition(":")[0], target), target)
-            if not callable(fn):
-                raise ConfigError(f"{target} is {type(fn).__name__}, not a callable")
-            self._fn = fn
+            self._fn = import_callable(self.observer)
         return self._fn
 
     def __getstate__(self) -> dict[str, Any]:

@@ -42,13 +42,12 @@ from patchflow.ops.base import (
     Config,
     Operator,
     Spec,
-    _attribute,
     _band,
     _float_dtype,
-    _import_module,
     _json_params,
     _out_of_range,
     _resolve,
+    import_callable,
     is_batched,
     register,
 )
@@ -637,11 +636,7 @@ class Mask(Operator):
         if not isinstance(self.where, str):
             return self.where
         if self._fn is None:
-            target = self.where
-            fn = _attribute(_import_module(target.partition(":")[0], target), target)
-            if not callable(fn):
-                raise ConfigError(f"{target} is {type(fn).__name__}, not a callable")
-            self._fn = fn
+            self._fn = import_callable(self.where)
         return self._fn
 
     def __getstate__(self) -> dict[str, Any]:
