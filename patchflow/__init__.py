@@ -8,6 +8,7 @@ subpackage             owns
 :mod:`patchflow.plan`      pure numpy geometry: grids, windows, blocks, samplers
 :mod:`patchflow.ops`       the operator contract and the operator library
 :mod:`patchflow.masks`     validity masks (SCL, QABits, Mask), from :mod:`patchflow.ops`
+:mod:`patchflow.points`    kNN / radius edge indices of point sets (scipy cKDTree)
 :mod:`patchflow.engine`    prepare → graph → kernels → aggregate (dask)
 :mod:`patchflow.io`        stores, sources, COG writing (the only Zarr code)
 :mod:`patchflow.sampling`  chip datasets, anchor stitching, zonal statistics, torch
@@ -73,6 +74,7 @@ _HOMES: dict[str, str] = {
             "resume",
             "run",
             "sample",
+            "sample_points",
             "stitch",
             "stitch_anchors",
             "write_chips",
@@ -85,7 +87,9 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("ModelOp", "Operator", "batched", "from_json", "to_json"), "patchflow.ops"),
     **dict.fromkeys(("WINDOWS", "ChipGrid", "make_window"), "patchflow.plan"),
 }
-_SUBPACKAGES = frozenset({"api", "engine", "errors", "io", "masks", "ops", "plan", "sampling"})
+_SUBPACKAGES = frozenset(
+    {"api", "engine", "errors", "io", "masks", "ops", "plan", "points", "sampling"}
+)
 
 __all__ = [
     "AGGREGATIONS",

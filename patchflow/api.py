@@ -16,6 +16,7 @@ stitch              :mod:`patchflow.sampling.stitch` (``stitch_anchors``: former
 write_chips         :mod:`patchflow.io.chips`
 open_chips          :mod:`patchflow.io.chips`
 zonal_stats         :mod:`patchflow.sampling.zonal`
+sample_points       :mod:`patchflow.sampling.point_values`
 polygon_chips       :mod:`patchflow.sampling.zonal`
 global_percentiles  here: scene percentiles for ``PercentileClip(per="global")``
 dos1                here: per-band dark objects (streamed) → a ``DOS1`` operator
@@ -58,6 +59,7 @@ from patchflow.plan.grid import ChipGrid, size_pair
 from patchflow.plan.layout import ChipLayout
 from patchflow.plan.windows import WindowSpec
 from patchflow.sampling.chips import sample
+from patchflow.sampling.point_values import sample_points
 from patchflow.sampling.stitch import stitch, stitch_anchors
 from patchflow.sampling.zonal import polygon_chips, zonal_stats
 
@@ -79,6 +81,7 @@ __all__ = [
     "resume",
     "run",
     "sample",
+    "sample_points",
     "stitch",
     "stitch_anchors",
     "write_chips",

@@ -2,10 +2,11 @@
 
 The task functions and their per-task specs behind :func:`patchflow.sampling.sample`
 (chip assembly), the samplers' block scans of masks and label rasters,
-:func:`patchflow.sampling.stitch_anchors` (one output block from the chips
-touching it) and :func:`patchflow.sampling.zonal_stats` (per-block partial statistics and
-their exact merge). :mod:`patchflow.engine.graph` builds the graphs that call them; nothing here
-imports dask, xarray or zarr, and every spec is a frozen, picklable dataclass.
+:func:`patchflow.sampling.stitch` (one output block from the chips touching it),
+:func:`patchflow.sampling.zonal_stats` (per-block partial statistics and their exact
+merge) and ``sample_points`` (:func:`gather_points`: values at points).
+:mod:`patchflow.engine.graph` builds the graphs that call them; nothing here imports dask,
+xarray or zarr, and every spec is a frozen, picklable dataclass.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "ZoneSpec",
     "assemble",
     "chip_weights",
+    "gather_points",
     "merge_partials",
     "polygon_mask",
     "require_geo",
@@ -329,3 +331,24 @@ def zonal_merge(n: int, bands: int, stats: tuple[str, ...], parts: list[Any]) ->
     if "count" in stats:
         table["count"] = counts
     return table
+
+
+def gather_points(
+    window: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    weights: np.ndarray,
+    nodata: Any,
+) -> np.ndarray:
+    """``(bands, n)`` values at ``rows/cols`` (``(k, n)``: k neighbours) of ``window``
+    ``(bands, h, w)``, weighted; NaN where a neighbour with weight > 0 is invalid."""
+    vals = np.asarray(window)[:, rows, cols].astype(np.float64)  # (bands, k, n)
+    invalid = np.isnan(vals)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        invalid |= np.asarray(window)[:, rows, cols] == nodata
+    needed = weights > 0
+    bad = (invalid & needed[None]).any(axis=1)
+    out = np.where(needed[None], np.where(invalid, 0.0, vals), 0.0)
+    out = (out * weights[None]).sum(axis=1)
+    out[bad] = np.nan
+    return out

@@ -11,8 +11,10 @@ the plan in as plain data.
 The sampler-side graphs, each one task per planned group or block (planned by
 :mod:`patchflow.sampling`): :func:`chip_array_graph` (``patchflow-sample-<token>``, plus
 ``patchflow-read-chips-<token>`` direct reads through :func:`direct_read`),
-:func:`anchor_stitch_graph` (``patchflow-anchors-stitch-<token>``) and
-:func:`zonal_graph` (``patchflow-zonal-<token>`` and ``patchflow-merge-zonal-<token>``).
+:func:`anchor_stitch_graph` (``patchflow-anchors-stitch-<token>``),
+:func:`zonal_graph` (``patchflow-zonal-<token>`` and ``patchflow-merge-zonal-<token>``) and
+:func:`point_read_tasks` (``patchflow-point-values-<token>``: raster values at points, one
+task per group of points in one chunk).
 
 The graph of ``apply``/``run`` (:func:`build_graph`) has two layers, each with one task
 per block:
@@ -37,6 +39,7 @@ so rebuilding the same computation yields the same graph.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -54,6 +57,7 @@ from patchflow.engine.chip_kernels import (
     StitchSpec,
     ZoneSpec,
     assemble,
+    gather_points,
     scan_block,
     stitch_anchor_block,
     sum_block,
@@ -75,6 +79,7 @@ __all__ = [
     "ANCHORS_STITCH_PREFIX",
     "CHIPS_PREFIX",
     "HALO_READ_PREFIX",
+    "POINTS_PREFIX",
     "SAMPLE_PREFIX",
     "SAMPLE_READ_PREFIX",
     "STITCH_PREFIX",
@@ -91,6 +96,7 @@ __all__ = [
     "chip_array_graph",
     "direct_read",
     "input_tasks",
+    "point_read_tasks",
     "zonal_graph",
 ]
 
@@ -541,3 +547,45 @@ def block_sums(arr: da.Array, fn: Any, length: int) -> da.Array:
         name=f"{SUMS_PREFIX}-{tokenize(arr, fn, length)}",
     )
     return parts.sum(axis=(0, 1))
+
+
+#: reads of raster values at points (``sample_points``)
+POINTS_PREFIX = "patchflow-point-values"
+
+
+def point_read_tasks(
+    data: da.Array,
+    idx: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    weights: np.ndarray,
+    nodata: Any,
+    batch: int,
+) -> tuple[list[np.ndarray], list[Delayed]]:
+    """Point indices and one lazy ``(bands, n)`` values task per group of points
+    (:func:`patchflow.sampling.point_values.sample_points`); builds, never computes.
+
+    Points are grouped by the chunk of their first (top-left) neighbour; each group of up
+    to ``batch`` points slices the smallest window covering its neighbourhoods, which dask
+    maps to the chunks it overlaps only (bilinear: at most the next chunk over).
+    """
+    ey = np.concatenate([[0], np.cumsum(data.chunks[-2])])
+    ex = np.concatenate([[0], np.cumsum(data.chunks[-1])])
+    bi = np.searchsorted(ey, rows[0, idx], side="right") - 1
+    bj = np.searchsorted(ex, cols[0, idx], side="right") - 1
+    order = np.lexsort((bj, bi))
+    idx, bi, bj = idx[order], bi[order], bj[order]
+    starts = np.flatnonzero(np.r_[True, (bi[1:] != bi[:-1]) | (bj[1:] != bj[:-1])])
+    tasks, groups = [], []
+    for s, e in itertools.pairwise([*starts.tolist(), int(idx.size)]):
+        for b0 in range(s, e, batch):
+            g = idx[b0 : min(b0 + batch, e)]
+            rr, cc = rows[:, g], cols[:, g]
+            y0, y1 = int(rr.min()), int(rr.max()) + 1
+            x0, x1 = int(cc.min()), int(cc.max()) + 1
+            window = data[:, y0:y1, x0:x1]
+            args = (window, rr - y0, cc - x0, weights[:, g], nodata)
+            key = f"{POINTS_PREFIX}-{tokenize(*args)}"
+            tasks.append(dask.delayed(gather_points, pure=True)(*args, dask_key_name=key))
+            groups.append(g)
+    return groups, tasks
