@@ -22,6 +22,7 @@ from patchflow.errors import DimensionError, InputTypeError
 
 __all__ = [
     "as_dataarray",
+    "band_labels",
     "georef",
     "spatial_dims",
     "spatial_last",
@@ -120,6 +121,40 @@ def _mask_nodata(var: xr.DataArray) -> xr.DataArray:
     dtype = np.float32 if var.dtype.itemsize <= 2 else np.float64
     masked = var.astype(dtype).where(var != nodata)
     return masked.rio.write_nodata(np.nan, encoded=False)
+
+
+def band_labels(arr: xr.DataArray) -> list[str] | None:
+    """Band names: the band dim's string labels, else a GeoTIFF's band descriptions.
+
+    rioxarray labels a GeoTIFF's bands with their 1-based numbers and keeps their
+    descriptions in ``attrs["long_name"]`` (one per band of the *file*: ``isel`` neither
+    subsets nor reorders them), so each band's name is the description its number points
+    to. Without band numbers the descriptions name the bands only if there is one per band.
+    ``None``: the bands have no names (the band dim is ``arr``'s last non-spatial dim).
+
+    Examples
+    --------
+    >>> arr = xr.DataArray(np.zeros((2, 1, 1)), dims=("band", "y", "x"), coords={"band": [2, 1]})
+    >>> band_labels(arr.assign_attrs(long_name=("red", "nir")))
+    ['nir', 'red']
+    """
+    if arr.ndim < 3:
+        return None
+    values = arr.coords[arr.dims[-3]].values if arr.dims[-3] in arr.coords else None
+    if values is not None and values.dtype.kind in "UO":
+        return [str(v) for v in values]
+    described = arr.attrs.get("long_name")
+    if not (
+        isinstance(described, tuple | list)
+        and all(isinstance(v, str) and v for v in described)
+        and len(set(described)) == len(described)
+    ):
+        return None
+    if values is None:
+        return list(described) if len(described) == arr.shape[-3] else None
+    if values.dtype.kind in "iu" and all(1 <= int(v) <= len(described) for v in values):
+        return [described[int(v) - 1] for v in values]
+    return None
 
 
 def transform_of(obj: xr.DataArray | xr.Dataset) -> Any:

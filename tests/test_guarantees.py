@@ -250,6 +250,34 @@ def test_band_ops_never_pick_bands_along_another_axis(op: Any, reference: Any) -
     np.testing.assert_allclose(bound(data[None])[0], reference(data), rtol=1e-6)
 
 
+def test_band_descriptions_follow_a_band_selection(tmp_path: Any) -> None:
+    """rioxarray keeps a GeoTIFF's band descriptions in ``attrs["long_name"]`` unchanged
+    through ``isel``: names must follow the band numbers the coordinate still holds, so
+    a reordered or subset array binds ``red``/``nir`` to the right bands."""
+    scene = patchflow.io.synthetic.make_scene((64, 64), chunks=None)
+    scene = scene.assign_coords(band=[1, 2])
+    scene.attrs["long_name"] = ("red", "nir")
+    path = tmp_path / "described.tif"
+    scene.rio.to_raster(path)
+    opened = rioxarray.open_rasterio(path)
+    op = ops.NDVI(red="red", nir="nir")
+    want = patchflow.apply(opened, op, size=32, stride=32).values
+    swapped = opened.isel(band=[1, 0])
+    assert swapped.attrs["long_name"] == ("red", "nir")  # rioxarray does not reorder them
+    np.testing.assert_array_equal(patchflow.apply(swapped, op, size=32, stride=32).values, want)
+    red_only = opened.isel(band=[0])
+    with pytest.raises(patchflow.ParameterError, match="'nir'"):
+        patchflow.apply(red_only, op, size=32, stride=32)
+    # sample_points names its value columns the same way
+    gpd = pytest.importorskip("geopandas")
+    x, y = float(opened.x[5]), float(opened.y[9])
+    pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy([x], [y]), crs=opened.rio.crs)
+    got = patchflow.sample_points(swapped, pts)
+    assert list(got.columns) == ["geometry", "nir", "red"]
+    assert got["red"].iloc[0] == opened.values[0, 9, 5]
+    assert got["nir"].iloc[0] == opened.values[1, 9, 5]
+
+
 def test_result_is_named_and_describes_itself() -> None:
     data = np.random.default_rng(1).integers(1, 4000, (2, 60, 70)).astype(np.uint16)
     scene = xr.DataArray(

@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from patchflow._xr import as_dataarray, spatial_dims, transform_of, write_georef
+from patchflow._xr import as_dataarray, band_labels, spatial_dims, transform_of, write_georef
 from patchflow.engine.aggregate import LAYERED_AGGS, make_aggregator
 from patchflow.engine.graph import build_graph
 from patchflow.engine.kernels import EngineSpec
@@ -734,7 +734,9 @@ def _result_name(op: Any, arr: xr.DataArray) -> Hashable:
     """The op's output name (``"ndvi"``) if it has one, else the input's, else ``"result"``."""
     namer = getattr(op, "output_band_names", None)
     if namer is not None:
-        labels = _labels(arr) or [f"band_{k}" for k in range(arr.shape[-3] if arr.ndim > 2 else 1)]
+        labels = band_labels(arr) or [
+            f"band_{k}" for k in range(arr.shape[-3] if arr.ndim > 2 else 1)
+        ]
         try:
             names = namer(labels)
         except Exception:  # a namer that needs real labels: fall back to the input's name
@@ -748,7 +750,7 @@ def _result_name(op: Any, arr: xr.DataArray) -> Hashable:
 
 def _band_names(op: Any, arr: xr.DataArray) -> tuple[str, ...] | None:
     """Output band labels an operator derives from the input's (e.g. ``("ndvi",)``)."""
-    labels = _labels(arr)
+    labels = band_labels(arr)
     namer = getattr(op, "output_band_names", None)
     if labels is None or namer is None:
         return None
@@ -756,33 +758,10 @@ def _band_names(op: Any, arr: xr.DataArray) -> tuple[str, ...] | None:
     return None if names is None else tuple(str(n) for n in names)
 
 
-def _labels(arr: xr.DataArray) -> list[str] | None:
-    """Band names: the band dim's string labels, else a GeoTIFF's band descriptions.
-
-    rioxarray labels a GeoTIFF's bands 1..N and keeps their descriptions in
-    ``attrs["long_name"]`` (one per band); those are the names the file's users know.
-    """
-    if arr.ndim < 3:
-        return None
-    if arr.dims[-3] in arr.coords:
-        values = arr.coords[arr.dims[-3]].values
-        if values.dtype.kind in "UO":
-            return [str(v) for v in values]
-    described = arr.attrs.get("long_name")
-    if (
-        isinstance(described, tuple | list)
-        and len(described) == arr.shape[-3]
-        and all(isinstance(v, str) and v for v in described)
-        and len(set(described)) == len(described)
-    ):
-        return list(described)
-    return None
-
-
 def _bind_bands(op: Any, arr: xr.DataArray) -> Any:
     """Let ops that address bands by name resolve them against the band coordinate."""
     bind = getattr(op, "bind", None)
-    labels = _labels(arr)
+    labels = band_labels(arr)
     return op if bind is None or labels is None else bind(labels)
 
 

@@ -17,7 +17,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from patchflow._xr import as_dataarray, georef, spatial_last
+from patchflow._xr import as_dataarray, band_labels, georef, spatial_last
 from patchflow.engine.chip_kernels import gather_points
 from patchflow.engine.graph import point_read_tasks
 from patchflow.errors import MissingExtraError, ParameterError
@@ -40,8 +40,8 @@ def _require_geopandas() -> Any:
 
 
 def _column_names(arr: xr.DataArray, n: int, given: Sequence[str] | None) -> list[str]:
-    """One name per band: ``given``, string band labels, unique GeoTIFF descriptions, or
-    ``band_1 … band_N``."""
+    """One name per band: ``given``, the band names (:func:`patchflow._xr.band_labels`:
+    labels, or GeoTIFF descriptions by band number) when unique, or ``band_1 … band_N``."""
     if given is not None:
         names = [given] if isinstance(given, str) else list(given)
         if len(names) != n or not all(isinstance(c, str) for c in names):
@@ -52,14 +52,9 @@ def _column_names(arr: xr.DataArray, n: int, given: Sequence[str] | None) -> lis
     lead = arr.dims[:-2]
     if not lead:
         return [arr.name] if isinstance(arr.name, str) and arr.name else ["band_1"]
-    if len(lead) == 1 and lead[0] in arr.coords:
-        labels = [v.item() if hasattr(v, "item") else v for v in arr.coords[lead[0]].values]
-        if all(isinstance(v, str) for v in labels) and len(set(labels)) == n:
-            return [str(v) for v in labels]
-    desc = arr.attrs.get("long_name")
-    if isinstance(desc, (list, tuple)) and len(desc) == n:
-        if all(isinstance(d, str) and d for d in desc) and len(set(desc)) == n:
-            return [str(d) for d in desc]
+    labels = band_labels(arr) if len(lead) == 1 else None
+    if labels is not None and len(set(labels)) == n:
+        return labels
     return [f"band_{k}" for k in range(1, n + 1)]
 
 
