@@ -70,6 +70,7 @@ _HOMES: dict[str, str] = {
             "open_chips",
             "open_result",
             "plan_grid",
+            "points_in_chips",
             "polygon_chips",
             "resume",
             "run",

@@ -17,6 +17,7 @@ write_chips         :mod:`patchflow.io.chips`
 open_chips          :mod:`patchflow.io.chips`
 zonal_stats         :mod:`patchflow.sampling.zonal`
 sample_points       :mod:`patchflow.sampling.point_values`
+points_in_chips     :mod:`patchflow.sampling.point_values` (point layers cut by a sampler)
 polygon_chips       :mod:`patchflow.sampling.zonal`
 global_percentiles  here: scene percentiles for ``PercentileClip(per="global")``
 dos1                here: per-band dark objects (streamed) → a ``DOS1`` operator
@@ -59,7 +60,7 @@ from patchflow.plan.grid import ChipGrid, size_pair
 from patchflow.plan.layout import ChipLayout
 from patchflow.plan.windows import WindowSpec
 from patchflow.sampling.chips import sample
-from patchflow.sampling.point_values import sample_points
+from patchflow.sampling.point_values import points_in_chips, sample_points
 from patchflow.sampling.stitch import stitch, stitch_anchors
 from patchflow.sampling.zonal import polygon_chips, zonal_stats
 
@@ -77,6 +78,7 @@ __all__ = [
     "open_chips",
     "open_result",
     "plan_grid",
+    "points_in_chips",
     "polygon_chips",
     "resume",
     "run",

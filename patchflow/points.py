@@ -54,7 +54,7 @@ def _geopandas(func: str) -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError(
             f"{func}() was given geometries and needs geopandas to read them: "
-            'pip install "patchflow[geo]"; or pass an (n, 2) array of projected x/y'
+            'pip install "patchflow[vector]"; or pass an (n, 2) array of projected x/y'
         ) from exc
     return gpd
 

@@ -76,6 +76,21 @@ def test_import_patchflow_is_light_and_loads_the_engine_on_first_use() -> None:
     assert _modules_after(statement, ENGINE_DEPS) == list(ENGINE_DEPS)
 
 
+def test_raster_jobs_load_no_vector_packages() -> None:
+    # apply, sample and stitch run without the [vector] extra's packages ever loading
+    vector = ("geopandas", "shapely", "h3", "xvec")
+    job = (
+        "import numpy as np, patchflow\n"
+        "from patchflow.io.synthetic import make_scene\n"
+        "from patchflow.plan.samplers import Random\n"
+        "scene = make_scene((256, 256), chunks=128)\n"
+        "patchflow.apply(scene, lambda c: c[:1] * 2, size=64, stride=48).compute()\n"
+        "chips = patchflow.sample(scene, Random(4, seed=0), size=32)\n"
+        "patchflow.stitch(scene, chips, np.c_[chips.row, chips.col], window='hann').compute()"
+    )
+    assert _modules_after(job, vector) == []
+
+
 def test_cli_help_loads_no_engine() -> None:
     statement = (
         "from patchflow.cli import main\n"

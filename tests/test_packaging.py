@@ -92,7 +92,7 @@ def test_every_extra_named_in_messages_and_docs_exists() -> None:
     mentions = _mentions()
     # the errors for missing optional packages name these (patchflow.plotting, ops.models,
     # engine.chip_kernels): if none were found, the scan itself is broken
-    assert {"plot", "torch", "geo"} <= set(mentions), mentions
+    assert {"plot", "torch", "vector"} <= set(mentions), mentions
     unknown = {extra: sorted(where) for extra, where in mentions.items() if extra not in EXTRAS}
     assert not unknown, f"extras named but not in pyproject.toml: {unknown}"
 
@@ -102,7 +102,8 @@ def test_extras_hold_what_their_names_promise() -> None:
     assert {"matplotlib"} <= names["plot"]
     assert {"torch"} <= names["torch"]
     assert {"bokeh"} <= names["dashboard"]
-    assert {"geopandas", "shapely"} <= names["geo"]
+    assert {"geopandas", "shapely", "h3", "xvec"} <= names["vector"]
+    assert EXTRAS["geo"] == ["patchflow[vector]"]  # the extra's former name still installs it
     assert {"pytest", "hypothesis", "nbclient", "ruff", "mypy", "import-linter"} <= names["test"]
     # the test tools install without torch (CPU-only torch is installed separately)
     assert "torch" not in names["test"]
@@ -170,6 +171,12 @@ def test_every_import_is_a_dependency_or_a_lazily_imported_extra() -> None:
         if not _distributions(module) & (BASE | OPTIONAL) and module not in HOST_PROVIDED
     }
     assert not undeclared, f"imported but neither a dependency nor an extra: {undeclared}"
+
+
+def test_the_vector_side_is_imported_only_where_it_is_used() -> None:
+    # the raster core must not need geopandas/shapely/h3/xvec: none at module level
+    eager, _ = _third_party_imports()
+    assert not {"geopandas", "shapely", "h3", "xvec", "pyogrio"} & set(eager), eager
 
 
 def test_base_dependencies_are_not_optional_too() -> None:

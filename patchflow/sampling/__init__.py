@@ -7,7 +7,7 @@ module                 owns
 :mod:`.chips`          ``sample``: chips at a sampler's anchors as a lazy DataArray
 :mod:`.stitch`         ``stitch``: chip outputs at any anchors → one map (any agg)
 :mod:`.zonal`          ``zonal_stats``, ``polygon_chips``
-:mod:`.point_values`   ``sample_points``: raster values at points (a GeoDataFrame)
+:mod:`.point_values`   ``sample_points`` (raster values at points), ``points_in_chips``
 :mod:`.torch_data`     ``ChipStoreDataset``, ``LazyChipDataset`` (torch optional)
 =====================  ================================================================
 
@@ -17,7 +17,7 @@ Graphs come from :mod:`patchflow.engine.graph`, chip stores from :mod:`patchflow
 from __future__ import annotations
 
 from patchflow.sampling.chips import chip_array, sample
-from patchflow.sampling.point_values import SAMPLE_METHODS, sample_points
+from patchflow.sampling.point_values import SAMPLE_METHODS, points_in_chips, sample_points
 from patchflow.sampling.stitch import stitch, stitch_anchors
 from patchflow.sampling.zonal import (
     DEFAULT_STATS,
@@ -33,6 +33,7 @@ __all__ = [
     "ZONAL_STATS",
     "PolygonChip",
     "chip_array",
+    "points_in_chips",
     "polygon_chips",
     "sample",
     "sample_points",

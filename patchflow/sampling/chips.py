@@ -176,6 +176,30 @@ def _chip_coords(
     return out
 
 
+def draw_anchors(
+    sampler: Sampler | np.ndarray | Sequence[Sequence[int]],
+    shape: tuple[int, int],
+    size: tuple[int, int],
+    *,
+    transform: Any,
+    crs: Any,
+    valid: Any = None,
+    max_invalid: float = 0.0,
+) -> Draw:
+    """The anchors (and metadata) ``sampler`` draws on a scene of ``shape``; an ``(n, 2)``
+    array of pixel anchors is taken as :class:`~patchflow.plan.samplers.Explicit`."""
+    if not isinstance(sampler, Sampler):
+        try:
+            sampler = Explicit(sampler)
+        except ParameterError as exc:
+            raise ParameterError(
+                f"sampler must be a patchflow Sampler or an (n, 2) anchor array: {exc}"
+            ) from None
+    return sampler.draw(
+        shape, size, transform=transform, crs=crs, valid=valid, max_invalid=max_invalid
+    )
+
+
 def sample(
     obj: xr.DataArray | xr.Dataset,
     sampler: Sampler | np.ndarray | Sequence[Sequence[int]],
@@ -238,15 +262,8 @@ def sample(
         if valid != "nodata":
             raise ParameterError(f"valid must be a mask or 'nodata', got {valid!r}")
         valid = _nodata_mask(arr, data)
-    if not isinstance(sampler, Sampler):
-        try:
-            sampler = Explicit(sampler)
-        except ParameterError as exc:
-            raise ParameterError(
-                f"sampler must be a patchflow Sampler or an (n, 2) anchor array: {exc}"
-            ) from None
-    drawn: Draw = sampler.draw(
-        shape, size_yx, transform=transform, crs=crs, valid=valid, max_invalid=max_invalid
+    drawn = draw_anchors(
+        sampler, shape, size_yx, transform=transform, crs=crs, valid=valid, max_invalid=max_invalid
     )
     anchors = np.asarray(drawn.anchors, dtype=np.int64).reshape(-1, 2)
     chip_bytes = math.prod(arr.shape[:-2]) * size_yx[0] * size_yx[1] * arr.dtype.itemsize

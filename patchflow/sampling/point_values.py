@@ -1,9 +1,11 @@
-"""Raster values at point locations: ``sample_points``.
+"""Points on a raster's grid: ``sample_points`` (raster values at points) and
+``points_in_chips`` (the points each chip of a sampler holds, for point-cloud models).
 
 What it owns: turning a GeoDataFrame of points into pixel positions of a georeferenced
 raster (reprojecting the points to the raster's CRS), reading only the chunks that hold
-points (one task per batch of points sharing a chunk, computed together once), and the
-nearest / bilinear rules, nodata and out-of-raster handling of the values returned.
+points (one task per batch of points sharing a chunk, computed together once), the
+nearest / bilinear rules, nodata and out-of-raster handling of the values returned, and
+the assignment of points to chip windows.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from patchflow._xr import as_dataarray, band_labels, georef, spatial_last
 from patchflow.engine.chip_kernels import gather_points
 from patchflow.engine.graph import point_read_tasks
 from patchflow.errors import MissingExtraError, ParameterError
+from patchflow.plan.grid import pair
+from patchflow.plan.samplers import Sampler
+from patchflow.sampling.chips import draw_anchors
 
-__all__ = ["SAMPLE_METHODS", "sample_points"]
+__all__ = ["SAMPLE_METHODS", "points_in_chips", "sample_points"]
 
 #: the interpolation rules ``sample_points`` knows
 SAMPLE_METHODS = ("nearest", "bilinear")
@@ -34,9 +39,38 @@ def _require_geopandas() -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError(
             "sample_points takes and returns a GeoDataFrame and needs geopandas: "
-            "pip install 'patchflow[geo]' (or: pip install geopandas)"
+            "pip install 'patchflow[vector]' (or: pip install geopandas)"
         ) from exc
     return gpd
+
+
+def _require_xvec() -> None:
+    try:
+        import xvec  # noqa: F401  (registers the .xvec accessor)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingExtraError(
+            "sample_points(output='xvec') needs xvec: pip install 'patchflow[vector]' "
+            "(or: pip install xvec); output='geopandas' needs only geopandas"
+        ) from exc
+
+
+def _as_xvec(arr: xr.DataArray, points: Any, values: np.ndarray, names: list[str]) -> Any:
+    """``values`` ``(bands, n)`` as a DataArray on an xvec-indexed ``geometry`` dim."""
+    geo = points.geometry
+    coords: dict[Any, Any] = {"geometry": np.asarray(geo.array, dtype=object)}
+    for col in points.columns:
+        if col != geo.name and isinstance(col, str) and col not in ("geometry", "band"):
+            coords[col] = ("geometry", points[col].to_numpy())
+    if arr.ndim == 2:
+        dims: tuple[str, ...] = ("geometry",)
+        data = values[0]
+    else:
+        dims = ("geometry", "band")
+        data = values.T
+        coords["band"] = names
+    name = arr.name if arr.name is not None else (names[0] if arr.ndim == 2 else None)
+    out = xr.DataArray(data, dims=dims, coords=coords, name=name)
+    return out.xvec.set_geom_indexes("geometry", crs=geo.crs)
 
 
 def _column_names(arr: xr.DataArray, n: int, given: Sequence[str] | None) -> list[str]:
@@ -99,6 +133,7 @@ def sample_points(
     method: Literal["nearest", "bilinear"] = "nearest",
     column_names: Sequence[str] | None = None,
     batch: int = 4096,
+    output: Literal["geopandas", "xvec"] = "geopandas",
 ) -> Any:
     """Raster values at the points of a GeoDataFrame, one column per band.
 
@@ -126,13 +161,16 @@ def sample_points(
         ``band_1``).
     batch
         Most points one read task handles (bounds the memory of a task's index arrays).
+    output
+        ``"geopandas"`` (default) or ``"xvec"``: the values as an xarray object indexed
+        by :mod:`xvec` (below), for users who stay in xarray.
 
     Returns
     -------
-    geopandas.GeoDataFrame
-        A copy of ``points`` (same rows, order, index, geometry and CRS) with the value
-        columns appended. Values are NaN for points outside the raster and for nodata or
-        NaN pixels. Columns are float: an integer raster's values are cast to float64
+    geopandas.GeoDataFrame or xarray.DataArray
+        ``"geopandas"``: a copy of ``points`` (same rows, order, index, geometry and CRS)
+        with the value columns appended. Values are NaN for points outside the raster and
+        for nodata or NaN pixels. Columns are float: an integer raster's values are cast to float64
         (exact up to 2**53) so NaN fits; nearest samples of a float raster keep its
         dtype, bilinear ones are float64.
 
@@ -141,6 +179,11 @@ def sample_points(
         value renormalised from fewer pixels. Neighbours with zero weight (a point exactly
         on a pixel-centre row or column) are not needed.
 
+        ``"xvec"``: a DataArray ``(geometry, band)`` (``(geometry,)`` for a 2-D raster) of
+        the same values, its ``geometry`` dimension indexed by xvec's ``GeometryIndex`` in
+        the points' CRS (the input geometries, in row order), ``band`` labelled with the
+        column names, and the points' other columns as coordinates along ``geometry``
+        (the shape of ``xvec.extract_points``' result).
     Raises
     ------
     ParameterError
@@ -148,7 +191,8 @@ def sample_points(
         CRS or transform, points without a CRS or not Points, or a value column that
         ``points`` already has.
     MissingExtraError
-        geopandas is not installed (``pip install 'patchflow[geo]'``).
+        geopandas (or, for ``output="xvec"``, xvec) is not installed
+        (``pip install 'patchflow[vector]'``).
 
     Examples
     --------
@@ -162,10 +206,17 @@ def sample_points(
     ['geometry', 'red', 'nir']
     >>> bool(out["red"].iloc[0] == scene.sel(band="red")[20, 10])
     True
+    >>> _ = pytest.importorskip("xvec")
+    >>> sample_points(scene, pts, output="xvec").dims
+    ('geometry', 'band')
     """
     gpd = _require_geopandas()
     if method not in SAMPLE_METHODS:
         raise ParameterError(f"unknown method {method!r}; valid: {', '.join(SAMPLE_METHODS)}")
+    if output not in ("geopandas", "xvec"):
+        raise ParameterError(f"output must be 'geopandas' or 'xvec', got {output!r}")
+    if output == "xvec":
+        _require_xvec()
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ParameterError(f"batch must be a positive integer, got {batch!r}")
     arr = spatial_last(as_dataarray(da))
@@ -237,8 +288,125 @@ def sample_points(
             )
 
     keep = method == "nearest" and np.issubdtype(arr.dtype, np.floating)
+    if output == "xvec":
+        return _as_xvec(arr, points, values.astype(arr.dtype) if keep else values, names)
     out = points.copy()
     for k, name in enumerate(names):
         col = values[k].astype(arr.dtype) if keep else values[k]
         out[name] = col  # positional: the points' index may repeat labels
+    return out
+
+
+def _pixel_positions(points: Any, arr: xr.DataArray, func: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional ``row, col`` of each point on ``arr``'s grid (NaN for missing points)."""
+    transform, crs = georef(arr)
+    if transform is None or crs is None:
+        raise ParameterError(
+            f"{func} needs a georeferenced raster with a CRS; write them with "
+            "da.rio.write_transform(...) / da.rio.write_crs('EPSG:...')"
+        )
+    xs, ys = _coordinates(points, crs)
+    inv = ~transform
+    return inv.d * xs + inv.e * ys + inv.f, inv.a * xs + inv.b * ys + inv.c
+
+
+def points_in_chips(
+    obj: xr.DataArray | xr.Dataset,
+    points: Any,
+    sampler: Sampler | np.ndarray | Sequence[Sequence[int]],
+    *,
+    size: int | tuple[int, int] = 256,
+    min_points: int = 1,
+) -> Any:
+    """The points inside each chip a sampler places on a raster: chips of a point layer.
+
+    Point-cloud and graph models take the points of one chip at a time; this cuts a point
+    layer with the same anchors (and the same sampler objects) that :func:`sample` cuts a
+    raster with, so raster chips and point chips line up. A point belongs to a chip when
+    the pixel holding it lies in the chip window (rows ``row … row + h - 1``, columns
+    ``col … col + w - 1``): the rule of ``sample_points(method="nearest")``. Chips
+    overlap, so a point can belong to several chips; it then has one row per chip.
+
+    Parameters
+    ----------
+    obj
+        Georeferenced raster (DataArray or Dataset, with a CRS) that defines the grid the
+        anchors live on; its values are never read.
+    points
+        GeoDataFrame of Point geometries with a CRS (reprojected to the raster's CRS).
+    sampler
+        A :class:`patchflow.plan.samplers.Sampler` (drawn on the raster's grid, without a
+        validity mask) or an ``(n, 2)`` array of pixel anchors.
+    size
+        Chip size, int or ``(h, w)``.
+    min_points
+        Chips holding fewer points are left out (``0`` keeps every chip, so a chip
+        without points still gets its number in ``attrs["anchors"]``).
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        One row per (chip, point in it), sorted by chip then by the point's position in
+        ``points``: the point's columns and geometry (in the points' CRS) plus ``chip``
+        (the anchor's number), ``point`` (the point's position in ``points``), and
+        ``chip_row`` / ``chip_col``: its fractional pixel position inside the chip
+        (``0 … h`` / ``0 … w``, pixel centres at ``.5``). ``attrs`` hold ``anchors``
+        (``(n, 2)`` pixel anchors) and ``chip_size``. Feed one chip to a model with
+        ``out[out.chip == k]`` (or ``groupby("chip")``), and its neighbour graph with
+        ``patchflow.points.knn_graph``.
+
+    Examples
+    --------
+    >>> import pytest; gpd = pytest.importorskip("geopandas")  # the [vector] extra
+    >>> from patchflow.io.synthetic import make_scene
+    >>> scene = make_scene((256, 256), chunks=128)
+    >>> x, y = float(scene.x[10]), float(scene.y[100])  # pixel (row 100, col 10)
+    >>> pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy([x], [y]), crs=scene.rio.crs)
+    >>> out = points_in_chips(scene, pts, [[0, 0], [64, 0], [128, 0]], size=128)
+    >>> out["chip"].tolist(), out["chip_row"].tolist(), out["chip_col"].tolist()
+    ([0, 1], [100.5, 36.5], [10.5, 10.5])
+    """
+    gpd = _require_geopandas()
+    if isinstance(min_points, bool) or not isinstance(min_points, int) or min_points < 0:
+        raise ParameterError(f"min_points must be a whole number >= 0, got {min_points!r}")
+    arr = spatial_last(as_dataarray(obj))
+    if not isinstance(points, gpd.GeoDataFrame):
+        _coordinates(points, None)  # raises the named error
+    rowf, colf = _pixel_positions(points, arr, "points_in_chips")
+    transform, crs = georef(arr)
+    shape = (int(arr.shape[-2]), int(arr.shape[-1]))
+    h, w = pair(size, "size")
+    anchors = np.asarray(
+        draw_anchors(sampler, shape, (h, w), transform=transform, crs=crs).anchors, np.int64
+    ).reshape(-1, 2)
+    with np.errstate(invalid="ignore"):
+        prow = np.floor(np.where(np.isfinite(rowf), rowf, -1.0)).astype(np.int64)
+        pcol = np.floor(np.where(np.isfinite(colf), colf, -1.0)).astype(np.int64)
+    placed = np.flatnonzero(np.isfinite(rowf) & np.isfinite(colf))
+    # points sorted by pixel row: each chip's rows are one searchsorted range
+    by_row = placed[np.argsort(prow[placed], kind="stable")]
+    sorted_rows = prow[by_row]
+    chips, members = [], []
+    for k, (r, c) in enumerate(anchors):
+        lo, hi = np.searchsorted(sorted_rows, [r, r + h], side="left")
+        cand = by_row[lo:hi]
+        inside = np.sort(cand[(pcol[cand] >= c) & (pcol[cand] < c + w)])
+        if inside.size and inside.size >= min_points:
+            chips.append(np.full(inside.size, k, np.int64))
+            members.append(inside)
+    chip = np.concatenate(chips) if chips else np.empty(0, np.int64)
+    point = np.concatenate(members) if members else np.empty(0, np.int64)
+    out = points.iloc[point].reset_index(drop=True)
+    taken = [c for c in ("chip", "point", "chip_row", "chip_col") if c in out.columns]
+    if taken:
+        raise ParameterError(
+            f"the points already have the column(s) {taken} that points_in_chips writes; "
+            f"rename or drop them first (points.drop(columns={taken!r}))"
+        )
+    out["chip"] = chip
+    out["point"] = point
+    out["chip_row"] = rowf[point] - anchors[chip, 0]
+    out["chip_col"] = colf[point] - anchors[chip, 1]
+    out.attrs["anchors"] = anchors
+    out.attrs["chip_size"] = (h, w)
     return out

@@ -297,3 +297,104 @@ def test_bilinear_neighbourhood_straddling_chunks(tif: tuple[Path, np.ndarray]) 
     np.testing.assert_allclose(
         got[list(BANDS)].to_numpy(), _bilinear_reference(data, pts), rtol=1e-12
     )
+
+
+# --------------------------------------------------------------------------- xvec output
+
+
+def test_xvec_output_holds_the_same_values(tif: tuple[Path, np.ndarray]) -> None:
+    xvec = pytest.importorskip("xvec")
+    path, _ = tif
+    da = rioxarray.open_rasterio(path, chunks={"x": 64, "y": 64})
+    pts = _points(40, seed=11, outside=2).to_crs("EPSG:4326")
+    table = sample_points(da, pts)
+    cube = sample_points(da, pts, output="xvec")
+    assert cube.dims == ("geometry", "band")
+    assert list(cube["band"].values) == list(BANDS)
+    np.testing.assert_array_equal(cube.values, table[list(BANDS)].to_numpy())
+    # xvec's index, in the points' own CRS, the geometries in row order
+    assert cube.xvec.geom_coords_indexed.keys() == {"geometry"}
+    assert cube.xindexes["geometry"].crs.equals(pts.crs)
+    assert list(cube["geometry"].values) == list(pts.geometry)
+    np.testing.assert_array_equal(cube["id"].values, pts["id"].to_numpy())
+    assert isinstance(cube.xindexes["geometry"], xvec.GeometryIndex)
+    # a 2-D raster gives a (geometry,) array named after it
+    flat = sample_points(da.isel(band=0, drop=True).rename("dem"), pts, output="xvec")
+    assert flat.dims == ("geometry",) and flat.name == "dem"
+    np.testing.assert_array_equal(flat.values, table["blue"].to_numpy())
+    with pytest.raises(ParameterError, match="output"):
+        sample_points(da, pts, output="xarray")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- point chips
+
+
+def _brute_point_chips(pts: Any, anchors: np.ndarray, size: tuple[int, int]) -> set:
+    """Every (chip, point) pair by testing each point against each chip window, with the
+    pixel the point lies in (from the inverse transform)."""
+    inv = ~TRANSFORM
+    pairs = set()
+    for p, geom in enumerate(pts.to_crs(CRS).geometry):
+        if geom is None or geom.is_empty:
+            continue
+        col, row = inv @ (geom.x, geom.y)
+        for k, (r, c) in enumerate(anchors):
+            if r <= math.floor(row) < r + size[0] and c <= math.floor(col) < c + size[1]:
+                pairs.add((k, p))
+    return pairs
+
+
+@pytest.mark.parametrize("sampler_kind", ["explicit", "random", "regular"])
+def test_points_in_chips_equals_brute_force(
+    tif: tuple[Path, np.ndarray], sampler_kind: str
+) -> None:
+    from patchflow.plan.samplers import Random, RegularStride
+    from patchflow.sampling.point_values import points_in_chips
+
+    path, _ = tif
+    da = rioxarray.open_rasterio(path, chunks={"x": 64, "y": 64})
+    pts = _points(300, seed=5, outside=10).to_crs("EPSG:4326")  # reprojected back inside
+    size = (64, 48)
+    sampler: Any = {
+        "explicit": np.array([[0, 0], [10, 20], [192, 144], [100, 100]]),
+        "random": Random(25, seed=3),
+        "regular": RegularStride(stride=40),
+    }[sampler_kind]
+    out = points_in_chips(da, pts, sampler, size=size)
+    anchors = out.attrs["anchors"]
+    assert anchors.shape[1] == 2 and len(anchors) > 1
+    want = _brute_point_chips(pts, anchors, size)
+    got = list(zip(out["chip"].tolist(), out["point"].tolist(), strict=True))
+    assert len(got) == len(set(got)) and set(got) == want
+    # overlapping chips: some point is in more than one chip
+    assert sampler_kind == "explicit" or out["point"].duplicated().any()
+    assert got == sorted(got)  # by chip, then by point position
+    # the point's own columns and geometry travel along; chip-local positions are exact
+    np.testing.assert_array_equal(out["id"].to_numpy(), pts["id"].to_numpy()[out["point"]])
+    assert out.crs.equals(pts.crs)
+    assert ((out["chip_row"] >= 0) & (out["chip_row"] < size[0])).all()
+    assert ((out["chip_col"] >= 0) & (out["chip_col"] < size[1])).all()
+    inv = ~TRANSFORM
+    utm = out.to_crs(CRS).geometry
+    col, row = inv @ (utm.x.to_numpy(), utm.y.to_numpy())
+    np.testing.assert_allclose(out["chip_row"], row - anchors[out["chip"], 0], atol=1e-6)
+    np.testing.assert_allclose(out["chip_col"], col - anchors[out["chip"], 1], atol=1e-6)
+
+
+def test_points_in_chips_min_points_and_errors(tif: tuple[Path, np.ndarray]) -> None:
+    from patchflow.sampling.point_values import points_in_chips
+
+    path, _ = tif
+    da = rioxarray.open_rasterio(path)
+    pts = _points(50, seed=2)
+    anchors = np.array([[0, 0], [192, 128], [100, 0]])
+    counts = points_in_chips(da, pts, anchors, size=64)["chip"].value_counts()
+    some = int(counts.min())
+    kept = points_in_chips(da, pts, anchors, size=64, min_points=some + 1)
+    assert set(kept["chip"]) == set(counts[counts > some].index)
+    with pytest.raises(ParameterError, match="min_points"):
+        points_in_chips(da, pts, anchors, size=64, min_points=-1)
+    with pytest.raises(ParameterError, match="already have"):
+        points_in_chips(da, pts.assign(chip=1), anchors, size=64)
+    with pytest.raises(ParameterError, match="no CRS"):
+        points_in_chips(da, pts.set_crs(None, allow_override=True), anchors, size=64)
