@@ -52,6 +52,15 @@ if TYPE_CHECKING:
         zonal_stats,
     )
     from patchflow.api import (
+        apply_vector as apply_vector,
+    )
+    from patchflow.api import (
+        points_in_chips as points_in_chips,
+    )
+    from patchflow.api import (
+        sample_points as sample_points,
+    )
+    from patchflow.api import (
         stitch_anchors as stitch_anchors,
     )
     from patchflow.engine.aggregate import AGGREGATIONS
@@ -66,6 +75,7 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(
         (
             "apply",
+            "apply_vector",
             "check_store",
             "open_chips",
             "open_result",

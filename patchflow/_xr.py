@@ -157,6 +157,44 @@ def band_labels(arr: xr.DataArray) -> list[str] | None:
     return None
 
 
+def value_labels(arr: xr.DataArray) -> list[str] | None:
+    """One name per band (per element of the non-spatial dims, row-major) for the columns
+    of per-band tables (``zonal_stats``, ``sample_points``).
+
+    The band dim (the last non-spatial one) is named by :func:`band_labels` (string
+    labels, else GeoTIFF descriptions); otherwise, and for other dims, string coordinate
+    values as they are, numeric ones as ``<dim>_<value>`` (rioxarray's 1-based band
+    numbers: ``band_1``), and no coordinate as ``<dim>_<1-based position>``. Several dims
+    join with ``_``. ``None``: a 2-D raster, or one band with no coordinate, needs no
+    name; names that are not unique fall back to ``band_1 … band_N``.
+
+    Examples
+    --------
+    >>> arr = xr.DataArray(np.zeros((2, 1, 1)), dims=("band", "y", "x"), coords={"band": [1, 2]})
+    >>> value_labels(arr), value_labels(arr.assign_attrs(long_name=("red", "nir")))
+    (['band_1', 'band_2'], ['red', 'nir'])
+    """
+    lead = arr.dims[:-2]
+    if not lead:
+        return None
+    if len(lead) == 1 and arr.shape[0] == 1 and lead[0] not in arr.coords:
+        return None
+    labels: list[list[str]] = [[]]
+    for i, d in enumerate(lead):
+        named = band_labels(arr) if i == len(lead) - 1 else None
+        if named is None:
+            if d in arr.coords and arr.coords[d].ndim == 1:
+                values = arr.coords[d].values
+                named = [str(v) if values.dtype.kind in "UO" else f"{d}_{v}" for v in values]
+            else:
+                named = [f"{d}_{k}" for k in range(1, arr.sizes[d] + 1)]
+        labels = [[*p, v] for p in labels for v in named]
+    names = ["_".join(p) for p in labels]
+    if len(set(names)) != len(names):
+        return [f"band_{k}" for k in range(1, len(names) + 1)]
+    return names
+
+
 def transform_of(obj: xr.DataArray | xr.Dataset) -> Any:
     """The affine transform from the y/x coordinates, or ``None`` without regular ones."""
     try:

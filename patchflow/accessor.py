@@ -29,10 +29,13 @@ from patchflow.options import (
     DEFAULT_STATS,
     Agg,
     Boundary,
+    Dedup,
     OnError,
     PadMode,
     RunMode,
+    SampleMethod,
     SizeSpec,
+    VectorOutput,
     ZarrFormat,
     given_keywords,
 )
@@ -215,20 +218,77 @@ class PatchAccessor(Generic[T]):
 
     def zonal_stats(
         self,
-        gdf: Any,
+        gdf: Any = None,
         stats: Sequence[str] = DEFAULT_STATS,
         *,
+        h3_resolution: int | None = None,
         all_touched: bool = False,
         nodata: Any = "auto",
+        output: VectorOutput = "geopandas",
         compute: bool = True,
     ) -> Any:
-        """Same as :func:`patchflow.zonal_stats`: per-polygon statistics (a DataFrame)."""
+        """Same as :func:`patchflow.zonal_stats`: per-polygon or per-h3-cell statistics
+        (a GeoDataFrame, or an xvec-indexed Dataset)."""
         zonal_stats = _api().zonal_stats
         return zonal_stats(
             self._obj,
             gdf,
             stats,
             **given_keywords(PatchAccessor.zonal_stats, locals(), zonal_stats),
+        )
+
+    def sample_points(
+        self,
+        points: Any,
+        *,
+        method: SampleMethod = "nearest",
+        column_names: Sequence[str] | None = None,
+        batch: int = 4096,
+        output: VectorOutput = "geopandas",
+    ) -> Any:
+        """Same as :func:`patchflow.sample_points`: raster values at points (a GeoDataFrame)."""
+        sample_points = _api().sample_points
+        return sample_points(
+            self._obj,
+            points,
+            **given_keywords(PatchAccessor.sample_points, locals(), sample_points),
+        )
+
+    def points_in_chips(
+        self,
+        points: Any,
+        sampler: Sampler | np.ndarray | Sequence[Sequence[int]],
+        *,
+        size: int | tuple[int, int] = 256,
+        min_points: int = 1,
+    ) -> Any:
+        """Same as :func:`patchflow.points_in_chips`: the points inside each chip."""
+        points_in_chips = _api().points_in_chips
+        return points_in_chips(
+            self._obj,
+            points,
+            sampler,
+            **given_keywords(PatchAccessor.points_in_chips, locals(), points_in_chips),
+        )
+
+    def apply_vector(
+        self,
+        fn: Callable[[np.ndarray], Any],
+        *,
+        size: SizeSpec = 256,
+        stride: SizeSpec | None = None,
+        anchors: Sampler | np.ndarray | Sequence[Sequence[int]] | None = None,
+        dedup: Dedup = "ownership",
+        iou: float = 0.5,
+        score: str | None = "score",
+        drop_edge: bool | None = None,
+        chips_per_task: int | None = None,
+        compute: bool = True,
+    ) -> Any:
+        """Same as :func:`patchflow.apply_vector`: geometries from chips, each object once."""
+        apply_vector = _api().apply_vector
+        return apply_vector(
+            self._obj, fn, **given_keywords(PatchAccessor.apply_vector, locals(), apply_vector)
         )
 
     def stitch(

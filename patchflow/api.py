@@ -18,6 +18,7 @@ open_chips          :mod:`patchflow.io.chips`
 zonal_stats         :mod:`patchflow.sampling.zonal`
 sample_points       :mod:`patchflow.sampling.point_values`
 points_in_chips     :mod:`patchflow.sampling.point_values` (point layers cut by a sampler)
+apply_vector        :mod:`patchflow.sampling.vectors` (geometries from chips, de-duplicated)
 polygon_chips       :mod:`patchflow.sampling.zonal`
 global_percentiles  here: scene percentiles for ``PercentileClip(per="global")``
 dos1                here: per-band dark objects (streamed) → a ``DOS1`` operator
@@ -62,6 +63,7 @@ from patchflow.plan.windows import WindowSpec
 from patchflow.sampling.chips import sample
 from patchflow.sampling.point_values import points_in_chips, sample_points
 from patchflow.sampling.stitch import stitch, stitch_anchors
+from patchflow.sampling.vectors import apply_vector
 from patchflow.sampling.zonal import polygon_chips, zonal_stats
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChipLayout",
     "apply",
+    "apply_vector",
     "check_store",
     "dos1",
     "global_percentiles",

@@ -31,6 +31,7 @@ __all__ = [
     "InputTypeError",
     "LayerOverflowError",
     "MaskValueError",
+    "MemoryBudgetError",
     "MissingExtraError",
     "ModelChangedError",
     "ModelNotFittedError",
@@ -481,6 +482,12 @@ class CoverageError(ParameterError):
     (``agg="median"``/``"mode"``: one layer per chip, at most
     :data:`patchflow.engine.aggregate.MAX_LAYERS`); use a larger stride, fewer
     overlapping chips, or ``agg="overlap_add"``."""
+
+
+class MemoryBudgetError(ParameterError):
+    """A job's per-block merge state would not fit in memory (e.g. ``agg="vote"`` with
+    thousands of classes keeps a count and a weight sum per class and pixel); refused
+    before anything runs, with the ways out: smaller ``chunks=`` or another ``agg``."""
 
 
 class LayerOverflowError(CoverageError):

@@ -58,6 +58,14 @@ OnError: TypeAlias = Literal["raise", "mask", "retry", "skip"]
 RunMode: TypeAlias = Literal["w", "accumulate"]
 #: the Zarr format of :func:`patchflow.run`'s store (2: readable by GDAL and so QGIS)
 ZarrFormat: TypeAlias = Literal[2, 3]
+#: what per-geometry results come back as (``zonal_stats``, ``sample_points``)
+VectorOutput: TypeAlias = Literal["geopandas", "xvec"]
+VECTOR_OUTPUTS: Final = ("geopandas", "xvec")
+#: how ``apply_vector`` removes the duplicates of overlapping chips
+Dedup: TypeAlias = Literal["ownership", "nms", "none"]
+DEDUPS: Final = ("ownership", "nms", "none")
+#: how ``sample_points`` reads a value at a point
+SampleMethod: TypeAlias = Literal["nearest", "bilinear"]
 #: a chip ``size`` or ``stride`` (pixels): one int for both axes, a ``(y, x)`` pair, or a
 #: mapping keyed by spatial axis, ``{"y": 256, "x": 128}`` (or the raster's own dim names,
 #: ``{"lat": 256, "lon": 128}``); normalised in one place,

@@ -289,3 +289,23 @@ def test_out_of_range_message_without_gdal_hint(small_scene: xr.DataArray) -> No
     text = str(info.value)
     assert "0-based positions 0..1 (or -2..-1 from the end)" in text
     assert "GDAL" not in text
+
+
+def test_vote_with_very_many_classes_is_refused_not_killed(
+    scene_factory: Callable[..., xr.DataArray],
+) -> None:
+    # vote keeps a count and a weight sum per class and pixel of a block: 4000 classes on
+    # 2048² blocks would need ~200 GB per task; the job must be refused before it runs
+    # (it used to be killed by the kernel's OOM killer), with the ways out named
+    from patchflow.errors import MemoryBudgetError
+
+    scene = scene_factory((512, 512), chunks=256)
+    labels = lambda c: (c[:1] % 4000).astype(np.int16)  # noqa: E731
+    with pytest.raises(MemoryBudgetError, match=r"n_classes=4000.*(chunks|mode)"):
+        patchflow.apply(scene, labels, size=64, stride=48, agg="vote", n_classes=4000)
+    # the same job on smaller blocks fits, and so does a realistic class count
+    small = patchflow.apply(
+        scene, labels, size=64, stride=48, agg="vote", n_classes=4000, chunks=64
+    )
+    assert small.data.chunksize[-1] == 64
+    patchflow.apply(scene, labels, size=64, stride=48, agg="vote", n_classes=40)

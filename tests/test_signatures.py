@@ -180,6 +180,9 @@ def test_accessor_on_the_class_is_the_accessor() -> None:
         ("zonal_stats", patchflow.zonal_stats),
         ("stitch", patchflow.stitch),
         ("polygon_chips", patchflow.polygon_chips),
+        ("sample_points", patchflow.sample_points),
+        ("points_in_chips", patchflow.points_in_chips),
+        ("apply_vector", patchflow.apply_vector),
     ],
 )
 def test_accessor_mirrors_the_free_function(method: str, free: Callable[..., Any]) -> None:

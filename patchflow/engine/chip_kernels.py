@@ -3,14 +3,15 @@
 The task functions and their per-task specs behind :func:`patchflow.sampling.sample`
 (chip assembly), the samplers' block scans of masks and label rasters,
 :func:`patchflow.sampling.stitch` (one output block from the chips touching it),
-:func:`patchflow.sampling.zonal_stats` (per-block partial statistics and their exact
-merge) and ``sample_points`` (:func:`gather_points`: values at points).
+:func:`patchflow.sampling.zonal_stats` (per-block partial statistics, per polygon or per
+h3 cell, and their exact merge) and ``sample_points`` (:func:`gather_points`: values at points).
 :mod:`patchflow.engine.graph` builds the graphs that call them; nothing here imports dask,
 xarray or zarr, and every spec is a frozen, picklable dataclass.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -23,20 +24,28 @@ from patchflow.plan.windows import Window
 
 __all__ = [
     "GroupSpec",
+    "H3Spec",
     "Partial",
     "StitchSpec",
     "ZoneSpec",
     "assemble",
     "chip_weights",
     "gather_points",
+    "h3_block",
+    "h3_merge",
+    "h3_pixel_cells",
+    "lonlat_transformer",
     "merge_partials",
     "polygon_mask",
     "require_geo",
+    "require_h3",
     "scan_block",
     "stitch_anchor_block",
     "sum_block",
+    "weighted_median",
     "zonal_block",
     "zonal_merge",
+    "zone_block",
 ]
 
 # --------------------------------------------------------------------------- block scans
@@ -194,7 +203,7 @@ def require_geo() -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError(
             "polygon support needs shapely (and geopandas for GeoDataFrames): "
-            "pip install 'patchflow[geo]' (or: pip install geopandas shapely)"
+            "pip install 'patchflow[vector]' (or: pip install geopandas shapely)"
         ) from exc
     return rasterio.features
 
@@ -250,13 +259,7 @@ def zonal_block(spec: ZoneSpec, block: np.ndarray) -> dict[int, Partial]:
         if not mask.any():
             continue
         sub = data[:, r0 - r_0 : r1 - r_0, c0 - c_0 : c1 - c_0][:, mask]  # (bands, pixels)
-        good = np.ones(sub.shape, bool)
-        if sub.dtype.kind in "fc":
-            good &= np.isfinite(sub)
-        if spec.nodata is not None and not (
-            isinstance(spec.nodata, float) and math.isnan(spec.nodata)
-        ):
-            good &= sub != spec.nodata
+        good = _valid(sub, spec.nodata)
         vals = sub.astype(np.float64)
         count = good.sum(axis=1).astype(np.int64)
         safe = np.maximum(count, 1)
@@ -331,6 +334,218 @@ def zonal_merge(n: int, bands: int, stats: tuple[str, ...], parts: list[Any]) ->
     if "count" in stats:
         table["count"] = counts
     return table
+
+
+# --------------------------------------------------------------------------- h3 zonal statistics
+
+
+def require_h3() -> Any:
+    try:
+        import h3
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingExtraError(
+            "zonal statistics by h3 cell need h3 (4.x): "
+            "pip install 'patchflow[vector]' (or: pip install h3)"
+        ) from exc
+    return h3
+
+
+@functools.lru_cache(maxsize=16)
+def lonlat_transformer(crs_wkt: str) -> Any:
+    """A pyproj ``Transformer`` from ``crs_wkt`` to EPSG:4326 ``(lon, lat)``.
+
+    Built in the task (specs carry the WKT string, so they pickle) and cached per CRS: a
+    ``Transformer`` takes milliseconds to build and pyproj's are thread-safe (>= 3.1).
+    """
+    from pyproj import CRS, Transformer
+
+    return Transformer.from_crs(CRS.from_wkt(crs_wkt), "EPSG:4326", always_xy=True)
+
+
+@dataclass(frozen=True)
+class H3Spec:
+    """One block of h3 zonal statistics (travels through dask as is)."""
+
+    #: scene row and column of the block's first pixel
+    origin: tuple[int, int]
+    #: the raster's affine transform ``a, b, c, d, e, f``
+    transform: tuple[float, ...]
+    crs_wkt: str
+    resolution: int
+    nodata: Any
+    #: also return the per-block median of each (cell, band)
+    keep_median: bool
+
+
+def _valid(sub: np.ndarray, nodata: Any) -> np.ndarray:
+    """Per-value validity: finite (for floats) and not ``nodata``."""
+    good = np.ones(sub.shape, bool)
+    if sub.dtype.kind in "fc":
+        good &= np.isfinite(sub)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        good &= sub != nodata
+    return good
+
+
+def h3_pixel_cells(spec: H3Spec, shape: tuple[int, int]) -> np.ndarray:
+    """int64 h3 cell of each pixel centre of a ``shape`` block (row-major, flat); -1 where
+    the centre has no geographic coordinates (outside the CRS's domain)."""
+    h3 = require_h3()
+    h, w = shape
+    r_0, c_0 = spec.origin
+    a, b, c, d, e, f = spec.transform[:6]
+    rows, cols = np.meshgrid(
+        r_0 + np.arange(h, dtype=np.float64) + 0.5,
+        c_0 + np.arange(w, dtype=np.float64) + 0.5,
+        indexing="ij",
+    )
+    x = (a * cols + b * rows + c).ravel()
+    y = (d * cols + e * rows + f).ravel()
+    lon, lat = lonlat_transformer(spec.crs_wkt).transform(x, y)
+    lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+    ok = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90.0)
+    cells = np.full(x.size, -1, np.int64)
+    # h3 has no vectorised API: one call per pixel (~1 us)
+    to_cell = h3.api.basic_int.latlng_to_cell
+    res = spec.resolution
+    cells[ok] = np.fromiter(
+        (to_cell(la, lo, res) for la, lo in zip(lat[ok].tolist(), lon[ok].tolist(), strict=True)),
+        np.int64,
+        count=int(ok.sum()),
+    )
+    return cells
+
+
+def h3_block(spec: H3Spec, block: np.ndarray) -> dict[str, np.ndarray]:
+    """Per h3 cell with a pixel centre in the block: ``cells`` (sorted int64 ids) and
+    count, mean, M2, sum, min, max (and the block median) per band, each ``(k, bands)``."""
+    data = block.reshape(-1, block.shape[-2] * block.shape[-1])  # (bands, pixels)
+    bands = data.shape[0]
+    cells = h3_pixel_cells(spec, (int(block.shape[-2]), int(block.shape[-1])))
+    located = cells >= 0
+    uniq, inv = np.unique(cells[located], return_inverse=True)
+    sub = data[:, located]
+    good = _valid(sub, spec.nodata)
+    vals = sub.astype(np.float64)
+    k = uniq.size
+    out: dict[str, np.ndarray] = {
+        "cells": uniq,
+        "count": np.zeros((k, bands), np.int64),
+        "mean": np.zeros((k, bands)),
+        "m2": np.zeros((k, bands)),
+        "sum": np.zeros((k, bands)),
+        "min": np.full((k, bands), np.inf),
+        "max": np.full((k, bands), -np.inf),
+    }
+    if spec.keep_median:
+        out["median"] = np.full((k, bands), np.nan)
+    for band in range(bands):
+        g = good[band]
+        idx, v = inv[g], vals[band][g]
+        cnt = np.bincount(idx, minlength=k)
+        total = np.bincount(idx, weights=v, minlength=k)
+        mean = total / np.maximum(cnt, 1)
+        out["count"][:, band] = cnt
+        out["sum"][:, band] = total
+        out["mean"][:, band] = mean
+        out["m2"][:, band] = np.bincount(idx, weights=(v - mean[idx]) ** 2, minlength=k)
+        # one sort per band gives min, max and median of every cell
+        sv = v[np.lexsort((v, idx))]
+        start = np.cumsum(cnt) - cnt
+        has = cnt > 0
+        s, n = start[has], cnt[has]
+        out["min"][has, band] = sv[s]
+        out["max"][has, band] = sv[s + n - 1]
+        if spec.keep_median:
+            out["median"][has, band] = (sv[s + (n - 1) // 2] + sv[s + n // 2]) / 2
+    return out
+
+
+def weighted_median(k: int, idx: np.ndarray, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(k,)`` weighted median of ``values`` grouped by ``idx`` (``0 … k-1``): the value
+    where the cumulative weight (values sorted) reaches half the total, the mean of the
+    two values when it lands exactly on half (as ``np.median`` does); NaN for groups
+    without positive weight."""
+    out = np.full(k, np.nan)
+    keep = weights > 0
+    i, v, w = idx[keep], values[keep], weights[keep].astype(np.int64)
+    if i.size == 0:
+        return out
+    order = np.lexsort((v, i))
+    i, v, w = i[order], v[order], w[order]
+    starts = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
+    ends = np.r_[starts[1:], i.size]
+    lens = ends - starts
+    cw = np.cumsum(w)
+    cw_in = cw - np.repeat(cw[starts] - w[starts], lens)
+    tot = np.repeat(np.add.reduceat(w, starts), lens)
+    pos = np.arange(i.size)
+    first = np.minimum.reduceat(np.where(2 * cw_in >= tot, pos, i.size), starts)
+    val = v[first]
+    tie = (2 * cw_in[first] == tot[first]) & (first + 1 < ends)
+    val[tie] = (v[first[tie]] + v[first[tie] + 1]) / 2
+    out[i[starts]] = val
+    return out
+
+
+def h3_merge(bands: int, stats: tuple[str, ...], parts: list[Any]) -> dict[str, Any]:
+    """Merge :func:`h3_block` partials exactly (Chan's update, :func:`merge_partials`):
+    ``{"cells": (k,) sorted ids, stat: (k, bands)}``. The median is the count-weighted
+    median of the per-block medians (:func:`weighted_median`): exact for a cell inside
+    one block, an approximation otherwise."""
+    parts = [p for p in parts if p["cells"].size]
+    cells = (
+        np.unique(np.concatenate([p["cells"] for p in parts])) if parts else np.zeros(0, np.int64)
+    )
+    k = cells.size
+    acc: dict[str, np.ndarray] = {
+        "count": np.zeros((k, bands), np.int64),
+        "mean": np.zeros((k, bands)),
+        "m2": np.zeros((k, bands)),
+        "sum": np.zeros((k, bands)),
+        "min": np.full((k, bands), np.inf),
+        "max": np.full((k, bands), -np.inf),
+    }
+    where, medians, weights = [], [], []
+    for part in parts:
+        idx = np.searchsorted(cells, part["cells"])  # unique within a block
+        merged = merge_partials(
+            {key: arr[idx] for key, arr in acc.items()}, {key: part[key] for key in acc}
+        )
+        for key, arr in acc.items():
+            arr[idx] = np.asarray(merged[key])
+        if "median" in part:
+            where.append(idx)
+            medians.append(part["median"])
+            weights.append(part["count"])
+    counts = acc["count"]
+    has = counts > 0
+    table: dict[str, Any] = {"cells": cells}
+    for s in stats:
+        if s == "count":
+            table[s] = counts
+        elif s == "sum":
+            table[s] = acc["sum"]  # an empty sum is 0
+        elif s == "std":
+            table[s] = np.where(has, np.sqrt(acc["m2"] / np.maximum(counts, 1)), np.nan)
+        elif s == "median":
+            med = np.full((k, bands), np.nan)
+            if where:
+                idx_all, med_all = np.concatenate(where), np.concatenate(medians)
+                w_all = np.concatenate(weights)
+                for band in range(bands):
+                    med[:, band] = weighted_median(k, idx_all, med_all[:, band], w_all[:, band])
+            table[s] = med
+        else:
+            table[s] = np.where(has, acc[s], np.nan)
+    return table
+
+
+def zone_block(spec: ZoneSpec | H3Spec, block: np.ndarray) -> Any:
+    """The block task of a zonal-statistics graph, by spec: polygons or h3 cells."""
+    if isinstance(spec, H3Spec):
+        return h3_block(spec, block)
+    return zonal_block(spec, block)
 
 
 def gather_points(

@@ -12,9 +12,12 @@ The sampler-side graphs, each one task per planned group or block (planned by
 :mod:`patchflow.sampling`): :func:`chip_array_graph` (``patchflow-sample-<token>``, plus
 ``patchflow-read-chips-<token>`` direct reads through :func:`direct_read`),
 :func:`anchor_stitch_graph` (``patchflow-anchors-stitch-<token>``),
-:func:`zonal_graph` (``patchflow-zonal-<token>`` and ``patchflow-merge-zonal-<token>``) and
+:func:`zonal_graph` (``patchflow-zonal-<token>`` and ``patchflow-merge-zonal-<token>``; for
+h3 cells ``patchflow-hexagon-zonal-<token>`` and ``patchflow-merge-hexagon-zonal-<token>``) and
 :func:`point_read_tasks` (``patchflow-point-values-<token>``: raster values at points, one
-task per group of points in one chunk).
+task per group of points in one chunk) and :func:`vector_graph`
+(``patchflow-vector-chips-<token>`` and ``patchflow-vector-merge-<token>``: geometries from
+chips, kernels in :mod:`patchflow.engine.vectors`).
 
 The graph of ``apply``/``run`` (:func:`build_graph`) has two layers, each with one task
 per block:
@@ -54,15 +57,17 @@ from dask.highlevelgraph import HighLevelGraph
 from patchflow._dask_compat import chunk_getter_call, make_getter_task
 from patchflow.engine.chip_kernels import (
     GroupSpec,
+    H3Spec,
     StitchSpec,
     ZoneSpec,
     assemble,
     gather_points,
+    h3_merge,
     scan_block,
     stitch_anchor_block,
     sum_block,
-    zonal_block,
     zonal_merge,
+    zone_block,
 )
 from patchflow.engine.kernels import (
     BlockTask,
@@ -73,16 +78,22 @@ from patchflow.engine.kernels import (
     split_halo,
     stitch_block,
 )
+from patchflow.engine.vectors import MergeSpec, VectorSpec, vector_block, vector_merge
 from patchflow.plan.blocks import BlockPlan
 
 __all__ = [
     "ANCHORS_STITCH_PREFIX",
     "CHIPS_PREFIX",
+    "H3_ZONAL_MERGE_PREFIX",
+    "H3_ZONAL_PREFIX",
+    "H3_ZONAL_TABLE_PREFIX",
     "HALO_READ_PREFIX",
     "POINTS_PREFIX",
     "SAMPLE_PREFIX",
     "SAMPLE_READ_PREFIX",
     "STITCH_PREFIX",
+    "VECTOR_CHIPS_PREFIX",
+    "VECTOR_MERGE_PREFIX",
     "WRITE_PREFIX",
     "ZONAL_MERGE_PREFIX",
     "ZONAL_PREFIX",
@@ -97,6 +108,7 @@ __all__ = [
     "direct_read",
     "input_tasks",
     "point_read_tasks",
+    "vector_graph",
     "zonal_graph",
 ]
 
@@ -374,6 +386,10 @@ ANCHORS_STITCH_PREFIX = "patchflow-anchors-stitch"
 ZONAL_PREFIX = "patchflow-zonal"
 ZONAL_MERGE_PREFIX = "patchflow-merge-zonal"
 ZONAL_TABLE_PREFIX = "patchflow-table-zonal"
+#: the same three layers when the zones are h3 cells (not "h3": key_split stops at digits)
+H3_ZONAL_PREFIX = "patchflow-hexagon-zonal"
+H3_ZONAL_MERGE_PREFIX = "patchflow-merge-hexagon-zonal"
+H3_ZONAL_TABLE_PREFIX = "patchflow-table-hexagon-zonal"
 #: samplers' scans of validity masks and label rasters (one task per chunk)
 SCAN_PREFIX = "patchflow-block-scan"
 SUMS_PREFIX = "patchflow-block-sums"
@@ -406,10 +422,11 @@ class AnchorBlock:
 
 @dataclass(frozen=True)
 class ZoneBlock:
-    """One input block ``(i, j)`` of a zonal-statistics graph and its spec."""
+    """One input block ``(i, j)`` of a zonal-statistics graph and its spec: the polygons
+    touching it (:class:`ZoneSpec`) or its pixels' h3 cells (:class:`H3Spec`)."""
 
     index: tuple[int, int]
-    spec: ZoneSpec
+    spec: ZoneSpec | H3Spec
 
 
 def chip_array_graph(
@@ -482,38 +499,51 @@ def zonal_graph(
     blocks: Sequence[ZoneBlock],
     token: str,
     *,
-    n: int,
+    n: int | None,
     bands: int,
     stats: tuple[str, ...],
     finish: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Delayed:
-    """Per-polygon statistics tables (``{stat: (n, bands)}``) of ``data``, as a ``Delayed``.
+    """Zonal statistics tables (``{stat: (zones, bands)}``) of ``data``, as a ``Delayed``.
 
-    One task per listed block (reading only that chunk) returns partial statistics; one
-    merge task combines them. Keys: ``(patchflow-zonal-<token>, "block", i, j)`` and
-    ``patchflow-merge-zonal-<token>``.
+    One task per listed block (reading only that chunk) returns partial statistics
+    (:func:`~patchflow.engine.chip_kernels.zone_block`, by spec type); one merge task
+    combines them. ``n`` polygons: :func:`~patchflow.engine.chip_kernels.zonal_merge`,
+    tables with one row per polygon; ``n=None`` (h3 blocks, zones found while reading):
+    :func:`~patchflow.engine.chip_kernels.h3_merge`, tables with one row per cell and the
+    sorted cell ids under ``"cells"``. Keys: ``(patchflow-zonal-<token>, "block", i, j)``
+    and ``patchflow-merge-zonal-<token>`` (``patchflow-hexagon-zonal-…`` and
+    ``patchflow-merge-hexagon-zonal-…`` for h3), then ``finish``'s ``patchflow-table-…``.
     """
-    name = f"{ZONAL_PREFIX}-{token}"
-    merge_name = f"{ZONAL_MERGE_PREFIX}-{token}"
+    h3 = n is None
+    prefix, merge_prefix, table_prefix = (
+        (H3_ZONAL_PREFIX, H3_ZONAL_MERGE_PREFIX, H3_ZONAL_TABLE_PREFIX)
+        if h3
+        else (ZONAL_PREFIX, ZONAL_MERGE_PREFIX, ZONAL_TABLE_PREFIX)
+    )
+    name = f"{prefix}-{token}"
+    merge_name = f"{merge_prefix}-{token}"
     lead_idx = (0,) * (data.ndim - 2)
     layer: dict[Any, Any] = {}
     block_keys = []
     for block in blocks:
         key = (name, "block", *block.index)
-        layer[key] = (zonal_block, block.spec, (data.name, *lead_idx, *block.index))
+        layer[key] = (zone_block, block.spec, (data.name, *lead_idx, *block.index))
         block_keys.append(key)
     base = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
+    merge_task = (
+        (h3_merge, bands, stats, block_keys)
+        if n is None
+        else (zonal_merge, n, bands, stats, block_keys)
+    )
     graph = HighLevelGraph(
-        {
-            **base.layers,
-            merge_name: {merge_name: (zonal_merge, n, bands, stats, block_keys)},
-        },
+        {**base.layers, merge_name: {merge_name: merge_task}},
         {**base.dependencies, merge_name: {name}},
     )
     merged = Delayed(merge_name, graph)
     if finish is None:
         return merged
-    return dask.delayed(finish, pure=True)(merged, dask_key_name=f"{ZONAL_TABLE_PREFIX}-{token}")
+    return dask.delayed(finish, pure=True)(merged, dask_key_name=f"{table_prefix}-{token}")
 
 
 def block_reductions(arr: da.Array, fn: Any) -> da.Array:
@@ -589,3 +619,27 @@ def point_read_tasks(
             tasks.append(dask.delayed(gather_points, pure=True)(*args, dask_key_name=key))
             groups.append(g)
     return groups, tasks
+
+
+#: geometries from chips (``apply_vector``): one task per group of chips, one merge
+#: (neither prefix extends the other, nor apply's ``patchflow-chips``)
+VECTOR_CHIPS_PREFIX = "patchflow-vector-chips"
+VECTOR_MERGE_PREFIX = "patchflow-vector-merge"
+
+
+def vector_graph(chips: Any, specs: Sequence[VectorSpec], merge: MergeSpec, token: str) -> Delayed:
+    """A ``Delayed`` GeoDataFrame: one ``patchflow-vector-chips`` task per chunk of the lazy
+    chip array ``chips`` (``(n, …, h, w)``, one chunk along every axis but the first; chunk
+    ``g`` holds the chips of ``specs[g]``) and one ``patchflow-vector-merge`` task."""
+    name = f"{VECTOR_CHIPS_PREFIX}-{token}"
+    merge_name = f"{VECTOR_MERGE_PREFIX}-{token}"
+    inner = (0,) * (chips.ndim - 1)
+    layer: dict[Any, Any] = {
+        (name, g): (vector_block, spec, (chips.name, g, *inner)) for g, spec in enumerate(specs)
+    }
+    base = HighLevelGraph.from_collections(name, layer, dependencies=[chips])
+    graph = HighLevelGraph(
+        {**base.layers, merge_name: {merge_name: (vector_merge, merge, list(layer))}},
+        {**base.dependencies, merge_name: {name}},
+    )
+    return Delayed(merge_name, graph)

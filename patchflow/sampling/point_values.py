@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from patchflow._xr import as_dataarray, band_labels, georef, spatial_last
+from patchflow._xr import as_dataarray, georef, spatial_last, value_labels
 from patchflow.engine.chip_kernels import gather_points
 from patchflow.engine.graph import point_read_tasks
 from patchflow.errors import MissingExtraError, ParameterError
+from patchflow.options import VECTOR_OUTPUTS, SampleMethod, VectorOutput
 from patchflow.plan.grid import pair
 from patchflow.plan.samplers import Sampler
 from patchflow.sampling.chips import draw_anchors
+from patchflow.sampling.zonal import require_xvec
 
 __all__ = ["SAMPLE_METHODS", "points_in_chips", "sample_points"]
 
@@ -42,16 +44,6 @@ def _require_geopandas() -> Any:
             "pip install 'patchflow[vector]' (or: pip install geopandas)"
         ) from exc
     return gpd
-
-
-def _require_xvec() -> None:
-    try:
-        import xvec  # noqa: F401  (registers the .xvec accessor)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            "sample_points(output='xvec') needs xvec: pip install 'patchflow[vector]' "
-            "(or: pip install xvec); output='geopandas' needs only geopandas"
-        ) from exc
 
 
 def _as_xvec(arr: xr.DataArray, points: Any, values: np.ndarray, names: list[str]) -> Any:
@@ -74,8 +66,9 @@ def _as_xvec(arr: xr.DataArray, points: Any, values: np.ndarray, names: list[str
 
 
 def _column_names(arr: xr.DataArray, n: int, given: Sequence[str] | None) -> list[str]:
-    """One name per band: ``given``, the band names (:func:`patchflow._xr.band_labels`:
-    labels, or GeoTIFF descriptions by band number) when unique, or ``band_1 … band_N``."""
+    """One name per band: ``given``, else :func:`patchflow._xr.value_labels` (band
+    labels, GeoTIFF descriptions by band number, ``band_<number>``: the names
+    ``zonal_stats`` prefixes its columns with)."""
     if given is not None:
         names = [given] if isinstance(given, str) else list(given)
         if len(names) != n or not all(isinstance(c, str) for c in names):
@@ -83,13 +76,9 @@ def _column_names(arr: xr.DataArray, n: int, given: Sequence[str] | None) -> lis
         if len(set(names)) != n:
             raise ParameterError(f"column_names must be unique, got {names!r}")
         return names
-    lead = arr.dims[:-2]
-    if not lead:
+    if arr.ndim == 2:
         return [arr.name] if isinstance(arr.name, str) and arr.name else ["band_1"]
-    labels = band_labels(arr) if len(lead) == 1 else None
-    if labels is not None and len(set(labels)) == n:
-        return labels
-    return [f"band_{k}" for k in range(1, n + 1)]
+    return value_labels(arr) or ["band_1"]
 
 
 def _coordinates(points: Any, crs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -130,10 +119,10 @@ def sample_points(
     da: xr.DataArray,
     points: Any,
     *,
-    method: Literal["nearest", "bilinear"] = "nearest",
+    method: SampleMethod = "nearest",
     column_names: Sequence[str] | None = None,
     batch: int = 4096,
-    output: Literal["geopandas", "xvec"] = "geopandas",
+    output: VectorOutput = "geopandas",
 ) -> Any:
     """Raster values at the points of a GeoDataFrame, one column per band.
 
@@ -213,10 +202,10 @@ def sample_points(
     gpd = _require_geopandas()
     if method not in SAMPLE_METHODS:
         raise ParameterError(f"unknown method {method!r}; valid: {', '.join(SAMPLE_METHODS)}")
-    if output not in ("geopandas", "xvec"):
+    if output not in VECTOR_OUTPUTS:
         raise ParameterError(f"output must be 'geopandas' or 'xvec', got {output!r}")
     if output == "xvec":
-        _require_xvec()
+        require_xvec()
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ParameterError(f"batch must be a positive integer, got {batch!r}")
     arr = spatial_last(as_dataarray(da))

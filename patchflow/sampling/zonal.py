@@ -1,8 +1,10 @@
-"""Per-polygon statistics and polygon chips of a GeoDataFrame, computed block by block.
+"""Zonal statistics (per polygon or per h3 cell) and polygon chips, computed block by block.
 
-``zonal_stats`` merges the partial statistics of polygons spanning several blocks exactly
-and returns them joined to the polygons (a GeoDataFrame); ``polygon_chips`` gives one chip
-per polygon bounding box with the polygon's interior mask.
+``zonal_stats`` merges the partial statistics of zones spanning several blocks exactly and
+returns them joined to the polygons, or one row per h3 hexagon (a GeoDataFrame, or an
+xvec-indexed Dataset with ``output="xvec"``); ``polygon_chips`` gives one chip per polygon
+bounding box with the polygon's interior mask. The block kernels live in
+:mod:`patchflow.engine.chip_kernels`, the graph in :func:`patchflow.engine.graph.zonal_graph`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from patchflow._xr import georef
-from patchflow.engine.chip_kernels import ZoneSpec, polygon_mask, require_geo
+from patchflow._xr import georef, value_labels
+from patchflow.engine.chip_kernels import (
+    H3Spec,
+    ZoneSpec,
+    polygon_mask,
+    require_geo,
+    require_h3,
+)
 from patchflow.engine.graph import (
     ZONAL_PREFIX as ZONAL_PREFIX,
 )
@@ -25,7 +33,7 @@ from patchflow.engine.graph import (
     zonal_graph,
 )
 from patchflow.errors import MissingExtraError, ParameterError
-from patchflow.options import DEFAULT_STATS, ZONAL_STATS
+from patchflow.options import DEFAULT_STATS, VECTOR_OUTPUTS, ZONAL_STATS, VectorOutput
 from patchflow.plan.layout import PolygonChip
 from patchflow.sampling.chips import _as_dataarray, _dask_data
 
@@ -59,7 +67,7 @@ def _polygon_frame(gdf: Any, crs: Any) -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError(
             "zonal_stats returns a GeoDataFrame and needs geopandas: "
-            "pip install 'patchflow[geo]' (or: pip install geopandas)"
+            "pip install 'patchflow[vector]' (or: pip install geopandas)"
         ) from exc
     if isinstance(gdf, gpd.GeoDataFrame):
         return gdf.copy()
@@ -91,40 +99,40 @@ def _pixel_windows(geoms: list[Any], transform: Any, shape: tuple[int, int]) -> 
     return out
 
 
-def _band_labels(arr: xr.DataArray) -> list[str] | None:
-    lead = arr.dims[:-2]
-    if not lead:
-        return None
-    labels: list[list[str]] = [[]]
-    for d in lead:
-        vals = (
-            [str(v) for v in arr.coords[d].values]
-            if d in arr.coords
-            else [f"{d}{k}" for k in range(arr.sizes[d])]
-        )
-        labels = [[*p, v] for p in labels for v in vals]
-    names = ["_".join(p) for p in labels]
-    return None if len(names) == 1 and not any(d in arr.coords for d in lead) else names
+#: the finest h3 resolution (cells of about 1 m²)
+H3_MAX_RESOLUTION = 15
 
 
 def zonal_stats(
     obj: xr.DataArray | xr.Dataset,
-    gdf: Any,
+    gdf: Any = None,
     stats: Sequence[str] = DEFAULT_STATS,
     *,
+    h3_resolution: int | None = None,
     all_touched: bool = False,
     nodata: Any = "auto",
+    output: VectorOutput = "geopandas",
     compute: bool = True,
 ) -> Any:
-    """Per-polygon statistics of a raster, computed lazily block by block.
+    """Per-polygon or per-h3-cell statistics of a raster, computed lazily block by block.
 
-    Each polygon (reprojected to the raster CRS) is rasterised with
-    ``rasterio.features.rasterize`` (pixel centres inside, or every pixel touched with
-    ``all_touched``) within its bounding window, one block at a time: a block task reads
-    only its own chunk and returns, per polygon touching it, count/mean/M2/min/max (and the
-    pixel values when the median is wanted); partial results of polygons spanning several
-    blocks are merged exactly (Chan's parallel variance update). Blocks no polygon touches
-    are never read. NaN and nodata pixels are excluded, per band.
+    **Polygons** (``gdf``): each polygon (reprojected to the raster CRS) is rasterised
+    with ``rasterio.features.rasterize`` (pixel centres inside, or every pixel touched
+    with ``all_touched``) within its bounding window, one block at a time: a block task
+    reads only its own chunk and returns, per polygon touching it, count/mean/M2/min/max
+    (and the pixel values when the median is wanted); partial results of polygons spanning
+    several blocks are merged exactly (Chan's parallel variance update). Blocks no polygon
+    touches are never read.
+
+    **h3 cells** (``h3_resolution``): every pixel is binned by the h3 cell containing its
+    pixel centre (centres transformed from the raster CRS to EPSG:4326 with pyproj; pixels
+    whose centre has no geographic coordinates are skipped). One task per raster chunk
+    returns per (cell, band) count/sum/mean/M2/min/max, merged exactly across chunks like
+    the polygons'. The h3 **median is an approximation**: the count-weighted median of
+    the cell's per-block medians, exact when the cell lies inside one block (use chunks
+    aligned with the cells, or larger ones, when exactness matters).
+
+    NaN and nodata pixels are excluded, per band.
 
     Parameters
     ----------
@@ -132,38 +140,55 @@ def zonal_stats(
         Georeferenced DataArray (or Dataset) with spatial dims and a transform.
     gdf
         GeoDataFrame or GeoSeries (reprojected to the raster CRS when both have one), or a
-        sequence of shapely geometries in the raster CRS.
+        sequence of shapely geometries in the raster CRS. Give either this or
+        ``h3_resolution``.
     stats
         Any of ``"mean"``, ``"std"`` (population, ddof=0), ``"min"``, ``"max"``,
-        ``"count"`` (valid pixels), ``"median"`` (exact: gathers each polygon's pixels),
-        ``"sum"``.
+        ``"count"`` (valid pixels), ``"median"`` (polygons: exact, gathers each polygon's
+        pixels; h3: see above), ``"sum"``.
+    h3_resolution
+        h3 resolution ``0 … 15``: statistics per h3 cell instead of per polygon (the
+        raster needs a CRS).
     all_touched
-        Rasterisation rule (default: pixel centres).
+        Polygon rasterisation rule (default: pixel centres); not for h3 cells.
     nodata
         Value excluded from the statistics (default ``"auto"``: the raster's
         ``rio.nodata``; ``None``: only NaN is excluded).
+    output
+        ``"geopandas"``: a GeoDataFrame; ``"xvec"``: an ``xarray.Dataset`` on a
+        ``geometry`` dimension indexed by xvec, one variable per statistic, dims
+        ``("geometry",)`` for a 2-D raster or ``("geometry", *band dims)`` (with the
+        raster's band coordinates) otherwise. Polygons' other columns become coordinates
+        on ``geometry`` (their index is dropped; rows stay in ``gdf`` order); h3 cells get
+        an ``h3_cell`` coordinate.
     compute
-        ``False``: return a dask ``Delayed`` that computes the GeoDataFrame.
+        ``False``: return a dask ``Delayed`` that computes the result.
 
     Returns
     -------
-    geopandas.GeoDataFrame
-        The polygons with their statistics: a GeoDataFrame or GeoSeries keeps its
-        geometry (in its own CRS), columns, index and row order, with one column added per
-        statistic; plain geometries get a ``geometry`` column in the raster's CRS and a
-        ``0 … n-1`` index. Stat columns are named by the stat for a 2-D raster, else
-        ``"<band>_<stat>"`` (e.g. ``red_mean``). Polygons covering no valid pixel get
-        ``count`` 0 and NaN statistics.
+    geopandas.GeoDataFrame or xarray.Dataset
+        Polygons: a GeoDataFrame or GeoSeries keeps its geometry (in its own CRS), columns,
+        index and row order, with one column added per statistic; plain geometries get a
+        ``geometry`` column in the raster's CRS and a ``0 … n-1`` index. h3: one row per
+        cell holding at least one pixel centre, sorted by cell id, with columns ``h3_cell``
+        (the h3 string id), the statistics and ``geometry`` (the hexagon, EPSG:4326).
+        Stat columns are named by the stat for a 2-D raster, else ``"<band>_<stat>"``
+        (e.g. ``red_mean``). Zones with no valid pixel get ``count`` 0, ``sum`` 0 and NaN
+        for the other statistics.
 
     Raises
     ------
     ParameterError
-        Unknown ``stats``, a raster without georeference, or ``gdf`` already having a
-        column a statistic would be written to.
+        Unknown ``stats`` or ``output``, both or neither of ``gdf`` and ``h3_resolution``,
+        an ``h3_resolution`` outside ``0 … 15``, a raster without georeference (or, for
+        h3, without CRS), or ``gdf`` already having a column a statistic would be
+        written to.
+    MissingExtraError
+        geopandas/shapely, h3 or xvec missing: ``pip install 'patchflow[vector]'``.
 
     Examples
     --------
-    >>> import pytest; _ = pytest.importorskip("geopandas")  # the [geo] extra
+    >>> import pytest; _ = pytest.importorskip("geopandas")  # the [vector] extra
     >>> from shapely.geometry import box
     >>> from patchflow.io.synthetic import make_scene
     >>> scene = make_scene((256, 256), chunks=128)
@@ -173,36 +198,100 @@ def zonal_stats(
     (['geometry', 'red_count', 'red_mean', 'nir_count', 'nir_mean'], 32610)
     >>> gdf["red_count"].tolist()
     [100]
-    """
-    import pandas as pd
 
+    Per h3 cell (resolution 9: about 0.1 km²), as an xvec-indexed Dataset:
+
+    >>> _ = pytest.importorskip("h3"); _ = pytest.importorskip("xvec")
+    >>> cells = zonal_stats(scene, h3_resolution=9, stats=["count", "mean"])
+    >>> list(cells.columns), int(cells["red_count"].sum()) == 256 * 256
+    (['h3_cell', 'red_count', 'red_mean', 'nir_count', 'nir_mean', 'geometry'], True)
+    >>> ds = zonal_stats(scene, h3_resolution=9, stats=["mean"], output="xvec")
+    >>> ds["mean"].dims, ds.xindexes["geometry"].crs.to_epsg()
+    (('geometry', 'band'), 4326)
+    """
     stats = tuple(stats)
     unknown = [s for s in stats if s not in ZONAL_STATS]
     if unknown or not stats:
         raise ParameterError(f"unknown stats {unknown}; valid: {', '.join(ZONAL_STATS)}")
+    if (gdf is None) == (h3_resolution is None):
+        raise ParameterError(
+            "zonal_stats takes exactly one of gdf (polygons) and h3_resolution (h3 cells); "
+            + ("both were given" if gdf is not None else "neither was given")
+        )
+    if output not in VECTOR_OUTPUTS:
+        raise ParameterError(
+            f"unknown output {output!r}; valid: {', '.join(repr(o) for o in VECTOR_OUTPUTS)}"
+        )
+    if h3_resolution is not None:
+        if (
+            isinstance(h3_resolution, bool)
+            or not isinstance(h3_resolution, int | np.integer)
+            or not 0 <= h3_resolution <= H3_MAX_RESOLUTION
+        ):
+            raise ParameterError(
+                f"h3_resolution must be an integer 0 … {H3_MAX_RESOLUTION}, got {h3_resolution!r}"
+            )
+        if all_touched:
+            raise ParameterError(
+                "all_touched applies to polygons; h3 cells bin pixel centres: drop all_touched"
+            )
     require_geo()
+    if output == "xvec":
+        require_xvec()
     arr = _as_dataarray(obj)
     transform, crs = georef(arr)
     if transform is None:
         raise ParameterError("zonal_stats needs a georeferenced raster (y/x coordinates)")
+    nd = arr.rio.nodata if isinstance(nodata, str) and nodata == "auto" else nodata
+    if isinstance(nd, np.generic):
+        nd = nd.item()
+    if h3_resolution is not None:
+        table = _h3_zonal(arr, transform, crs, int(h3_resolution), stats, nd, output)
+    else:
+        table = _polygon_zonal(arr, gdf, transform, crs, stats, all_touched, nd, output)
+    return table if not compute else table.compute()
+
+
+def _stat_columns(arr: xr.DataArray, stats: tuple[str, ...]) -> list[tuple[str, int, str]]:
+    """``(column name, band, stat)`` of each stat column, in column order (band-major)."""
+    bands = math.prod(arr.shape[:-2])
+    names = value_labels(arr)
+    return [(s if names is None else f"{names[b]}_{s}", b, s) for b in range(bands) for s in stats]
+
+
+def _polygon_zonal(
+    arr: xr.DataArray,
+    gdf: Any,
+    transform: Any,
+    crs: Any,
+    stats: tuple[str, ...],
+    all_touched: bool,
+    nd: Any,
+    output: str,
+) -> Any:
+    """The lazy per-polygon table (a ``Delayed``), see :func:`zonal_stats`."""
+    import pandas as pd
+
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     base = _polygon_frame(gdf, crs)
     _, geoms = _geometries(base, crs)
     bands = math.prod(arr.shape[:-2])
-    band_names = _band_labels(arr)
-    columns = [
-        s if band_names is None else f"{band_names[b]}_{s}" for b in range(bands) for s in stats
-    ]
-    taken = [c for c in columns if c in base.columns]
+    columns = _stat_columns(arr, stats)
+    taken = [c for c, _, _ in columns if c in base.columns]
     if taken:
         raise ParameterError(
             f"the polygons already have the column(s) {taken} that zonal_stats would write; "
             f"rename or drop them first (e.g. gdf.drop(columns={taken!r}))"
         )
+    extra = [c for c in base.columns if c != base.geometry.name]
+    if output == "xvec":
+        clash = [c for c in extra if c in (*stats, *arr.dims[:-2], "geometry")]
+        if clash:
+            raise ParameterError(
+                f"the polygons' column(s) {clash} would clash with the Dataset's variables "
+                f"or dims; rename or drop them first (e.g. gdf.drop(columns={clash!r}))"
+            )
     windows = _pixel_windows(geoms, transform, shape)
-    nd = arr.rio.nodata if isinstance(nodata, str) and nodata == "auto" else nodata
-    if isinstance(nd, np.generic):
-        nd = nd.item()
     data = _dask_data(arr)
     ey = np.concatenate([[0], np.cumsum(data.chunks[-2])])
     ex = np.concatenate([[0], np.cumsum(data.chunks[-1])])
@@ -216,7 +305,9 @@ def zonal_stats(
         # the table joins the polygons' other columns: they are part of the result's key
         base.drop(columns=base.geometry.name),
         str(base.crs),
+        output,
     )
+    layout = _band_layout(arr)
     nonempty = (windows[:, 1] > windows[:, 0]) & (windows[:, 3] > windows[:, 2])
     blocks = []
     tr = tuple(transform)[:6]
@@ -249,9 +340,10 @@ def zonal_stats(
             blocks.append(ZoneBlock((i, j), spec))
 
     def frame(table: dict[str, Any]) -> Any:
-        values = {
-            c: table[s][:, b] for c, (b, s) in zip(columns, _band_stats(bands, stats), strict=True)
-        }
+        if output == "xvec":
+            coords = {c: base[c].to_numpy() for c in extra}
+            return _xvec_dataset(table, layout, stats, list(base.geometry), base.crs, coords)
+        values = {c: table[s][:, b] for c, b, s in columns}
         # positional join: the polygons' index may repeat labels
         joined = pd.concat(
             [base.reset_index(drop=True), pd.DataFrame(values, index=pd.RangeIndex(len(base)))],
@@ -260,13 +352,112 @@ def zonal_stats(
         joined.index = base.index
         return joined
 
-    table = zonal_graph(data, blocks, token, n=len(geoms), bands=bands, stats=stats, finish=frame)
-    return table if not compute else table.compute()
+    return zonal_graph(data, blocks, token, n=len(geoms), bands=bands, stats=stats, finish=frame)
 
 
-def _band_stats(bands: int, stats: tuple[str, ...]) -> list[tuple[int, str]]:
-    """``(band, stat)`` of each stat column, in column order (band-major)."""
-    return [(b, s) for b in range(bands) for s in stats]
+def _h3_zonal(
+    arr: xr.DataArray,
+    transform: Any,
+    crs: Any,
+    resolution: int,
+    stats: tuple[str, ...],
+    nd: Any,
+    output: str,
+) -> Any:
+    """The lazy per-h3-cell table (a ``Delayed``), see :func:`zonal_stats`."""
+    require_h3()
+    if crs is None:
+        raise ParameterError(
+            "zonal_stats by h3 cell needs the raster's CRS (h3 cells are in geographic "
+            "coordinates): set it first, e.g. obj.rio.write_crs('EPSG:32633')"
+        )
+    wkt = crs.to_wkt()
+    tr = tuple(float(v) for v in tuple(transform)[:6])
+    data = _dask_data(arr)
+    ey = np.concatenate([[0], np.cumsum(data.chunks[-2])])
+    ex = np.concatenate([[0], np.cumsum(data.chunks[-1])])
+    keep_median = "median" in stats
+    blocks = [
+        ZoneBlock((i, j), H3Spec((int(ey[i]), int(ex[j])), tr, wkt, resolution, nd, keep_median))
+        for i in range(len(ey) - 1)
+        for j in range(len(ex) - 1)
+    ]
+    token = tokenize(data.name, tr, wkt, resolution, stats, nd, output)
+    columns = _stat_columns(arr, stats)
+    bands = math.prod(arr.shape[:-2])
+    layout = _band_layout(arr)
+
+    def frame(table: dict[str, Any]) -> Any:
+        ids, hexagons = _h3_cells(table["cells"])
+        if output == "xvec":
+            coords = {"h3_cell": np.asarray(ids, dtype=object)}
+            return _xvec_dataset(table, layout, stats, hexagons, "EPSG:4326", coords)
+        import geopandas as gpd
+
+        values = {c: table[s][:, b] for c, b, s in columns}
+        return gpd.GeoDataFrame({"h3_cell": ids, **values}, geometry=hexagons, crs="EPSG:4326")
+
+    return zonal_graph(data, blocks, token, n=None, bands=bands, stats=stats, finish=frame)
+
+
+def _h3_cells(cells: np.ndarray) -> tuple[list[str], list[Any]]:
+    """h3 string ids and hexagons (shapely, lon/lat) of int64 cell ids."""
+    from shapely.geometry import Polygon
+
+    h3 = require_h3()
+    ids = [h3.int_to_str(int(c)) for c in cells]
+    # cell_to_boundary gives (lat, lng) pairs; shapely wants (x=lng, y=lat)
+    hexagons = [
+        Polygon([(lng, lat) for lat, lng in h3.api.basic_int.cell_to_boundary(int(c))])
+        for c in cells
+    ]
+    return ids, hexagons
+
+
+def require_xvec() -> Any:
+    """The xvec module (which registers the ``.xvec`` accessor), or a MissingExtraError."""
+    try:
+        import xvec
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingExtraError(
+            "output='xvec' needs xvec: pip install 'patchflow[vector]' (or: pip install xvec); "
+            "output='geopandas' needs only geopandas"
+        ) from exc
+    return xvec
+
+
+def _band_layout(arr: xr.DataArray) -> tuple[tuple[str, ...], tuple[int, ...], dict[str, Any]]:
+    """``(band dims, their sizes, their coordinates)``; no dims for a 2-D raster (plain
+    data: the finishing task must not carry the raster's graph)."""
+    if value_labels(arr) is None:
+        return (), (), {}
+    lead = tuple(str(d) for d in arr.dims[:-2])
+    coords = {
+        d: arr.coords[d].to_numpy() for d in lead if d in arr.coords and arr.coords[d].dims == (d,)
+    }
+    return lead, tuple(int(v) for v in arr.shape[:-2]), coords
+
+
+def _xvec_dataset(
+    table: dict[str, Any],
+    layout: tuple[tuple[str, ...], tuple[int, ...], dict[str, Any]],
+    stats: tuple[str, ...],
+    geoms: list[Any],
+    crs: Any,
+    coords: dict[str, np.ndarray],
+) -> xr.Dataset:
+    """The statistics as a Dataset on an xvec-indexed ``geometry`` dim: one variable per
+    stat, ``("geometry",)`` for a 2-D raster, ``("geometry", *band dims)`` otherwise."""
+    require_xvec()
+    lead, sizes, band_coords = layout
+    n = len(geoms)
+    geometry = np.empty(n, dtype=object)
+    geometry[:] = geoms
+    variables = {s: (("geometry", *lead), np.asarray(table[s]).reshape(n, *sizes)) for s in stats}
+    all_coords: dict[str, Any] = {"geometry": geometry, **band_coords}
+    all_coords.update({name: ("geometry", values) for name, values in coords.items()})
+    ds = xr.Dataset(variables, coords=all_coords)
+    return ds.xvec.set_geom_indexes("geometry", crs=crs)
 
 
 def polygon_chips(
@@ -283,7 +474,7 @@ def polygon_chips(
 
     Examples
     --------
-    >>> import pytest; _ = pytest.importorskip("shapely")  # the [geo] extra
+    >>> import pytest; _ = pytest.importorskip("shapely")  # the [vector] extra
     >>> from shapely.geometry import Point
     >>> from patchflow.io.synthetic import make_scene
     >>> scene = make_scene((256, 256), chunks=128)

@@ -398,3 +398,18 @@ def test_points_in_chips_min_points_and_errors(tif: tuple[Path, np.ndarray]) -> 
         points_in_chips(da, pts.assign(chip=1), anchors, size=64)
     with pytest.raises(ParameterError, match="no CRS"):
         points_in_chips(da, pts.set_crs(None, allow_override=True), anchors, size=64)
+
+
+def test_accessor_methods_match_the_free_functions(tif: tuple[Path, np.ndarray]) -> None:
+    from patchflow.sampling.point_values import points_in_chips
+
+    path, _ = tif
+    da = rioxarray.open_rasterio(path, chunks=64)
+    pts = _points(30, seed=9)
+    assert da.patch.sample_points(pts, method="bilinear").equals(
+        sample_points(da, pts, method="bilinear")
+    )
+    anchors = np.array([[0, 0], [64, 64]])
+    assert da.patch.points_in_chips(pts, anchors, size=100).equals(
+        points_in_chips(da, pts, anchors, size=100)
+    )
