@@ -724,6 +724,8 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             nan_marks=spec.fill_value is None,
             failed=dropped,
             unit_weights=unit,
+            # window.weights(...) is wy ⊗ wx with wy set by the chip's row, wx by its column
+            separable=unit or window is None or window.separable,
         )
         with phase("accumulate"):
             if state is None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from patchflow.errors import MissingExtraError, ParameterError
+from patchflow.errors import MissingExtraError, OperatorError, ParameterError, PatchflowError
 from patchflow.options import DEDUPS, Dedup
 
 __all__ = [
@@ -282,7 +282,17 @@ def vector_block(spec: VectorSpec, chips: np.ndarray) -> VectorPart:
     for k in range(len(spec.anchors)):
         chip = spec.start + k
         r0, c0 = (int(v) for v in spec.anchors[k])
-        records = [rec for rec in chip_records(spec.fn(chips[k]), chip) if not rec[0].is_empty]
+        try:
+            result = spec.fn(chips[k])
+        except PatchflowError:
+            raise
+        except Exception as exc:
+            # the user's function: say which chip, keep the original as the cause
+            raise OperatorError(
+                f"the chip function failed on chip {chip} (anchor row {r0}, col {c0}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        records = [rec for rec in chip_records(result, chip) if not rec[0].is_empty]
         if not records:
             continue
         pixel = np.array([rec[0] for rec in records], dtype=object)

@@ -221,6 +221,9 @@ def apply_vector(
         ``chip`` or ``geometry``, bad options, or NMS by a ``score`` no record has.
     GridError
         ``size``/``stride`` make no grid (a chip larger than the scene, ``stride > size``).
+    OperatorError
+        ``fn`` raised on a chip (the message names the chip and its anchor; the original
+        exception is the cause).
     MissingExtraError
         geopandas/shapely missing: ``pip install 'patchflow[vector]'``.
 

@@ -283,3 +283,81 @@ def test_mean_std_names_its_stat_dim_through_apply_and_run(tmp_path: Path) -> No
     ).open()
     assert stored.dims == out.dims and stored.stat.values.tolist() == ["mean", "std"]
     np.testing.assert_allclose(stored.values, out.values, rtol=1e-6)
+
+
+@pytest.fixture
+def fold_paths(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts which way ``mean_std`` folded its chips (by cores or by weight)."""
+    from patchflow.engine.aggregate import MeanStd
+
+    calls = {"cores": 0, "weight": 0}
+    by_cores, by_weight = MeanStd._deviations_by_cores, MeanStd._deviations_by_weight
+
+    def count_cores(self: Any, *args: Any) -> Any:
+        calls["cores"] += 1
+        return by_cores(self, *args)
+
+    def count_weight(self: Any, *args: Any) -> Any:
+        calls["weight"] += 1
+        return by_weight(self, *args)
+
+    monkeypatch.setattr(MeanStd, "_deviations_by_cores", count_cores)
+    monkeypatch.setattr(MeanStd, "_deviations_by_weight", count_weight)
+    return calls
+
+
+@pytest.mark.parametrize("window", sorted(patchflow.WINDOWS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("chunks", [(-1, -1), (17, 23)])
+def test_mean_std_by_cores_equals_numpy(
+    window: str, dtype: str, chunks: tuple[int, int], fold_paths: dict[str, int]
+) -> None:
+    """On a grid with a separable window (every built-in one), with every pixel valid,
+    mean_std takes each element's shift from the chip whose core holds it (the heaviest
+    there) and sums deviations outside the cores only: same result as numpy."""
+    values = _values(11)
+
+    def op(chip: np.ndarray) -> np.ndarray:
+        return (np.float32(1e3) + chip[:1] * chip.mean() * 10).astype(dtype)
+
+    got = _engine(values, Lambda(op), chunks, agg="mean_std", window=window)
+    assert fold_paths["cores"] > 0 and fold_paths["weight"] == 0
+    out_all, w_all = _chips(values, op, window)
+    expected = _mean_std_reference(out_all, w_all)
+    assert float(expected[1].max()) > 1e-2
+    tight = dtype == "float64"
+    np.testing.assert_allclose(got.values[0], expected[0], rtol=1e-12 if tight else 1e-6)
+    np.testing.assert_allclose(
+        got.values[1], expected[1], rtol=1e-9 if tight else 2e-4, atol=1e-9 if tight else 2e-4
+    )
+
+
+def test_mean_std_falls_back_to_weights_where_cores_do_not_apply(
+    fold_paths: dict[str, int],
+) -> None:
+    """Invalid pixels (NaN outputs) or a window whose heaviest chip is not one interval
+    per chip take the general fold, with the same numpy result."""
+    values = _values(12)
+
+    def holes(chip: np.ndarray) -> np.ndarray:
+        out = chip[:1] * chip.mean()
+        out[:, :2, :3] = np.nan
+        return out
+
+    got = _engine(values, Lambda(holes), (-1, -1), agg="mean_std")
+    assert fold_paths["weight"] > 0 and fold_paths["cores"] == 0
+    out_all, w_all = _chips(values, holes, "hann")
+    reached = w_all.sum(axis=0) > 0
+    assert not reached.all()  # the scene's corner pixel is in one chip's hole only
+    w_all = np.where(reached, w_all, 1.0)  # (any weight: those pixels are checked apart)
+    expected = _mean_std_reference(np.where(np.isfinite(out_all), out_all, 0), w_all)
+    np.testing.assert_allclose(got.values[:, reached], expected[:, reached], rtol=1e-5, atol=1e-6)
+    assert np.isnan(got.values[:, ~reached]).all()
+    # a two-humped separable window: the heaviest chip along an axis is not one interval
+    hump = np.r_[np.linspace(0.1, 1, SIZE // 4), np.linspace(1, 0.2, SIZE // 4)]
+    hump = np.r_[hump, hump, np.full(SIZE - 2 * len(hump), 0.2)][:SIZE]
+    custom = np.outer(hump, hump)
+    fold_paths.update(cores=0, weight=0)
+    op = Lambda(lambda c: c[:1] * c.mean())
+    got = _engine(values, op, (-1, -1), agg="mean_std", window=custom)
+    assert fold_paths["weight"] > 0

@@ -511,3 +511,15 @@ def test_accessor_gives_the_same_table() -> None:
     assert len(free) > 0
     assert free.geometry.geom_equals_exact(via.geometry, tolerance=0).all()
     assert free.drop(columns="geometry").equals(via.drop(columns="geometry"))
+
+
+def test_a_failing_chip_function_is_named_with_its_chip() -> None:
+    from patchflow.errors import OperatorError
+
+    raster = xr.DataArray(np.zeros((64, 64)), dims=("y", "x"))
+
+    def broken(chip: np.ndarray) -> list[dict[str, Any]]:
+        raise ZeroDivisionError("no objects today")
+
+    with pytest.raises(OperatorError, match=r"chip 0 \(anchor row 0, col 0\).*ZeroDivisionError"):
+        apply_vector(raster, broken, size=32, stride=32)
