@@ -309,3 +309,18 @@ def test_vote_with_very_many_classes_is_refused_not_killed(
     )
     assert small.data.chunksize[-1] == 64
     patchflow.apply(scene, labels, size=64, stride=48, agg="vote", n_classes=40)
+
+
+def test_stitching_a_vote_with_very_many_classes_is_refused_too(
+    scene_factory: Callable[..., xr.DataArray],
+) -> None:
+    from patchflow.errors import MemoryBudgetError
+    from patchflow.plan.samplers import Random
+
+    scene = scene_factory((512, 512), chunks=256)
+    chips = patchflow.sample(scene, Random(6, seed=0), size=64)
+    labels = (chips.isel(band=0) % 4000).astype("int16")
+    anchors = np.c_[chips.row, chips.col]
+    with pytest.raises(MemoryBudgetError, match="n_classes=4000"):
+        patchflow.stitch(scene, labels, anchors, agg="vote", n_classes=4000)
+    patchflow.stitch(scene, labels, anchors, agg="vote", n_classes=4000, chunks=64)

@@ -47,6 +47,7 @@ pixel stores just those 1-D sums (``dy``, ``dx``) instead of a full denominator 
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -54,7 +55,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from patchflow.engine.nodata import OutputNodata, check_collision
-from patchflow.errors import CoverageError, LayerOverflowError, OperatorError, ParameterError
+from patchflow.errors import (
+    CoverageError,
+    LayerOverflowError,
+    MemoryBudgetError,
+    OperatorError,
+    ParameterError,
+)
 
 __all__ = [
     "AGGREGATIONS",
@@ -62,6 +69,7 @@ __all__ = [
     "MAX_LAYERS",
     "Aggregator",
     "ChipBatch",
+    "check_vote_memory",
     "make_aggregator",
 ]
 
@@ -71,6 +79,10 @@ __all__ = [
 MAX_LAYERS = 64
 #: chip outputs ``mean_std`` keeps before folding them into its state (two passes)
 STASH_BYTES = 64 * 2**20
+#: the most bytes ``agg="vote"``'s per-block state may take (a float32 count and a float64
+#: weight sum per class and pixel): above it a job is refused before it runs, instead of
+#: being killed for memory halfway through
+VOTE_STATE_BYTES = 4 * 2**30
 
 State = dict[str, Any]
 Slices = tuple[slice, slice]
@@ -1336,6 +1348,36 @@ AGGREGATIONS: dict[str, type[Aggregator]] = {
 
 #: aggregations that keep one value layer per chip and need ``layers=``
 LAYERED_AGGS: tuple[str, ...] = ("median", "mode")
+
+
+def check_vote_memory(
+    n_classes: int, lead: tuple[int, ...], block: tuple[int, int], chip: tuple[int, int]
+) -> None:
+    """Refuse (:class:`~patchflow.errors.MemoryBudgetError`) a vote whose state for one
+    ``block`` plus a chip's margin (12 bytes per class, band and pixel) would exceed
+    :data:`VOTE_STATE_BYTES`; the message names the ``chunks=`` that would fit.
+
+    Examples
+    --------
+    >>> check_vote_memory(20, (1,), (2048, 2048), (256, 256))  # 1.2 GiB: fine
+    """
+    by, bx = block
+    need = 12 * n_classes * math.prod(lead) * (by + chip[0]) * (bx + chip[1])
+    if need <= VOTE_STATE_BYTES:
+        return
+    fit = math.isqrt(VOTE_STATE_BYTES // (12 * n_classes * math.prod(lead))) - max(chip)
+    hint = (
+        f"pass chunks={max(fit // 2, 1) * 2} (or smaller) to work on smaller blocks, "
+        if fit >= max(chip)
+        else ""
+    )
+    raise MemoryBudgetError(
+        f"agg='vote' with n_classes={n_classes} keeps a count and a weight sum per class "
+        f"and pixel: {need / 2**30:.1f} GiB per {by}x{bx} block, over the "
+        f"{VOTE_STATE_BYTES / 2**30:.0f} GiB limit; {hint}use agg='mode' (the most "
+        "frequent label, one layer per overlapping chip, whatever the number of classes), "
+        "or relabel to fewer classes"
+    )
 
 
 def make_aggregator(

@@ -28,7 +28,7 @@ import xarray as xr
 from affine import Affine
 
 from patchflow._xr import as_dataarray, band_labels, spatial_dims, transform_of, write_georef
-from patchflow.engine.aggregate import LAYERED_AGGS, make_aggregator
+from patchflow.engine.aggregate import LAYERED_AGGS, check_vote_memory, make_aggregator
 from patchflow.engine.graph import build_graph
 from patchflow.engine.kernels import EngineSpec
 from patchflow.engine.nodata import input_nodata as input_nodata_of
@@ -37,7 +37,6 @@ from patchflow.engine.nodata import resolve as resolve_nodata
 from patchflow.engine.nodata import work_dtype
 from patchflow.errors import (
     DimensionError,
-    MemoryBudgetError,
     OperatorError,
     ParameterError,
     PatchflowWarning,
@@ -56,10 +55,6 @@ ON_ERROR = ("raise", "mask", "retry", "skip")
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
 #: input bytes per op call when a pointwise op runs on strips of a block
 POINTWISE_TILE_BYTES = 2**20
-#: the most bytes ``agg="vote"``'s per-block state may take (a float32 count and a float64
-#: weight sum per class and pixel): above it the job is refused before it runs, instead
-#: of being killed for memory halfway through
-VOTE_STATE_BYTES = 4 * 2**30
 #: merges whose result is the op's own value when every covering chip agrees on it
 #: (median/mode of identical values is that value; inverse_variance is not: the merged
 #: variance shrinks with the number of chips)
@@ -279,33 +274,6 @@ def _covers(grid: ChipGrid) -> bool:
     return True
 
 
-def _check_vote_memory(
-    n_classes: int,
-    lead: tuple[int, ...],
-    chunks: tuple[tuple[int, ...], ...],
-    size: tuple[int, int],
-) -> None:
-    """Refuse a vote whose per-block state (12 bytes per class, band and pixel of a block
-    and its chip margin) exceeds :data:`VOTE_STATE_BYTES`."""
-    by, bx = max(chunks[-2]), max(chunks[-1])
-    need = 12 * n_classes * math.prod(lead) * (by + size[0]) * (bx + size[1])
-    if need <= VOTE_STATE_BYTES:
-        return
-    fit = math.isqrt(VOTE_STATE_BYTES // (12 * n_classes * math.prod(lead))) - max(size)
-    hint = (
-        f"pass chunks={max(fit // 2, 1) * 2} (or smaller) to work on smaller blocks, "
-        if fit >= max(size)
-        else ""
-    )
-    raise MemoryBudgetError(
-        f"agg='vote' with n_classes={n_classes} keeps a count and a weight sum per class "
-        f"and pixel: {need / 2**30:.1f} GiB per {by}x{bx} block, over the "
-        f"{VOTE_STATE_BYTES / 2**30:.0f} GiB limit; {hint}use agg='mode' (the most "
-        "frequent label, one layer per overlapping chip, whatever the number of classes), "
-        "or relabel to fewer classes"
-    )
-
-
 def _most_chips(grid: ChipGrid, ratio: tuple[int, int]) -> int:
     """The most chips covering one output pixel (median/mode's ``layers``), exactly.
 
@@ -519,7 +487,9 @@ def prepare(
         grid = ChipGrid(grid.shape, size_yx, size_yx, "pad", False)
         batch_size, pad_mode, window, window_params = 1, "constant", "boxcar", None
     if agg == "vote" and n_classes is not None:
-        _check_vote_memory(int(n_classes), agg_lead, data.chunks, size_yx)
+        check_vote_memory(
+            int(n_classes), agg_lead, (max(data.chunks[-2]), max(data.chunks[-1])), size_yx
+        )
     aggregator = make_aggregator(
         agg,
         out_dtype=op_dtype,

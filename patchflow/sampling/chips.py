@@ -185,15 +185,18 @@ def draw_anchors(
     crs: Any,
     valid: Any = None,
     max_invalid: float = 0.0,
+    param: str = "sampler",
 ) -> Draw:
     """The anchors (and metadata) ``sampler`` draws on a scene of ``shape``; an ``(n, 2)``
-    array of pixel anchors is taken as :class:`~patchflow.plan.samplers.Explicit`."""
+    array of pixel anchors is taken as :class:`~patchflow.plan.samplers.Explicit`
+    (``param``: the caller's name for it, in errors)."""
     if not isinstance(sampler, Sampler):
         try:
             sampler = Explicit(sampler)
         except ParameterError as exc:
             raise ParameterError(
-                f"sampler must be a patchflow Sampler or an (n, 2) anchor array: {exc}"
+                f"{param} must be a patchflow Sampler or an (n, 2) array of (row, col) "
+                f"pixel anchors: {exc}"
             ) from None
     return sampler.draw(
         shape, size, transform=transform, crs=crs, valid=valid, max_invalid=max_invalid

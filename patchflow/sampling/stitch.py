@@ -17,7 +17,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from patchflow._xr import georef, write_georef
-from patchflow.engine.aggregate import LAYERED_AGGS, make_aggregator
+from patchflow.engine.aggregate import LAYERED_AGGS, check_vote_memory, make_aggregator
 from patchflow.engine.chip_kernels import StitchSpec
 from patchflow.engine.graph import (
     ANCHORS_STITCH_PREFIX,
@@ -274,6 +274,8 @@ def stitch(
         for j in range(nbx)
     ]
     holes = sum(c[0] for c in coverage)
+    if agg == "vote" and n_classes is not None:
+        check_vote_memory(int(n_classes), lead, (max(out_chunks[0]), max(out_chunks[1])), (h, w))
     aggregator = make_aggregator(
         agg,
         out_dtype=op_dtype,

@@ -65,8 +65,8 @@ from patchflow.errors import GridError, ParameterError
 from patchflow.io.chips import group_size
 from patchflow.options import SizeSpec
 from patchflow.plan.grid import ChipGrid, size_pair
-from patchflow.plan.samplers import Explicit, Sampler
-from patchflow.sampling.chips import _as_dataarray, _dask_data, chip_array
+from patchflow.plan.samplers import Sampler
+from patchflow.sampling.chips import _as_dataarray, _dask_data, chip_array, draw_anchors
 
 __all__ = [
     "DEDUPS",
@@ -77,26 +77,6 @@ __all__ = [
 ]
 
 _IDENTITY: tuple[float, float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-
-
-def _anchors(
-    anchors: Sampler | np.ndarray | Sequence[Sequence[int]],
-    shape: tuple[int, int],
-    size: tuple[int, int],
-    transform: Any,
-    crs: Any,
-) -> np.ndarray:
-    sampler = anchors
-    if not isinstance(sampler, Sampler):
-        try:
-            sampler = Explicit(sampler)
-        except ParameterError as exc:
-            raise ParameterError(
-                f"anchors must be a patchflow Sampler or an (n, 2) array of (row, col) chip "
-                f"anchors: {exc}"
-            ) from None
-    drawn = sampler.draw(shape, size, transform=transform, crs=crs)
-    return np.asarray(drawn.anchors, dtype=np.int64).reshape(-1, 2)
 
 
 def _grid_rules(grid: ChipGrid, groups: list[tuple[int, int]]) -> list[CoreRule]:
@@ -274,7 +254,8 @@ def apply_vector(
                 "stride applies to the regular grid only; with anchors= the chips are where "
                 "the anchors put them: drop stride"
             )
-        anchor_arr = _anchors(anchors, shape, size_yx, transform, crs)
+        drawn = draw_anchors(anchors, shape, size_yx, transform=transform, crs=crs, param="anchors")
+        anchor_arr = np.asarray(drawn.anchors, dtype=np.int64).reshape(-1, 2)
         grid = None
     data = _dask_data(arr)
     chip_bytes = math.prod(arr.shape[:-2]) * size_yx[0] * size_yx[1] * arr.dtype.itemsize

@@ -117,7 +117,7 @@ def test_sample_nodata_validity_and_errors(scene) -> None:
     assert (frac <= 0.05).all()
     with pytest.raises(ParameterError, match="'nodata'"):
         sample(scene, Random(3), size=32, valid="bogus")
-    with pytest.raises(ParameterError, match="anchor array"):
+    with pytest.raises(ParameterError, match=r"array of \(row, col\) pixel anchors"):
         sample(scene, "random", size=32)  # type: ignore[arg-type]
     with pytest.raises(ParameterError, match="outside the scene"):
         sample(scene, np.array([[690, 0]]), size=32)
