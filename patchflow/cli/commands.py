@@ -41,7 +41,9 @@ from patchflow.cli.opspec import (
     OPTION,
     RECIPES,
     build_operator,
+    is_sklearn_model,
     load_pipeline,
+    load_sklearn,
     load_torchscript,
     op_spec,
     operator_table,
@@ -96,6 +98,8 @@ example:
   PYTHONPATH=. patchflow apply s2.tif out.zarr --bands B04,B08 --op mymod:cloud_mask
   # a TorchScript model on 4 dask worker processes, with a performance report
   patchflow apply s2.tif seg.zarr --model unet.pt --batch-size 8 --workers 4 --report perf.html
+  # a fitted scikit-learn classifier (joblib.dump) per pixel, labels merged by vote
+  patchflow apply s2.tif landcover.tif --model rf.joblib --agg vote --n-classes 6
   # a median composite of STAC items (time stack) at 10 m
   patchflow apply --stac items.json --assets B04,B08 --resolution 10 --over time \\
       --op composite --op-arg stat=median composite.zarr"""
@@ -381,8 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         metavar="FILE",
         help="a TorchScript model (torch.jit.load; needs 'pip install patchflow[torch]') run "
-        "on batches of chips as patchflow.ops.ModelOp; chips go in as float32 "
-        "(N, bands, h, w) tensors",
+        "on batches of chips as patchflow.ops.ModelOp, chips going in as float32 "
+        "(N, bands, h, w) tensors; or a fitted scikit-learn estimator saved with joblib "
+        "(.joblib, .pkl, .pickle: loading runs code the file names, so only files you "
+        "trust) or skops (.skops), run on every pixel's band values (needs "
+        "'pip install patchflow[ml]')",
+    )
+    what.add_argument(
+        "--model-output",
+        choices=("predict", "predict_proba"),
+        default=None,
+        help="what a scikit-learn --model returns per pixel: predict (default: one band, "
+        "e.g. class labels: --agg vote --n-classes N, or centre) or predict_proba (one "
+        "band per class: --agg soft_vote)",
     )
     what.add_argument(
         "--device",
@@ -949,8 +964,14 @@ def _check_apply(args: argparse.Namespace, kind: str) -> None:
                     f"{flag} is for --op ndvi; the operator here is {here} (its parameters "
                     "are --op-arg KEY=VALUE, or the pipeline file's steps)"
                 )
-    if args.device is not None and args.model is None:
-        raise UsageError("--device is the torch device of --model: give --model FILE")
+    if args.device is not None and (args.model is None or is_sklearn_model(args.model)):
+        raise UsageError(
+            "--device is the torch device of a TorchScript --model: give --model FILE.pt"
+        )
+    if args.model_output is not None and (args.model is None or not is_sklearn_model(args.model)):
+        raise UsageError(
+            "--model-output is for a scikit-learn --model (.joblib, .pkl, .pickle, .skops)"
+        )
     if args.stride > args.size:
         raise UsageError(f"--stride {args.stride} is larger than --size {args.size}")
     if args.agg == "vote" and args.n_classes is None:
@@ -962,6 +983,8 @@ def _operator(args: argparse.Namespace) -> Any:
     """The operator of ``--op``/``--pipeline``/``--model`` (``None`` for a recipe)."""
     if args.pipeline is not None:
         return load_pipeline(args.pipeline)
+    if args.model is not None and is_sklearn_model(args.model):
+        return load_sklearn(args.model, output=args.model_output or "predict")
     if args.model is not None:
         return load_torchscript(args.model, device=args.device or "cpu", batch_size=args.batch_size)
     if args.op is None or args.op in RECIPES:

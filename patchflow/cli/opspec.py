@@ -13,12 +13,15 @@ This module owns turning command-line text into an operator, and only ever as da
 * ``--pipeline FILE`` reads steps ``{"op": NAME or MODULE:CALLABLE, "params": {...}}`` from
   JSON or YAML (``yaml.safe_load``);
 * ``--model FILE`` loads a TorchScript model as a :class:`patchflow.ops.TorchScript`
-  (a ModelOp that pickles to dask workers as the script's bytes).
+  (a ModelOp that pickles to dask workers as the script's bytes), or — by its suffix,
+  ``.joblib``/``.pkl``/``.pickle``/``.skops`` — a fitted scikit-learn estimator as a
+  :class:`patchflow.ops.SklearnOp` (``--model-output predict|predict_proba``).
 
 Every operator built here has a config (``MODULE:CALLABLE`` steps as :class:`Imported`,
 the model as its file's path and SHA-256), so the store's job record holds it and
-``patchflow resume STORE`` rebuilds it. Nothing is evaluated or unpickled: the only code
-that runs is code the user names.
+``patchflow resume STORE`` rebuilds it. Nothing is evaluated, and nothing is unpickled
+but a joblib/pickle ``--model`` file the user names: the only code that runs is code the
+user names.
 
 Examples
 --------
@@ -48,6 +51,8 @@ from patchflow.errors import (
     ConfigError,
     ImportTargetError,
     InputReadError,
+    MissingExtraError,
+    ParameterError,
     PatchflowError,
     UsageError,
     UserCodeError,
@@ -89,7 +94,8 @@ _HIDDEN = {
     "Sequential",
     "Imported",
     "TorchScript",
-    # a fitted model is a file (Python: SklearnOp.from_file), not --op-arg values
+    # a fitted model is a file (--model rf.joblib; Python: SklearnOp.from_file), not
+    # --op-arg values
     "SklearnOp",
     # training-chip augmentations cannot be stitched (apply refuses them)
     "Flip",
@@ -369,6 +375,40 @@ def _nested(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- --model
+
+
+#: ``--model`` files read as fitted scikit-learn estimators (else: TorchScript)
+SKLEARN_SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops")
+
+
+def is_sklearn_model(path: str) -> bool:
+    """Whether ``--model FILE`` names a saved scikit-learn estimator (by its suffix)."""
+    return Path(path).suffix.lower() in SKLEARN_SUFFIXES
+
+
+def load_sklearn(path: str, *, output: str) -> Operator:
+    """``--model FILE.joblib|.pkl|.pickle|.skops``: the fitted estimator as a
+    :class:`~patchflow.ops.SklearnOp` (its config: the file's absolute path and SHA-256).
+
+    A joblib/pickle file runs code it names when loaded, like ``--op MODULE:CALLABLE``
+    runs yours: give only files you made or trust (``.skops`` files load without that).
+
+    Raises
+    ------
+    CommandError
+        scikit-learn (or, for ``.skops``, skops) is not installed (naming the
+        ``patchflow[ml]`` extra), or the file is missing or holds no fitted estimator.
+    """
+    if not Path(path).is_file():
+        raise CommandError(f"model not found: {path}")
+    from patchflow.ops.sklearn import SklearnOp
+
+    try:
+        return SklearnOp.from_file(path, output=output)  # type: ignore[arg-type]
+    except MissingExtraError as exc:
+        raise CommandError(f"--model {Path(path).name}: {exc}") from exc
+    except (InputReadError, ParameterError) as exc:
+        raise CommandError(f"--model {Path(path).name}: {exc}") from exc
 
 
 def load_torchscript(path: str, *, device: str, batch_size: int | None) -> Operator:

@@ -649,6 +649,91 @@ def test_model_errors(cli: CLI, torchscript: Path, tif: Path, tmp_path: Path) ->
     assert not Path(out).exists()
 
 
+# --------------------------------------------------------------------------- sklearn --model
+
+
+@pytest.fixture(scope="module")
+def forest(source: xr.DataArray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A RandomForest (2 classes: NIR > red) fitted on labelled pixels of the scene, saved
+    with joblib and with skops."""
+    pytest.importorskip("sklearn")
+    import joblib
+    from sklearn.ensemble import RandomForestClassifier
+
+    pixels = source.values.reshape(2, -1).T.astype(np.float64)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(pixels), 2000, replace=False)
+    labels = (pixels[pick, 1] > pixels[pick, 0] * 1.2).astype(np.int64)
+    model = RandomForestClassifier(n_estimators=8, max_depth=5, random_state=0)
+    model.fit(pixels[pick], labels)
+    root = tmp_path_factory.mktemp("forest")
+    paths = {"joblib": root / "rf.joblib"}
+    joblib.dump(model, paths["joblib"])
+    try:
+        import skops.io
+
+        paths["skops"] = root / "rf.skops"
+        skops.io.dump(model, paths["skops"])
+    except ImportError:  # pragma: no cover - depends on the environment
+        pass
+    return paths
+
+
+def _whole_scene_predict(source: xr.DataArray, path: Path, proba: bool = False) -> np.ndarray:
+    """The estimator on every pixel of the whole scene, loaded independently."""
+    import joblib
+
+    model = joblib.load(path)
+    pixels = source.values.reshape(2, -1).T.astype(np.float64)
+    if proba:
+        return model.predict_proba(pixels).T.reshape(-1, *source.shape[-2:])
+    return model.predict(pixels).reshape(source.shape[-2:])
+
+
+@pytest.mark.parametrize("fmt", ["joblib", "skops"])
+def test_model_sklearn_file_equals_whole_scene_predict(
+    cli: CLI, fmt: str, forest: dict[str, Path], tif: Path, source: xr.DataArray, tmp_path: Path
+) -> None:
+    if fmt not in forest:
+        pytest.skip("skops is not installed")
+    out = tmp_path / "classes.tif"
+    args = ["apply", str(tif), str(out), "--model", str(forest[fmt])]
+    cli.ok(cli.run(*args, "--agg", "vote", "--n-classes", "2", "--size", SIZE, "--stride", STRIDE))
+    got = result(out)
+    assert got.shape == (1, *source.shape[-2:])
+    expected = _whole_scene_predict(source, forest["joblib"])
+    assert len(np.unique(expected)) == 2  # both classes occur: the test can fail
+    np.testing.assert_array_equal(got[0], expected)
+
+
+def test_model_sklearn_probabilities_and_resume(
+    cli: CLI, forest: dict[str, Path], tif: Path, source: xr.DataArray, tmp_path: Path
+) -> None:
+    out = tmp_path / "proba.zarr"
+    args = ["apply", str(tif), str(out), "--model", str(forest["joblib"])]
+    cli.ok(cli.call(*args, "--model-output", "predict_proba", "--size", SIZE, "--stride", STRIDE))
+    expected = _whole_scene_predict(source, forest["joblib"], proba=True)
+    np.testing.assert_allclose(result(out), expected, rtol=1e-6, atol=1e-6)
+    # the job record holds the model as its file's path and SHA-256: resume needs nothing else
+    cli.ok(cli.call("resume", str(out)))
+    np.testing.assert_allclose(result(out), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_model_sklearn_errors(cli: CLI, forest: dict[str, Path], tif: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "m.tif")
+    line = cli.error(cli.call("apply", str(tif), out, "--model", str(tmp_path / "none.joblib")), 1)
+    assert "model not found" in line
+    (tmp_path / "junk.joblib").write_bytes(b"not a model")
+    line = cli.error(cli.call("apply", str(tif), out, "--model", str(tmp_path / "junk.joblib")), 1)
+    assert "junk.joblib" in line
+    rf = str(forest["joblib"])
+    line = cli.error(cli.call("apply", str(tif), out, "--model", rf, "--device", "cuda"), 2)
+    assert "--device is the torch device of a TorchScript --model" in line
+    line = cli.error(cli.call("apply", str(tif), out, "--model-output", "predict_proba"), 2)
+    assert "--model-output is for a scikit-learn --model" in line
+    assert not Path(out).exists()
+
+
 def test_subprocess_uses_the_console_script() -> None:
     """The subprocess tests above run the installed entry point, not only ``python -m``."""
     assert shutil.which("patchflow", path=str(Path(sys.executable).parent)) is not None
