@@ -27,7 +27,7 @@ from patchflow.options import VECTOR_OUTPUTS, SampleMethod, VectorOutput
 from patchflow.plan.grid import pair
 from patchflow.plan.samplers import Sampler
 from patchflow.sampling.chips import draw_anchors
-from patchflow.sampling.zonal import require_xvec
+from patchflow.sampling.zonal import geometry_coord, require_xvec
 
 __all__ = ["SAMPLE_METHODS", "points_in_chips", "sample_points"]
 
@@ -49,7 +49,7 @@ def _require_geopandas() -> Any:
 def _as_xvec(arr: xr.DataArray, points: Any, values: np.ndarray, names: list[str]) -> Any:
     """``values`` ``(bands, n)`` as a DataArray on an xvec-indexed ``geometry`` dim."""
     geo = points.geometry
-    coords: dict[Any, Any] = {"geometry": np.asarray(geo.array, dtype=object)}
+    coords: dict[Any, Any] = {"geometry": geometry_coord(list(geo))}
     for col in points.columns:
         if col != geo.name and isinstance(col, str) and col not in ("geometry", "band"):
             coords[col] = ("geometry", points[col].to_numpy())
@@ -170,7 +170,8 @@ def sample_points(
 
         ``"xvec"``: a DataArray ``(geometry, band)`` (``(geometry,)`` for a 2-D raster) of
         the same values, its ``geometry`` dimension indexed by xvec's ``GeometryIndex`` in
-        the points' CRS (the input geometries, in row order), ``band`` labelled with the
+        the points' CRS (the input geometries, in row order; a missing one as an empty
+        geometry), ``band`` labelled with the
         column names, and the points' other columns as coordinates along ``geometry``
         (the shape of ``xvec.extract_points``' result).
     Raises

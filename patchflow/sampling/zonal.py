@@ -438,6 +438,16 @@ def _band_layout(arr: xr.DataArray) -> tuple[tuple[str, ...], tuple[int, ...], d
     return lead, tuple(int(v) for v in arr.shape[:-2]), coords
 
 
+def geometry_coord(geoms: Any) -> np.ndarray:
+    """The geometries as an object array for an xvec ``geometry`` index: a missing one
+    (``None``) becomes an empty geometry, which xvec indexes and GIS tools read as empty."""
+    import shapely
+
+    out = np.empty(len(geoms), dtype=object)
+    out[:] = [shapely.GeometryCollection() if g is None else g for g in geoms]
+    return out
+
+
 def _xvec_dataset(
     table: dict[str, Any],
     layout: tuple[tuple[str, ...], tuple[int, ...], dict[str, Any]],
@@ -451,8 +461,7 @@ def _xvec_dataset(
     require_xvec()
     lead, sizes, band_coords = layout
     n = len(geoms)
-    geometry = np.empty(n, dtype=object)
-    geometry[:] = geoms
+    geometry = geometry_coord(geoms)
     variables = {s: (("geometry", *lead), np.asarray(table[s]).reshape(n, *sizes)) for s in stats}
     all_coords: dict[str, Any] = {"geometry": geometry, **band_coords}
     all_coords.update({name: ("geometry", values) for name, values in coords.items()})

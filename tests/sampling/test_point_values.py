@@ -413,3 +413,16 @@ def test_accessor_methods_match_the_free_functions(tif: tuple[Path, np.ndarray])
     assert da.patch.points_in_chips(pts, anchors, size=100).equals(
         points_in_chips(da, pts, anchors, size=100)
     )
+
+
+def test_xvec_output_keeps_rows_with_missing_geometries(tif: tuple[Path, np.ndarray]) -> None:
+    pytest.importorskip("xvec")
+    path, _ = tif
+    da = rioxarray.open_rasterio(path)
+    pts = _points(5, seed=4)
+    pts.loc[2, "geometry"] = None
+    cube = sample_points(da, pts, output="xvec")
+    assert cube.sizes["geometry"] == 5
+    assert cube["geometry"].values[2].is_empty
+    assert np.isnan(cube.values[2]).all()
+    np.testing.assert_array_equal(cube.values, sample_points(da, pts)[list(BANDS)].to_numpy())
