@@ -194,6 +194,10 @@ class VectorSpec:
     drop_edge: bool
     #: ``None``: every chip keeps everything (``"nms"``/``"none"``)
     owner: CoreRule | NearestRule | None
+    #: the input's nodata value: such elements reach ``fn`` as NaN, in ``work_dtype``
+    #: (``None``: only NaN is invalid, chips go as read)
+    nodata: Any = None
+    work_dtype: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -282,8 +286,12 @@ def vector_block(spec: VectorSpec, chips: np.ndarray) -> VectorPart:
     for k in range(len(spec.anchors)):
         chip = spec.start + k
         r0, c0 = (int(v) for v in spec.anchors[k])
+        values = chips[k]
+        if spec.nodata is not None and spec.work_dtype is not None:
+            # as operators see it: invalid elements are NaN (GDAL's per-band nodata)
+            values = np.where(values == spec.nodata, np.nan, values.astype(spec.work_dtype))
         try:
-            result = spec.fn(chips[k])
+            result = spec.fn(values)
         except PatchflowError:
             raise
         except Exception as exc:

@@ -9,7 +9,9 @@ part of the scene); the per-chip kernel, NMS and the graph live in
 The chip-function contract
 --------------------------
 ``fn(chip)`` gets one chip, a numpy array ``(*lead, h, w)`` (``(band, h, w)`` for a
-usual raster, ``(h, w)`` for a 2-D one) and returns its objects: an iterable of records,
+usual raster, ``(h, w)`` for a 2-D one) — where the input has a nodata value, as
+operators see it: those elements NaN (per band), an integer raster then as float64 —
+and returns its objects: an iterable of records,
 each a dict with a ``"geometry"`` (a shapely geometry in **chip pixel coordinates**: x =
 column, y = row, origin at the chip's top-left corner, so pixel ``(r, c)`` is the square
 ``box(c, r, c + 1, r + 1)`` — what ``rasterio.features.shapes`` gives with the identity
@@ -50,6 +52,7 @@ from dask.base import tokenize
 
 from patchflow._xr import georef
 from patchflow.engine.graph import VECTOR_CHIPS_PREFIX, VECTOR_MERGE_PREFIX, vector_graph
+from patchflow.engine.nodata import input_nodata, is_value, work_dtype
 from patchflow.engine.vectors import (
     DEDUPS,
     CoreRule,
@@ -270,18 +273,32 @@ def apply_vector(
         rules = _grid_rules(grid, groups)
     else:
         rules = _nearest_rules(anchor_arr, size_yx, shape, groups)
+    nd = input_nodata(arr)
+    nd = nd.item() if isinstance(nd, np.generic) else nd
+    nd = nd if is_value(nd) else None
     tr = _IDENTITY
     if transform is not None:
         a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
         tr = (a, b, c, d, e, f)
     specs = [
-        VectorSpec(fn, s, anchor_arr[s:e].copy(), size_yx, shape, tr, bool(drop_edge), rule)
+        VectorSpec(
+            fn,
+            s,
+            anchor_arr[s:e].copy(),
+            size_yx,
+            shape,
+            tr,
+            bool(drop_edge),
+            rule,
+            nodata=nd,
+            work_dtype=None if nd is None else str(work_dtype(arr.dtype, nd, None)),
+        )
         for (s, e), rule in zip(groups, rules, strict=True)
     ]
     crs_wkt = None if crs is None else crs.to_wkt()
     merge = MergeSpec(dedup, float(iou), score, crs_wkt)
     token = tokenize(
-        chips.name, fn, dedup, float(iou), score, bool(drop_edge), tr, crs_wkt, grid is None
+        chips.name, fn, dedup, float(iou), score, bool(drop_edge), tr, crs_wkt, grid is None, nd
     )
     result = vector_graph(chips, specs, merge, token)
     return result.compute() if compute else result

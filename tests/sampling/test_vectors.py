@@ -523,3 +523,48 @@ def test_a_failing_chip_function_is_named_with_its_chip() -> None:
 
     with pytest.raises(OperatorError, match=r"chip 0 \(anchor row 0, col 0\).*ZeroDivisionError"):
         apply_vector(raster, broken, size=32, stride=32)
+
+
+def test_nodata_reaches_the_chip_function_as_nan_and_never_becomes_a_region() -> None:
+    """A uint8 class raster with a nodata collar (255): the chip function sees the collar
+    as NaN, so ``Shapes`` returns the real classes only — never a polygon of nodata —
+    and the same polygons as ``rasterio.features.shapes`` on the masked whole scene."""
+    import rasterio.features
+
+    rng = np.random.default_rng(1)
+    classes = np.zeros((H, W), np.uint8)
+    for _ in range(30):
+        r, c = rng.integers(0, H - 6), rng.integers(0, W - 6)
+        classes[r : r + 5, c : c + 4] = rng.integers(1, 4)
+    classes[:, :20] = 255  # the collar
+    raster = (
+        xr.DataArray(
+            classes,
+            dims=("y", "x"),
+            coords={"y": Y0 - PIXEL * (np.arange(H) + 0.5), "x": X0 + PIXEL * (np.arange(W) + 0.5)},
+        )
+        .rio.write_crs(UTM)
+        .rio.write_nodata(255)
+    )
+    seen: list[np.dtype] = []
+
+    def shapes(chip: np.ndarray) -> list[dict[str, Any]]:
+        seen.append(chip.dtype)
+        return Shapes()(chip)
+
+    got = apply_vector(raster, shapes, size=SIZE, stride=STRIDE)
+    assert seen and all(d == np.float64 for d in seen)
+    assert 255 not in set(got["value"]) and len(got) > 0
+    transform = raster.rio.transform()
+    valid = (classes != 255) & (classes != 0)
+    whole = [
+        (shapely.geometry.shape(g), v)
+        for g, v in rasterio.features.shapes(classes, mask=valid, transform=transform)
+    ]
+    # the regions lie within chips (5 x 4 < the overlap): the same set of polygons
+    want = sorted((round(g.area), tuple(np.round(g.bounds, 3)), v) for g, v in whole)
+    have = sorted(
+        (round(g.area), tuple(np.round(g.bounds, 3)), v)
+        for g, v in zip(got.geometry, got["value"], strict=True)
+    )
+    assert have == want
