@@ -324,3 +324,41 @@ def test_stitching_a_vote_with_very_many_classes_is_refused_too(
     with pytest.raises(MemoryBudgetError, match="n_classes=4000"):
         patchflow.stitch(scene, labels, anchors, agg="vote", n_classes=4000)
     patchflow.stitch(scene, labels, anchors, agg="vote", n_classes=4000, chunks=64)
+
+
+def test_vote_memory_error_speaks_cli_flags_in_the_cli(tmp_path: Path) -> None:
+    import sys
+
+    from patchflow.io.synthetic import make_scene
+
+    tif = tmp_path / "labels.tif"
+    make_scene((512, 512), chunks=None).rio.to_raster(tif)
+    proc = __import__("subprocess").run(
+        [
+            sys.executable,
+            "-m",
+            "patchflow",
+            "apply",
+            str(tif),
+            str(tmp_path / "v.tif"),
+            "--red",
+            "1",
+            "--nir",
+            "2",
+            "--agg",
+            "vote",
+            "--n-classes",
+            "100000",
+            "--size",
+            "64",
+            "--stride",
+            "48",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "--agg vote with --n-classes 100000" in proc.stderr, proc.stderr
+    assert "--agg mode" in proc.stderr and "agg='mode'" not in proc.stderr
+    assert "Traceback" not in proc.stderr
