@@ -281,6 +281,7 @@ class PatchAccessor(Generic[T]):
         dedup: Dedup = "ownership",
         iou: float = 0.5,
         score: str | None = "score",
+        by: str | None = None,
         drop_edge: bool | None = None,
         chips_per_task: int | None = None,
         compute: bool = True,

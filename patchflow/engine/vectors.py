@@ -386,6 +386,8 @@ class MergeSpec:
     score: str | None
     #: the raster's CRS as WKT (``None``: none)
     crs: str | None
+    #: the property whose equal values NMS compares (``None``: all records together)
+    by: str | None = None
 
 
 def _frame(chips: np.ndarray, geoms: list[Any], props: list[dict[str, Any]], crs: Any) -> Any:
@@ -428,7 +430,24 @@ def vector_merge(spec: MergeSpec, parts: list[VectorPart]) -> Any:
             scores = np.array(
                 [np.nan if p.get(spec.score) is None else float(p[spec.score]) for p in props]
             )
-        keep = nms(geoms, scores, spec.iou)
+        if spec.by is None:
+            keep = nms(geoms, scores, spec.iou)
+        else:
+            if not any(spec.by in p for p in props):
+                raise ParameterError(
+                    f"dedup='nms' with by={spec.by!r} groups records by a property no record "
+                    f"has (properties: {sorted({k for p in props for k in p})}); pass "
+                    "by='<your class column>', or by=None to compare all records"
+                )
+            # one NMS per class: a detection never suppresses one of another class
+            groups: dict[Any, list[int]] = {}
+            for i, p in enumerate(props):
+                groups.setdefault(p.get(spec.by), []).append(i)
+            kept_parts = [
+                np.asarray(idx)[nms([geoms[i] for i in idx], scores[idx], spec.iou)]
+                for idx in groups.values()
+            ]
+            keep = np.sort(np.concatenate(kept_parts))
         chips = chips[keep]
         geoms = [geoms[i] for i in keep]
         props = [props[i] for i in keep]

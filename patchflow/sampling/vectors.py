@@ -118,6 +118,7 @@ def apply_vector(
     dedup: Dedup = "ownership",
     iou: float = 0.5,
     score: str | None = "score",
+    by: str | None = None,
     drop_edge: bool | None = None,
     chips_per_task: int | None = None,
     compute: bool = True,
@@ -178,6 +179,9 @@ def apply_vector(
     score
         The property NMS ranks by (``None``: chip, then record order; records missing it
         rank last).
+    by
+        NMS per value of this property (e.g. ``"label"``): a record only suppresses
+        records of its own class (``None``: every record competes with every other).
     drop_edge
         Drop records that reach into a chip's outermost pixel row or column on a side that
         is not the scene's edge (probably cut off). Default: ``True`` for ``"nms"``,
@@ -296,9 +300,11 @@ def apply_vector(
         for (s, e), rule in zip(groups, rules, strict=True)
     ]
     crs_wkt = None if crs is None else crs.to_wkt()
-    merge = MergeSpec(dedup, float(iou), score, crs_wkt)
+    if by is not None and not isinstance(by, str):
+        raise ParameterError(f"by must be a property name or None, got {by!r}")
+    merge = MergeSpec(dedup, float(iou), score, crs_wkt, by)
     token = tokenize(
-        chips.name, fn, dedup, float(iou), score, bool(drop_edge), tr, crs_wkt, grid is None, nd
+        chips.name, fn, dedup, float(iou), score, by, bool(drop_edge), tr, crs_wkt, grid is None, nd
     )
     result = vector_graph(chips, specs, merge, token)
     return result.compute() if compute else result

@@ -568,3 +568,28 @@ def test_nodata_reaches_the_chip_function_as_nan_and_never_becomes_a_region() ->
         for g, v in zip(got.geometry, got["value"], strict=True)
     )
     assert have == want
+
+
+def test_nms_by_class_keeps_overlapping_objects_of_other_classes() -> None:
+    """Two detections of different classes on the same box: class-blind NMS keeps one,
+    ``by="label"`` keeps both (and still one per class across overlapping chips)."""
+    raster = xr.DataArray(np.zeros((96, 96)), dims=("y", "x"))
+
+    def two_labels(chip: np.ndarray) -> list[dict[str, Any]]:
+        return [
+            {"geometry": box(20, 20, 30, 30), "score": 0.9, "label": "car"},
+            {"geometry": box(20, 20, 30, 30), "score": 0.8, "label": "truck"},
+        ]
+
+    blind = apply_vector(raster, two_labels, size=64, stride=32, dedup="nms", drop_edge=False)
+    per_class = apply_vector(
+        raster, two_labels, size=64, stride=32, dedup="nms", drop_edge=False, by="label"
+    )
+    # the chips' boxes sit at different places (20 px into each chip): no duplicates
+    # across chips, so blind NMS keeps one detection per chip, per-class NMS two
+    n_chips = len(ChipGrid((96, 96), size=64, stride=32).anchors)
+    assert len(blind) == n_chips and set(blind["label"]) == {"car"}
+    assert len(per_class) == 2 * n_chips
+    assert sorted(per_class["label"].value_counts().tolist()) == [n_chips, n_chips]
+    with pytest.raises(ParameterError, match="by='<your class column>'"):
+        apply_vector(raster, two_labels, size=64, stride=32, dedup="nms", by="kind")
