@@ -171,7 +171,8 @@ def zonal_stats(
         index and row order, with one column added per statistic; plain geometries get a
         ``geometry`` column in the raster's CRS and a ``0 … n-1`` index. h3: one row per
         cell holding at least one pixel centre, sorted by cell id, with columns ``h3_cell``
-        (the h3 string id), the statistics and ``geometry`` (the hexagon, EPSG:4326).
+        (the h3 string id), the statistics and ``geometry`` (the hexagon, EPSG:4326; one
+        crossing the antimeridian split there into a MultiPolygon).
         Stat columns are named by the stat for a 2-D raster, else ``"<band>_<stat>"``
         (e.g. ``red_mean``). Zones with no valid pixel get ``count`` 0, ``sum`` 0 and NaN
         for the other statistics.
@@ -402,16 +403,38 @@ def _h3_zonal(
 
 def _h3_cells(cells: np.ndarray) -> tuple[list[str], list[Any]]:
     """h3 string ids and hexagons (shapely, lon/lat) of int64 cell ids."""
-    from shapely.geometry import Polygon
 
     h3 = require_h3()
     ids = [h3.int_to_str(int(c)) for c in cells]
     # cell_to_boundary gives (lat, lng) pairs; shapely wants (x=lng, y=lat)
     hexagons = [
-        Polygon([(lng, lat) for lat, lng in h3.api.basic_int.cell_to_boundary(int(c))])
+        _lonlat_polygon([(lng, lat) for lat, lng in h3.api.basic_int.cell_to_boundary(int(c))])
         for c in cells
     ]
     return ids, hexagons
+
+
+def _lonlat_polygon(ring: list[tuple[float, float]]) -> Any:
+    """A lon/lat polygon; one crossing the antimeridian (its longitudes jump by more than
+    180°) is split there into a MultiPolygon of its east and west parts, as GeoJSON
+    (RFC 7946) asks, instead of a band wrapping the other way round the globe."""
+    import shapely
+    from shapely.geometry import Polygon, box
+
+    lons = [lon for lon, _ in ring]
+    if max(lons) - min(lons) <= 180:
+        return Polygon(ring)
+    # unwrap to 0..360, then cut at 180 and move the part past it back to -180..
+    unwrapped = Polygon([(lon + 360 if lon < 0 else lon, lat) for lon, lat in ring])
+    west = unwrapped.intersection(box(0, -90, 180, 90))
+    east = shapely.affinity.translate(unwrapped.intersection(box(180, -90, 360, 90)), -360)
+    return shapely.MultiPolygon([*_polygons(west), *_polygons(east)])
+
+
+def _polygons(geom: Any) -> list[Any]:
+    return [
+        g for g in getattr(geom, "geoms", [geom]) if g.geom_type == "Polygon" and not g.is_empty
+    ]
 
 
 def require_xvec() -> Any:

@@ -325,3 +325,39 @@ def test_polygon_xvec_output_refuses_clashing_columns(utm_scene) -> None:
         zonal_stats(utm_scene, gdf, stats=["mean"], output="xvec")
     # the GeoDataFrame output has no such clash
     assert "red_mean" in zonal_stats(utm_scene, gdf, stats=["mean"]).columns
+
+
+def test_hexagons_across_the_antimeridian_are_split_not_wrapped() -> None:
+    """A UTM zone 60 raster straddling 180°: hexagons crossing it come out as east and west
+    parts (GeoJSON's rule), never as a polygon spanning the globe the other way round."""
+    import shapely
+
+    from patchflow.sampling.zonal import _lonlat_polygon
+
+    # easting 833 km on the equator in zone 60 (central meridian 177°E) is about 180°
+    x = 783_000 + 1000 * (np.arange(100) + 0.5)
+    y = 50_000 - 1000 * (np.arange(100) + 0.5)
+    raster = (
+        xr.DataArray(
+            np.random.default_rng(2).random((100, 100)).astype(np.float32),
+            dims=("y", "x"),
+            coords={"y": y, "x": x},
+        )
+        .rio.write_crs("EPSG:32660")
+        .chunk(50)
+    )
+    got = zonal_stats(raster, h3_resolution=4, stats=["count"])
+    widths = got.geometry.bounds.eval("maxx - minx").to_numpy()
+    split = got.geometry.geom_type == "MultiPolygon"
+    assert split.any() and (widths[~split.to_numpy()] < 5).all()
+    for cell, geom in zip(got["h3_cell"], got.geometry, strict=True):
+        lat, lng = h3.cell_to_latlng(cell)
+        assert geom.intersects(shapely.Point(lng, lat).buffer(1e-6)), cell
+        if geom.geom_type == "MultiPolygon":
+            assert all((p.bounds[2] - p.bounds[0]) < 5 for p in geom.geoms)
+            # the same area as the cell drawn in unwrapped longitudes
+            ring = [(lo + 360 if lo < 0 else lo, la) for la, lo in h3.cell_to_boundary(cell)]
+            assert geom.area == pytest.approx(shapely.Polygon(ring).area, rel=1e-9)
+    # a cell far from 180° keeps its plain polygon
+    ring = [(lo, la) for la, lo in h3.cell_to_boundary(h3.latlng_to_cell(10, 20, 4))]
+    assert _lonlat_polygon(ring).equals(shapely.Polygon(ring))
