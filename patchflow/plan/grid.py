@@ -41,6 +41,7 @@ __all__ = [
     "pair",
     "size_pair",
     "window_bounds",
+    "world_to_pixels",
 ]
 
 Boundary = Literal["shift", "pad", "drop", "raise"]
@@ -415,3 +416,34 @@ def window_bounds(transform: Any, anchors: Any, size: tuple[int, int]) -> np.nda
     return np.column_stack(
         [xs.min(0), ys.min(0), xs.max(0), ys.max(0), a * mx + b * my + c, d * mx + e * my + f]
     )
+
+
+def world_to_pixels(
+    xs: np.ndarray, ys: np.ndarray, transform: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional ``(row, col)`` of world points (0 = top/left edge of the first pixel):
+    the one home of CRS → pixel arithmetic (:func:`window_bounds` goes the other way).
+
+    Examples
+    --------
+    >>> world_to_pixels(np.array([515.0]), np.array([885.0]), (10.0, 0.0, 500.0, 0.0, -10.0, 900.0))
+    (array([1.5]), array([1.5]))
+    """
+    if hasattr(transform, "__invert__") and hasattr(transform, "a"):
+        inv = ~transform
+        a, b, c, d, e, f = inv.a, inv.b, inv.c, inv.d, inv.e, inv.f
+    else:
+        try:
+            ta, tb, tc, td, te, tf = (float(v) for v in tuple(transform)[:6])
+        except (TypeError, ValueError):
+            raise ParameterError(
+                f"transform must be an affine transform, got {transform!r}"
+            ) from None
+        det = ta * te - tb * td
+        if det == 0:
+            raise ParameterError("the transform is singular")
+        a, b, d, e = te / det, -tb / det, -td / det, ta / det
+        c, f = -(a * tc + b * tf), -(d * tc + e * tf)
+    cols = a * xs + b * ys + c
+    rows = d * xs + e * ys + f
+    return rows, cols

@@ -57,7 +57,7 @@ from typing import Any, Literal
 import numpy as np
 
 from patchflow.errors import GridError, ParameterError
-from patchflow.plan.grid import ChipGrid, pair
+from patchflow.plan.grid import ChipGrid, pair, world_to_pixels
 from patchflow.plan.rasters import as_block_raster
 
 __all__ = [
@@ -697,28 +697,6 @@ class Explicit(Sampler):
         return _finish(anchors, sz, valid, max_invalid, sort=False, meta={"point": index})
 
 
-def _to_pixels(xs: np.ndarray, ys: np.ndarray, transform: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Fractional ``(row, col)`` of world points (0 = top/left edge of the first pixel)."""
-    if hasattr(transform, "__invert__") and hasattr(transform, "a"):
-        inv = ~transform
-        a, b, c, d, e, f = inv.a, inv.b, inv.c, inv.d, inv.e, inv.f
-    else:
-        try:
-            ta, tb, tc, td, te, tf = (float(v) for v in tuple(transform)[:6])
-        except (TypeError, ValueError):
-            raise ParameterError(
-                f"transform must be an affine transform, got {transform!r}"
-            ) from None
-        det = ta * te - tb * td
-        if det == 0:
-            raise ParameterError("the transform is singular")
-        a, b, d, e = te / det, -tb / det, -td / det, ta / det
-        c, f = -(a * tc + b * tf), -(d * tc + e * tf)
-    cols = a * xs + b * ys + c
-    rows = d * xs + e * ys + f
-    return rows, cols
-
-
 @dataclass(frozen=True, eq=False)
 class ExplicitCoords(Sampler):
     """Chips centred on points given in world coordinates.
@@ -804,7 +782,7 @@ class ExplicitCoords(Sampler):
                 "ExplicitCoords needs the scene's transform to place world coordinates"
             )
         x, y = self.world_to_scene(crs)
-        rows, cols = _to_pixels(x, y, transform)
+        rows, cols = world_to_pixels(x, y, transform)
         anchors = np.stack(
             [np.floor(rows - sz[0] / 2 + 0.5), np.floor(cols - sz[1] / 2 + 0.5)], axis=1
         ).astype(np.int64)

@@ -24,7 +24,7 @@ from patchflow.engine.chip_kernels import gather_points
 from patchflow.engine.graph import point_read_tasks
 from patchflow.errors import MissingExtraError, ParameterError
 from patchflow.options import VECTOR_OUTPUTS, SampleMethod, VectorOutput
-from patchflow.plan.grid import pair
+from patchflow.plan.grid import pair, world_to_pixels
 from patchflow.plan.samplers import Sampler
 from patchflow.sampling.chips import draw_anchors
 from patchflow.sampling.zonal import geometry_coord, require_xvec
@@ -235,9 +235,7 @@ def sample_points(
     xs, ys = _coordinates(points, crs)
     n = len(xs)
 
-    inv = ~transform
-    colf = inv.a * xs + inv.b * ys + inv.c
-    rowf = inv.d * xs + inv.e * ys + inv.f
+    rowf, colf = world_to_pixels(xs, ys, transform)
     finite = np.isfinite(colf) & np.isfinite(rowf)
     if method == "nearest":
         with np.errstate(invalid="ignore"):
@@ -296,8 +294,7 @@ def _pixel_positions(points: Any, arr: xr.DataArray, func: str) -> tuple[np.ndar
             "da.rio.write_transform(...) / da.rio.write_crs('EPSG:...')"
         )
     xs, ys = _coordinates(points, crs)
-    inv = ~transform
-    return inv.d * xs + inv.e * ys + inv.f, inv.a * xs + inv.b * ys + inv.c
+    return world_to_pixels(xs, ys, transform)
 
 
 def points_in_chips(

@@ -34,6 +34,7 @@ from patchflow.engine.graph import (
 )
 from patchflow.errors import MissingExtraError, ParameterError
 from patchflow.options import DEFAULT_STATS, VECTOR_OUTPUTS, ZONAL_STATS, VectorOutput
+from patchflow.plan.grid import world_to_pixels
 from patchflow.plan.layout import PolygonChip
 from patchflow.sampling.chips import _as_dataarray, _dask_data
 
@@ -82,15 +83,13 @@ def _pixel_windows(geoms: list[Any], transform: Any, shape: tuple[int, int]) -> 
     """``(n, 4)`` ``row0, row1, col0, col1`` pixel windows of the geometries' bounds, clipped
     to the scene (one pixel of margin; empty where a geometry is missing or outside)."""
     out = np.zeros((len(geoms), 4), np.int64)
-    inv = ~transform
     for k, geom in enumerate(geoms):
         if geom is None or geom.is_empty:
             continue
         minx, miny, maxx, maxy = geom.bounds
         xs = np.array([minx, maxx, minx, maxx])
         ys = np.array([miny, miny, maxy, maxy])
-        cols = inv.a * xs + inv.b * ys + inv.c
-        rows = inv.d * xs + inv.e * ys + inv.f
+        rows, cols = world_to_pixels(xs, ys, transform)
         r0 = int(np.clip(math.floor(rows.min()) - 1, 0, shape[0]))
         r1 = int(np.clip(math.ceil(rows.max()) + 1, 0, shape[0]))
         c0 = int(np.clip(math.floor(cols.min()) - 1, 0, shape[1]))
