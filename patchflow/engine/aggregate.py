@@ -889,6 +889,8 @@ class MeanStd(_FloatResult):
         np.divide(s1, total, out=s1, where=ok)
         if not every:
             s1[~ok] = 0
+        # a scratch buffer: a fresh block-sized array each fold costs page faults (the
+        # 16384² benchmark: about 0.1x of overlap_add's time)
         square = _scratch("square", shape, self.acc)
         np.multiply(s1, s1, out=square)
         square *= total
@@ -1006,16 +1008,14 @@ class MeanStd(_FloatResult):
         every = bool(w.min(initial=1) > 0)
         value = np.empty((2, *w.shape), self.result_dtype())
         np.add(state["shift"], state["dev"], out=value[0], casting="unsafe")
+        ok = None if every else w > 0
         # in place: a block's state is finalised once, and a fresh 2-D array costs more
         # in page faults than the division itself. M2 >= 0: each fold clamps its rounding
         # and merges add non-negative terms
-        if every:
-            np.divide(state["m2"], w, out=state["m2"])
-            np.sqrt(state["m2"], out=value[1], casting="unsafe")
-            return self._finish(value, None)
-        ok = w > 0
-        np.divide(state["m2"], np.where(ok, w, 1), out=state["m2"])
+        np.divide(state["m2"], w if ok is None else np.where(ok, w, 1), out=state["m2"])
         np.sqrt(state["m2"], out=value[1], casting="unsafe")
+        if ok is None:
+            return self._finish(value, None)
         value[:, ~ok] = 0
         return self._finish(value, np.broadcast_to(ok, value.shape))
 
