@@ -556,9 +556,9 @@ _WORDS = {
     "creation_options": ("creation_options=", "--co"),
     "zarr_format": ("zarr_format=", "--zarr-format"),
     "size": ("size", "--size"),
-    "chunks": ("chunks=", "--chunks "),
+    "chunks": ("chunks=", "--chunks"),
     "agg_mode": ("agg='mode'", "--agg mode"),
-    "vote_classes": ("agg='vote' with n_classes=", "--agg vote with --n-classes "),
+    "vote_classes": ("agg='vote' with n_classes=", "--agg vote with --n-classes"),
     "boundary_pad": ("boundary='pad'", "--boundary pad"),
     "op_args": ("parameters", "--op-arg"),
     "pythonpath": (

@@ -1368,12 +1368,12 @@ def check_vote_memory(
         return
     fit = math.isqrt(VOTE_STATE_BYTES // (12 * n_classes * math.prod(lead))) - max(chip)
     hint = (
-        f"pass {_w('chunks')}{max(fit // 2, 1) * 2} (or smaller) to work on smaller blocks, "
+        f"pass {_w('chunks', value=max(fit // 2, 1) * 2)} (or smaller) to work on smaller blocks, "
         if fit >= max(chip)
         else ""
     )
     raise MemoryBudgetError(
-        f"{_w('vote_classes')}{n_classes} keeps a count and a weight sum per class "
+        f"{_w('vote_classes', value=n_classes)} keeps a count and a weight sum per class "
         f"and pixel: {need / 2**30:.1f} GiB per {by}x{bx} block, over the "
         f"{VOTE_STATE_BYTES / 2**30:.0f} GiB limit; {hint}use {_w('agg_mode')} (the most "
         "frequent label, one layer per overlapping chip, whatever the number of classes), "
