@@ -362,3 +362,17 @@ def test_vote_memory_error_speaks_cli_flags_in_the_cli(tmp_path: Path) -> None:
     assert "--agg vote with --n-classes 100000" in proc.stderr, proc.stderr
     assert "--agg mode" in proc.stderr and "agg='mode'" not in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_vote_memory_bound_uses_the_chips_not_a_pointwise_plans_strips(
+    scene_factory: Callable[..., xr.DataArray],
+) -> None:
+    # a declared-pointwise op runs on block-wide strips; the vote state still spans a
+    # block plus at most a chip: 3000 classes on 256² blocks with 64-px chips need
+    # 3.4 GiB (under the limit), though the strips' width would have doubled the bound
+    from patchflow.ops import Lambda
+
+    scene = scene_factory((512, 512), chunks=256)
+    labels = Lambda(lambda c: (c[:1] % 3000).astype(np.int16), pointwise=True)
+    out = patchflow.apply(scene, labels, size=64, stride=48, agg="vote", n_classes=3000)
+    assert out.dtype == np.int16  # built (nothing computed: 3.4 GiB per block)

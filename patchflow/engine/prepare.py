@@ -35,12 +35,7 @@ from patchflow.engine.nodata import input_nodata as input_nodata_of
 from patchflow.engine.nodata import is_value as is_nodata_value
 from patchflow.engine.nodata import resolve as resolve_nodata
 from patchflow.engine.nodata import work_dtype
-from patchflow.errors import (
-    DimensionError,
-    OperatorError,
-    ParameterError,
-    PatchflowWarning,
-)
+from patchflow.errors import DimensionError, OperatorError, ParameterError, PatchflowWarning
 from patchflow.ops import check_stitchable, is_batched, op_output_spec, op_pointwise, op_scale
 from patchflow.options import SizeSpec
 from patchflow.plan.blocks import TARGET_BLOCK as TARGET_BLOCK
@@ -465,6 +460,12 @@ def prepare(
     full_cover = _covers(grid)
     num, den = ratio
     data = _prepare_data(arr, size_yx, stride_yx, chunks, y, x, den=den)
+    if agg == "vote" and n_classes is not None:
+        # with the chips' own size (before a pointwise plan turns chips into block-wide
+        # strips, which overhang no block)
+        check_vote_memory(
+            int(n_classes), agg_lead, (max(data.chunks[-2]), max(data.chunks[-1])), size_yx
+        )
     if (
         op_pointwise(op)
         and ratio == (1, 1)
@@ -486,10 +487,6 @@ def prepare(
         size_yx = (rows, bx)
         grid = ChipGrid(grid.shape, size_yx, size_yx, "pad", False)
         batch_size, pad_mode, window, window_params = 1, "constant", "boxcar", None
-    if agg == "vote" and n_classes is not None:
-        check_vote_memory(
-            int(n_classes), agg_lead, (max(data.chunks[-2]), max(data.chunks[-1])), size_yx
-        )
     aggregator = make_aggregator(
         agg,
         out_dtype=op_dtype,
