@@ -44,7 +44,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from patchflow.errors import (
     CommandError,
@@ -386,7 +386,7 @@ def is_sklearn_model(path: str) -> bool:
     return Path(path).suffix.lower() in SKLEARN_SUFFIXES
 
 
-def load_sklearn(path: str, *, output: str) -> Operator:
+def load_sklearn(path: str, *, output: Literal["predict", "predict_proba"]) -> Operator:
     """``--model FILE.joblib|.pkl|.pickle|.skops``: the fitted estimator as a
     :class:`~patchflow.ops.SklearnOp` (its config: the file's absolute path and SHA-256).
 
@@ -404,10 +404,8 @@ def load_sklearn(path: str, *, output: str) -> Operator:
     from patchflow.ops.sklearn import SklearnOp
 
     try:
-        return SklearnOp.from_file(path, output=output)  # type: ignore[arg-type]
-    except MissingExtraError as exc:
-        raise CommandError(f"--model {Path(path).name}: {exc}") from exc
-    except (InputReadError, ParameterError) as exc:
+        return SklearnOp.from_file(path, output=output)
+    except (MissingExtraError, InputReadError, ParameterError) as exc:
         raise CommandError(f"--model {Path(path).name}: {exc}") from exc
 
 

@@ -159,9 +159,9 @@ def sample_points(
     geopandas.GeoDataFrame or xarray.DataArray
         ``"geopandas"``: a copy of ``points`` (same rows, order, index, geometry and CRS)
         with the value columns appended. Values are NaN for points outside the raster and
-        for nodata or NaN pixels. Columns are float: an integer raster's values are cast to float64
-        (exact up to 2**53) so NaN fits; nearest samples of a float raster keep its
-        dtype, bilinear ones are float64.
+        for nodata or NaN pixels. Columns are float: an integer raster's values are cast
+        to float64 (exact up to 2**53) so NaN fits; nearest samples of a float raster
+        keep its dtype, bilinear ones are float64.
 
         Bilinear edge rule: a point whose interpolation needs a pixel centre outside the
         raster (within half a pixel of the edge) or a nodata/NaN pixel gets NaN, never a
@@ -171,9 +171,10 @@ def sample_points(
         ``"xvec"``: a DataArray ``(geometry, band)`` (``(geometry,)`` for a 2-D raster) of
         the same values, its ``geometry`` dimension indexed by xvec's ``GeometryIndex`` in
         the points' CRS (the input geometries, in row order; a missing one as an empty
-        geometry), ``band`` labelled with the
-        column names, and the points' other columns as coordinates along ``geometry``
-        (the shape of ``xvec.extract_points``' result).
+        geometry), ``band`` labelled with the column names, and the points' other
+        columns as coordinates along ``geometry`` (the shape of ``xvec.extract_points``'
+        result).
+
     Raises
     ------
     ParameterError
@@ -327,8 +328,8 @@ def points_in_chips(
     size
         Chip size, int or ``(h, w)``.
     min_points
-        Chips holding fewer points are left out (``0`` keeps every chip, so a chip
-        without points still gets its number in ``attrs["anchors"]``).
+        Chips holding fewer points get no rows (every chip keeps its number: the anchors
+        are all in ``attrs["anchors"]``).
 
     Returns
     -------

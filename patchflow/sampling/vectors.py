@@ -235,6 +235,8 @@ def apply_vector(
         raise ParameterError(f"iou must be a number in [0, 1), got {iou!r}")
     if score is not None and not isinstance(score, str):
         raise ParameterError(f"score must be a property name or None, got {score!r}")
+    if by is not None and not isinstance(by, str):
+        raise ParameterError(f"by must be a property name or None, got {by!r}")
     if drop_edge is None:
         drop_edge = dedup == "nms"
     arr = _as_dataarray(obj)
@@ -280,6 +282,7 @@ def apply_vector(
     nd = input_nodata(arr)
     nd = nd.item() if isinstance(nd, np.generic) else nd
     nd = nd if is_value(nd) else None
+    work = None if nd is None else str(work_dtype(arr.dtype, nd, None))
     tr = _IDENTITY
     if transform is not None:
         a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
@@ -295,13 +298,11 @@ def apply_vector(
             bool(drop_edge),
             rule,
             nodata=nd,
-            work_dtype=None if nd is None else str(work_dtype(arr.dtype, nd, None)),
+            work_dtype=work,
         )
         for (s, e), rule in zip(groups, rules, strict=True)
     ]
     crs_wkt = None if crs is None else crs.to_wkt()
-    if by is not None and not isinstance(by, str):
-        raise ParameterError(f"by must be a property name or None, got {by!r}")
     merge = MergeSpec(dedup, float(iou), score, crs_wkt, by)
     token = tokenize(
         chips.name, fn, dedup, float(iou), score, by, bool(drop_edge), tr, crs_wkt, grid is None, nd
