@@ -889,8 +889,7 @@ class MeanStd(_FloatResult):
         np.divide(s1, total, out=s1, where=ok)
         if not every:
             s1[~ok] = 0
-        # a scratch buffer: a fresh block-sized array each fold costs page faults (the
-        # 16384² benchmark: about 0.1x of overlap_add's time)
+        # a scratch buffer: a fresh block-sized array each fold costs page faults
         square = _scratch("square", shape, self.acc)
         np.multiply(s1, s1, out=square)
         square *= total
