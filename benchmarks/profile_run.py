@@ -13,6 +13,7 @@ the op-cost floor (a no-overlap ``map_blocks`` of the same op, same codec). Prin
 * chunks decompressed: how many times each input chunk is decompressed on average.
 
     python benchmarks/profile_run.py --size 8192
+    python benchmarks/profile_run.py --size 16384 --agg mean_std
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def main() -> None:
         help="profile dn_ndvi as declared (pointwise: one chip per block); default: the "
         "same op as a Lambda that does not say so, so every overlapping chip runs",
     )
+    parser.add_argument(
+        "--agg",
+        default="overlap_add",
+        help="aggregation to profile (default overlap_add); e.g. mean_std",
+    )
     args = parser.parse_args()
 
     import dask
@@ -90,7 +96,7 @@ def main() -> None:
         Profiler() as prof,
         record() as phases,
     ):
-        patchflow.run(dn, op, store=out, size=256, stride=192, window="hann")
+        patchflow.run(dn, op, store=out, size=256, stride=192, window="hann", agg=args.agg)
     wall = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     print(f"load average after the runs: {os.getloadavg()[0]:.2f} (1 min)")

@@ -48,7 +48,6 @@ pixel stores just those 1-D sums (``dy``, ``dx``) instead of a full denominator 
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -80,6 +79,8 @@ __all__ = [
 MAX_LAYERS = 64
 #: chip outputs ``mean_std`` keeps before folding them into its state (two passes)
 STASH_BYTES = 64 * 2**20
+#: rows of a block ``mean_std`` finishes at a time (its per-element steps stay in cache)
+_ROWS = 32
 #: the most bytes ``agg="vote"``'s per-block state may take (a float32 count and a float64
 #: weight sum per class and pixel): above it a job is refused before it runs, instead of
 #: being killed for memory halfway through
@@ -769,27 +770,15 @@ class _GridCores:
         """The core of the chip at ``(r, c)``: ``((y0, y1), (x0, x1))``, maybe empty."""
         return self.rows[r], self.cols[c]
 
-    def total(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """``W = Σ w`` over the chips, from the per-axis sums (the window's geometry)."""
-        hy, wx = min(len(self.sum_y), shape[-2]), min(len(self.sum_x), shape[-1])
-        full = (hy, wx) == tuple(shape[-2:])
-        out = np.empty(shape, dtype) if full else np.zeros(shape, dtype)
-        col = self.sum_y[:hy, None].astype(dtype)
-        np.multiply(col, (self.sum_x[:wx] / self.scale).astype(dtype), out=out[..., :hy, :wx])
+    def total(self, out: np.ndarray) -> np.ndarray:
+        """``W = Σ w`` over the chips into ``out``, from the per-axis sums (the window's
+        geometry); elements past the chips' extent are set to 0."""
+        hy, wx = min(len(self.sum_y), out.shape[-2]), min(len(self.sum_x), out.shape[-1])
+        if (hy, wx) != tuple(out.shape[-2:]):
+            out.fill(0)
+        col = self.sum_y[:hy, None].astype(out.dtype)
+        np.multiply(col, (self.sum_x[:wx] / self.scale).astype(out.dtype), out=out[..., :hy, :wx])
         return out
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """This thread's reusable ``shape``/``dtype`` buffer called ``name`` (contents left
-    over from its last use)."""
-    buffers: dict[str, np.ndarray] = _SCRATCH.__dict__.setdefault("buffers", {})
-    buf = buffers.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = buffers[name] = np.empty(shape, dtype)
-    return buf
 
 
 def _frame(
@@ -877,34 +866,49 @@ class MeanStd(_FloatResult):
         if not stash:
             return
         shape = state["w"].shape
+        first = not state.get("_folded")
+        # the first fold writes into the state's own (zeroed) arrays; later ones into
+        # new zeroed arrays, merged into the state below
+        arrays = (
+            tuple(state[key] for key in self.KEYS)
+            if first
+            else tuple(np.zeros(shape, self.acc) for _ in self.KEYS)
+        )
         masks = [[_pixel_mask(batch, k) for k in range(len(batch.pos))] for batch in stash]
         cores = _GridCores.find(stash, masks)
         if cores is not None:
-            total, shift, s1, s2 = self._deviations_by_cores(stash, cores, shape)
+            total, shift, s1, s2 = self._deviations_by_cores(stash, cores, arrays)
         else:
-            total, shift, s1, s2 = self._deviations_by_weight(stash, masks, shape)
-        every = bool(total.min(initial=1) > 0)
-        ok = True if every else total > 0
-        # mean = shift + dev with dev = S1/W; M2 = S2 - S1^2/W = S2 - W dev^2
-        np.divide(s1, total, out=s1, where=ok)
-        if not every:
-            s1[~ok] = 0
-        # a scratch buffer: a fresh block-sized array each fold costs page faults
-        square = _scratch("square", shape, self.acc)
-        np.multiply(s1, s1, out=square)
-        square *= total
-        s2 -= square
-        np.maximum(s2, 0, out=s2)
+            total, shift, s1, s2 = self._deviations_by_weight(stash, masks, arrays)
+        # mean = shift + dev with dev = S1/W; M2 = S2 - S1^2/W = S2 - W dev^2, a few rows
+        # at a time: the five steps run on rows still in cache (one pass over memory
+        # instead of five, and no block-sized temporary)
+        every = bool(total.min(initial=1) > 0)  # (a masked divide is much slower)
+        square: np.ndarray | None = None
+        for y in range(0, shape[-2], _ROWS):
+            rows = (..., slice(y, y + _ROWS), slice(None))
+            w, dev, m2 = total[rows], s1[rows], s2[rows]
+            if every:
+                np.divide(dev, w, out=dev)
+            else:
+                ok = w > 0
+                np.divide(dev, w, out=dev, where=ok)
+                dev[~ok] = 0
+            if square is None or square.shape != dev.shape:
+                square = np.empty(dev.shape, dev.dtype)
+            np.multiply(dev, dev, out=square)
+            square *= w
+            m2 -= square
+            np.maximum(m2, 0, out=m2)
         part: State = {"w": total, "shift": shift, "dev": s1, "m2": s2}
-        if not state.get("_folded"):  # the first fold of this state: it is the state
-            state.update(part)
+        if first:  # the state's own arrays were filled: nothing to merge
             state["_folded"] = True
             return
         whole = (slice(None), slice(None))
         self.merge(state, part, whole, whole)
 
     def _deviations_by_cores(
-        self, stash: list[ChipBatch], cores: _GridCores, shape: tuple[int, ...]
+        self, stash: list[ChipBatch], cores: _GridCores, arrays: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``W``, the shift and the deviation sums when the chips tile a grid (see
         :class:`_GridCores`): the shift is the value of the chip whose core holds the
@@ -914,9 +918,9 @@ class MeanStd(_FloatResult):
         # float32 sums: W from the window's geometry (as overlap_add's denominator), as
         # exact as summing the chips' float32 weights; float64 sums: summed, to the bit
         exact = acc == np.float64
-        total = np.zeros(shape, acc) if exact else cores.total(shape, acc)
-        shift = np.zeros(shape, acc)
-        s1, s2 = np.zeros(shape, acc), np.zeros(shape, acc)
+        total, shift, s1, s2 = arrays  # zeroed
+        if not exact:
+            cores.total(total)
         for batch in stash:
             h, w = batch.out.shape[-2:]
             for k, (r, c) in enumerate(batch.pos):
@@ -939,14 +943,17 @@ class MeanStd(_FloatResult):
         return total, shift, s1, s2
 
     def _deviations_by_weight(
-        self, stash: list[ChipBatch], masks: list[list[np.ndarray | None]], shape: tuple[int, ...]
+        self,
+        stash: list[ChipBatch],
+        masks: list[list[np.ndarray | None]],
+        arrays: tuple[np.ndarray, ...],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``W``, the shift and the deviation sums for any chips: the shift is, per
         element, the value of the chip with the largest weight there (a first pass over
         every chip finds it; a value of the data, so identical chips give exactly 0)."""
         acc = self.acc
-        total, shift = np.zeros(shape, acc), np.zeros(shape, acc)
-        heaviest = np.zeros(shape, np.float32)
+        total, shift, s1, s2 = arrays  # zeroed
+        heaviest = np.zeros(total.shape, np.float32)
         chips = []
         for batch, batch_masks in zip(stash, masks, strict=True):
             h, w = batch.out.shape[-2:]
@@ -966,7 +973,6 @@ class MeanStd(_FloatResult):
         # weight, so the shift is within sqrt(K) standard deviations of the mean and the
         # correction in _fold loses at most ~K ulps (a first-come shift could be an outlier
         # with a tiny weight, far outside)
-        s1, s2 = np.zeros(shape, acc), np.zeros(shape, acc)
         dev: np.ndarray | None = None
         term: np.ndarray | None = None
         for sl, out, wk in chips:
@@ -1004,19 +1010,36 @@ class MeanStd(_FloatResult):
     def finalize(self, state: State) -> np.ndarray:
         self._fold(state)  # (a state used without seal: chips still kept)
         w = state["w"]
-        every = bool(w.min(initial=1) > 0)
         value = np.empty((2, *w.shape), self.result_dtype())
-        np.add(state["shift"], state["dev"], out=value[0], casting="unsafe")
-        ok = None if every else w > 0
-        # in place: a block's state is finalised once, and a fresh 2-D array costs more
-        # in page faults than the division itself. M2 >= 0: each fold clamps its rounding
-        # and merges add non-negative terms
-        np.divide(state["m2"], w if ok is None else np.where(ok, w, 1), out=state["m2"])
-        np.sqrt(state["m2"], out=value[1], casting="unsafe")
-        if ok is None:
+        self._moments(state, value)
+        if bool(w.min(initial=1) > 0):
             return self._finish(value, None)
+        ok = w > 0
         value[:, ~ok] = 0
         return self._finish(value, np.broadcast_to(ok, value.shape))
+
+    def _moments(self, state: State, out: np.ndarray) -> None:
+        """``out[0] = shift + dev`` (the mean) and ``out[1] = sqrt(M2 / W)`` (the std) of
+        a folded state, a few rows at a time (no block-sized temporary; the state is only
+        read). M2 >= 0: each fold clamps its rounding and merges add non-negative terms;
+        where W is 0 the caller sets the result."""
+        w, m2 = state["w"], state["m2"]
+        direct = out.dtype == m2.dtype
+        tmp: np.ndarray | None = None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for y in range(0, w.shape[-2], _ROWS):
+                rows = (..., slice(y, y + _ROWS), slice(None))
+                np.add(state["shift"][rows], state["dev"][rows], out=out[0][rows], casting="unsafe")
+                if direct:
+                    std = out[1][rows]
+                else:  # the sums' precision up to the square root, then the result's
+                    if tmp is None or tmp.shape != w[rows].shape:
+                        tmp = np.empty(w[rows].shape, m2.dtype)
+                    std = tmp
+                np.divide(m2[rows], w[rows], out=std)
+                np.sqrt(std, out=std)
+                if not direct:
+                    out[1][rows] = std
 
 
 class InverseVariance(_FloatResult):
