@@ -51,7 +51,7 @@ def _as_xvec(arr: xr.DataArray, points: Any, values: np.ndarray, names: list[str
     geo = points.geometry
     coords: dict[Any, Any] = {"geometry": geometry_coord(list(geo))}
     for col in points.columns:
-        if col != geo.name and isinstance(col, str) and col not in ("geometry", "band"):
+        if col != geo.name:  # (sample_points refused names that clash with the dims)
             coords[col] = ("geometry", points[col].to_numpy())
     if arr.ndim == 2:
         dims: tuple[str, ...] = ("geometry",)
@@ -179,8 +179,9 @@ def sample_points(
     ------
     ParameterError
         An unknown ``method``, a bad ``batch`` or ``column_names``, a raster without
-        CRS or transform, points without a CRS or not Points, or a value column that
-        ``points`` already has.
+        CRS or transform, points without a CRS or not Points, a value column that
+        ``points`` already has, or (``output="xvec"``) a column named like one of the
+        result's dims (``band``, or ``geometry`` beside the active geometry).
     MissingExtraError
         geopandas (or, for ``output="xvec"``, xvec) is not installed
         (``pip install 'patchflow[vector]'``).
@@ -233,6 +234,14 @@ def sample_points(
             f"the points already have the column(s) {taken} that sample_points would "
             f"write; pass column_names=[...] or drop them (points.drop(columns={taken!r}))"
         )
+    if output == "xvec":
+        dims = ("geometry", "band") if arr.ndim > 2 else ("geometry",)
+        clash = [c for c in points.columns if c in dims and c != points.geometry.name]
+        if clash:
+            raise ParameterError(
+                f"the points' column(s) {clash} would clash with the DataArray's dims "
+                f"{dims}; rename or drop them first (e.g. points.drop(columns={clash!r}))"
+            )
     xs, ys = _coordinates(points, crs)
     n = len(xs)
 

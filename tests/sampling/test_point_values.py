@@ -326,6 +326,26 @@ def test_xvec_output_holds_the_same_values(tif: tuple[Path, np.ndarray]) -> None
         sample_points(da, pts, output="xarray")  # type: ignore[arg-type]
 
 
+def test_xvec_output_keeps_every_column_or_refuses(tif: tuple[Path, np.ndarray]) -> None:
+    """A points column that would clash with the DataArray's dims is refused by name
+    instead of silently left out; every other column (any name) comes along."""
+    pytest.importorskip("xvec")
+    path, _ = tif
+    da = rioxarray.open_rasterio(path, chunks={"x": 64, "y": 64})
+    pts = _points(10, seed=3).to_crs("EPSG:4326")
+    for clash in ("band", "geometry"):
+        bad = pts.assign(**{"geom_col" if clash == "geometry" else clash: 1})
+        if clash == "geometry":  # a plain column named geometry beside the active one
+            bad = bad.rename_geometry("pts").rename(columns={"geom_col": "geometry"})
+        with pytest.raises(ParameterError, match=rf"'{clash}'.*rename"):
+            sample_points(da, bad, output="xvec")
+    # a 2-D raster has no band dim: a "band" column is kept; so is a non-string name
+    odd = pts.assign(band=np.arange(len(pts)), **{"7": 7}).rename(columns={"7": 7})
+    flat = sample_points(da.isel(band=0, drop=True).rename("dem"), odd, output="xvec")
+    np.testing.assert_array_equal(flat["band"].values, np.arange(len(pts)))
+    np.testing.assert_array_equal(flat.coords[7].values, np.full(len(pts), 7))
+
+
 # --------------------------------------------------------------------------- point chips
 
 
