@@ -47,6 +47,7 @@ pixel stores just those 1-D sums (``dy``, ``dx``) instead of a full denominator 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -88,6 +89,7 @@ VOTE_STATE_BYTES = 4 * 2**30
 
 State = dict[str, Any]
 Slices = tuple[slice, slice]
+_ALL = slice(None)
 
 
 @dataclass
@@ -233,6 +235,18 @@ class Aggregator:
 
     def finalize(self, state: State) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def stitched(
+        self, shape: tuple[int, int], pieces: list[tuple[Slices, Slices, State]], acc: Any
+    ) -> State:
+        """The state of an output block of ``shape`` from ``pieces`` ``(dst, src,
+        partial)``: each ``partial[src]`` merged into ``dst`` in order (the block's own
+        partial first). ``acc``: the accumulator the merged state needs. The partials are
+        only read."""
+        state = self.new(shape, acc)
+        for dst_sl, src_sl, part in pieces:
+            self.merge(state, part, dst_sl, src_sl)
+        return state
 
     def to_sums(self, state: State) -> dict[str, np.ndarray]:
         """The additive arrays of a merged state (to persist or to add to another pass)."""
@@ -770,15 +784,14 @@ class _GridCores:
         """The core of the chip at ``(r, c)``: ``((y0, y1), (x0, x1))``, maybe empty."""
         return self.rows[r], self.cols[c]
 
-    def total(self, out: np.ndarray) -> np.ndarray:
-        """``W = Σ w`` over the chips into ``out``, from the per-axis sums (the window's
-        geometry); elements past the chips' extent are set to 0."""
-        hy, wx = min(len(self.sum_y), out.shape[-2]), min(len(self.sum_x), out.shape[-1])
-        if (hy, wx) != tuple(out.shape[-2:]):
-            out.fill(0)
-        col = self.sum_y[:hy, None].astype(out.dtype)
-        np.multiply(col, (self.sum_x[:wx] / self.scale).astype(out.dtype), out=out[..., :hy, :wx])
-        return out
+    def axes(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """``W = Σ w`` over the chips as per-axis factors ``(wy, wx)``, ``W = wy ⊗ wx`` (the
+        window's geometry, like ``overlap_add``'s denominator); 0 past the chips' extent."""
+        wy, wx = np.zeros(shape[-2], dtype), np.zeros(shape[-1], dtype)
+        hy, hx = min(len(self.sum_y), len(wy)), min(len(self.sum_x), len(wx))
+        wy[:hy] = self.sum_y[:hy]
+        wx[:hx] = self.sum_x[:hx] / self.scale
+        return wy, wx
 
 
 def _frame(
@@ -821,8 +834,11 @@ class MeanStd(_FloatResult):
     only copies each core into the shift, and pass 2 skips the cores, where the
     deviations are exactly 0 — it sums the overlaps only (for 256/192 chips, 44 % of each
     chip) — and float32 ``W`` comes from the per-axis sums like ``overlap_add``'s
-    denominator. Chips that are not such a grid, or see invalid elements, take the
-    general two passes; both give the same shift.
+    denominator, kept as its two factors (``w`` is ``None``, ``W = dy ⊗ dx``) until a
+    merge needs it whole. Chips that are not such a grid, or see invalid elements, take
+    the general two passes; both give the same shift. An output block is finished from
+    its own partial in place (:meth:`stitched`): only the strips its neighbours reach are
+    merged into small new states.
 
     The result gets a leading axis of size 2: ``[mean, std]``. The merge is not a plain
     sum, so this aggregation cannot accumulate across passes.
@@ -865,33 +881,33 @@ class MeanStd(_FloatResult):
         state["_stash"] = []
         if not stash:
             return
-        shape = state["w"].shape
+        shape = state["shift"].shape
         first = not state.get("_folded")
         # the first fold writes into the state's own (zeroed) arrays; later ones into
         # new zeroed arrays, merged into the state below
-        arrays = (
-            tuple(state[key] for key in self.KEYS)
-            if first
-            else tuple(np.zeros(shape, self.acc) for _ in self.KEYS)
-        )
+        part: State = {key: state[key] if first else np.zeros(shape, self.acc) for key in self.KEYS}
         masks = [[_pixel_mask(batch, k) for k in range(len(batch.pos))] for batch in stash]
         cores = _GridCores.find(stash, masks)
         if cores is not None:
-            total, shift, s1, s2 = self._deviations_by_cores(stash, cores, arrays)
+            self._deviations_by_cores(stash, cores, part)
         else:
-            total, shift, s1, s2 = self._deviations_by_weight(stash, masks, arrays)
+            self._deviations_by_weight(stash, masks, part)
         # mean = shift + dev with dev = S1/W; M2 = S2 - S1^2/W = S2 - W dev^2, a few rows
         # at a time: the five steps run on rows still in cache (one pass over memory
         # instead of five, and no block-sized temporary)
-        every = bool(total.min(initial=1) > 0)  # (a masked divide is much slower)
+        every = self._weighted_everywhere(part)  # (a masked divide is much slower)
         square: np.ndarray | None = None
         for y in range(0, shape[-2], _ROWS):
-            rows = (..., slice(y, y + _ROWS), slice(None))
-            w, dev, m2 = total[rows], s1[rows], s2[rows]
+            rows = slice(y, y + _ROWS)
+            w, dev, m2 = (
+                self._weights(part, rows),
+                part["dev"][..., rows, :],
+                part["m2"][..., rows, :],
+            )
             if every:
                 np.divide(dev, w, out=dev)
             else:
-                ok = w > 0
+                ok = np.broadcast_to(w > 0, dev.shape)
                 np.divide(dev, w, out=dev, where=ok)
                 dev[~ok] = 0
             if square is None or square.shape != dev.shape:
@@ -900,27 +916,51 @@ class MeanStd(_FloatResult):
             square *= w
             m2 -= square
             np.maximum(m2, 0, out=m2)
-        part: State = {"w": total, "shift": shift, "dev": s1, "m2": s2}
-        if first:  # the state's own arrays were filled: nothing to merge
+        if first:  # the state's own arrays were filled (W maybe as its factors)
+            state.update(part)
             state["_folded"] = True
             return
         whole = (slice(None), slice(None))
         self.merge(state, part, whole, whole)
 
-    def _deviations_by_cores(
-        self, stash: list[ChipBatch], cores: _GridCores, arrays: tuple[np.ndarray, ...]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``W``, the shift and the deviation sums when the chips tile a grid (see
-        :class:`_GridCores`): the shift is the value of the chip whose core holds the
-        element — the heaviest chip there — so deviations inside a chip's own core are
-        exactly 0 and only the rest of each chip (its overlaps) is summed."""
+    @staticmethod
+    def _weights(state: State, rows: slice = _ALL, cols: slice = _ALL) -> np.ndarray:
+        """``W`` over ``rows`` × ``cols``: the state's array, or the outer product of its
+        per-axis factors ``dy ⊗ dx`` when ``W`` is a grid's geometry (see ``_fold``)."""
+        w = state["w"]
+        if w is not None:
+            out: np.ndarray = w[..., rows, cols]
+            return out
+        return np.multiply.outer(state["dy"][rows], state["dx"][cols])
+
+    @staticmethod
+    def _weighted_everywhere(state: State) -> bool:
+        """Whether ``W > 0`` at every element."""
+        if state["w"] is None:
+            return bool((state["dy"] > 0).all() and (state["dx"] > 0).all())
+        return bool(state["w"].min(initial=1) > 0)
+
+    def _explicit(self, state: State) -> None:
+        """Give a state whose ``W`` is a product of factors an explicit ``W`` array."""
+        if state["w"] is None:
+            w = np.broadcast_to(self._weights(state), state["shift"].shape)
+            state["w"] = w.astype(state["shift"].dtype, copy=True)
+            del state["dy"], state["dx"]
+
+    def _deviations_by_cores(self, stash: list[ChipBatch], cores: _GridCores, part: State) -> None:
+        """``W``, the shift and the deviation sums into ``part`` (zeroed) when the chips
+        tile a grid (see :class:`_GridCores`): the shift is the value of the chip whose
+        core holds the element — the heaviest chip there — so deviations inside a chip's
+        own core are exactly 0 and only the rest of each chip (its overlaps) is summed."""
         acc = self.acc
         # float32 sums: W from the window's geometry (as overlap_add's denominator), as
-        # exact as summing the chips' float32 weights; float64 sums: summed, to the bit
+        # exact as summing the chips' float32 weights, kept as its two per-axis factors
+        # (no block-sized array); float64 sums: summed, to the bit
         exact = acc == np.float64
-        total, shift, s1, s2 = arrays  # zeroed
+        total, shift, s1, s2 = (part[key] for key in self.KEYS)
         if not exact:
-            cores.total(total)
+            part["w"] = None
+            part["dy"], part["dx"] = cores.axes(shift.shape, acc)
         for batch in stash:
             h, w = batch.out.shape[-2:]
             for k, (r, c) in enumerate(batch.pos):
@@ -940,19 +980,16 @@ class MeanStd(_FloatResult):
                     s1[dst] += term
                     term *= dev
                     s2[dst] += term
-        return total, shift, s1, s2
 
     def _deviations_by_weight(
-        self,
-        stash: list[ChipBatch],
-        masks: list[list[np.ndarray | None]],
-        arrays: tuple[np.ndarray, ...],
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``W``, the shift and the deviation sums for any chips: the shift is, per
-        element, the value of the chip with the largest weight there (a first pass over
-        every chip finds it; a value of the data, so identical chips give exactly 0)."""
+        self, stash: list[ChipBatch], masks: list[list[np.ndarray | None]], part: State
+    ) -> None:
+        """``W``, the shift and the deviation sums into ``part`` (zeroed) for any chips:
+        the shift is, per element, the value of the chip with the largest weight there (a
+        first pass over every chip finds it; a value of the data, so identical chips give
+        exactly 0)."""
         acc = self.acc
-        total, shift, s1, s2 = arrays  # zeroed
+        total, shift, s1, s2 = (part[key] for key in self.KEYS)
         heaviest = np.zeros(total.shape, np.float32)
         chips = []
         for batch, batch_masks in zip(stash, masks, strict=True):
@@ -983,16 +1020,17 @@ class MeanStd(_FloatResult):
             s1[sl] += term
             term *= dev
             s2[sl] += term
-        return total, shift, s1, s2
 
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
         d, s = (..., *dst_sl), (..., *src_sl)
+        self._explicit(dst)
         wa = dst["w"][d]
+        wb = self._weights(src, *src_sl)
         if not wa.any():  # nothing here yet (e.g. the block's own partial): take src
-            for key in self.KEYS:
+            dst["w"][d] = wb
+            for key in ("shift", "dev", "m2"):
                 dst[key][d] = src[key][s]
             return
-        wb = src["w"][s]
         total = wa + wb
         # where nothing is here yet take src's shift (dev and M2 are 0 there), so dev stays
         # a small deviation instead of becoming the whole mean
@@ -1007,14 +1045,73 @@ class MeanStd(_FloatResult):
         dst["dev"][d] += delta * frac
         dst["w"][d] = total
 
+    def stitched(
+        self, shape: tuple[int, int], pieces: list[tuple[Slices, Slices, State]], acc: Any
+    ) -> State:
+        """An output block's state as *cells*, without copying the block's own partial.
+
+        The own partial (the first piece) covers the whole block, its neighbours'
+        spill-over strips only its edges. Cut at every piece's edges, the block falls into
+        cells each covered by a fixed set of pieces: a cell only the own partial covers is
+        a view of it, the others are merged from their pieces in the order a whole-block
+        merge uses, so every element sees the same arithmetic (bit for bit). The partials
+        are only read, so a retried task finds them as they were.
+        """
+        dst0 = pieces[0][0]
+        if (dst0[0].indices(shape[0]), dst0[1].indices(shape[1])) != (
+            (0, shape[0], 1),
+            (0, shape[1], 1),
+        ):
+            return super().stitched(shape, pieces, acc)
+        ys = sorted({0, shape[0], *(b for d, _, _ in pieces for b in (d[0].start, d[0].stop))})
+        xs = sorted({0, shape[1], *(b for d, _, _ in pieces for b in (d[1].start, d[1].stop))})
+        cells = []
+        for y0, y1 in itertools.pairwise(ys):
+            for x0, x1 in itertools.pairwise(xs):
+                here = [
+                    (
+                        slice(src[0].start + y0 - dst[0].start, src[0].start + y1 - dst[0].start),
+                        slice(src[1].start + x0 - dst[1].start, src[1].start + x1 - dst[1].start),
+                        part,
+                    )
+                    for dst, src, part in pieces
+                    if dst[0].start <= y0
+                    and y1 <= dst[0].stop
+                    and dst[1].start <= x0
+                    and x1 <= dst[1].stop
+                ]
+                if len(here) == 1:
+                    sy, sx, part = here[0]
+                    cell = {k: part[k][..., sy, sx] for k in ("shift", "dev", "m2")}
+                    if part["w"] is None:
+                        cell.update(w=None, dy=part["dy"][sy], dx=part["dx"][sx])
+                    else:
+                        cell["w"] = part["w"][..., sy, sx]
+                else:
+                    cell = self.new((y1 - y0, x1 - x0))
+                    whole = (slice(None), slice(None))
+                    for sy, sx, part in here:
+                        self.merge(cell, part, whole, (sy, sx))
+                cells.append(((y0, y1, x0, x1), cell))
+        return {"_cells": cells, "_shape": shape}
+
     def finalize(self, state: State) -> np.ndarray:
-        self._fold(state)  # (a state used without seal: chips still kept)
-        w = state["w"]
-        value = np.empty((2, *w.shape), self.result_dtype())
-        self._moments(state, value)
-        if bool(w.min(initial=1) > 0):
+        if "_cells" in state:
+            cells, shape = state["_cells"], state["_shape"]
+        else:
+            self._fold(state)  # (a state used without seal: chips still kept)
+            shape = state["shift"].shape[-2:]
+            cells = [((0, shape[0], 0, shape[1]), state)]
+        full = (*self.lead, *shape)
+        value = np.empty((2, *full), self.result_dtype())
+        every = all(self._weighted_everywhere(cell) for _, cell in cells)
+        ok = None if every else np.empty(full, bool)
+        for (y0, y1, x0, x1), cell in cells:
+            self._moments(cell, value[..., y0:y1, x0:x1])
+            if ok is not None:
+                ok[..., y0:y1, x0:x1] = self._weights(cell) > 0
+        if ok is None:
             return self._finish(value, None)
-        ok = w > 0
         value[:, ~ok] = 0
         return self._finish(value, np.broadcast_to(ok, value.shape))
 
@@ -1023,20 +1120,20 @@ class MeanStd(_FloatResult):
         a folded state, a few rows at a time (no block-sized temporary; the state is only
         read). M2 >= 0: each fold clamps its rounding and merges add non-negative terms;
         where W is 0 the caller sets the result."""
-        w, m2 = state["w"], state["m2"]
+        m2 = state["m2"]
         direct = out.dtype == m2.dtype
         tmp: np.ndarray | None = None
         with np.errstate(invalid="ignore", divide="ignore"):
-            for y in range(0, w.shape[-2], _ROWS):
+            for y in range(0, m2.shape[-2], _ROWS):
                 rows = (..., slice(y, y + _ROWS), slice(None))
                 np.add(state["shift"][rows], state["dev"][rows], out=out[0][rows], casting="unsafe")
                 if direct:
                     std = out[1][rows]
                 else:  # the sums' precision up to the square root, then the result's
-                    if tmp is None or tmp.shape != w[rows].shape:
-                        tmp = np.empty(w[rows].shape, m2.dtype)
+                    if tmp is None or tmp.shape != m2[rows].shape:
+                        tmp = np.empty(m2[rows].shape, m2.dtype)
                     std = tmp
-                np.divide(m2[rows], w[rows], out=std)
+                np.divide(m2[rows], self._weights(state, rows[1]), out=std)
                 np.sqrt(std, out=std)
                 if not direct:
                     out[1][rows] = std

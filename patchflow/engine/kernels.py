@@ -818,7 +818,6 @@ def stitch_block(
             # the block's own partial is all of it (no spill-over in or out): use it as is
             state = dict(partials[0])
         else:
-            state = agg.new(task.shape, agg.merged_accumulator(partials))
             # the largest piece (the block's own partial) first, the spill-over strips of
             # its neighbours after: a merge into an empty state is a copy, which the
             # aggregations whose merge is more than a sum (mean_std) take as such
@@ -828,13 +827,18 @@ def stitch_block(
                     -(piece[0][0][1] - piece[0][0][0]) * (piece[0][2][1] - piece[0][2][0])
                 ),
             )
-            for (ys, yd, xs, xd), part in pieces:
-                agg.merge(
-                    state,
-                    part,
-                    (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
-                    (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
-                )
+            state = agg.stitched(
+                task.shape,
+                [
+                    (
+                        (slice(yd[0], yd[1]), slice(xd[0], xd[1])),
+                        (slice(ys[0], ys[1]), slice(xs[0], xs[1])),
+                        part,
+                    )
+                    for (ys, yd, xs, xd), part in pieces
+                ],
+                agg.merged_accumulator(partials),
+            )
         window = spec.window
         if (
             isinstance(agg, OverlapAdd)

@@ -361,3 +361,50 @@ def test_mean_std_falls_back_to_weights_where_cores_do_not_apply(
     op = Lambda(lambda c: c[:1] * c.mean())
     got = _engine(values, op, (-1, -1), agg="mean_std", window=custom)
     assert fold_paths["weight"] > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("chunks", [(17, 23), (9, 40)])
+def test_mean_std_stitch_reads_partials_in_place_bit_for_bit(
+    dtype: str, chunks: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output block is finished from cells that read its own partial in place (no
+    copy of its state) and merge the neighbours' strips there: the same bits as merging
+    everything into a fresh whole-block state, and the partials are left as they were
+    (a retried stitch task sees the same inputs). On a grid with float32 sums the
+    chips' W travels as its two per-axis factors."""
+    from patchflow.engine.aggregate import Aggregator, MeanStd
+
+    values = _values(13)
+
+    def op(chip: np.ndarray) -> np.ndarray:
+        return (np.float32(1e3) + chip[:1] * chip.mean() * 10).astype(dtype)
+
+    seen: dict[str, int] = {"cells": 0, "factors": 0}
+    before: list[dict[str, np.ndarray]] = []
+    after: list[dict[str, np.ndarray]] = []
+    stitched = MeanStd.stitched
+
+    def spy(self: Any, shape: Any, pieces: Any, acc: Any) -> Any:
+        parts = [part for _, _, part in pieces]
+        before.extend(
+            {k: v.copy() for k, v in p.items() if isinstance(v, np.ndarray)} for p in parts
+        )
+        state = stitched(self, shape, pieces, acc)
+        seen["cells"] += "_cells" in state
+        seen["factors"] += sum(p["w"] is None for p in parts)
+        after.extend({k: v for k, v in p.items() if isinstance(v, np.ndarray)} for p in parts)
+        return state
+
+    monkeypatch.setattr(MeanStd, "stitched", spy)
+    got = _engine(values, Lambda(op), chunks, agg="mean_std")
+    assert seen["cells"] > 0
+    # float32 sums take W from geometry (as factors); float64 ones sum it, to the bit
+    assert seen["factors"] > 0 if dtype == "float32" else seen["factors"] == 0
+    for old, new in zip(before, after, strict=True):
+        assert old.keys() == new.keys()
+        for key in old:
+            np.testing.assert_array_equal(new[key], old[key])
+    monkeypatch.setattr(MeanStd, "stitched", Aggregator.stitched)  # one whole-block merge
+    plain = _engine(values, Lambda(op), chunks, agg="mean_std")
+    np.testing.assert_array_equal(got.values, plain.values)
