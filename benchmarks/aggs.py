@@ -4,7 +4,9 @@ Same job as ``vs_peers.py``'s ``patchflow_chips`` (2-band uint16 scene in Zarr v
 chunks, DN → NDVI hidden in a ``Lambda`` that does not declare itself pointwise, so every
 overlapping chip runs and is merged; chips 256, stride 192, Hann, 2 threads, Zarr → Zarr),
 once per aggregation, each in its own process (its own peak RSS), interleaved over
-``--repeat`` rounds so machine noise hits every aggregation alike. ``inverse_variance``
+``--repeat`` rounds so machine noise hits every aggregation alike. Two ratios to
+``overlap_add``: of the best walls, and the median (and range) of the ratios within each
+round, which holds when the machine's speed drifts between rounds. ``inverse_variance``
 gets an op returning ``(ndvi, variance)`` (two bands out: the same op plus one cheap
 band). The floor is ``vs_peers.py``'s: a no-overlap ``map_blocks`` of the op, same codec.
 
@@ -20,6 +22,7 @@ import argparse
 import importlib
 import os
 import shutil
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,19 +119,26 @@ def main() -> None:
     if "overlap_add" not in kinds:
         kinds.insert(1, "overlap_add")
     best: dict[str, dict[str, Any]] = {}
+    rounds: list[dict[str, float]] = []  # each round's seconds, for paired ratios
     for _ in range(args.repeat):
+        rounds.append({})
         for kind in kinds:
             out = work / f"aggs-{kind}.zarr"
             res = child(Path(__file__), kind, str(scene), str(out), str(args.threads))
             shutil.rmtree(out, ignore_errors=True)
             seen = best.setdefault(kind, res)
+            if "seconds" in res:
+                rounds[-1][kind] = res["seconds"]
             if "seconds" in res and "seconds" in seen:
                 seen["seconds"] = min(seen["seconds"], res["seconds"])
                 seen["rss_mb"] = max(seen["rss_mb"], res["rss_mb"])
     print(f"load average after the runs: {os.getloadavg()[0]:.2f} (1 min)")
     base = best["overlap_add"].get("seconds")
     flo = best["floor"].get("seconds")
-    head = f"{'agg':<18} | {'wall s':>7} | {'peak MB':>8} | {'/ overlap_add':>13} | {'/ floor':>7}"
+    head = (
+        f"{'agg':<18} | {'wall s':>7} | {'peak MB':>8} | {'/ overlap_add':>13} | {'/ floor':>7} "
+        f"| {'paired / overlap_add: median (min-max)':>38}"
+    )
     print(head)
     print("-" * len(head))
     for kind, res in best.items():
@@ -137,9 +147,15 @@ def main() -> None:
             continue
         to_base = f"{res['seconds'] / base:.2f}" if base else "-"
         to_floor = f"{res['seconds'] / flo:.2f}" if flo else "-"
+        # the ratio within each round, where both ran minutes apart at most: robust to the
+        # machine's speed drifting between rounds, unlike the ratio of two best walls
+        pairs = [r[kind] / r["overlap_add"] for r in rounds if kind in r and "overlap_add" in r]
+        paired = (
+            f"{statistics.median(pairs):.2f} ({min(pairs):.2f}-{max(pairs):.2f})" if pairs else "-"
+        )
         print(
             f"{kind:<18} | {res['seconds']:7.1f} | {res['rss_mb']:8.0f} | {to_base:>13} | "
-            f"{to_floor:>7}"
+            f"{to_floor:>7} | {paired:>38}"
         )
 
 
