@@ -169,3 +169,30 @@ def test_an_undeclared_callable_keeps_no_value_claims(scene: xr.DataArray) -> No
     for key, value in NEUTRAL_ATTRS.items():
         if key in scene.attrs:
             assert out.attrs[key] == value
+
+
+def test_haze_removal_keeps_the_units_it_was_given(dn_values: np.ndarray) -> None:
+    """DOS1 subtracts haze in the data's own units: ``units`` stays (from the input, or
+    from the step before it in a pipeline), while other claims about the old values
+    (their name, range or encoding) do not."""
+    reflectance = xr.DataArray(
+        dn_values.astype(np.float32) * np.float32(1e-4),
+        dims=("band", "y", "x"),
+        attrs={"units": "1", "long_name": "TOA reflectance", "valid_range": (0.0, 0.4)},
+    )
+    dos = ops.DOS1(dark=[0.01, 0.02])
+    out = patchflow.apply(reflectance, dos, size=64, stride=48)
+    assert out.attrs["units"] == "1"
+    assert "valid_range" not in out.attrs and "long_name" not in out.attrs
+    # in a pipeline: the unit the radiometric step declares survives DOS1
+    radiometric = ops.Radiometric(gain=1e-4, offset=0.0, units="1", long_name="reflectance")
+    pipe = radiometric | dos
+    assert pipe.output_attrs() == {"units": "1"}
+    dn = reflectance.copy(data=dn_values).assign_attrs(units="DN", long_name="digital number")
+    out = patchflow.apply(dn, pipe, size=64, stride=48)
+    assert out.attrs["units"] == "1" and "long_name" not in out.attrs
+    # DOS1 on DN data keeps "DN" (the haze is subtracted in DN); a step that changes the
+    # quantity after it says what its own output is
+    assert patchflow.apply(dn, dos, size=64, stride=48).attrs["units"] == "DN"
+    ndvi = ops.NDVI(red=0, nir=1)
+    assert (dos | ndvi).output_attrs() == ndvi.output_attrs()

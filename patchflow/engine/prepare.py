@@ -686,6 +686,9 @@ def _output_attrs(op: Any, arr: xr.DataArray, lead: tuple[int, ...]) -> dict[Has
         return key == "long_name" and per_band and n_out == n_in
 
     keeps = getattr(op, "keeps_values", None)
+    same = getattr(op, "keeps_units", None)
+    # values changed in the same units (haze removed from reflectance): "units" stays true
+    unit = {"units"} if callable(same) and same() else set()
     if callable(keeps) and keeps():  # a band subset: what was true of the values still is
         kept = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "nodata")}
     else:
@@ -693,7 +696,7 @@ def _output_attrs(op: Any, arr: xr.DataArray, lead: tuple[int, ...]) -> dict[Has
             k: v
             for k, v in arr.attrs.items()
             if k not in DROPPED_ATTRS
-            and (k not in VALUE_ATTRS or band_names(k, v))
+            and (k not in VALUE_ATTRS or k in unit or band_names(k, v))
             and not str(k).startswith("STATISTICS_")
         }
     if n_out != n_in:

@@ -601,6 +601,13 @@ class Operator:
         the input's value attrs then carry over to the result."""
         return bool(self._keeps_values)
 
+    def keeps_units(self) -> bool:
+        """Whether the output is in the input's units, its values changed (haze removed
+        from reflectance): the ``units`` attr then carries over, the input's other claims
+        about its values (name, range, encoding) do not. True whenever
+        :meth:`keeps_values` is."""
+        return self.keeps_values()
+
     def output_attrs(self) -> dict[str, Any]:
         """Attrs that describe the output values (``long_name``, ``units``); none here."""
         return {}
@@ -808,10 +815,19 @@ class Sequential(Operator):
     def keeps_values(self) -> bool:
         return all(op.keeps_values() for op in self.ops)
 
+    def keeps_units(self) -> bool:
+        return all(op.keeps_units() for op in self.ops)
+
     def output_attrs(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {}
         for op in self.ops:  # what the last value-changing step says, kept by later steps
-            attrs = {**(attrs if op.keeps_values() else {}), **op.output_attrs()}
+            if op.keeps_values():
+                kept = attrs
+            elif op.keeps_units():
+                kept = {k: v for k, v in attrs.items() if k == "units"}
+            else:
+                kept = {}
+            attrs = {**kept, **op.output_attrs()}
         return attrs
 
     def output_band_names(self, names: Sequence[str]) -> list[str] | None:
@@ -1341,6 +1357,9 @@ class Imported(Operator):
 
     def keeps_values(self) -> bool:
         return self.resolve().keeps_values()
+
+    def keeps_units(self) -> bool:
+        return self.resolve().keeps_units()
 
     def output_attrs(self) -> dict[str, Any]:
         return self.resolve().output_attrs()

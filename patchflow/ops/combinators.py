@@ -197,6 +197,9 @@ class Branch(Operator):
     def keeps_values(self) -> bool:
         return all(op.keeps_values() for op in self.ops)
 
+    def keeps_units(self) -> bool:
+        return all(op.keeps_units() for op in self.ops)
+
     def output_attrs(self) -> dict[str, Any]:
         return _common_attrs(self.ops)
 
@@ -692,6 +695,9 @@ class Switch(Operator):
 
     def keeps_values(self) -> bool:
         return all(op.keeps_values() for op in self._all().values())
+
+    def keeps_units(self) -> bool:
+        return all(op.keeps_units() for op in self._all().values())
 
     def output_attrs(self) -> dict[str, Any]:
         return _common_attrs(list(self._all().values()))

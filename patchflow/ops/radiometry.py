@@ -656,6 +656,9 @@ class DOS1(_PerBandOp):
     def keeps_values(self) -> bool:
         return False
 
+    def keeps_units(self) -> bool:
+        return True  # the haze is subtracted in the data's own units
+
     def _params(self) -> dict[str, Any]:
         return {
             "dark": list(self.dark) if isinstance(self.dark, tuple) else self.dark,
