@@ -1034,15 +1034,25 @@ class MeanStd(_FloatResult):
         total = wa + wb
         # where nothing is here yet take src's shift (dev and M2 are 0 there), so dev stays
         # a small deviation instead of becoming the whole mean
-        np.copyto(dst["shift"][d], src["shift"][s], where=wa == 0)
+        if not bool(wa.min() > 0):
+            np.copyto(dst["shift"][d], src["shift"][s], where=wa == 0)
         # the means' difference from the shifts' (exact for nearby values: Sterbenz)
         # and the devs' (small): no rounding at the data's magnitude
         delta = src["shift"][s] - dst["shift"][d]
         delta += src["dev"][s]
         delta -= dst["dev"][d]
-        frac = np.divide(wb, total, out=np.zeros(total.shape, total.dtype), where=total > 0)
-        dst["m2"][d] += src["m2"][s] + delta * delta * wa * frac  # Chan et al.
-        dst["dev"][d] += delta * frac
+        if bool(total.min() > 0):  # (a masked divide is much slower)
+            frac = np.divide(wb, total)
+        else:
+            frac = np.divide(wb, total, out=np.zeros(total.shape, total.dtype), where=total > 0)
+        # Chan et al.: M2 += M2_src + delta² wa frac, evaluated in place in that order
+        term = delta * delta
+        term *= wa
+        term *= frac
+        term += src["m2"][s]
+        dst["m2"][d] += term
+        delta *= frac
+        dst["dev"][d] += delta
         dst["w"][d] = total
 
     def stitched(
