@@ -412,6 +412,14 @@ def _frame(chips: np.ndarray, geoms: list[Any], props: list[dict[str, Any]], crs
     )
 
 
+def _require_property(props: list[dict[str, Any]], key: str, claim: str, fix: str) -> None:
+    """Refuse (``claim``, the properties the records do have, ``fix``) when no record has
+    the property ``key``."""
+    if not any(key in p for p in props):
+        have = sorted({k for p in props for k in p})
+        raise ParameterError(f"{claim} (properties: {have}); {fix}")
+
+
 def vector_merge(spec: MergeSpec, parts: list[VectorPart]) -> Any:
     """The groups' records as one GeoDataFrame (NMS applied for ``dedup="nms"``)."""
     chips = np.concatenate([p.chips for p in parts]) if parts else np.zeros(0, np.int64)
@@ -421,24 +429,24 @@ def vector_merge(spec: MergeSpec, parts: list[VectorPart]) -> Any:
         if spec.score is None:
             scores = np.zeros(len(geoms))
         else:
-            if not any(spec.score in p for p in props):
-                raise ParameterError(
-                    f"dedup='nms' ranks by the {spec.score!r} property, which no record has "
-                    f"(properties: {sorted({k for p in props for k in p})}); pass "
-                    "score='<your column>', or score=None to rank by chip and record order"
-                )
+            _require_property(
+                props,
+                spec.score,
+                f"dedup='nms' ranks by the {spec.score!r} property, which no record has",
+                "pass score='<your column>', or score=None to rank by chip and record order",
+            )
             scores = np.array(
                 [np.nan if p.get(spec.score) is None else float(p[spec.score]) for p in props]
             )
         if spec.by is None:
             keep = nms(geoms, scores, spec.iou)
         else:
-            if not any(spec.by in p for p in props):
-                raise ParameterError(
-                    f"dedup='nms' with by={spec.by!r} groups records by a property no record "
-                    f"has (properties: {sorted({k for p in props for k in p})}); pass "
-                    "by='<your class column>', or by=None to compare all records"
-                )
+            _require_property(
+                props,
+                spec.by,
+                f"dedup='nms' with by={spec.by!r} groups records by a property no record has",
+                "pass by='<your class column>', or by=None to compare all records",
+            )
             # one NMS per class: a detection never suppresses one of another class
             groups: dict[Any, list[int]] = {}
             for i, p in enumerate(props):
