@@ -52,7 +52,7 @@ from dask.base import tokenize
 
 from patchflow._xr import georef
 from patchflow.engine.graph import VECTOR_CHIPS_PREFIX, VECTOR_MERGE_PREFIX, vector_graph
-from patchflow.engine.nodata import input_nodata, is_value, work_dtype
+from patchflow.engine.nodata import input_nodata, work_dtype
 from patchflow.engine.vectors import (
     DEDUPS,
     CoreRule,
@@ -280,8 +280,7 @@ def apply_vector(
     else:
         rules = _nearest_rules(anchor_arr, size_yx, shape, groups)
     nd = input_nodata(arr)
-    nd = nd.item() if isinstance(nd, np.generic) else nd
-    nd = nd if is_value(nd) else None
+    nd = nd.item() if isinstance(nd, np.generic) else nd  # (a value, or None)
     work = None if nd is None else str(work_dtype(arr.dtype, nd, None))
     tr = _IDENTITY
     if transform is not None:

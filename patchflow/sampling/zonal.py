@@ -402,7 +402,6 @@ def _h3_zonal(
 
 def _h3_cells(cells: np.ndarray) -> tuple[list[str], list[Any]]:
     """h3 string ids and hexagons (shapely, lon/lat) of int64 cell ids."""
-
     h3 = require_h3()
     ids = [h3.int_to_str(int(c)) for c in cells]
     # cell_to_boundary gives (lat, lng) pairs; shapely wants (x=lng, y=lat)
