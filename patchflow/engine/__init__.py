@@ -13,7 +13,6 @@ module                 owns
 :mod:`.aggregate`      the merges: overlap-add, mean, max, min, vote, soft vote, centre
 :mod:`.rasters`        lazy (dask) rasters reduced block by block for the samplers
 :mod:`.timing`         optional per-phase timers inside the kernels (profiling)
-:mod:`.scratch`        per-thread result memory reused block after block (store writes)
 =====================  ================================================================
 
 Data path: input → :mod:`patchflow.plan` (grid, blocks) → :mod:`.graph` → :mod:`.kernels`

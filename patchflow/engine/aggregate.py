@@ -55,7 +55,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from patchflow.engine.nodata import OutputNodata, check_collision
-from patchflow.engine.scratch import Scratch, empty
 from patchflow.errors import (
     CoverageError,
     LayerOverflowError,
@@ -234,12 +233,7 @@ class Aggregator:
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def finalize(
-        self, state: State, *, scratch: Scratch | None = None
-    ) -> np.ndarray:  # pragma: no cover - abstract
-        """The block's result pixels. With a ``scratch`` (a caller that is done with the
-        result before it finalises another block on the same thread) the result may be a
-        view of the scratch's memory instead of a new array."""
+    def finalize(self, state: State) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def stitched(
@@ -430,11 +424,8 @@ class OverlapAdd(_Summing):
     def to_sums(self, state: State) -> dict[str, np.ndarray]:
         return {"num": state["num"], "den": self._full_den(state)}
 
-    def normalised(
-        self, state: State, scratch: Scratch | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(num / den, den > 0)`` with zeros where nothing valid reached (``None``: all);
-        the quotient may be in ``scratch`` (see :meth:`Aggregator.finalize`)."""
+    def normalised(self, state: State) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(num / den, den > 0)`` with zeros where nothing valid reached (``None``: all)."""
         num = state["num"]
         if state["den"] is None and state.get("_separable"):
             dy, dx = state["dy"].astype(num.dtype), state["dx"].astype(num.dtype)
@@ -443,7 +434,7 @@ class OverlapAdd(_Summing):
             if bool((dy > 0).all() and (dx > 0).all()):
                 # two exact-as-possible divisions, no 2-D denominator: where the true
                 # quotient is representable (whole numbers summed in float64) it is exact
-                value = np.divide(num, dy[:, None], out=empty(num.shape, num.dtype, scratch))
+                value = np.divide(num, dy[:, None])
                 np.divide(value, dx, out=value)
                 return value, None
         den = self._full_den(state)
@@ -452,8 +443,8 @@ class OverlapAdd(_Summing):
             value = np.where(ok, state["num"] / np.where(ok, den, 1), 0)
         return value, ok
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
-        value, ok = self.normalised(state, scratch)
+    def finalize(self, state: State) -> np.ndarray:
+        value, ok = self.normalised(state)
         return self._finish(value, ok)
 
 
@@ -475,8 +466,8 @@ class SoftVote(OverlapAdd):
     def result_dtype(self) -> np.dtype:
         return _label_dtype(self.lead[0] if self.lead else 1)
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
-        value, ok = self.normalised(state, scratch)  # (the scores never leave: argmax does)
+    def finalize(self, state: State) -> np.ndarray:
+        value, ok = self.normalised(state)
         labels = np.argmax(value, axis=0)
         return self._finish(labels, None if ok is None else np.asarray(ok.all(axis=0)))
 
@@ -532,7 +523,7 @@ class Extreme(Aggregator):
         dst["val"][d] = self._pick(dst["val"][d], src["val"][s])
         dst["hit"][d] |= src["hit"][s]
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
+    def finalize(self, state: State) -> np.ndarray:
         return self._finish(state["val"], state["hit"])
 
 
@@ -595,7 +586,7 @@ class Vote(Aggregator):
         for key in ("count", "wsum"):
             dst[key][(..., *dst_sl)] += src[key][(..., *src_sl)]
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
+    def finalize(self, state: State) -> np.ndarray:
         count, wsum = state["count"], state["wsum"]
         top = count.max(axis=0)
         tie_break = np.where(count == top, wsum, -1.0)
@@ -647,7 +638,7 @@ class Centre(Aggregator):
         dst["score"][d] = np.where(better, src["score"][s], dst["score"][d])
         dst["val"][d] = np.where(better, src["val"][s], dst["val"][d])
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
+    def finalize(self, state: State) -> np.ndarray:
         return self._finish(state["val"], state["score"] > self.MISSING)
 
 
@@ -690,7 +681,7 @@ class Sum(_Summing):
         for key in ("num", "cnt"):
             dst[key][(..., *dst_sl)] += src[key][(..., *src_sl)]
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
+    def finalize(self, state: State) -> np.ndarray:
         ok = state["cnt"] > 0
         return self._finish(np.where(ok, state["num"], 0), ok)
 
@@ -1114,7 +1105,7 @@ class MeanStd(_FloatResult):
                 cells.append(((y0, y1, x0, x1), cell))
         return {"_cells": cells, "_shape": shape}
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
+    def finalize(self, state: State) -> np.ndarray:
         if "_cells" in state:
             cells, shape = state["_cells"], state["_shape"]
         else:
@@ -1122,7 +1113,7 @@ class MeanStd(_FloatResult):
             shape = state["shift"].shape[-2:]
             cells = [((0, shape[0], 0, shape[1]), state)]
         full = (*self.lead, *shape)
-        value = empty((2, *full), self.result_dtype(), scratch)
+        value = np.empty((2, *full), self.result_dtype())
         every = all(self._weighted_everywhere(cell) for _, cell in cells)
         ok = None if every else np.empty(full, bool)
         for (y0, y1, x0, x1), cell in cells:
@@ -1258,7 +1249,7 @@ class InverseVariance(_FloatResult):
         for key in self.sum_keys:
             dst[key][(..., *dst_sl)] += src[key][(..., *src_sl)]
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
+    def finalize(self, state: State) -> np.ndarray:
         sa = state["sa"]
         ok = sa > 0
         safe = np.where(ok, sa, 1.0)
@@ -1411,7 +1402,7 @@ class Median(_FloatResult, _Layered):
 
     name = "median"
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
+    def finalize(self, state: State) -> np.ndarray:
         part, count = self._sorted(state)
         ok = count > 0
         dtype = self.result_dtype()
@@ -1451,7 +1442,7 @@ class Mode(_Layered):
     def result_dtype(self) -> np.dtype:
         return self._dtype()
 
-    def finalize(self, state: State, *, scratch: Scratch | None = None) -> np.ndarray:
+    def finalize(self, state: State) -> np.ndarray:
         part, count = self._sorted(state)
         ok = count > 0
         best = np.zeros(count.shape, np.int64)

@@ -30,7 +30,6 @@ import numpy as np
 
 from patchflow.engine.aggregate import Aggregator, ChipBatch, OverlapAdd, State
 from patchflow.engine.nodata import check_collision, is_value
-from patchflow.engine.scratch import Scratch
 from patchflow.engine.timing import phase
 from patchflow.errors import ChipFailedWarning, OperatorError
 from patchflow.plan.grid import window_bounds
@@ -249,25 +248,22 @@ def mark_skipped(value: np.ndarray, rects: Sequence[Rect], agg: Aggregator) -> n
     return value
 
 
-def finalize_block(
-    agg: Aggregator, state: State, skip: Sequence[Rect] = (), *, scratch: Scratch | None = None
-) -> np.ndarray:
+def finalize_block(agg: Aggregator, state: State, skip: Sequence[Rect] = ()) -> np.ndarray:
     """``agg.finalize(state)`` with the footprints ``skip`` of skipped chips invalid.
 
     Inside a footprint the merged state lacks the skipped chip, so its pixels may hold
     values no result would (0 where only that chip reached, under a geometric
     denominator); a float result's nodata collision check therefore runs after they
-    are marked, on the pixels that stay valid. ``scratch``: see
-    :meth:`~patchflow.engine.aggregate.Aggregator.finalize`.
+    are marked, on the pixels that stay valid.
     """
     if not skip:
-        return agg.finalize(state, scratch=scratch)
+        return agg.finalize(state)
     target = agg.encoded if agg.result_dtype().kind in "fc" else None
     if not is_value(target):
-        return mark_skipped(agg.finalize(state, scratch=scratch), skip, agg)
+        return mark_skipped(agg.finalize(state), skip, agg)
     probe = copy.copy(agg)
     probe.encoded = None
-    value = mark_skipped(probe.finalize(state, scratch=scratch), skip, agg)
+    value = mark_skipped(probe.finalize(state), skip, agg)
     check_collision(value, ~np.isnan(value), target, agg.nodata_origin)
     return value
 

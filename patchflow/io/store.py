@@ -97,7 +97,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -116,7 +116,6 @@ from patchflow.engine.aggregate import AGGREGATIONS, Aggregator, State
 from patchflow.engine.graph import build_graph
 from patchflow.engine.kernels import finalize_block
 from patchflow.engine.prepare import Prepared, prepare, prepare_from
-from patchflow.engine.scratch import Scratch
 from patchflow.engine.timing import phase
 from patchflow.errors import (
     _CLI,
@@ -370,9 +369,6 @@ class BlockSink:
     accumulate: bool
     #: word errors for the command line (the context of the caller does not reach workers)
     cli: bool = False
-    #: each thread's result memory, reused block after block: a block is compressed and
-    #: dropped before its thread finalises the next (fresh memory is slow to fault in)
-    scratch: Scratch = field(default_factory=Scratch, compare=False, repr=False)
 
     def _region(self, index: tuple[int, int], shape: tuple[int, ...]) -> tuple[slice, ...]:
         (i, j), (by, bx) = index, self.block
@@ -424,7 +420,7 @@ class BlockSink:
                 arr[self._region(index, sums[key].shape)] = sums[key]
             state = agg.from_sums(sums)
         with phase("normalise"):
-            out = finalize_block(agg, state, skip, scratch=self.scratch)
+            out = finalize_block(agg, state, skip)
         # every chunk is written, even all-nodata ones, so the bytes read back are exactly
         # the bytes checksummed here (Zarr would otherwise drop it and return its fill value)
         with phase("write"):
