@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import importlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -56,6 +57,7 @@ __all__ = [
     "WindowError",
     "check_keywords",
     "cli_wording",
+    "optional_import",
 ]
 
 
@@ -86,6 +88,28 @@ class InputTypeError(PatchflowError, TypeError):
 class MissingExtraError(PatchflowError, ImportError):
     """An optional dependency is not installed; the message names the ``patchflow[...]``
     extra that brings it (still an ``ImportError`` for code that catches those)."""
+
+
+def optional_import(*names: str, message: str | Callable[[ImportError], str]) -> Any:
+    """Import the modules ``names`` in order and return the first, or raise
+    :class:`MissingExtraError` with ``message`` (the install line for the extra that brings
+    them; a callable gets the ``ImportError``), chained to the ``ImportError``.
+
+    Examples
+    --------
+    >>> optional_import("json", message="cannot happen").__name__
+    'json'
+    >>> optional_import("no_such_module_here", message="pip install 'patchflow[x]'")
+    Traceback (most recent call last):
+    ...
+    patchflow.errors.MissingExtraError: pip install 'patchflow[x]'
+    """
+    try:
+        modules = [importlib.import_module(name) for name in names]
+    except ImportError as exc:
+        text = message(exc) if callable(message) else message
+        raise MissingExtraError(text) from exc
+    return modules[0]
 
 
 class DimensionError(PatchflowError, ValueError):

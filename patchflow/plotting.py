@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from patchflow._xr import spatial_dims
-from patchflow.errors import DimensionError, MissingExtraError, ParameterError
+from patchflow.errors import DimensionError, ParameterError, optional_import
 from patchflow.io.sources import open_overview, overview_shapes
 from patchflow.plan.layout import ChipLayout
 
@@ -64,13 +64,11 @@ def require_matplotlib(what: str = "plotting") -> None:
     what
         What needs matplotlib, for the message (e.g. ``"patchflow grid --png"``).
     """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"{what} needs matplotlib, an optional dependency: "
-            "install it with `pip install 'patchflow[plot]'` (or matplotlib)"
-        ) from exc
+    optional_import(
+        "matplotlib",
+        message=f"{what} needs matplotlib, an optional dependency: "
+        "install it with `pip install 'patchflow[plot]'` (or matplotlib)",
+    )
 
 
 def decimation(shape: Sequence[int], max_pixels: int = MAX_PIXELS) -> int:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.spatial import cKDTree
 
-from patchflow.errors import InputTypeError, MissingExtraError, ParameterError
+from patchflow.errors import InputTypeError, ParameterError, optional_import
 
 __all__ = ["Flow", "knn_graph", "radius_graph"]
 
@@ -49,14 +49,11 @@ _SLACK = 1e-9
 
 
 def _geopandas(func: str) -> Any:
-    try:
-        import geopandas as gpd
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            f"{func}() was given geometries and needs geopandas to read them: "
-            'pip install "patchflow[vector]"; or pass an (n, 2) array of projected x/y'
-        ) from exc
-    return gpd
+    return optional_import(
+        "geopandas",
+        message=f"{func}() was given geometries and needs geopandas to read them: "
+        'pip install "patchflow[vector]"; or pass an (n, 2) array of projected x/y',
+    )
 
 
 def _geo_coordinates(points: Any, func: str) -> np.ndarray:

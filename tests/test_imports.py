@@ -227,3 +227,53 @@ def test_every_public_name_resolves_and_stays_within_30() -> None:
     for name in patchflow.__all__:
         assert getattr(patchflow, name) is not None, name
     assert set(patchflow.__all__) <= set(dir(patchflow))
+
+
+EXTRAS_MISSING = """
+import sys
+for name in ("h3", "xvec", "torch", "joblib", "spyndex", "geopandas", "shapely"):
+    sys.modules[name] = None
+from pathlib import Path
+from patchflow.engine.chip_kernels import require_geo, require_h3
+from patchflow.engine.vectors import require_vector
+from patchflow.errors import MissingExtraError
+from patchflow.ops.indices import _spyndex
+from patchflow.ops.models import _torch
+from patchflow.ops.sklearn import _load_estimator
+from patchflow.points import _geopandas
+from patchflow.sampling.point_values import _require_geopandas
+from patchflow.sampling.torch_data import _to_tensor
+from patchflow.sampling.zonal import _polygon_frame, require_xvec
+import numpy as np
+calls = {
+    "require_geo": (require_geo, "patchflow[vector]"),
+    "require_h3": (require_h3, "h3"),
+    "require_vector": (require_vector, "patchflow[vector]"),
+    "spyndex": (_spyndex, "spyndex"),
+    "torch": (_torch, "patchflow[torch]"),
+    "sklearn": (lambda: _load_estimator(Path("m.joblib"), b""), "patchflow[ml]"),
+    "points": (lambda: _geopandas("sample"), "patchflow[vector]"),
+    "point_values": (_require_geopandas, "patchflow[vector]"),
+    "tensor": (lambda: _to_tensor(np.zeros(2)), "patchflow[torch]"),
+    "zonal": (lambda: _polygon_frame([], None), "patchflow[vector]"),
+    "xvec": (require_xvec, "xvec"),
+}
+for what, (call, words) in calls.items():
+    try:
+        call()
+    except MissingExtraError as exc:
+        assert isinstance(exc, ImportError) and isinstance(exc.__cause__, ImportError), what
+        assert words in str(exc), (what, str(exc))
+    else:
+        raise AssertionError(what + " did not raise")
+print("ok")
+"""
+
+
+def test_every_optional_extra_is_named_when_missing() -> None:
+    """Each helper that imports an optional package raises MissingExtraError (an
+    ImportError, chained to the real one) naming what to install; ``as_tensor=True``
+    without torch raised a plain PatchflowError before."""
+    proc = python(EXTRAS_MISSING)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from patchflow.engine.aggregate import Aggregator, ChipBatch
-from patchflow.errors import MissingExtraError
+from patchflow.errors import optional_import
 from patchflow.plan.windows import Window
 
 __all__ = [
@@ -197,15 +197,13 @@ def stitch_anchor_block(spec: StitchSpec, sources: list[np.ndarray]) -> np.ndarr
 
 
 def require_geo() -> Any:
-    try:
-        import rasterio.features
-        import shapely  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            "polygon support needs shapely (and geopandas for GeoDataFrames): "
-            "pip install 'patchflow[vector]' (or: pip install geopandas shapely)"
-        ) from exc
-    return rasterio.features
+    """``rasterio.features`` (with shapely), or :class:`MissingExtraError`."""
+    return optional_import(
+        "rasterio.features",
+        "shapely",
+        message="polygon support needs shapely (and geopandas for GeoDataFrames): "
+        "pip install 'patchflow[vector]' (or: pip install geopandas shapely)",
+    )
 
 
 def polygon_mask(
@@ -340,14 +338,12 @@ def zonal_merge(n: int, bands: int, stats: tuple[str, ...], parts: list[Any]) ->
 
 
 def require_h3() -> Any:
-    try:
-        import h3
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            "zonal statistics by h3 cell need h3 (4.x): "
-            "pip install 'patchflow[vector]' (or: pip install h3)"
-        ) from exc
-    return h3
+    """The h3 module, or :class:`MissingExtraError`."""
+    return optional_import(
+        "h3",
+        message="zonal statistics by h3 cell need h3 (4.x): "
+        "pip install 'patchflow[vector]' (or: pip install h3)",
+    )
 
 
 @functools.lru_cache(maxsize=16)

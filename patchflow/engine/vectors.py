@@ -35,7 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from patchflow.errors import MissingExtraError, OperatorError, ParameterError, PatchflowError
+from patchflow.errors import (
+    OperatorError,
+    ParameterError,
+    PatchflowError,
+    optional_import,
+)
 from patchflow.options import DEDUPS, Dedup
 
 __all__ = [
@@ -61,15 +66,12 @@ _INSTALL = "pip install 'patchflow[vector]' (or: pip install geopandas shapely)"
 
 def require_vector(what: str = "apply_vector") -> Any:
     """geopandas, or :class:`MissingExtraError` naming the extra that brings it."""
-    try:
-        import geopandas as gpd
-        import shapely  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            f"{what} returns geometries in a GeoDataFrame and needs geopandas and shapely: "
-            f"{_INSTALL}"
-        ) from exc
-    return gpd
+    return optional_import(
+        "geopandas",
+        "shapely",
+        message=f"{what} returns geometries in a GeoDataFrame and needs geopandas and "
+        f"shapely: {_INSTALL}",
+    )
 
 
 # --------------------------------------------------------------------------- ownership

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from patchflow.errors import MissingExtraError, ParameterError
+from patchflow.errors import ParameterError, optional_import
 from patchflow.ops.bands import _indices, _need_bands
 from patchflow.ops.base import Band, Operator, Spec, _band, _float_dtype, register
 
@@ -82,11 +82,7 @@ installed: pip install "patchflow[indices]"'
 
 
 def _spyndex() -> Any:
-    try:
-        import spyndex
-    except ImportError as exc:
-        raise MissingExtraError(missing_spyndex_message(str(exc))) from exc
-    return spyndex
+    return optional_import("spyndex", message=lambda exc: missing_spyndex_message(str(exc)))
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ import numpy.typing as npt
 from patchflow.errors import (
     InputReadError,
     InputTypeError,
-    MissingExtraError,
     ModelChangedError,
     ParameterError,
+    optional_import,
 )
 from patchflow.ops.base import Config, ConfigError, Operator, Spec, register
 
@@ -55,14 +55,11 @@ DEFAULT_BATCH = 64
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - exercised only without torch
-        raise MissingExtraError(
-            "this needs PyTorch: pip install 'patchflow[torch]' (for a CPU-only build, first "
-            "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
-        ) from exc
-    return torch
+    return optional_import(
+        "torch",
+        message="this needs PyTorch: pip install 'patchflow[torch]' (for a CPU-only build, "
+        "first pip install torch --index-url https://download.pytorch.org/whl/cpu)",
+    )
 
 
 def is_torch_module(model: Any) -> bool:

@@ -38,11 +38,11 @@ import numpy as np
 from patchflow.errors import (
     DimensionError,
     InputReadError,
-    MissingExtraError,
     ModelChangedError,
     ModelNotFittedError,
     OperatorError,
     ParameterError,
+    optional_import,
 )
 from patchflow.ops.base import Config, ConfigError, Operator, Spec, register
 
@@ -110,25 +110,20 @@ def _load_estimator(file: Path, data: bytes) -> Any:
     """The estimator saved in ``data`` (the bytes of ``file``): skops for ``.skops``
     files, joblib (which also reads plain pickles) for anything else."""
     if file.suffix == ".skops":
-        try:
-            import skops.io as sio
-        except ImportError as exc:
-            raise MissingExtraError(
-                f"{file} is a skops file; reading it needs skops: pip install skops"
-            ) from exc
+        sio = optional_import(
+            "skops.io", message=f"{file} is a skops file; reading it needs skops: pip install skops"
+        )
         try:
             # the caller trusts the file (from_config(..., trusted=True) or a direct
             # call): accept the types it names, as unpickling it would
             return sio.loads(data, trusted=sio.get_untrusted_types(data=data))
         except Exception as exc:
             raise _unreadable(file, "skops.io.load", exc) from exc
-    try:
-        import joblib
-    except ImportError as exc:
-        raise MissingExtraError(
-            "loading a saved scikit-learn model needs scikit-learn (and joblib): "
-            "pip install 'patchflow[ml]'"
-        ) from exc
+    joblib = optional_import(
+        "joblib",
+        message="loading a saved scikit-learn model needs scikit-learn (and joblib): "
+        "pip install 'patchflow[ml]'",
+    )
     try:
         return joblib.load(io.BytesIO(data))
     except Exception as exc:

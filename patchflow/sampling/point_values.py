@@ -22,7 +22,7 @@ import xarray as xr
 from patchflow._xr import as_dataarray, georef, spatial_last, value_labels
 from patchflow.engine.chip_kernels import gather_points
 from patchflow.engine.graph import point_read_tasks
-from patchflow.errors import MissingExtraError, ParameterError
+from patchflow.errors import ParameterError, optional_import
 from patchflow.options import VECTOR_OUTPUTS, SampleMethod, VectorOutput
 from patchflow.plan.grid import pair, world_to_pixels
 from patchflow.plan.samplers import Sampler
@@ -36,14 +36,11 @@ SAMPLE_METHODS = ("nearest", "bilinear")
 
 
 def _require_geopandas() -> Any:
-    try:
-        import geopandas as gpd
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            "sample_points takes and returns a GeoDataFrame and needs geopandas: "
-            "pip install 'patchflow[vector]' (or: pip install geopandas)"
-        ) from exc
-    return gpd
+    return optional_import(
+        "geopandas",
+        message="sample_points takes and returns a GeoDataFrame and needs geopandas: "
+        "pip install 'patchflow[vector]' (or: pip install geopandas)",
+    )
 
 
 def _as_xvec(arr: xr.DataArray, points: Any, values: np.ndarray, names: list[str]) -> Any:

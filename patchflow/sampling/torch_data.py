@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from patchflow.errors import ParameterError, PatchflowError
+from patchflow.errors import ParameterError, optional_import
 from patchflow.io.chips import open_chip_group
 from patchflow.plan.grid import pair
 
@@ -49,12 +49,9 @@ def torch_available() -> bool:
 
 
 def _to_tensor(values: np.ndarray) -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PatchflowError(
-            "as_tensor=True needs PyTorch: pip install 'patchflow[torch]' (or torch)"
-        ) from exc
+    torch = optional_import(
+        "torch", message="as_tensor=True needs PyTorch: pip install 'patchflow[torch]' (or torch)"
+    )
     arr = np.ascontiguousarray(values)
     if arr.dtype == np.uint16:  # limited uint16 support in torch ops: widen losslessly
         arr = arr.astype(np.int32)

@@ -32,7 +32,7 @@ from patchflow.engine.graph import (
     ZoneBlock,
     zonal_graph,
 )
-from patchflow.errors import MissingExtraError, ParameterError
+from patchflow.errors import ParameterError, optional_import
 from patchflow.options import DEFAULT_STATS, VECTOR_OUTPUTS, ZONAL_STATS, VectorOutput
 from patchflow.plan.grid import world_to_pixels
 from patchflow.plan.layout import PolygonChip
@@ -62,14 +62,13 @@ def _geometries(gdf: Any, crs: Any) -> tuple[Any, list[Any]]:
 def _polygon_frame(gdf: Any, crs: Any) -> Any:
     """The GeoDataFrame the statistics are joined to: a copy of ``gdf``'s rows (geometry,
     columns, index, order and CRS as given), or, for plain geometries, one in ``crs``."""
-    try:
-        import geopandas as gpd
-        import pandas as pd
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            "zonal_stats returns a GeoDataFrame and needs geopandas: "
-            "pip install 'patchflow[vector]' (or: pip install geopandas)"
-        ) from exc
+    gpd = optional_import(
+        "geopandas",
+        message="zonal_stats returns a GeoDataFrame and needs geopandas: "
+        "pip install 'patchflow[vector]' (or: pip install geopandas)",
+    )
+    import pandas as pd  # (a dependency of xarray)
+
     if isinstance(gdf, gpd.GeoDataFrame):
         return gdf.copy()
     if isinstance(gdf, gpd.GeoSeries):
@@ -437,14 +436,11 @@ def _polygons(geom: Any) -> list[Any]:
 
 def require_xvec() -> Any:
     """The xvec module (which registers the ``.xvec`` accessor), or a MissingExtraError."""
-    try:
-        import xvec
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            "output='xvec' needs xvec: pip install 'patchflow[vector]' (or: pip install xvec); "
-            "output='geopandas' needs only geopandas"
-        ) from exc
-    return xvec
+    return optional_import(
+        "xvec",
+        message="output='xvec' needs xvec: pip install 'patchflow[vector]' (or: pip install "
+        "xvec); output='geopandas' needs only geopandas",
+    )
 
 
 def _band_layout(arr: xr.DataArray) -> tuple[tuple[str, ...], tuple[int, ...], dict[str, Any]]:
