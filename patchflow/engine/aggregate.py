@@ -1250,12 +1250,24 @@ class InverseVariance(_FloatResult):
             dst[key][(..., *dst_sl)] += src[key][(..., *src_sl)]
 
     def finalize(self, state: State) -> np.ndarray:
-        sa = state["sa"]
-        ok = sa > 0
-        safe = np.where(ok, sa, 1.0)
-        mean = np.where(ok, state["sax"] / safe, 0.0)
-        var = np.where(ok, state["sb"] / (safe * safe), 0.0)
-        value = np.stack([mean, var])
+        sa, sax, sb = state["sa"], state["sax"], state["sb"]
+        value = np.empty((2, *sa.shape), self.result_dtype())
+        ok = None if bool(sa.min(initial=1) > 0) else sa > 0
+        safe = sa if ok is None else np.where(ok, sa, 1.0)
+        # a few rows at a time, straight into the result: the quotients are taken in
+        # float64 and rounded once to the result's dtype, with no block-sized float64
+        # temporaries (five of them, and a stack of two, before)
+        square: np.ndarray | None = None
+        for y in range(0, sa.shape[-2], _ROWS):
+            rows = (..., slice(y, y + _ROWS), slice(None))
+            np.divide(sax[rows], safe[rows], out=value[0][rows], casting="unsafe")
+            if square is None or square.shape != safe[rows].shape:
+                square = np.empty(safe[rows].shape, np.float64)
+            np.multiply(safe[rows], safe[rows], out=square)
+            np.divide(sb[rows], square, out=value[1][rows], casting="unsafe")
+        if ok is None:
+            return self._finish(value, None)
+        value[:, ~ok] = 0
         return self._finish(value, np.broadcast_to(ok, value.shape))
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:

@@ -523,3 +523,28 @@ def test_inverse_variance_accumulates_across_passes(tmp_path: Path) -> None:
     # every sum doubled: the mean stays, the estimator's variance halves
     np.testing.assert_allclose(twice[0], expected[0], rtol=2e-7, equal_nan=True)
     np.testing.assert_allclose(twice[1], expected[1] / 2, rtol=2e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_inverse_variance_finalize_rounds_the_float64_quotients_once(holes: bool) -> None:
+    """The result is ``[sax / sa, sb / sa²]`` taken in float64 and rounded once to the
+    result's dtype (bit for bit), NaN where nothing valid reached; a block taller than
+    the rows finished at a time."""
+    agg = make_aggregator("inverse_variance", out_dtype=np.dtype("float32"), lead=(2,))
+    rng = np.random.default_rng(4)
+    shape = (75, 31)
+    sa = rng.uniform(1e-3, 1e4, shape)
+    if holes:
+        sa[rng.random(shape) < 0.2] = 0
+    state = {
+        "sa": sa,
+        "sax": sa * rng.normal(1e4, 3, shape),
+        "sb": sa * rng.uniform(0, 2, shape),
+    }
+    got = agg.finalize({k: v.copy() for k, v in state.items()})
+    ok = sa > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.stack([state["sax"] / sa, state["sb"] / (sa * sa)]).astype(np.float32)
+    expected[:, ~ok] = np.nan
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
