@@ -248,6 +248,58 @@ class Aggregator:
             self.merge(state, part, dst_sl, src_sl)
         return state
 
+    def _view(self, state: State, rows: slice, cols: slice) -> State:
+        """``rows`` × ``cols`` of a state, as views (for :meth:`_cells`)."""
+        raise NotImplementedError  # pragma: no cover - only aggregations that cut cells
+
+    def _cells(
+        self, shape: tuple[int, int], pieces: list[tuple[Slices, Slices, State]], acc: Any
+    ) -> list[tuple[tuple[int, int, int, int], State]] | None:
+        """An output block's state as *cells* ``((y0, y1, x0, x1), state)``, without
+        copying the block's own partial; ``None`` unless that partial (the first piece)
+        covers the whole block.
+
+        Its neighbours' spill-over strips reach only the block's edges. Cut at every
+        piece's edges, the block falls into cells each covered by a fixed set of pieces: a
+        cell only the own partial covers is a view of it (:meth:`_view`), the others are
+        merged from their pieces in the order a whole-block merge uses, so every element
+        sees the same arithmetic (bit for bit). The partials are only read, so a retried
+        task finds them as they were.
+        """
+        dst0 = pieces[0][0]
+        if (dst0[0].indices(shape[0]), dst0[1].indices(shape[1])) != (
+            (0, shape[0], 1),
+            (0, shape[1], 1),
+        ):
+            return None
+        ys = sorted({0, shape[0], *(b for d, _, _ in pieces for b in (d[0].start, d[0].stop))})
+        xs = sorted({0, shape[1], *(b for d, _, _ in pieces for b in (d[1].start, d[1].stop))})
+        cells = []
+        for y0, y1 in itertools.pairwise(ys):
+            for x0, x1 in itertools.pairwise(xs):
+                here = [
+                    (
+                        slice(src[0].start + y0 - dst[0].start, src[0].start + y1 - dst[0].start),
+                        slice(src[1].start + x0 - dst[1].start, src[1].start + x1 - dst[1].start),
+                        part,
+                    )
+                    for dst, src, part in pieces
+                    if dst[0].start <= y0
+                    and y1 <= dst[0].stop
+                    and dst[1].start <= x0
+                    and x1 <= dst[1].stop
+                ]
+                if len(here) == 1:
+                    sy, sx, part = here[0]
+                    cell = self._view(part, sy, sx)
+                else:
+                    cell = self.new((y1 - y0, x1 - x0), acc)
+                    whole = (slice(None), slice(None))
+                    for sy, sx, part in here:
+                        self.merge(cell, part, whole, (sy, sx))
+                cells.append(((y0, y1, x0, x1), cell))
+        return cells
+
     def to_sums(self, state: State) -> dict[str, np.ndarray]:
         """The additive arrays of a merged state (to persist or to add to another pass)."""
         return {k: state[k] for k in self.sum_keys}
@@ -1058,52 +1110,20 @@ class MeanStd(_FloatResult):
     def stitched(
         self, shape: tuple[int, int], pieces: list[tuple[Slices, Slices, State]], acc: Any
     ) -> State:
-        """An output block's state as *cells*, without copying the block's own partial.
-
-        The own partial (the first piece) covers the whole block, its neighbours'
-        spill-over strips only its edges. Cut at every piece's edges, the block falls into
-        cells each covered by a fixed set of pieces: a cell only the own partial covers is
-        a view of it, the others are merged from their pieces in the order a whole-block
-        merge uses, so every element sees the same arithmetic (bit for bit). The partials
-        are only read, so a retried task finds them as they were.
-        """
-        dst0 = pieces[0][0]
-        if (dst0[0].indices(shape[0]), dst0[1].indices(shape[1])) != (
-            (0, shape[0], 1),
-            (0, shape[1], 1),
-        ):
+        """An output block's state as cells (:meth:`Aggregator._cells`): the own partial
+        is read in place, only the strips its neighbours reach are merged."""
+        cells = self._cells(shape, pieces, acc)
+        if cells is None:
             return super().stitched(shape, pieces, acc)
-        ys = sorted({0, shape[0], *(b for d, _, _ in pieces for b in (d[0].start, d[0].stop))})
-        xs = sorted({0, shape[1], *(b for d, _, _ in pieces for b in (d[1].start, d[1].stop))})
-        cells = []
-        for y0, y1 in itertools.pairwise(ys):
-            for x0, x1 in itertools.pairwise(xs):
-                here = [
-                    (
-                        slice(src[0].start + y0 - dst[0].start, src[0].start + y1 - dst[0].start),
-                        slice(src[1].start + x0 - dst[1].start, src[1].start + x1 - dst[1].start),
-                        part,
-                    )
-                    for dst, src, part in pieces
-                    if dst[0].start <= y0
-                    and y1 <= dst[0].stop
-                    and dst[1].start <= x0
-                    and x1 <= dst[1].stop
-                ]
-                if len(here) == 1:
-                    sy, sx, part = here[0]
-                    cell = {k: part[k][..., sy, sx] for k in ("shift", "dev", "m2")}
-                    if part["w"] is None:
-                        cell.update(w=None, dy=part["dy"][sy], dx=part["dx"][sx])
-                    else:
-                        cell["w"] = part["w"][..., sy, sx]
-                else:
-                    cell = self.new((y1 - y0, x1 - x0))
-                    whole = (slice(None), slice(None))
-                    for sy, sx, part in here:
-                        self.merge(cell, part, whole, (sy, sx))
-                cells.append(((y0, y1, x0, x1), cell))
         return {"_cells": cells, "_shape": shape}
+
+    def _view(self, state: State, rows: slice, cols: slice) -> State:
+        cell = {k: state[k][..., rows, cols] for k in ("shift", "dev", "m2")}
+        if state["w"] is None:  # W as factors stays factors
+            cell.update(w=None, dy=state["dy"][rows], dx=state["dx"][cols])
+        else:
+            cell["w"] = state["w"][..., rows, cols]
+        return cell
 
     def finalize(self, state: State) -> np.ndarray:
         if "_cells" in state:
@@ -1249,26 +1269,64 @@ class InverseVariance(_FloatResult):
         for key in self.sum_keys:
             dst[key][(..., *dst_sl)] += src[key][(..., *src_sl)]
 
+    def stitched(
+        self, shape: tuple[int, int], pieces: list[tuple[Slices, Slices, State]], acc: Any
+    ) -> State:
+        """An output block's state as cells (:meth:`Aggregator._cells`): the own partial
+        is read in place, only the strips its neighbours reach are summed."""
+        cells = self._cells(shape, pieces, acc)
+        if cells is None:
+            return super().stitched(shape, pieces, acc)
+        return {"_cells": cells, "_shape": shape}
+
+    def _view(self, state: State, rows: slice, cols: slice) -> State:
+        return {k: state[k][..., rows, cols] for k in self.sum_keys}
+
+    def to_sums(self, state: State) -> dict[str, np.ndarray]:
+        if "_cells" not in state:
+            return super().to_sums(state)
+        sums = {k: np.empty((*self.rest, *state["_shape"]), np.float64) for k in self.sum_keys}
+        for (y0, y1, x0, x1), cell in state["_cells"]:
+            for key in self.sum_keys:
+                sums[key][..., y0:y1, x0:x1] = cell[key]
+        return sums
+
     def finalize(self, state: State) -> np.ndarray:
-        sa, sax, sb = state["sa"], state["sax"], state["sb"]
-        value = np.empty((2, *sa.shape), self.result_dtype())
-        ok = None if bool(sa.min(initial=1) > 0) else sa > 0
-        safe = sa if ok is None else np.where(ok, sa, 1.0)
-        # a few rows at a time, straight into the result: the quotients are taken in
-        # float64 and rounded once to the result's dtype, with no block-sized float64
-        # temporaries (five of them, and a stack of two, before)
-        square: np.ndarray | None = None
-        for y in range(0, sa.shape[-2], _ROWS):
-            rows = (..., slice(y, y + _ROWS), slice(None))
-            np.divide(sax[rows], safe[rows], out=value[0][rows], casting="unsafe")
-            if square is None or square.shape != safe[rows].shape:
-                square = np.empty(safe[rows].shape, np.float64)
-            np.multiply(safe[rows], safe[rows], out=square)
-            np.divide(sb[rows], square, out=value[1][rows], casting="unsafe")
+        if "_cells" in state:
+            cells, shape = state["_cells"], state["_shape"]
+        else:
+            shape = state["sa"].shape[-2:]
+            cells = [((0, shape[0], 0, shape[1]), state)]
+        value = np.empty((2, *self.rest, *shape), self.result_dtype())
+        ok: np.ndarray | None = None
+        for (y0, y1, x0, x1), cell in cells:
+            hit = self._quotients(cell, value[..., y0:y1, x0:x1])
+            if hit is not None:
+                if ok is None:
+                    ok = np.ones(value.shape[1:], bool)
+                ok[..., y0:y1, x0:x1] = hit
         if ok is None:
             return self._finish(value, None)
         value[:, ~ok] = 0
         return self._finish(value, np.broadcast_to(ok, value.shape))
+
+    @staticmethod
+    def _quotients(state: State, out: np.ndarray) -> np.ndarray | None:
+        """``out[0] = sax / sa`` and ``out[1] = sb / sa²``, taken in float64 and rounded
+        once to ``out``'s dtype, a few rows at a time (no block-sized float64 temporary);
+        returns where ``sa > 0`` (``None``: everywhere; elsewhere ``out`` is arbitrary)."""
+        sa, sax, sb = state["sa"], state["sax"], state["sb"]
+        ok = None if bool(sa.min(initial=1) > 0) else sa > 0
+        safe = sa if ok is None else np.where(ok, sa, 1.0)
+        square: np.ndarray | None = None
+        for y in range(0, sa.shape[-2], _ROWS):
+            rows = (..., slice(y, y + _ROWS), slice(None))
+            np.divide(sax[rows], safe[rows], out=out[0][rows], casting="unsafe")
+            if square is None or square.shape != safe[rows].shape:
+                square = np.empty(safe[rows].shape, np.float64)
+            np.multiply(safe[rows], safe[rows], out=square)
+            np.divide(sb[rows], square, out=out[1][rows], casting="unsafe")
+        return ok
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return (*super().__dask_tokenize__(), self.n_loop)

@@ -548,3 +548,30 @@ def test_inverse_variance_finalize_rounds_the_float64_quotients_once(holes: bool
     expected[:, ~ok] = np.nan
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("chunks", [(17, 23), (9, 40)])
+def test_inverse_variance_stitches_in_place_bit_for_bit(
+    chunks: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output block is finished from cells that read its own partial in place and sum
+    the neighbours' strips there: the same bits as summing everything into a fresh
+    whole-block state (holes included, so some pixels are invalid)."""
+    from patchflow.engine.aggregate import Aggregator, InverseVariance
+
+    values = _holes(_values(17))
+    seen = {"cells": 0}
+    stitched = InverseVariance.stitched
+
+    def spy(self: Any, shape: Any, pieces: Any, acc: Any) -> Any:
+        state = stitched(self, shape, pieces, acc)
+        seen["cells"] += "_cells" in state
+        return state
+
+    monkeypatch.setattr(InverseVariance, "stitched", spy)
+    got = _engine(values, Lambda(_mean_var), chunks, agg="inverse_variance")
+    assert seen["cells"] > 0
+    monkeypatch.setattr(InverseVariance, "stitched", Aggregator.stitched)
+    plain = _engine(values, Lambda(_mean_var), chunks, agg="inverse_variance")
+    assert np.isnan(plain.values).any()
+    np.testing.assert_array_equal(got.values, plain.values)
