@@ -161,6 +161,9 @@ class Aggregator:
     sum_keys: ClassVar[tuple[str, ...]] = ()
     #: labels of a leading ``stat`` dim the result gains (empty: none; mean_std: mean, std)
     stat_names: ClassVar[tuple[str, ...]] = ()
+    #: whether :meth:`stitched` returns cells that read the block's own partial in place
+    #: (the aggregation defines :meth:`_view` and finalises cells)
+    in_place_cells: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -242,7 +245,12 @@ class Aggregator:
         """The state of an output block of ``shape`` from ``pieces`` ``(dst, src,
         partial)``: each ``partial[src]`` merged into ``dst`` in order (the block's own
         partial first). ``acc``: the accumulator the merged state needs. The partials are
-        only read."""
+        only read. Aggregations with ``in_place_cells`` get ``{"_cells", "_shape"}``
+        instead (:meth:`_cells`), which their :meth:`finalize` reads cell by cell."""
+        if self.in_place_cells:
+            cells = self._cells(shape, pieces, acc)
+            if cells is not None:
+                return {"_cells": cells, "_shape": shape}
         state = self.new(shape, acc)
         for dst_sl, src_sl, part in pieces:
             self.merge(state, part, dst_sl, src_sl)
@@ -889,8 +897,8 @@ class MeanStd(_FloatResult):
     denominator, kept as its two factors (``w`` is ``None``, ``W = dy ⊗ dx``) until a
     merge needs it whole. Chips that are not such a grid, or see invalid elements, take
     the general two passes; both give the same shift. An output block is finished from
-    its own partial in place (:meth:`stitched`): only the strips its neighbours reach are
-    merged into small new states.
+    its own partial in place (:meth:`Aggregator._cells`): only the strips its neighbours
+    reach are merged into small new states.
 
     The result gets a leading axis of size 2: ``[mean, std]``. The merge is not a plain
     sum, so this aggregation cannot accumulate across passes.
@@ -898,6 +906,7 @@ class MeanStd(_FloatResult):
 
     name = "mean_std"
     stat_names = ("mean", "std")
+    in_place_cells = True
     KEYS: ClassVar[tuple[str, ...]] = ("w", "shift", "dev", "m2")
 
     def __init__(self, **kw: Any) -> None:
@@ -1107,16 +1116,6 @@ class MeanStd(_FloatResult):
         dst["dev"][d] += delta
         dst["w"][d] = total
 
-    def stitched(
-        self, shape: tuple[int, int], pieces: list[tuple[Slices, Slices, State]], acc: Any
-    ) -> State:
-        """An output block's state as cells (:meth:`Aggregator._cells`): the own partial
-        is read in place, only the strips its neighbours reach are merged."""
-        cells = self._cells(shape, pieces, acc)
-        if cells is None:
-            return super().stitched(shape, pieces, acc)
-        return {"_cells": cells, "_shape": shape}
-
     def _view(self, state: State, rows: slice, cols: slice) -> State:
         cell = {k: state[k][..., rows, cols] for k in ("shift", "dev", "m2")}
         if state["w"] is None:  # W as factors stays factors
@@ -1202,6 +1201,7 @@ class InverseVariance(_FloatResult):
     name = "inverse_variance"
     sum_keys = ("sa", "sax", "sb")
     stat_names = ("mean", "variance")
+    in_place_cells = True
 
     def __init__(
         self,
@@ -1268,16 +1268,6 @@ class InverseVariance(_FloatResult):
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
         for key in self.sum_keys:
             dst[key][(..., *dst_sl)] += src[key][(..., *src_sl)]
-
-    def stitched(
-        self, shape: tuple[int, int], pieces: list[tuple[Slices, Slices, State]], acc: Any
-    ) -> State:
-        """An output block's state as cells (:meth:`Aggregator._cells`): the own partial
-        is read in place, only the strips its neighbours reach are summed."""
-        cells = self._cells(shape, pieces, acc)
-        if cells is None:
-            return super().stitched(shape, pieces, acc)
-        return {"_cells": cells, "_shape": shape}
 
     def _view(self, state: State, rows: slice, cols: slice) -> State:
         return {k: state[k][..., rows, cols] for k in self.sum_keys}

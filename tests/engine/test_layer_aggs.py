@@ -557,7 +557,7 @@ def test_inverse_variance_stitches_in_place_bit_for_bit(
     """An output block is finished from cells that read its own partial in place and sum
     the neighbours' strips there: the same bits as summing everything into a fresh
     whole-block state (holes included, so some pixels are invalid)."""
-    from patchflow.engine.aggregate import Aggregator, InverseVariance
+    from patchflow.engine.aggregate import InverseVariance
 
     values = _holes(_values(17))
     seen = {"cells": 0}
@@ -571,7 +571,8 @@ def test_inverse_variance_stitches_in_place_bit_for_bit(
     monkeypatch.setattr(InverseVariance, "stitched", spy)
     got = _engine(values, Lambda(_mean_var), chunks, agg="inverse_variance")
     assert seen["cells"] > 0
-    monkeypatch.setattr(InverseVariance, "stitched", Aggregator.stitched)
+    monkeypatch.setattr(InverseVariance, "stitched", stitched)
+    monkeypatch.setattr(InverseVariance, "in_place_cells", False)  # one whole-block merge
     plain = _engine(values, Lambda(_mean_var), chunks, agg="inverse_variance")
     assert np.isnan(plain.values).any()
     np.testing.assert_array_equal(got.values, plain.values)

@@ -373,7 +373,7 @@ def test_mean_std_stitch_reads_partials_in_place_bit_for_bit(
     everything into a fresh whole-block state, and the partials are left as they were
     (a retried stitch task sees the same inputs). On a grid with float32 sums the
     chips' W travels as its two per-axis factors."""
-    from patchflow.engine.aggregate import Aggregator, MeanStd
+    from patchflow.engine.aggregate import MeanStd
 
     values = _values(13)
 
@@ -405,6 +405,7 @@ def test_mean_std_stitch_reads_partials_in_place_bit_for_bit(
         assert old.keys() == new.keys()
         for key in old:
             np.testing.assert_array_equal(new[key], old[key])
-    monkeypatch.setattr(MeanStd, "stitched", Aggregator.stitched)  # one whole-block merge
+    monkeypatch.setattr(MeanStd, "stitched", stitched)
+    monkeypatch.setattr(MeanStd, "in_place_cells", False)  # one whole-block merge
     plain = _engine(values, Lambda(op), chunks, agg="mean_std")
     np.testing.assert_array_equal(got.values, plain.values)
