@@ -1,4 +1,6 @@
-"""patchflow's exception hierarchy, and the wording of fixes (Python or command line).
+"""patchflow's exception hierarchy, the wording of fixes (Python or command line), and
+:func:`optional_import`, the one way an optional package is imported (its absence is a
+:class:`MissingExtraError` naming the extra).
 
 Every error patchflow raises on purpose derives from :class:`PatchflowError`, so callers
 can catch ours without catching everything. Errors about bad arguments also derive from
