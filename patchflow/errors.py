@@ -101,10 +101,10 @@ def optional_import(*names: str, message: str | Callable[[ImportError], str]) ->
     --------
     >>> optional_import("json", message="cannot happen").__name__
     'json'
-    >>> optional_import("no_such_module_here", message="pip install 'patchflow[x]'")
+    >>> optional_import("no_such_module_here", message="pip install 'patchflow[plot]'")
     Traceback (most recent call last):
     ...
-    patchflow.errors.MissingExtraError: pip install 'patchflow[x]'
+    patchflow.errors.MissingExtraError: pip install 'patchflow[plot]'
     """
     try:
         modules = [importlib.import_module(name) for name in names]
