@@ -302,11 +302,21 @@ class Aggregator:
                     cell = self._view(part, sy, sx)
                 else:
                     cell = self.new((y1 - y0, x1 - x0), acc)
-                    whole = (slice(None), slice(None))
                     for sy, sx, part in here:
-                        self.merge(cell, part, whole, (sy, sx))
+                        self.merge(cell, part, (_ALL, _ALL), (sy, sx))
                 cells.append(((y0, y1, x0, x1), cell))
         return cells
+
+    @staticmethod
+    def _cells_of(
+        state: State, key: str
+    ) -> tuple[list[tuple[tuple[int, int, int, int], State]], tuple[int, int]]:
+        """``(cells, shape)`` of a state :meth:`stitched` cut into cells, or of any other
+        state as one cell (``key`` names one of its block-shaped arrays)."""
+        if "_cells" in state:
+            return state["_cells"], state["_shape"]
+        h, w = state[key].shape[-2:]
+        return [((0, h, 0, w), state)], (h, w)
 
     def to_sums(self, state: State) -> dict[str, np.ndarray]:
         """The additive arrays of a merged state (to persist or to add to another pass)."""
@@ -1125,12 +1135,9 @@ class MeanStd(_FloatResult):
         return cell
 
     def finalize(self, state: State) -> np.ndarray:
-        if "_cells" in state:
-            cells, shape = state["_cells"], state["_shape"]
-        else:
+        if "_cells" not in state:
             self._fold(state)  # (a state used without seal: chips still kept)
-            shape = state["shift"].shape[-2:]
-            cells = [((0, shape[0], 0, shape[1]), state)]
+        cells, shape = self._cells_of(state, "shift")
         full = (*self.lead, *shape)
         value = np.empty((2, *full), self.result_dtype())
         every = all(self._weighted_everywhere(cell) for _, cell in cells)
@@ -1282,11 +1289,7 @@ class InverseVariance(_FloatResult):
         return sums
 
     def finalize(self, state: State) -> np.ndarray:
-        if "_cells" in state:
-            cells, shape = state["_cells"], state["_shape"]
-        else:
-            shape = state["sa"].shape[-2:]
-            cells = [((0, shape[0], 0, shape[1]), state)]
+        cells, shape = self._cells_of(state, "sa")
         value = np.empty((2, *self.rest, *shape), self.result_dtype())
         ok: np.ndarray | None = None
         for (y0, y1, x0, x1), cell in cells:
