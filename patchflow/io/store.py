@@ -435,7 +435,7 @@ class BlockSink:
             # between leaves a block that is not done, so it is recomputed
             _write_records(self.store, index, checksum, errors)
             zarr.open_array(self.store, path=f"{BOOK}/failed", mode="r+")[index] = failed
-            valid = int(good.sum())
+            valid = int(np.count_nonzero(good))  # (a bool sum casts to int64 first)
             zarr.open_array(self.store, path=f"{BOOK}/valid", mode="r+")[index] = valid
             zarr.open_array(self.store, path=f"{BOOK}/checksum", mode="r+")[index] = checksum
         if CRASH_AT in os.environ:
