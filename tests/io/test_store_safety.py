@@ -66,12 +66,15 @@ OP = ops.DNToReflectance(scale=1e-4) | ops.NDVI(red=0, nir=1)
 #: a second model for accumulate passes (-NDVI)
 NEGATIVE = ops.DNToReflectance(scale=1e-4) | ops.NDVI(red=1, nir=0)
 DELAY = "PATCHFLOW_TEST_DELAY"
+#: a file path: while that file exists, every call waits (the test holds a writer mid-run)
+GATE = "PATCHFLOW_TEST_GATE"
 
 
 class ControlledNDVI:
-    """``OP`` as a plain batched callable that sleeps ``$PATCHFLOW_TEST_DELAY`` s per call
-    and, in this process, fails after ``fail_after`` calls. Its state is empty, so it is
-    the same operator (same job) in every process whatever the delay."""
+    """``OP`` as a plain batched callable that sleeps ``$PATCHFLOW_TEST_DELAY`` s per call,
+    waits while the file ``$PATCHFLOW_TEST_GATE`` exists and, in this process, fails after
+    ``fail_after`` calls. Its state is empty, so it is the same operator (same job) in
+    every process whatever the delay."""
 
     batched = True
     fail_after: ClassVar[int | None] = None
@@ -79,6 +82,9 @@ class ControlledNDVI:
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
         time.sleep(float(os.environ.get(DELAY, "0")))
+        gate = os.environ.get(GATE)
+        while gate and os.path.exists(gate):
+            time.sleep(0.02)
         type(self).calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise RuntimeError("planned failure")
@@ -430,19 +436,22 @@ def test_a_second_writer_is_refused_and_a_vanished_store_is_a_named_error(
     source: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "busy.zarr"
+    gate = tmp_path / "hold-the-writer"
     job = {"store": str(store)}
     writer = subprocess.Popen(
         child_args(source, [job], op="controlled"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, DELAY: "1"},
+        env={**os.environ, DELAY: "1", GATE: str(gate)},
     )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and writer.poll() is None:
             health = check_store(store, checksums=False) if (store / "zarr.json").exists() else None
             if health is not None and health.locked and health.done >= 1:
+                # hold it there (its next op call waits), however slow the checks below
+                gate.touch()
                 break
             time.sleep(0.05)
         assert writer.poll() is None, writer.communicate()
@@ -457,6 +466,7 @@ def test_a_second_writer_is_refused_and_a_vanished_store_is_a_named_error(
         assert health.status == "incomplete" and health.locked
         # the store disappears under the writer: a named error, not zarr's ArrayNotFoundError
         shutil.rmtree(store, ignore_errors=True)
+        gate.unlink()
         [failed] = child_results(writer.communicate(timeout=60))
     finally:
         if writer.poll() is None:
