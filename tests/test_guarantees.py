@@ -407,3 +407,96 @@ def test_pointwise_shortcut_keeps_nodata_dtype_and_values(chunks: Any, agg: str)
     invalid = dem[0] == -32768
     assert np.isnan(fast.values[0][invalid]).all()
     np.testing.assert_array_equal(fast.values[0][~invalid], dem[0][~invalid] + 100)
+
+
+# --------------------------------------------------------------------------- stores and gaps
+
+
+def _int16_dem(seed: int = 0) -> xr.DataArray:
+    """An int16 DEM with a -32768 nodata collar (rioxarray-declared)."""
+    dem = np.random.default_rng(seed).integers(-400, 3000, (1, 200, 190)).astype(np.int16)
+    dem[0, :, :13] = -32768
+    return xr.DataArray(dem, dims=("band", "y", "x")).rio.write_nodata(-32768)
+
+
+def _to_int16(chip: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(chip, nan=0).astype(np.int16)
+
+
+@pytest.mark.parametrize("agg", ["max", "centre", "mode"])
+def test_store_keeps_an_integer_result_with_nodata_an_integer(tmp_path: Any, agg: str) -> None:
+    # xarray's default decoding turns an int + _FillValue variable into float32 with NaN:
+    # the stored result must read back as what apply returns (dtype, nodata, values)
+    scene = _int16_dem()
+    kw: dict[str, Any] = {"size": 64, "stride": 48, "agg": agg, "chunks": 128}
+    mem = patchflow.apply(scene, _to_int16, **kw)
+    report = patchflow.run(scene, _to_int16, store=tmp_path / "dem.zarr", **kw)
+    for stored in (report.open(), patchflow.open_result(tmp_path / "dem.zarr")):
+        assert stored.dtype == mem.dtype == np.int16
+        assert stored.rio.nodata == mem.rio.nodata == -32768
+        np.testing.assert_array_equal(stored.values, mem.values)
+
+
+@pytest.mark.parametrize("output", ["zarr", "zarr2", "tif"])
+def test_an_explicit_float_nodata_is_the_stored_nodata(tmp_path: Any, output: str) -> None:
+    # nodata=-5 on a float result: NaN in memory, -5 on disk (as apply + rio.to_raster
+    # writes it) — in a store, in a Zarr v2 store and in a COG alike
+    data = np.random.default_rng(0).uniform(0, 200, (1, 200, 200)).astype(np.float32)
+    data[0, :7] = np.nan
+    scene = xr.DataArray(data, dims=("band", "y", "x"))
+    kw: dict[str, Any] = {"size": 64, "stride": 48, "chunks": 128, "nodata": -5}
+    mem = patchflow.apply(scene, identity, **kw)
+    assert mem.rio.encoded_nodata == -5
+    path = tmp_path / ("out.tif" if output == "tif" else "out.zarr")
+    extra = {"zarr_format": 2} if output == "zarr2" else {}
+    report = patchflow.run(scene, identity, store=path, **kw, **extra)
+    if output == "tif":
+        import rasterio
+
+        with rasterio.open(path) as src:
+            raw = src.read()
+            assert src.nodata == -5
+    else:
+        import zarr
+
+        raw = np.asarray(zarr.open_array(str(path), path=report.var, mode="r")[...])
+        stored = patchflow.open_result(path)
+        assert stored.rio.encoded_nodata == -5
+        np.testing.assert_array_equal(stored.values, mem.values)  # NaN where invalid
+    invalid = np.isnan(mem.values)
+    assert invalid.any()
+    assert (raw[invalid] == -5).all()
+    np.testing.assert_array_equal(raw[~invalid], mem.values[~invalid])
+
+
+def _mean_and_variance(chip: np.ndarray) -> np.ndarray:
+    return np.concatenate([chip, np.abs(chip) + np.float32(0.1)], axis=-3)
+
+
+@pytest.mark.parametrize(
+    "agg",
+    [
+        "overlap_add",
+        "mean",
+        "max",
+        "min",
+        "centre",
+        "sum",
+        "weighted_sum",
+        "mean_std",
+        "inverse_variance",
+        "median",
+        "mode",
+    ],
+)
+def test_a_block_without_chips_is_nodata_for_every_aggregation(agg: str) -> None:
+    # boundary="drop" with 128-px blocks: the last block row owns no chip and no chip
+    # reaches it; its pixels are nodata and the rest equals the one-block result
+    data = np.random.default_rng(0).uniform(0, 1, (1, 300, 280)).astype(np.float32)
+    scene = xr.DataArray(data, dims=("band", "y", "x"))
+    op = _mean_and_variance if agg == "inverse_variance" else identity
+    kw: dict[str, Any] = {"size": 64, "stride": 48, "agg": agg, "boundary": "drop"}
+    blocks = patchflow.apply(scene, op, chunks=128, **kw).values
+    whole = patchflow.apply(scene, op, **kw).values
+    np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert np.isnan(blocks[..., 256:, :]).all()  # rows 256+ (3 x 48 + 64 = 208 covered)

@@ -265,7 +265,7 @@ class Aggregator:
     ) -> list[tuple[tuple[int, int, int, int], State]] | None:
         """An output block's state as *cells* ``((y0, y1, x0, x1), state)``, without
         copying the block's own partial; ``None`` unless that partial (the first piece)
-        covers the whole block.
+        covers the whole block (or when no piece reaches the block at all).
 
         Its neighbours' spill-over strips reach only the block's edges. Cut at every
         piece's edges, the block falls into cells each covered by a fixed set of pieces: a
@@ -274,6 +274,8 @@ class Aggregator:
         sees the same arithmetic (bit for bit). The partials are only read, so a retried
         task finds them as they were.
         """
+        if not pieces:  # a block no chip reaches (boundary="drop", gaps): all invalid
+            return None
         dst0 = pieces[0][0]
         if (dst0[0].indices(shape[0]), dst0[1].indices(shape[1])) != (
             (0, shape[0], 1),

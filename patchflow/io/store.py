@@ -115,6 +115,7 @@ from patchflow._xr import spatial_dims
 from patchflow.engine.aggregate import AGGREGATIONS, Aggregator, State
 from patchflow.engine.graph import build_graph
 from patchflow.engine.kernels import finalize_block
+from patchflow.engine.nodata import is_value
 from patchflow.engine.prepare import Prepared, prepare, prepare_from
 from patchflow.engine.timing import phase
 from patchflow.errors import (
@@ -428,9 +429,14 @@ class BlockSink:
                 self.store, path=self.var, mode="r+", config={"write_empty_chunks": True}
             )
             out = np.ascontiguousarray(out, dtype=result.dtype)
+            good = np.isfinite(out) if out.dtype.kind == "f" else out != agg.nodata
+            if out.dtype.kind == "f" and is_value(agg.encoded):
+                # an explicit float nodata= is the on-disk value of invalid pixels (the
+                # variable's _FillValue, NaN again once read), as rio.to_raster writes it.
+                # A new array: ``out`` may be a partial's own memory
+                out = np.where(good, out, out.dtype.type(agg.encoded))
             result[self._region(index, out.shape)] = out
             checksum = _crc(out)  # the array in hand: no re-read
-            good = np.isfinite(out) if out.dtype.kind == "f" else out != agg.nodata
             # the records before the count and checksum they must match: a kill in
             # between leaves a block that is not done, so it is recomputed
             _write_records(self.store, index, checksum, errors)
@@ -1616,12 +1622,15 @@ def _create(
     _write_json(Path(store) / CREATING, marker)
     _remove_entries(store, old)
     _checkpoint("create")
-    encoding = {
+    encoding: dict[str, dict[str, Any]] = {
         var: {
             "chunks": (*template.shape[:-2], *block),
             "compressors": compressors or default_compressors(template.dtype, zarr_format),
         }
     }
+    if template.dtype.kind == "f" and is_value(prep.spec.agg.encoded):
+        # the blocks hold it where invalid (BlockSink); GDAL reads it as the nodata
+        encoding[var]["_FillValue"] = template.dtype.type(prep.spec.agg.encoded)
     # metadata and coordinates only: the data variable is written block by block; mode "a"
     # keeps the lock file and the marker (mode "w" would delete the whole directory)
     agg = prep.spec.agg
@@ -2839,10 +2848,17 @@ def open_result(
         raise health.error()
     meta = _read_meta(path)
     assert meta is not None
+    name = var if var is not None else meta["signature"]["var"]
+    try:
+        kind = zarr.open_array(path, path=str(name), mode="r").dtype.kind
+    except (OSError, KeyError, ValueError):  # not an array of this store: xarray names it
+        kind = "f"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        ds = xr.open_zarr(path, consolidated=True, decode_coords="all")
-    name = var if var is not None else meta["signature"]["var"]
+        # integers stay integers with their nodata as a value (as apply returns them);
+        # xarray's CF masking would make them float with NaN. Floats are masked: an
+        # explicit nodata= is their on-disk value, NaN in memory
+        ds = xr.open_zarr(path, consolidated=True, decode_coords="all", mask_and_scale=kind == "f")
     out = ds[name]
     if meta.get("crs"):
         out = out.rio.write_crs(meta["crs"])
