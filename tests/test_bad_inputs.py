@@ -376,3 +376,20 @@ def test_vote_memory_bound_uses_the_chips_not_a_pointwise_plans_strips(
     labels = Lambda(lambda c: (c[:1] % 3000).astype(np.int16), pointwise=True)
     out = patchflow.apply(scene, labels, size=64, stride=48, agg="vote", n_classes=3000)
     assert out.dtype == np.int16  # built (nothing computed: 3.4 GiB per block)
+
+
+@pytest.mark.parametrize("agg", ["max", "centre", "overlap_add"])
+def test_values_outside_a_declared_integer_dtype_are_refused_not_wrapped(agg: str) -> None:
+    # output_dtype="int16" declared (no dry run), the op returns 70000: cast to int16 it
+    # would wrap to 4464 without a word
+    scene = xr.DataArray(np.full((1, 100, 100), 35000.0, np.float32), dims=("band", "y", "x"))
+
+    def doubled(chip: np.ndarray) -> np.ndarray:
+        return (chip * 2).astype(np.int32)
+
+    kw: dict[str, Any] = {"size": 32, "stride": 24, "agg": agg, "output_shape": (1,)}
+    with pytest.raises(patchflow.errors.OperatorError, match=r"70000.*int16.*output_dtype"):
+        patchflow.apply(scene, doubled, output_dtype="int16", **kw).compute()
+    # values that fit are fine (the op's int32 cast to the declared int16)
+    fits = patchflow.apply(scene / 10, doubled, output_dtype="int16", **kw).values
+    assert (fits == 7000).all()

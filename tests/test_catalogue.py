@@ -412,6 +412,19 @@ CASES: list[Case] = [
         "batch length",
     ),
     Case(
+        "op-overflows-declared-dtype",
+        "op returning values outside the `output_dtype=` you declared (70000 for `int16`)",
+        "`OperatorError` at compute time naming the values, the dtype's range and "
+        "`output_dtype=` (they would wrap around)",
+        computed(
+            op=lambda c: np.full(c.shape, 70000, np.int32),
+            output_dtype="int16",
+            output_shape=(2,),
+        ),
+        OperatorError,
+        r"70000.*int16.*output_dtype",
+    ),
+    Case(
         "op-raises",
         "op raising inside a dask task",
         "`OperatorError` naming chip, pixel window and CRS bounds, chained to the cause",

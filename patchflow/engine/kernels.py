@@ -441,6 +441,21 @@ def _check(
             f"the operator returned dtype {out.dtype} for {where}; it must return numbers "
             "(bool, int or float)"
         )
+    declared = spec.agg.op_dtype
+    if declared.kind in "iu" and not np.can_cast(out.dtype, declared, "safe") and out.size:
+        # the outputs become the declared integer dtype: a value outside its range would
+        # wrap around (70000 → 4464 in int16) without a word
+        finite = out if out.dtype.kind in "iub" else out[np.isfinite(out)]
+        if finite.size:
+            lo, hi = finite.min(), finite.max()
+            info = np.iinfo(declared)
+            if lo < info.min or hi > info.max:
+                raise OperatorError(
+                    f"the operator returned values from {lo} to {hi} for {where}, outside "
+                    f"the output dtype {declared} ({info.min}..{info.max}); declare a wider "
+                    "output_dtype= (or none: the dry run then finds it), or return values "
+                    "that fit"
+                )
 
 
 class _ChipNames(Sequence[str]):
