@@ -456,6 +456,9 @@ def test_an_explicit_float_nodata_is_the_stored_nodata(tmp_path: Any, output: st
         with rasterio.open(path) as src:
             raw = src.read()
             assert src.nodata == -5
+        stored = report.open()
+        assert stored.rio.encoded_nodata == -5
+        np.testing.assert_array_equal(stored.values, mem.values)  # NaN where invalid
     else:
         import zarr
 

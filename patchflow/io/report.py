@@ -104,12 +104,17 @@ class RunReport:
     def open(self, *, verify: bool = False) -> xr.DataArray:
         """The result, lazily, from the store (``verify``: see :func:`open_result`; off by
         default because the run has just written and checked every block). A COG opens
-        with rioxarray (``verify`` does not apply: it has no block checksums)."""
+        with rioxarray (``verify`` does not apply: it has no block checksums), as ``apply``
+        returns the result: a float result's nodata masked to NaN (the value stays its
+        encoded nodata), an integer result's kept as a value."""
         if self.kind == "cog":
             import rioxarray
 
             out = rioxarray.open_rasterio(self.store)
             assert not isinstance(out, list)  # one raster, no subdatasets
+            if out.dtype.kind == "f" and out.rio.nodata is not None:
+                out = rioxarray.open_rasterio(self.store, masked=True)
+                assert not isinstance(out, list)
             return out  # type: ignore[return-value]
         from patchflow.io.store import open_result
 
