@@ -304,6 +304,7 @@ class PatchAccessor(Generic[T]):
         agg: Agg = "overlap_add",
         n_classes: int | None = None,
         nodata: Any = None,
+        chip_nodata: Any = None,
     ) -> xr.DataArray:
         """Same as :func:`patchflow.stitch`: merge chips at any sampler's anchors."""
         stitch = _api().stitch

@@ -199,6 +199,17 @@ def test_accessor_mirrors_the_free_function(method: str, free: Callable[..., Any
             assert mine_p.annotation == their_p.annotation, (method, mine_p.name)
 
 
+@pytest.mark.parametrize("fn", [patchflow.stitch, PatchAccessor.stitch])
+def test_stitch_spells_out_chip_nodata(fn: Callable[..., Any]) -> None:
+    # the chips' nodata, as apply's input_nodata= is its input's: keyword-only, None =
+    # read from the chip outputs' attrs
+    param = inspect.signature(fn).parameters["chip_nodata"]
+    assert param.kind is KW and param.default is None
+    assert (
+        typing.get_type_hints(fn)["chip_nodata"] == typing.get_type_hints(PREPARE)["input_nodata"]
+    )
+
+
 @pytest.mark.parametrize(
     ("alias", "values"),
     [
@@ -213,7 +224,7 @@ def test_literal_aliases_match_runtime_checks(alias: Any, values: tuple[str, ...
     assert set(typing.get_args(alias)) == set(values)
 
 
-@pytest.mark.parametrize("fn", [patchflow.apply, patchflow.run])
+@pytest.mark.parametrize("fn", [patchflow.apply, patchflow.run, patchflow.stitch])
 def test_every_keyword_is_documented(fn: Callable[..., Any]) -> None:
     doc = inspect.getdoc(fn) or ""
     section = doc.split("Parameters\n----------", 1)[1].split("Returns\n-------", 1)[0]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from patchflow.engine.aggregate import Aggregator, ChipBatch
+from patchflow.engine.nodata import invalid_elements
 from patchflow.errors import optional_import
 from patchflow.plan.windows import Window
 
@@ -117,6 +118,9 @@ class StitchSpec:
     batch: int
     #: per source chunk in ``sources``: (local chip indices, anchors, global chip ids)
     chips: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+    #: the chip outputs' nodata: chip values equal to it are invalid, per element, as
+    #: input nodata is in apply (``None``: only non-finite values are invalid)
+    nodata: Any = None
 
     def __dask_tokenize__(self) -> Any:
         return (
@@ -127,6 +131,7 @@ class StitchSpec:
             None if self.window is None else self.window.__dask_tokenize__(),
             self.batch,
             [(a.tobytes(), b.tobytes(), c.tobytes()) for a, b, c in self.chips],
+            repr(self.nodata),
         )
 
 
@@ -172,14 +177,20 @@ def stitch_anchor_block(spec: StitchSpec, sources: list[np.ndarray]) -> np.ndarr
     for (local, anc, ids), src in zip(spec.chips, sources, strict=True):
         for lo in range(0, len(local), spec.batch):
             sel = slice(lo, lo + spec.batch)
+            out = np.asarray(src[local[sel]])
+            # chip outputs mark their own invalid values: non-finite ones and, per element
+            # (per band), the chips' nodata; with no nodata hit the aggregators keep their
+            # all-valid fast paths (valid=None)
+            bad = invalid_elements(out, spec.nodata)
             batch = ChipBatch(
-                out=np.asarray(src[local[sel]]),
+                out=out,
                 pos=anc[sel] - origin,
                 weights=chip_weights(spec.window, anc[sel], (h, w), spec.scene),
-                valid=None,
+                valid=None if bad is None else ~bad,
                 chip_ids=ids[sel],
-                # chip outputs mark their own invalid pixels: non-finite values
-                nan_marks=True,
+                # nan_marks would let a float output's NaNs overrule ``valid``; ``valid``
+                # already holds them, plus the nodata values NaN does not mark
+                nan_marks=bad is None,
             )
             agg.add(state, batch)
     state = agg.seal(state, None, None)

@@ -29,7 +29,7 @@ from typing import Any, overload
 import numpy as np
 
 from patchflow.engine.aggregate import Aggregator, ChipBatch, OverlapAdd, State
-from patchflow.engine.nodata import check_collision, is_value
+from patchflow.engine.nodata import check_collision, invalid_elements, is_value
 from patchflow.engine.timing import phase
 from patchflow.errors import ChipFailedWarning, OperatorError
 from patchflow.plan.grid import window_bounds
@@ -355,23 +355,6 @@ class _Reader:
         return self.right[..., r : r + h, c - self.rx : c - self.rx + w]
 
 
-def _invalid(arr: np.ndarray, nodata: Any) -> np.ndarray | None:
-    """Per-element invalidity (NaN or nodata), or ``None`` if every element is valid.
-
-    Validity is per element, as GDAL's nodata is per band: one band's nodata (or one date's
-    cloud) never invalidates the other bands (dates) of the pixel.
-    """
-    bad: np.ndarray | None = None
-    if arr.dtype.kind in "fc":
-        bad = ~np.isfinite(arr)
-    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
-        eq = np.asarray(arr == nodata)
-        bad = eq if bad is None else (bad | eq)
-    if bad is None:
-        return None
-    return bad if bad.any() else None
-
-
 @lru_cache(maxsize=16)
 def _ones(shape: tuple[int, int]) -> np.ndarray:
     out = np.ones(shape, np.float32)
@@ -605,7 +588,7 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
             read_h, read_w = r1 - r0, c1 - c0
         pad_y, pad_x = (r1 - r0) - read_h, (c1 - c0) - read_w
         positions = [(y - r0, x - c0) for y in task.ys for x in task.xs]
-        clean = all(_invalid(p, spec.nodata) is None for row in parts for p in row)
+        clean = all(invalid_elements(p, spec.nodata) is None for row in parts for p in row)
         reader = None
         if clean and not (pad_y or pad_x):
             # fast path: no filling or padding needed, so chips come straight from the parts
@@ -616,7 +599,7 @@ def process_block(spec: EngineSpec, task: BlockTask, chunks: list[list[np.ndarra
         assert reader is not None or arr.shape[-2:] == (read_h, read_w)
 
         work = spec.work_dtype or arr.dtype
-        bad = None if reader is not None else _invalid(arr, spec.nodata)
+        bad = None if reader is not None else invalid_elements(arr, spec.nodata)
         valid = None
         # per-element validity, used when the op saw NaN for invalid inputs and keeps their
         # non-spatial shape (astype, rescale …): a non-float output then stays invalid per band,

@@ -45,6 +45,7 @@ __all__ = [
     "OutputNodata",
     "check_collision",
     "input_nodata",
+    "invalid_elements",
     "is_value",
     "output_nodata",
     "resolve",
@@ -82,6 +83,33 @@ def input_nodata(arr: xr.DataArray, override: Any = None) -> Any:
         return encoded
     fill = arr.attrs.get("_FillValue")
     return fill if is_value(fill) else None
+
+
+def invalid_elements(values: np.ndarray, nodata: Any) -> np.ndarray | None:
+    """Per-element invalidity (non-finite, or equal to ``nodata``), or ``None`` if every
+    element is valid.
+
+    Validity is per element, as GDAL's nodata is per band: one band's nodata (or one date's
+    cloud) never invalidates the other bands (dates) of the pixel. ``nodata`` ``None`` or
+    NaN: only non-finite values are invalid.
+
+    Examples
+    --------
+    >>> invalid_elements(np.array([[1, 255], [255, 3]], np.uint8), 255)
+    array([[False,  True],
+           [ True, False]])
+    >>> invalid_elements(np.array([1.0, 2.0]), np.nan) is None
+    True
+    """
+    bad: np.ndarray | None = None
+    if values.dtype.kind in "fc":
+        bad = ~np.isfinite(values)
+    if is_value(nodata):
+        eq = np.asarray(values == nodata)
+        bad = eq if bad is None else (bad | eq)
+    if bad is None or not bad.any():
+        return None
+    return bad
 
 
 def work_dtype(dtype: np.dtype, nodata: Any, fill_value: Any) -> np.dtype:

@@ -113,6 +113,7 @@ def stitch(
     agg: Agg = "overlap_add",
     n_classes: int | None = None,
     nodata: Any = None,
+    chip_nodata: Any = None,
 ) -> xr.DataArray:
     """Stitch chip outputs at arbitrary anchors into one map (lazy, block by block).
 
@@ -130,15 +131,19 @@ def stitch(
     border-aware as in ``apply``: a chip touching the scene edge has the outward half of
     its window flattened.
 
-    Validity follows :mod:`patchflow.engine.nodata`, as in ``apply``: non-finite chip values carry
-    zero weight; pixels no valid chip value reaches are NaN for float results and the
+    Validity follows :mod:`patchflow.engine.nodata`, as in ``apply``: a chip value is invalid
+    where it is non-finite or equals the chips' nodata (``chip_nodata=``, else the chip
+    outputs' own: the ``nodata`` attr :func:`sample` sets, rioxarray's nodata or
+    ``_FillValue``), per element, so one band's nodata leaves the pixel's other bands
+    valid. Invalid values carry zero weight: a pixel gets the aggregation of its valid chip
+    values only, and pixels no valid chip value reaches are NaN for float results and the
     result's nodata for integer results (``max``/``min``/``centre`` of integer outputs,
     votes). An integer result's nodata is ``nodata=`` if given, else ``obj_like``'s nodata
-    (not for votes), else the dtype's max (unsigned) / min (signed) — and none at all when
-    no pixel can be invalid (integer outputs, an integer ``obj_like`` without nodata, every
-    pixel covered). A valid value equal to that nodata raises
-    :class:`~patchflow.errors.NodataCollisionError` when the block is computed. ``nodata=``
-    on a float result becomes its encoded (on-disk) nodata.
+    (not for votes), else the chips' nodata, else the dtype's max (unsigned) / min
+    (signed) — and none at all when no pixel can be invalid (integer outputs without
+    nodata, an integer ``obj_like`` without nodata, every pixel covered). A valid value
+    equal to that nodata raises :class:`~patchflow.errors.NodataCollisionError` when the
+    block is computed. ``nodata=`` on a float result becomes its encoded (on-disk) nodata.
 
     One dask task per output block reads only the chip-output chunks holding chips that
     touch the block; building the result computes nothing.
@@ -167,6 +172,12 @@ def stitch(
         ``"vote"``.
     nodata
         Nodata of the result (see above).
+    chip_nodata
+        Nodata of the chip outputs: chip values equal to it are invalid, per element (as
+        ``input_nodata=`` is for :func:`patchflow.apply`'s input). Default ``None``: the
+        chip outputs' own (a DataArray's ``nodata`` attr, as :func:`sample` sets it,
+        rioxarray's nodata or ``_FillValue``; numpy and dask chip outputs have none). NaN:
+        only non-finite values are invalid, whatever the attrs say.
 
     Returns
     -------
@@ -193,6 +204,15 @@ def stitch(
     >>> top = stitch(scene, chips.astype("int32"), agg="max", nodata=-1)
     >>> str(top.dtype), int(top.rio.nodata)
     ('int32', -1)
+
+    Chip values equal to the chips' nodata are invalid (here declared for a numpy array,
+    which has no attrs to carry it):
+
+    >>> outs = np.full((2, 1, 64, 64), 7, np.uint8)
+    >>> outs[0, 0, :8] = 255  # nodata in chip 0; chip 1 covers rows 0-3 as well
+    >>> m = stitch(scene, outs, [[0, 0], [4, 0]], agg="mean", chip_nodata=255)
+    >>> m.values[0, :4, 0].tolist(), m.values[0, 4:8, 0].tolist()
+    ([nan, nan, nan, nan], [7.0, 7.0, 7.0, 7.0])
     """
     arr = _as_dataarray(obj_like)
     ydim, xdim = arr.dims[-2:]
@@ -210,6 +230,8 @@ def stitch(
             d: co.coords[d] for d in lead_dims if d in co.coords and co.coords[d].ndim == 1
         }
         values = co.data
+        # the chips' own nodata (sample() writes the scene's into attrs["nodata"])
+        chip_nd = input_nodata(co, chip_nodata)
     else:
         if anchors is None:
             raise ParameterError("anchors= is required when chip_outputs is not a DataArray")
@@ -221,6 +243,14 @@ def stitch(
             )
         lead_dims = ("band",) if nlead == 1 else tuple(f"dim_{k}" for k in range(nlead))
         lead_coords = {}
+        chip_nd = chip_nodata
+    if chip_nd is not None:
+        try:
+            float(chip_nd)
+        except (TypeError, ValueError):
+            raise ParameterError(f"chip_nodata must be a number, got {chip_nd!r}") from None
+    # NaN (or none): only non-finite chip values are invalid
+    chip_nd = chip_nd if is_value(chip_nd) else None
     anchors = np.asarray(anchors, dtype=np.int64).reshape(-1, 2)
     if not isinstance(values, da.Array):
         values = np.asarray(values)
@@ -294,15 +324,19 @@ def stitch(
         op_dtype.kind in "fc"
         or np.dtype(arr.dtype).kind in "fc"
         or is_value(in_nodata)
+        or chip_nd is not None
         or holes > 0
     )
+    # GDAL semantics: the input's nodata stays nodata; obj_like's first (as before), then
+    # the chips' own, for an obj_like that declares none
+    from_scene = is_value(in_nodata)
     nd = resolve_nodata(
         res_dtype,
         explicit=nodata,
-        source=in_nodata,
+        source=in_nodata if from_scene else chip_nd,
         labels=agg in ("vote", "soft_vote"),
         can_be_invalid=can_be_invalid,
-        source_name="obj_like's nodata",
+        source_name="obj_like's nodata" if from_scene else "the chips' nodata",
     )
     aggregator.set_nodata(nd)
     out_nodata, encoded = nd.value, nd.encoded
@@ -311,7 +345,9 @@ def stitch(
     chunk_of = np.searchsorted(cstarts, np.arange(n), side="right") - 1
     chip_bytes = max(1, math.prod(values.shape[1:]) * op_dtype.itemsize)
     batch = int(min(64, max(1, GROUP_BYTES // chip_bytes)))
-    token = tokenize(values.name, anchors.tobytes(), win, aggregator, out_chunks, scene, batch)
+    token = tokenize(
+        values.name, anchors.tobytes(), win, aggregator, out_chunks, scene, batch, repr(chip_nd)
+    )
     res_lead = aggregator.result_lead()
     blocks = []
     for i in range(len(out_chunks[0])):
@@ -324,7 +360,14 @@ def stitch(
                 parts.append((sel - cstarts[ck], anchors[sel], sel))
                 cks.append(int(ck))
             spec = StitchSpec(
-                (y0, x0), (y1 - y0, x1 - x0), scene, aggregator, win, batch, tuple(parts)
+                (y0, x0),
+                (y1 - y0, x1 - x0),
+                scene,
+                aggregator,
+                win,
+                batch,
+                tuple(parts),
+                nodata=chip_nd,
             )
             blocks.append(AnchorBlock((i, j), spec, tuple(cks)))
     lazy = anchor_stitch_graph(
