@@ -176,8 +176,12 @@ def stitch(
         Nodata of the chip outputs: chip values equal to it are invalid, per element (as
         ``input_nodata=`` is for :func:`patchflow.apply`'s input). Default ``None``: the
         chip outputs' own (a DataArray's ``nodata`` attr, as :func:`sample` sets it,
-        rioxarray's nodata or ``_FillValue``; numpy and dask chip outputs have none). NaN:
-        only non-finite values are invalid, whatever the attrs say.
+        rioxarray's nodata or ``_FillValue``) while they keep the scene's integer dtype
+        (the scene's values, e.g. chips of a uint8 image with nodata 255); otherwise only
+        NaN marks invalid values — xarray carries the scene's attrs through arithmetic, so
+        an NDVI's real 0.0 must not become nodata because the scene's nodata was 0. Float
+        chip outputs holding a sentinel (-99999) need it declared. NaN: only non-finite
+        values are invalid, whatever the attrs say.
 
     Returns
     -------
@@ -230,8 +234,12 @@ def stitch(
             d: co.coords[d] for d in lead_dims if d in co.coords and co.coords[d].ndim == 1
         }
         values = co.data
-        # the chips' own nodata (sample() writes the scene's into attrs["nodata"])
-        chip_nd = input_nodata(co, chip_nodata)
+        # the chips' own nodata (sample() writes the scene's into attrs["nodata"]), read
+        # only while the outputs keep the scene's integer dtype — values of the scene, as
+        # sample() gives them. xarray carries attrs through arithmetic, so an NDVI of a
+        # scene with nodata 0 still says nodata=0: its real 0.0s must stay valid
+        same_values = co.dtype == arr.dtype and co.dtype.kind in "iub"
+        chip_nd = chip_nodata if chip_nodata is not None or not same_values else input_nodata(co)
     else:
         if anchors is None:
             raise ParameterError("anchors= is required when chip_outputs is not a DataArray")

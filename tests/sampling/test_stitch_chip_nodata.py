@@ -2,9 +2,9 @@
 apply treats input nodata (GDAL semantics: nodata stays nodata per band, a pixel whose
 chip values are all nodata is nodata in the result, real values never become nodata).
 
-The chips' nodata is ``chip_nodata=`` if given, else the chip outputs' ``nodata`` attr
-(set by :func:`patchflow.sample`), rioxarray's nodata or ``_FillValue``; NaN in float
-chips is always invalid.
+The chips' nodata is ``chip_nodata=`` if given, else — for outputs that keep the scene's
+integer dtype — the chip outputs' ``nodata`` attr (set by :func:`patchflow.sample`),
+rioxarray's nodata or ``_FillValue``; NaN in float chips is always invalid.
 """
 
 from __future__ import annotations
@@ -88,6 +88,14 @@ def make_sampler(kind: str) -> Sampler:
 def chip_nodata_of(scene: xr.DataArray) -> Any:
     nd = scene.rio.nodata
     return None if nd is None else nd
+
+
+def declared(scene: xr.DataArray) -> dict[str, Any]:
+    """``chip_nodata=`` for a float scene's sentinel: stitch reads the chips' nodata attr
+    only for integer outputs of the scene's dtype (float outputs carry the scene's attrs
+    through arithmetic, so their real values equal to it must stay valid)."""
+    nodata = chip_nodata_of(scene)
+    return {"chip_nodata": nodata} if scene.dtype.kind == "f" and nodata is not None else {}
 
 
 def disagreeing_outputs(chips: xr.DataArray) -> np.ndarray:
@@ -234,7 +242,7 @@ def test_chip_nodata_is_invalid_per_element(scene, agg, sampler_kind) -> None:
     outs = disagreeing_outputs(chips)
     # several source chunks, irregular output blocks: validity must not depend on either
     lazy = chips.copy(data=da.from_array(outs, chunks=(3, *outs.shape[1:])))
-    out = stitch(scene, lazy, agg=agg, chunks=(37, 29))
+    out = stitch(scene, lazy, agg=agg, chunks=(37, 29), **declared(scene))
     value, valid = reference(outs, nodata, anchors, agg)
     holes = ~covered(anchors)
     assert not valid[..., holes].any()
@@ -289,7 +297,8 @@ def test_float_nodata_never_blends_into_values() -> None:
     chips = sample(scene, RegularStride(stride=STRIDE), size=SIZE)
     src = scene.values
     bad = ~np.isfinite(src) | (src == F32_NODATA)
-    out = stitch(scene, chips).values  # overlap_add
+    assert np.isnan(stitch(scene, chips).values).sum() < bad.sum()  # not declared: a value
+    out = stitch(scene, chips, chip_nodata=F32_NODATA).values  # overlap_add
     assert np.array_equal(np.isnan(out), bad)
     assert (out[~bad] > -1).all()  # nothing from -99999 leaked into a blend
     np.testing.assert_allclose(out[~bad], src[~bad], rtol=1e-6)
@@ -306,7 +315,7 @@ def test_regular_grid_equals_apply(scene, agg) -> None:
     grid = scene.patch.grid(size=SIZE, stride=STRIDE)
     anchors = np.stack([chips.row.values, chips.col.values], axis=1)
     assert np.array_equal(anchors, grid.grid.anchors)  # the same chips, the same order
-    got = stitch(scene, chips, agg=agg)
+    got = stitch(scene, chips, agg=agg, **declared(scene))
     assert got.shape == engine.shape and got.dims == engine.dims
     want, res = engine.values, got.values
     # apply hands integer input with nodata to the op as float64, so its max/centre are
@@ -363,16 +372,32 @@ def test_chip_nodata_overrides_the_attrs() -> None:
 
 @pytest.mark.parametrize("how", ["_FillValue", "rio"])
 def test_fill_value_and_rio_nodata_of_chips_are_read(how) -> None:
-    scene = make_scene("f32_nodata").rio.write_nodata(None)  # only the chips declare it
+    scene = make_scene("u8_nodata").rio.write_nodata(None)  # only the chips declare it
     chips = sample(scene, RegularStride(stride=STRIDE), size=SIZE)
     assert "nodata" not in chips.attrs
     if how == "_FillValue":
-        chips.attrs["_FillValue"] = F32_NODATA
+        chips.attrs["_FillValue"] = U8_NODATA
     else:
-        chips = chips.rio.write_nodata(F32_NODATA)
+        chips = chips.rio.write_nodata(U8_NODATA)
     src = scene.values
-    out = stitch(scene, chips).values
-    assert np.array_equal(np.isnan(out), ~np.isfinite(src) | (src == F32_NODATA))
+    out = stitch(scene, chips).values  # overlap_add: float, NaN where invalid
+    assert np.array_equal(np.isnan(out), src == U8_NODATA)
+
+
+def test_float_outputs_keep_real_values_equal_to_an_inherited_nodata() -> None:
+    # a float32 scene with nodata 0: an NDVI computed with xarray arithmetic keeps the
+    # chips' attrs (nodata=0), but its real 0.0s (red == nir) are values, not nodata
+    data = np.random.default_rng(3).uniform(0.1, 0.5, (2, *SHAPE)).astype(np.float32)
+    data[1, 10:20, 10:20] = data[0, 10:20, 10:20]  # NDVI exactly 0 there
+    scene = xr.DataArray(data, dims=("band", "y", "x")).rio.write_nodata(0)
+    chips = sample(scene, RegularStride(stride=STRIDE), size=SIZE)
+    ndvi = (chips.isel(band=[1]) - chips.isel(band=[0])) / (
+        chips.isel(band=[1]) + chips.isel(band=[0])
+    )
+    assert ndvi.attrs.get("nodata") == 0 and ndvi.dtype == np.float32
+    out = stitch(scene, ndvi).values
+    assert not np.isnan(out).any()
+    assert (out[0, 10:20, 10:20] == 0).all()
 
 
 def test_integer_result_takes_the_chips_nodata_when_obj_like_has_none() -> None:
