@@ -503,3 +503,68 @@ def test_a_block_without_chips_is_nodata_for_every_aggregation(agg: str) -> None
     whole = patchflow.apply(scene, op, **kw).values
     np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-6, equal_nan=True)
     assert np.isnan(blocks[..., 256:, :]).all()  # rows 256+ (3 x 48 + 64 = 208 covered)
+
+
+# --------------------------------------------------------------------------- encoding, band labels
+
+
+def _packed_geotiff(tmp_path: Any) -> xr.DataArray:
+    """A Landsat-like uint16 GeoTIFF with CF packing (scales/offsets) and band descriptions,
+    opened as rioxarray does by default: raw DN, ``scale_factor``/``add_offset`` in attrs."""
+    import rasterio
+
+    data = np.random.default_rng(0).integers(7000, 20000, (2, 40, 40)).astype(np.uint16)
+    src = xr.DataArray(
+        data,
+        dims=("band", "y", "x"),
+        coords={"y": np.arange(40)[::-1] * 30.0 + 15, "x": np.arange(40) * 30.0 + 15},
+    ).rio.write_crs("EPSG:32633")
+    path = tmp_path / "packed.tif"
+    src.rio.to_raster(path)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (2.75e-5, 2.75e-5), (-0.2, -0.2)
+        dst.descriptions = ("red", "nir")
+    opened = rioxarray.open_rasterio(path)
+    assert (opened.attrs["scale_factor"], opened.attrs["add_offset"]) == (2.75e-5, -0.2)
+    return opened
+
+
+@pytest.mark.parametrize("agg", ["overlap_add", "centre", "mean_std"])
+def test_a_value_keeping_op_carries_no_cf_packing_attrs(tmp_path: Any, agg: str) -> None:
+    # the result holds the op's values (raw DN here), never packed ones: a scale_factor /
+    # add_offset on it would be applied by every CF reader of the store (open_result
+    # returned DN x 2.75e-5 - 0.2, and a negative std)
+    scene = _packed_geotiff(tmp_path)
+    for op in (ops.SelectBands(["nir"]), ops.SelectBands([0, 1])):
+        kw: dict[str, Any] = {"size": 16, "stride": 12, "agg": agg}
+        mem = patchflow.apply(scene, op, **kw)
+        for key in ("scale_factor", "add_offset", "scales", "offsets"):
+            assert key not in mem.attrs, key
+        store = tmp_path / f"{agg}-{len(op.output_band_names(['red', 'nir']))}.zarr"
+        patchflow.run(scene, op, store=store, **kw)
+        back = patchflow.open_result(store)
+        assert back.dtype == mem.dtype
+        np.testing.assert_array_equal(back.values, mem.values)
+        if agg == "mean_std":
+            assert (back.sel(stat="std").values >= 0).all()
+
+
+def test_cf_encoding_attrs_never_reach_the_result() -> None:
+    encoding = {
+        "scale_factor": 0.01,
+        "add_offset": 5.0,
+        "missing_value": 0,
+        "valid_range": (1, 1000),
+        "valid_min": 1,
+        "valid_max": 1000,
+        "_Unsigned": "true",
+    }
+    scene = xr.DataArray(
+        np.arange(2 * 32 * 32, dtype=np.int16).reshape(2, 32, 32) % 999 + 1,
+        dims=("band", "y", "x"),
+        attrs={**encoding, "units": "DN"},
+    )
+    for op in (ops.SelectBands([1]), identity):
+        out = patchflow.apply(scene, op, size=16, stride=12)
+        assert not set(encoding) & set(out.attrs), op
+    assert patchflow.apply(scene, ops.SelectBands([1]), size=16, stride=12).attrs["units"] == "DN"

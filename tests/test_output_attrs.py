@@ -5,7 +5,8 @@ values: no ``units: DN``, no ``long_name``/``description`` of reflectances, no
 ``scale_factor``/``add_offset`` (which would rescale the NDVI on the next read), neither in
 memory nor in the GeoTIFF written from it; its own name (``ndvi``) and any attrs it declares
 take their place. An operator that keeps the values keeps those attrs, since they are
-still true.
+still true — except the CF packing (``scale_factor``/``add_offset``): the result holds the
+values as they are, and a store read back would apply it to them.
 
 The scenes are a real GeoTIFF (written with rasterio: per-band units, scales, offsets,
 descriptions and dataset tags, read back through :func:`patchflow.io.sources.open_raster`)
@@ -150,8 +151,10 @@ def test_ndvi_drops_the_input_image_description(geotiff: Path, tmp_path: Path) -
 def test_an_identity_op_keeps_the_value_attrs(scene: xr.DataArray) -> None:
     out = patchflow.apply(scene, ops.SelectBands([0, 1]), size=64, stride=48)
     np.testing.assert_array_equal(out.values, scene.values)
-    for key in ("units", "long_name", "description", "scale_factor", "add_offset"):
+    for key in ("units", "long_name", "description"):
         assert _same(out.attrs.get(key), scene.attrs[key]), key
+    # the values are raw DN, not packed: a reader must not rescale them
+    assert "scale_factor" not in out.attrs and "add_offset" not in out.attrs
     for key, value in NEUTRAL_ATTRS.items():
         if key in scene.attrs:
             assert out.attrs[key] == value

@@ -314,14 +314,26 @@ def _out_dims(
     return loop_dims + tuple(f"dim_{k}" for k in range(len(lead)))
 
 
-DROPPED_ATTRS = (
-    "_FillValue",
-    "nodata",
-    "scale_factor",
-    "add_offset",
-    "missing_value",
-    "scales",
-    "offsets",
+#: CF packing/encoding attrs (and rioxarray's names for them): they say how stored values
+#: map to real ones, or which stored values to mask. The result holds the op's values as
+#: they are (never packed), so a reader that applied these (``open_result`` decoding a
+#: store, netCDF's valid-range masking) would change them: they never carry over, not
+#: even through an op that keeps the values. The result's own nodata is written afresh.
+DROPPED_ATTRS = frozenset(
+    {
+        "_FillValue",
+        "nodata",
+        "scale_factor",
+        "add_offset",
+        "missing_value",
+        "scales",
+        "offsets",
+        "valid_range",
+        "valid_min",
+        "valid_max",
+        "_Unsigned",
+        "dtype",
+    }
 )
 
 
@@ -671,7 +683,8 @@ VALUE_ATTRS = frozenset(
 def _output_attrs(op: Any, arr: xr.DataArray, lead: tuple[int, ...]) -> dict[Hashable, Any]:
     """Attrs of the result: the input's that are not about values, plus the op's own.
 
-    Encoding attrs (``_FillValue``, ``scale_factor`` …) never carry over; ``long_name``,
+    Encoding attrs (:data:`DROPPED_ATTRS`: ``_FillValue``, ``scale_factor``, ``add_offset``,
+    ``valid_range`` …) never carry over, whatever the op; ``long_name``,
     ``units`` and the like only come from the operator (``output_attrs()``), because what
     was true of the input's values (``units: DN``) is rarely true of the result's — unless
     the operator only passes values through (``keeps_values()``, e.g. ``SelectBands``).
@@ -690,7 +703,8 @@ def _output_attrs(op: Any, arr: xr.DataArray, lead: tuple[int, ...]) -> dict[Has
     # values changed in the same units (haze removed from reflectance): "units" stays true
     unit = {"units"} if callable(same) and same() else set()
     if callable(keeps) and keeps():  # a band subset: what was true of the values still is
-        kept = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "nodata")}
+        # (but not how they were packed: the result is never packed)
+        kept = {k: v for k, v in arr.attrs.items() if k not in DROPPED_ATTRS}
     else:
         kept = {
             k: v

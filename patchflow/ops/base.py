@@ -497,7 +497,8 @@ class Operator:
     #: chips, which gives the same stitched result (see :func:`op_pointwise`)
     pointwise: ClassVar[bool] = False
     #: the output values are input values (a band subset, a cast that keeps them): what
-    #: the input's attrs say of its values (units, long_name, scale_factor) stays true
+    #: the input's attrs say of its values (units, long_name) stays true; how they were
+    #: packed (scale_factor, add_offset) does not carry over: results are never packed
     _keeps_values: ClassVar[bool] = False
     #: registry name (set by :func:`register`)
     _op_name: ClassVar[str | None] = None
