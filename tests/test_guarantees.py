@@ -568,3 +568,22 @@ def test_cf_encoding_attrs_never_reach_the_result() -> None:
         out = patchflow.apply(scene, op, size=16, stride=12)
         assert not set(encoding) & set(out.attrs), op
     assert patchflow.apply(scene, ops.SelectBands([1]), size=16, stride=12).attrs["units"] == "DN"
+
+
+def test_band_labels_follow_a_selection_of_numbered_bands() -> None:
+    # open_rasterio numbers bands 1, 2, 3 (no descriptions): a reordering or subset must
+    # carry the numbers with the bands, so out.sel(band=k) is the input's band k
+    values = (10.0, 20.0, 30.0)
+    data = np.stack([np.full((32, 32), v, "float32") for v in values])
+    scene = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": [1, 2, 3]})
+    for indices in ([2, 1, 0], [2, 0], [1], [0, 0, 2]):
+        out = patchflow.apply(scene, ops.SelectBands(indices), size=16, stride=16)
+        assert out.band.values.tolist() == [[1, 2, 3][i] for i in indices]
+        for k in set(out.band.values.tolist()):
+            picked = out.sel(band=k).values.reshape(-1, 32, 32)[0]
+            np.testing.assert_array_equal(picked, data[k - 1])
+    # a pipeline whose output labels patchflow cannot work out keeps no stale labels
+    mixed = ops.Branch(ops.SelectBands([1]), ops.NDVI(red=0, nir=1))
+    out = patchflow.apply(scene.isel(band=[0, 1]), mixed, size=16, stride=16)
+    assert out.sizes["band"] == 2
+    assert "band" not in out.coords or out.band.values.tolist() != [1, 2]

@@ -771,14 +771,44 @@ def _result_name(op: Any, arr: xr.DataArray) -> Hashable:
     return "result"
 
 
-def _band_names(op: Any, arr: xr.DataArray) -> tuple[str, ...] | None:
-    """Output band labels an operator derives from the input's (e.g. ``("ndvi",)``)."""
-    labels = band_labels(arr)
+def _band_names(op: Any, arr: xr.DataArray) -> tuple[Hashable, ...] | None:
+    """Output band labels an operator derives from the input's (e.g. ``("ndvi",)``).
+
+    ``None``: the operator does not name its bands (the input's labels then stay if the
+    band count does). ``()``: it names them but patchflow cannot label them (the result
+    then has no band coordinate rather than stale labels).
+
+    Bands without string labels (rioxarray's numbers ``1, 2, 3``) go through the namer as
+    position marks, so an op that passes bands through (``SelectBands([2, 0])``) carries
+    their labels along (``3, 1``) and one that computes new bands names them (``ndvi``);
+    a mix of both is unlabelled.
+    """
     namer = getattr(op, "output_band_names", None)
-    if labels is None or namer is None:
+    if namer is None:
         return None
-    names = namer(labels)
-    return None if names is None else tuple(str(n) for n in names)
+    labels = band_labels(arr)
+    if labels is not None:
+        names = namer(labels)
+        return None if names is None else tuple(str(n) for n in names)
+    if arr.ndim < 3:
+        return None
+    band = arr.dims[-3]
+    marks = [f"\x00patchflow-band-{k}" for k in range(arr.shape[-3])]
+    try:
+        names = namer(marks)
+    except Exception:  # a namer that needs real labels: its bands are unknown
+        return ()
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    taken = [marks.index(n) for n in names if n in marks]
+    if len(taken) == len(names):
+        # passed-through bands: the input's labels, if it has any
+        if band not in arr.coords:
+            return None
+        values = arr.coords[band].values
+        return tuple(values[k].item() for k in taken)
+    return tuple(names) if not taken else ()
 
 
 def _bind_bands(op: Any, arr: xr.DataArray) -> Any:
@@ -832,7 +862,8 @@ class Prepared:
     dims: tuple[Hashable, ...]
     nodata: Any
     name: Hashable | None
-    band_names: tuple[str, ...] | None = None
+    #: output band labels (see :func:`_band_names`; ``()``: drop the input's)
+    band_names: tuple[Hashable, ...] | None = None
     #: a float result's on-disk nodata (an explicit ``nodata=``), for ``rio.to_raster``
     encoded_nodata: Any = None
     #: attrs that still describe the output (see :func:`_output_attrs`)
@@ -852,8 +883,12 @@ class Prepared:
             attrs=self.attrs,
         )
         band = self.dims[-1] if self.dims else None
-        if self.band_names and band is not None and out.sizes[band] == len(self.band_names):
-            out = out.assign_coords({band: list(self.band_names)})
+        if self.band_names is not None and band is not None:
+            if out.sizes[band] == len(self.band_names):
+                out = out.assign_coords({band: list(self.band_names)})
+            elif band in out.coords:
+                # the op names its bands but not these: no labels rather than stale ones
+                out = out.drop_vars([band])
         if self.spec.agg.stat_names:
             out = out.assign_coords(stat=list(self.spec.agg.stat_names))
         return out
