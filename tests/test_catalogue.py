@@ -404,6 +404,15 @@ CASES: list[Case] = [
         r"returned shape \(2, 63, 64\) for a test chip \(2, 64, 64\)",
     ),
     Case(
+        "op-crops-chip",
+        "op cropping its chip (a 'valid' convolution: 64 → 60 px)",
+        "`OperatorError` naming the chip sizes in and out: pad the output back to the chip "
+        "size, or declare `scale=` for a resolution change",
+        planned(op=lambda c: c[..., 2:-2, 2:-2]),
+        OperatorError,
+        r"\(64, 64\) chip to \(60, 60\).*pad its output back.*declare scale=15/16",
+    ),
+    Case(
         "op-changes-batch",
         "batched op returning fewer chips than it got",
         "`OperatorError` at compute time naming the chip and the batch length",

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import patchflow
 from patchflow import ops
-from patchflow.errors import NodataCollisionError
+from patchflow.errors import NodataCollisionError, OperatorError
 
 
 def identity(chip: np.ndarray) -> np.ndarray:
@@ -587,3 +587,44 @@ def test_band_labels_follow_a_selection_of_numbered_bands() -> None:
     out = patchflow.apply(scene.isel(band=[0, 1]), mixed, size=16, stride=16)
     assert out.sizes["band"] == 2
     assert "band" not in out.coords or out.band.values.tolist() != [1, 2]
+
+
+# --------------------------------------------------------------------------- resolution changes
+
+
+def _column_scene(size: int = 256) -> xr.DataArray:
+    """One band whose value is the pixel's column: a misplaced output pixel shows."""
+    from affine import Affine
+
+    t = Affine(10, 0, 500000, 0, -10, 4200000)
+    cols = np.arange(size, dtype="float32")[None, None, :].repeat(size, 1)
+    coords = {"y": t.f + t.e * (np.arange(size) + 0.5), "x": t.c + t.a * (np.arange(size) + 0.5)}
+    return xr.DataArray(cols, dims=("band", "y", "x"), coords=coords).rio.write_crs("EPSG:32633")
+
+
+def _valid_conv(chip: np.ndarray) -> np.ndarray:
+    """A 5x5 'valid' convolution's footprint: 2 px lost on every side."""
+    return chip[..., 2:-2, 2:-2]
+
+
+def _up_three_halves(chip: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour x1.5 (a true resolution change by a non-integer factor): output
+    pixel ``i`` (centre at input ``(i + 0.5) * 2/3``) takes input pixel ``(2i + 1) // 3``."""
+    h, w = chip.shape[-2:]
+    rows, cols = (2 * np.arange(h * 3 // 2) + 1) // 3, (2 * np.arange(w * 3 // 2) + 1) // 3
+    return chip[..., rows, :][..., cols]
+
+
+def test_a_cropping_op_is_refused_not_taken_as_a_resolution_change() -> None:
+    # 64 -> 60 px is a 15/16 "scale" only in its numbers: taking it as one resampled the
+    # raster and put output pixels up to 2 px away from where their values came from
+    scene = _column_scene()
+    with pytest.raises(OperatorError, match=r"\(64, 64\).*\(60, 60\).*pad") as err:
+        patchflow.apply(scene, _valid_conv, size=64, stride=48, window="boxcar")
+    assert "scale=" in str(err.value)
+    # a true x1.5 is a resolution change: its output pixels sit where their values are from
+    out = patchflow.apply(scene, _up_three_halves, size=64, stride=48, window="boxcar")
+    assert out.shape == (1, 384, 384)
+    assert out.rio.transform().a == pytest.approx(10 / 1.5)
+    centres = (out.x.values - 500000) / 10  # in input columns
+    np.testing.assert_array_equal(out.values[0, 0], np.floor(centres))

@@ -452,6 +452,19 @@ def prepare(
         out_lead = tuple(output_shape) if output_shape is not None else sample.shape[:-2]
         op_dtype = np.dtype(output_dtype) if output_dtype is not None else sample.dtype
         ratio = _sample_ratio(sample.shape[-2:], size_yx)
+        if scale is None and not _whole_ratio(ratio):
+            # 64 -> 60 px is a crop as often as a 15/16 scale: only a scale keeps the
+            # ratio on a chip twice the size (a crop removes the same pixels again)
+            _confirm_scale(
+                op,
+                sample.shape[-2:],
+                ratio,
+                batched=is_b,
+                pass_mask=pass_mask,
+                lead=op_lead,
+                size=size_yx,
+                dtype=in_dtype,
+            )
     if op_dtype.kind not in "biuf":
         raise OperatorError(
             f"the operator returns dtype {op_dtype}; it must return numbers (bool, int, float)"
@@ -836,6 +849,61 @@ def _sample_ratio(out: tuple[int, ...], size: tuple[int, int]) -> tuple[int, int
             "scaled by the same factor along y and x"
         )
     return ry.numerator, ry.denominator
+
+
+def _whole_ratio(ratio: tuple[int, int]) -> bool:
+    """Whether ``num/den`` is a whole factor ``k`` or its inverse ``1/k``."""
+    return ratio[0] == 1 or ratio[1] == 1
+
+
+def _confirm_scale(
+    op: Callable[..., Any],
+    out: tuple[int, ...],
+    ratio: tuple[int, int],
+    *,
+    batched: bool,
+    pass_mask: bool,
+    lead: tuple[int, ...],
+    size: tuple[int, int],
+    dtype: np.dtype,
+) -> None:
+    """Refuse an undeclared non-whole ratio unless a second dry run shows it is a scale.
+
+    The first dry run mapped ``size`` to ``out`` (``ratio`` = ``num/den``, neither ``k``
+    nor ``1/k``). A resolution change maps a chip twice the size to twice ``out``; an op
+    that crops (a 'valid' convolution: a fixed number of pixels lost) does not — taken as
+    a scale, its output would be resampled onto the wrong pixels.
+
+    Raises
+    ------
+    OperatorError
+        Naming the chip sizes in and out and the fixes: pad the output back to the chip
+        size, or declare ``scale=`` for a resolution change.
+    """
+    num, den = ratio
+    twice = (2 * size[0], 2 * size[1])
+    fix = (
+        f"if the operator crops its chip (e.g. a 'valid' convolution), pad its output back "
+        f"to the chip size {size}; if it changes the resolution by {num}/{den}, declare "
+        f"scale={num}/{den}"
+    )
+    try:
+        again = _dry_run(
+            op, batched=batched, pass_mask=pass_mask, lead=lead, size=twice, dtype=dtype
+        )
+    except OperatorError as exc:
+        raise OperatorError(
+            f"the operator maps a {size} chip to {tuple(int(v) for v in out)}, a ratio of "
+            f"{num}/{den}, and fails on a {twice} chip, so patchflow cannot tell a "
+            f"resolution change from a crop ({exc}); {fix}"
+        ) from exc
+    got = tuple(int(v) for v in again.shape[-2:])
+    if got != (2 * int(out[0]), 2 * int(out[1])):
+        raise OperatorError(
+            f"the operator maps a {size} chip to {tuple(int(v) for v in out)} but a "
+            f"{twice} chip to {got}: it removes pixels instead of changing the resolution "
+            f"(chip size in and out must keep one ratio); {fix}"
+        )
 
 
 def _check_ratio(ratio: tuple[int, int], lengths: dict[str, int]) -> None:
