@@ -413,6 +413,14 @@ CASES: list[Case] = [
         r"\(64, 64\) chip to \(60, 60\).*pad its output back.*declare scale=15/16",
     ),
     Case(
+        "declared-scale-differs",
+        "`scale=0.25` with an op that halves its chip",
+        "`OperatorError` naming the declared scale (1/4) and the op's (1/2)",
+        planned(op=lambda c: c[..., ::2, ::2], scale=0.25),
+        OperatorError,
+        r"scale=0\.25 declares 1/4 .*a scale of 1/2",
+    ),
+    Case(
         "op-changes-batch",
         "batched op returning fewer chips than it got",
         "`OperatorError` at compute time naming the chip and the batch length",

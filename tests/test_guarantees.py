@@ -628,3 +628,23 @@ def test_a_cropping_op_is_refused_not_taken_as_a_resolution_change() -> None:
     assert out.rio.transform().a == pytest.approx(10 / 1.5)
     centres = (out.x.values - 500000) / 10  # in input columns
     np.testing.assert_array_equal(out.values[0, 0], np.floor(centres))
+
+
+def test_a_declared_scale_that_the_op_does_not_keep_is_refused() -> None:
+    # scale=0.25 with an op that halves was silently replaced by the dry run's 1/2
+    scene = xr.DataArray(
+        np.random.default_rng(0).uniform(size=(1, 48, 48)), dims=("band", "y", "x")
+    )
+    halve = lambda c: c[..., ::2, ::2]  # noqa: E731
+    with pytest.raises(OperatorError, match=r"scale=0\.25.*1/4.*1/2"):
+        patchflow.apply(scene, halve, size=16, stride=8, scale=0.25)
+    with pytest.raises(OperatorError, match=r"scale=2.*2/1.*1/1"):
+        patchflow.apply(scene, identity, size=16, stride=8, scale=2)
+    # an operator's own declaration is held to the same test
+    lying = ops.Lambda(identity, scale=2.0)
+    with pytest.raises(OperatorError, match=r"declares scale 2/1.*1/1"):
+        patchflow.apply(scene, lying, size=16, stride=8)
+    # a true declaration passes, a crop declared as a scale is taken at its word
+    assert patchflow.apply(scene, halve, size=16, stride=8, scale=0.5).shape == (1, 24, 24)
+    crop = patchflow.apply(scene, _valid_conv, size=16, stride=8, scale=12 / 16)
+    assert crop.shape == (1, 36, 36)

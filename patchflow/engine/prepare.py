@@ -451,7 +451,11 @@ def prepare(
         )
         out_lead = tuple(output_shape) if output_shape is not None else sample.shape[:-2]
         op_dtype = np.dtype(output_dtype) if output_dtype is not None else sample.dtype
-        ratio = _sample_ratio(sample.shape[-2:], size_yx)
+        measured = _sample_ratio(sample.shape[-2:], size_yx)
+        # a declared scale (scale=, or the op's own) must be what the op does: replacing
+        # it silently would hide a wrong declaration (or a wrong op)
+        _check_declared_scale(op, scale, ratio, measured, size_yx, sample.shape[-2:])
+        ratio = measured
         if scale is None and not _whole_ratio(ratio):
             # 64 -> 60 px is a crop as often as a 15/16 scale: only a scale keeps the
             # ratio on a chip twice the size (a crop removes the same pixels again)
@@ -849,6 +853,42 @@ def _sample_ratio(out: tuple[int, ...], size: tuple[int, int]) -> tuple[int, int
             "scaled by the same factor along y and x"
         )
     return ry.numerator, ry.denominator
+
+
+def _check_declared_scale(
+    op: Any,
+    scale: Any,
+    declared: tuple[int, int],
+    measured: tuple[int, int],
+    size: tuple[int, int],
+    out: tuple[int, ...],
+) -> None:
+    """Refuse a declared scale the dry run contradicts.
+
+    ``scale=`` declares ``declared``; without it an :class:`~patchflow.ops.Operator`'s own
+    ``scale`` does when it is not 1 (1 is every op's default, so it declares nothing).
+
+    Raises
+    ------
+    OperatorError
+        Naming the declared and the measured scale.
+    """
+    if declared == measured:
+        return
+    shown = tuple(int(v) for v in out)
+    did = f"maps a {size} chip to {shown}, a scale of {measured[0]}/{measured[1]}"
+    if scale is not None:
+        raise OperatorError(
+            f"scale={scale!r} declares {declared[0]}/{declared[1]} output pixels per input "
+            f"pixel, but the operator {did}; declare scale={measured[0]}/{measured[1]} (or "
+            "leave scale= out), or fix the operator's output size"
+        )
+    if op_scale(op) != 1:
+        raise OperatorError(
+            f"the operator declares scale {declared[0]}/{declared[1]} ({type(op).__name__}"
+            f".scale) but {did}; correct its scale, or pass scale={measured[0]}/"
+            f"{measured[1]} if that is the resolution change it makes"
+        )
 
 
 def _whole_ratio(ratio: tuple[int, int]) -> bool:
