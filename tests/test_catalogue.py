@@ -421,6 +421,20 @@ CASES: list[Case] = [
         r"scale=0\.25 declares 1/4 .*a scale of 1/2",
     ),
     Case(
+        "one-pixel-rescaled",
+        "a 1-pixel-high scene without a recorded transform, op changing the resolution",
+        "`DimensionError`: the pixel size is unknown; record it with `rio.write_transform`",
+        planned(
+            obj=make_test_scene().isel(y=[0]).rio.write_crs("EPSG:32633"),
+            op=lambda c: c.repeat(2, -2).repeat(2, -1),
+            size=8,
+            stride=6,
+            boundary="pad",
+        ),
+        DimensionError,
+        r"1 pixel along 'y'.*rio\.write_transform",
+    ),
+    Case(
         "op-changes-batch",
         "batched op returning fewer chips than it got",
         "`OperatorError` at compute time naming the chip and the batch length",

@@ -648,3 +648,26 @@ def test_a_declared_scale_that_the_op_does_not_keep_is_refused() -> None:
     assert patchflow.apply(scene, halve, size=16, stride=8, scale=0.5).shape == (1, 24, 24)
     crop = patchflow.apply(scene, _valid_conv, size=16, stride=8, scale=12 / 16)
     assert crop.shape == (1, 36, 36)
+
+
+def test_a_one_pixel_axis_needs_a_recorded_transform_to_change_resolution() -> None:
+    # one row: its pixel height cannot be read from one y coordinate, and rioxarray's
+    # fallback is the identity transform (output x coords became 0.25, 0.75, ...)
+    from affine import Affine
+
+    from patchflow.errors import DimensionError
+
+    x = 500 + 10 * (np.arange(29) + 0.5)
+    row = xr.DataArray(
+        np.random.default_rng(0).uniform(size=(1, 1, 29)),
+        dims=("band", "y", "x"),
+        coords={"y": [8990.0], "x": x},
+    ).rio.write_crs("EPSG:32633")
+    up2 = lambda c: np.repeat(np.repeat(c, 2, -2), 2, -1)  # noqa: E731
+    with pytest.raises(DimensionError, match=r"1 pixel.*'y'.*rio\.write_transform"):
+        patchflow.apply(row, up2, size=8, stride=6, boundary="pad")
+    georef = row.rio.write_transform(Affine(10, 0, 500, 0, -10, 8995))
+    out = patchflow.apply(georef, up2, size=8, stride=6, boundary="pad")
+    np.testing.assert_allclose(out.x.values[:3], [502.5, 507.5, 512.5])
+    np.testing.assert_allclose(out.y.values, [8992.5, 8987.5])
+    assert tuple(out.rio.transform())[:6] == (5.0, 0.0, 500.0, 0.0, -5.0, 8995.0)

@@ -469,6 +469,7 @@ def prepare(
                 size=size_yx,
                 dtype=in_dtype,
             )
+    _check_scalable_georef(arr, ratio, y, x)
     if op_dtype.kind not in "biuf":
         raise OperatorError(
             f"the operator returns dtype {op_dtype}; it must return numbers (bool, int, float)"
@@ -889,6 +890,39 @@ def _check_declared_scale(
             f".scale) but {did}; correct its scale, or pass scale={measured[0]}/"
             f"{measured[1]} if that is the resolution change it makes"
         )
+
+
+def _check_scalable_georef(
+    arr: xr.DataArray, ratio: tuple[int, int], y: Hashable, x: Hashable
+) -> None:
+    """Refuse to rescale coords whose pixel size patchflow cannot know.
+
+    The output's coords at a new resolution come from the input's transform. Along an
+    axis 1 pixel long, its one coordinate gives no pixel size: only a transform recorded
+    on the input does (rioxarray otherwise falls back to the identity transform, which
+    would put the result at 0.25, 0.75, … in place of its real coordinates).
+
+    Raises
+    ------
+    DimensionError
+        Naming the 1-pixel axis and the fix (``rio.write_transform``).
+    """
+    if ratio == (1, 1) or (y not in arr.coords and x not in arr.coords):
+        return
+    short = [str(d) for d in (y, x) if arr.sizes[d] == 1]
+    if not short:
+        return
+    from rioxarray.exceptions import OneDimensionalRaster
+
+    try:
+        arr.rio.resolution(recalc=True)  # only a recorded transform gives it here
+    except OneDimensionalRaster:
+        raise DimensionError(
+            f"the scene is 1 pixel along {', '.join(repr(d) for d in short)}, so its pixel "
+            f"size cannot be read from the coordinates, and the operator changes the "
+            f"resolution (scale {ratio[0]}/{ratio[1]}): record the scene's transform first, "
+            f"e.g. scene.rio.write_transform(Affine(res_x, 0, left, 0, -res_y, top))"
+        ) from None
 
 
 def _whole_ratio(ratio: tuple[int, int]) -> bool:
