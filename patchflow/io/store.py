@@ -264,6 +264,10 @@ def _field_label(key: str) -> str:
         rest = key.removeprefix("op").removeprefix(".config").removeprefix(".callable")
         rest = " (its state)" if rest == ".token" else rest
         return ("operator" if cli else "op") + rest
+    if key == "input.derived" or key.startswith("input.derived."):
+        # a token of the lazy operations (da + 1, where, ...) applied after reading
+        var = key.removeprefix("input.derived").removeprefix(".")
+        return f"{'INPUT' if cli else 'input'}{f' {var}' if var else ''} computed as"
     if key.startswith("input."):
         return f"{'INPUT' if cli else 'input'} {key.removeprefix('input.')}"
     if key == "var":
@@ -869,9 +873,74 @@ def _data_name(var: xr.DataArray) -> str:
     return str(data.name) if isinstance(data, da.Array) else str(tokenize(np.asarray(data)))
 
 
+def _derivation(var: xr.DataArray) -> str | None:
+    """What ``var``'s values are computed as beyond reading their source: ``None`` for a
+    plain read, else a token that is the same in every process building them the same way.
+
+    The source path alone would identify ``da + 1000``, ``da.where(...)`` or
+    ``da.copy(data=da.data[::-1])`` as the file itself. A dask read is an ``original-<name>``
+    layer holding the file, the ``<name>`` getter layer over it and (values unchanged) any
+    rechunking; any other layer is a computation, named by dask as a ``tokenize`` of its
+    function, arguments and input names. Those input names are deterministic for file
+    reads (rioxarray and xarray tokenize the path as given, its mtime and the chunks), so
+    the array's own name is the derivation's token. Values held in memory may have been
+    edited in place: their token hashes the values.
+    """
+    data = var.variable._data
+    if isinstance(data, da.Array):
+        layers = getattr(data.__dask_graph__(), "layers", None)
+        if not isinstance(layers, Mapping):
+            return str(data.name)
+        names = [str(name) for name in layers]
+        reads = {name.removeprefix("original-") for name in names if name.startswith("original-")}
+        plain = all(name.startswith(("original-", "rechunk-")) or name in reads for name in names)
+        return None if plain else str(data.name)
+    if isinstance(data, np.ndarray):
+        return str(tokenize(data))
+    return None  # a lazy backend array: its indexing shows in the shape and coordinates
+
+
+def _files_identity(found: Sequence[tuple[str, str | None]]) -> dict[str, Any]:
+    """``{source: {"bytes": ..., "mtime_ns": ...}}`` of every local source, to notice a file
+    rewritten in place (same path, shape and dtype, other values) before a resume blends it.
+
+    A Zarr source is its array's directory (the whole store when the array is unknown):
+    file count, total size and newest mtime of the files in it. Stat-ing every chunk file
+    costs far less than the run, which reads each of them. Remote sources are left out.
+    """
+    arrays: dict[str, set[str]] = {}
+    for root, arr in found:
+        arrays.setdefault(root, set())
+        if arr is not None:
+            arrays[root].add(arr)
+    out: dict[str, Any] = {}
+    for root in sorted(arrays):
+        if is_remote(root):
+            continue
+        targets = [f"{root}/{arr}" for arr in sorted(arrays[root])] or [root]
+        for target in targets:
+            with contextlib.suppress(OSError):  # gone: the source or shape tells
+                out[target] = _fingerprint(Path(target))
+    return out
+
+
+def _fingerprint(path: Path) -> dict[str, int]:
+    if not path.is_dir():
+        st = path.stat()
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    files = size = newest = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            st = os.stat(os.path.join(folder, name))
+            files, size, newest = files + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+    return {"files": files, "bytes": size, "mtime_ns": newest}
+
+
 def _input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
     """Source files (or, without one, the dask name / data token), shape, dtype, chunks,
-    band coordinates, nodata, CRS and transform of the input."""
+    band coordinates, nodata, CRS and transform of the input; with source files also their
+    size and mtime (``files``) and, for values computed from them, a token of the
+    computation (``derived``; ``None`` for a plain read)."""
     found = _sources(obj, coords=False)
     sources = sorted({root if arr is None else f"{root}/{arr}" for root, arr in found})
     ident: dict[str, Any] = {"source": sources or None}
@@ -893,6 +962,13 @@ def _input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
     ident["transform"] = transform
     if not sources:
         ident["name"] = str(tokenize(*(_data_name(v) for v in items)))
+    else:
+        ident["files"] = _files_identity(found)
+        derived = {str(v.name): _derivation(v) for v in items}
+        if isinstance(obj, xr.DataArray):
+            ident["derived"] = derived.popitem()[1]
+        else:
+            ident["derived"] = {k: v for k, v in derived.items() if v is not None} or None
     result: dict[str, Any] = _jsonify(ident)
     return result
 
@@ -955,6 +1031,9 @@ _PASS_FIELDS = frozenset(
     )
 )
 _ABSENT = "(not recorded)"
+#: input fields added to the job record after stores were first written: a store without
+#: them resumes as before (nothing to compare), one with them is checked
+_LATER_FIELDS = ("input.files", "input.derived")
 
 
 def _differences(
@@ -972,6 +1051,10 @@ def _differences(
         for k in keys
         if before.get(k, _ABSENT) != after.get(k, _ABSENT)
     ]
+    for field in _LATER_FIELDS:
+        if not any(k == field or k.startswith(f"{field}.") for k in before):
+            # a store from before patchflow recorded this: unknown, not a difference
+            diffs = [d for d in diffs if not (d[0] == field or d[0].startswith(f"{field}."))]
     if accumulate:
         diffs = [
             d
@@ -981,16 +1064,38 @@ def _differences(
     return diffs
 
 
+def _changed_files(diffs: Sequence[tuple[str, Any, Any]]) -> list[str]:
+    """The sources recorded on both sides whose size or mtime differs (a file rewritten in
+    place; a source only on one side is another input, which ``input.source`` names)."""
+    prefix = "input.files."
+    changed = [
+        k.removeprefix(prefix).rpartition(".")[0]
+        for k, a, b in diffs
+        if k.startswith(prefix) and a != _ABSENT and b != _ABSENT
+    ]
+    return list(dict.fromkeys(changed))
+
+
 def _op_summary(op: Mapping[str, Any]) -> str:
     if "config" in op:
         return json.dumps(op["config"])
     return str(op.get("callable"))
 
 
-def _show_value(value: Any) -> str:
+def _show_value(value: Any, key: str = "") -> str:
     if value == _ABSENT:
         return value
+    if value is None and key.startswith("input.derived"):
+        return "the file as read"  # not "null": a plain read has no computation
     return _short(json.dumps(value) if not isinstance(value, str) else repr(value), 100)
+
+
+#: what an ``input.derived`` difference means (the tokens themselves say nothing to a user)
+_DERIVED_HINT = (
+    " — the values are computed from the same files by other lazy operations (arithmetic, "
+    "where, clip, indexing, astype...); the same operations on the same open call, the path "
+    "given the same way, match"
+)
 
 
 def _check_job(
@@ -1006,8 +1111,29 @@ def _check_job(
     diffs = _differences(old, job, accumulate=accumulate)
     if not diffs:
         return
+    changed = _changed_files(diffs)
+    if changed:
+        # the same path with other contents: say so, not "input files./x.tif.mtime_ns"
+        others = [d for d in diffs if not d[0].startswith("input.files.")]
+        also = "; ".join(
+            f"{_field_label(k)}: store {_show_value(a, k)}, now {_show_value(b, k)}"
+            for k, a, b in others
+        )
+        raise ResumeMismatchError(
+            f"{path!r} was written from {_w('input')} {', '.join(changed)}, which has been "
+            "modified since (its size or modification time differs"
+            + (f"; also {also}" if also else "")
+            + "), so "
+            + ("adding a pass" if accumulate else "resuming")
+            + " would blend results of its old and new contents. Restore the file to "
+            f"finish the job, or pass {_w('overwrite')} to recompute the whole store from "
+            f"it (or {_w('another')})",
+            tuple(diffs),
+        )
     details = "; ".join(
-        f"{_field_label(k)}: store {_show_value(a)}, now {_show_value(b)}" for k, a, b in diffs
+        f"{_field_label(k)}: store {_show_value(a, k)}, now {_show_value(b, k)}"
+        + (_DERIVED_HINT if k.startswith("input.derived") else "")
+        for k, a, b in diffs
     )
     if accumulate:
         message = (
@@ -1215,7 +1341,7 @@ def _recipe(
     what = "the STAC items" if source["format"] == "stac" else source["path"]
     selected = (
         f"opening {what} again does not give the same input (it was selected "
-        "or modified after opening)"
+        "or modified after opening, or loaded into memory)"
     )
     try:
         if source["format"] != "stac":
