@@ -30,6 +30,12 @@ Store layout (a Zarr v3 group by default, or v2 with ``zarr_format=2``; readable
       _patchflow/num, den    (``keep_sums=True`` or ``mode="accumulate"``) the overlap-add
                              numerator and denominator (``count``/``wsum`` for ``vote``),
                              float, same block chunks
+      _patchflow/<sum>_checksum
+                             uint32 per block: CRC-32 of each kept sums array's block,
+                             written after that block's sums and before ``done``; verified
+                             before a pass adds to them and by ``check_store`` (stores
+                             written before these existed have none: their sums are
+                             unverifiable)
       .patchflow-lock        ``flock``-ed by the run writing the store (dies with it)
       .patchflow-creating    exists only while the store is being created or replaced:
                              marks a half-created store as patchflow's (with its job)
@@ -55,7 +61,10 @@ several passes, where that is a :class:`CorruptStoreError` (one operator cannot 
 it). :func:`check_store` (``patchflow inspect``) and ``open_result(verify=True)`` run the
 same verification, which also checks that each done block's failed-chip records match
 its failed-chip count and checksum (a deleted or foreign record file is damage that
-``resume`` recomputes).
+``resume`` recomputes). Kept sums carry their own per-block checksums: ``check_store``
+verifies them (``open_result`` does not need them), and a pass refuses to add to damaged
+sums (:class:`CorruptStoreError`) rather than reading a lost chunk as zeros; ``resume``
+recomputes them only in a one-pass store (the sum of several passes must be rebuilt).
 
 The numerator/denominator of a block are summed in memory by the block's stitch task (from
 the block's own chips and its neighbours' spill-over) and normalised there; writing them to
@@ -224,6 +233,8 @@ CRASH_AT = "PATCHFLOW_CRASH_AT"
 #: temporary files of atomic writes (Zarr's and ours) that a killed run may leave behind
 _TEMPORARY = re.compile(r"^(zarr\.[0-9a-f]{32}\.partial|\.patchflow-.+\.tmp)$")
 _BLOCKS_WRITTEN = itertools.count(1)
+#: the checksum array of a kept sums array (``num`` → ``num_checksum``)
+SUM_CHECKSUM = "{}_checksum"
 
 
 def _crc(values: np.ndarray) -> int:
@@ -374,6 +385,11 @@ class BlockSink:
     accumulate: bool
     #: word errors for the command line (the context of the caller does not reach workers)
     cli: bool = False
+    #: the store records a checksum per sums block (stores from before they existed do not)
+    sum_checksums: bool = False
+    #: passes summed in the store's sums so far, and whether resume can recompute them
+    #: (for the message when the sums a pass reads are damaged)
+    passes: int = 0
 
     def _region(self, index: tuple[int, int], shape: tuple[int, ...]) -> tuple[slice, ...]:
         (i, j), (by, bx) = index, self.block
@@ -417,12 +433,20 @@ class BlockSink:
             sums = agg.to_sums(state)
             if self.accumulate:
                 for key in self.sums:
-                    base = zarr.open_array(self.store, path=f"{BOOK}/{key}", mode="r")
-                    sums[key] = sums[key] + base[self._region(index, sums[key].shape)]
+                    sums[key] = sums[key] + self._base(index, key, sums[key].shape)
+            suffix = "_next" if self.accumulate else ""
             for key in self.sums:
-                target = f"{BOOK}/{key}_next" if self.accumulate else f"{BOOK}/{key}"
-                arr = zarr.open_array(self.store, path=target, mode="r+")
-                arr[self._region(index, sums[key].shape)] = sums[key]
+                arr = zarr.open_array(self.store, path=f"{BOOK}/{key}{suffix}", mode="r+")
+                # the checksum is of the bytes as stored (the array's dtype), as read back
+                values = np.ascontiguousarray(sums[key], dtype=arr.dtype)
+                arr[self._region(index, values.shape)] = values
+                if self.sum_checksums:
+                    # after the sums it describes (and before ``done``): a kill in between
+                    # leaves a block that is not done, so it is recomputed
+                    crcs = SUM_CHECKSUM.format(key) + suffix
+                    zarr.open_array(self.store, path=f"{BOOK}/{crcs}", mode="r+")[index] = _crc(
+                        values
+                    )
             state = agg.from_sums(sums)
         with phase("normalise"):
             out = finalize_block(agg, state, skip)
@@ -452,6 +476,66 @@ class BlockSink:
             _checkpoint(f"block-{next(_BLOCKS_WRITTEN)}")
         # the marker goes last: a block is done only once all its data are on disk
         zarr.open_array(self.store, path=f"{BOOK}/done", mode="r+")[index] = 1
+
+    def _base(self, index: tuple[int, int], key: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Block ``index`` of the earlier passes' sums ``key``, verified against its checksum.
+
+        A lost chunk reads as Zarr's fill value (zeros), which would silently drop the
+        earlier passes from this block, and garbage bytes fail in the codec: both are a
+        :class:`CorruptStoreError` instead.
+        """
+        region = self._region(index, shape)
+        try:
+            values = np.ascontiguousarray(
+                zarr.open_array(self.store, path=f"{BOOK}/{key}", mode="r")[region]
+            )
+            recorded = None
+            if self.sum_checksums:
+                crcs = zarr.open_array(
+                    self.store, path=f"{BOOK}/{SUM_CHECKSUM.format(key)}", mode="r"
+                )
+                recorded = int(np.asarray(crcs[index]))
+        except OSError:  # the store itself is unreadable: a write error, not damage
+            raise
+        except Exception as exc:  # garbage bytes: the codec's own error, whatever it is
+            raise CorruptStoreError(
+                _sums_damage_message(
+                    self.store, [index], self.passes, recomputable=False, cli=self.cli
+                )
+            ) from exc
+        if recorded is not None and _crc(values) != recorded:
+            raise CorruptStoreError(
+                _sums_damage_message(
+                    self.store, [index], self.passes, recomputable=False, cli=self.cli
+                )
+            )
+        return values
+
+
+def _sums_damage_message(
+    path: str,
+    blocks: Sequence[tuple[int, int]],
+    passes: int,
+    *,
+    recomputable: bool,
+    cli: bool | None = None,
+) -> str:
+    """The problem with damaged kept sums, and what the user can do about it."""
+    what = (
+        f"{path!r} is damaged: the kept sums (keep_sums=True, what later mode='accumulate' "
+        f"passes add to) of {len(blocks)} block(s) fail their checksum or cannot be decoded "
+        f"(a file under {BOOK}/ was deleted or overwritten): {_blocks_text(blocks)}; adding "
+        "a pass to them would silently drop the earlier passes there. The result itself is "
+        "intact (open_result still opens it)"
+    )
+    if recomputable:
+        return f"{what}. Recompute them with {_w('finish', cli)}, then add the pass"
+    held = f"the sum of {passes} passes" if passes > 1 else "the earlier passes"
+    return (
+        f"{what}. They hold {held}, which resume cannot recompute: rerun every pass into "
+        "a new store (or into this one with overwrite=True): the first with "
+        "keep_sums=True, the others with mode='accumulate'"
+    )
 
 
 def _records_file(store: str, index: tuple[int, int]) -> Path:
@@ -566,6 +650,9 @@ class StoreHealth:
     failed_chips: int = 0
     #: the record of each of them (index, bounds, exception, traceback), by chip index
     chip_errors: tuple[ChipError, ...] = ()
+    #: blocks whose kept sums (``keep_sums``/``mode="accumulate"``) fail their checksum:
+    #: the result is intact, but no pass can be added until they are rebuilt
+    corrupt_sums: tuple[tuple[int, int], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -574,7 +661,7 @@ class StoreHealth:
 
     def error(self) -> IncompleteStoreError:
         """The named error for :attr:`problem` (:class:`CorruptStoreError` for bad chunks)."""
-        cls = CorruptStoreError if self.corrupt else IncompleteStoreError
+        cls = CorruptStoreError if self.corrupt or self.corrupt_sums else IncompleteStoreError
         return cls(self.problem or f"{self.store!r} is healthy")
 
     def lines(self, *, verbose: bool = False) -> list[str]:
@@ -593,6 +680,8 @@ class StoreHealth:
         )
         if self.corrupt:
             out.append(f"  corrupt blocks: {_blocks_text(self.corrupt)}")
+        if self.corrupt_sums:
+            out.append(f"  blocks with damaged kept sums: {_blocks_text(self.corrupt_sums)}")
         if self.missing and self.status != "creating":
             out.append(f"  missing blocks: {_blocks_text(self.missing)}")
         job = self.job or {}
@@ -1549,10 +1638,29 @@ def _damaged(path: str, meta: Mapping[str, Any], candidates: np.ndarray) -> list
     if sums is None:  # written before checksums existed: nothing to compare against
         return []
     var = str((meta.get("signature") or {}).get("var") or (meta.get("job") or {}).get("var"))
+    verdicts = _intact(path, var, blocks, sums)
+    if meta.get("chip_records"):
+        # a block's failed-chip records are part of its result: missing or foreign
+        # records (another checksum or count) are damage too
+        failed = _book(path, "failed")
+        counts = np.zeros(sums.shape, np.int64) if failed is None else failed
+        verdicts = [
+            good and _read_records(path, (i, j), int(sums[i, j]), int(counts[i, j])) is not None
+            for (i, j), good in zip(blocks, verdicts, strict=True)
+        ]
+    return [block for block, good in zip(blocks, verdicts, strict=True) if not good]
+
+
+def _intact(path: str, name: str, blocks: list[tuple[int, int]], crcs: np.ndarray) -> list[bool]:
+    """Whether each of ``blocks`` of the array ``name`` matches its CRC-32 in ``crcs``.
+
+    Reads each block once (in parallel threads). A block that cannot be read (missing
+    metadata, garbage bytes) does not match.
+    """
     try:
-        arr = zarr.open_array(path, path=var, mode="r")
+        arr = zarr.open_array(path, path=name, mode="r")
     except (OSError, ValueError):
-        return blocks
+        return [False] * len(blocks)
     by, bx = arr.chunks[-2:]
     height, width = arr.shape[-2:]
     lead = (slice(None),) * (arr.ndim - 2)
@@ -1568,21 +1676,45 @@ def _damaged(path: str, meta: Mapping[str, Any], candidates: np.ndarray) -> list
             data = np.ascontiguousarray(arr[region])
         except Exception:  # garbage bytes: the codec's own error, whatever it is
             return False
-        return _crc(data) == int(sums[i, j])
+        return _crc(data) == int(crcs[i, j])
 
     workers = max(1, min(8, os.cpu_count() or 1, len(blocks)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        verdicts = list(pool.map(intact, blocks))
-    if meta.get("chip_records"):
-        # a block's failed-chip records are part of its result: missing or foreign
-        # records (another checksum or count) are damage too
-        failed = _book(path, "failed")
-        counts = np.zeros(sums.shape, np.int64) if failed is None else failed
-        verdicts = [
-            good and _read_records(path, (i, j), int(sums[i, j]), int(counts[i, j])) is not None
-            for (i, j), good in zip(blocks, verdicts, strict=True)
-        ]
-    return [block for block, good in zip(blocks, verdicts, strict=True) if not good]
+        return list(pool.map(intact, blocks))
+
+
+def _sums_damaged(
+    path: str, meta: Mapping[str, Any], candidates: np.ndarray, *, suffix: str = ""
+) -> list[tuple[int, int]]:
+    """Blocks among ``candidates`` whose kept sums (``suffix="_next"``: those of the pass
+    under way) do not match their checksums; none in a store without sums checksums (one
+    written before they existed: its sums cannot be verified)."""
+    blocks = [(int(i), int(j)) for i, j in np.argwhere(candidates)]
+    if not blocks or not meta.get("sum_checksums"):
+        return []
+    bad: set[tuple[int, int]] = set()
+    for key in meta.get("sums") or ():
+        crcs = _book(path, SUM_CHECKSUM.format(key) + suffix)
+        if crcs is None or crcs.shape != candidates.shape:  # its checksums are gone
+            bad.update(blocks)
+            continue
+        verdicts = _intact(path, f"{BOOK}/{key}{suffix}", blocks, crcs)
+        bad.update(b for b, good in zip(blocks, verdicts, strict=True) if not good)
+    return sorted(bad)
+
+
+def _create_sum_checksums(book: Any, sums: Iterable[str], blocks: tuple[int, int]) -> None:
+    """The per-block checksum array of each kept sums array (``*_next``: of a new pass)."""
+    for key in sums:
+        base, suffix = key.removesuffix("_next"), "_next" if key.endswith("_next") else ""
+        book.create_array(
+            SUM_CHECKSUM.format(base) + suffix,
+            shape=blocks,
+            chunks=(1, 1),
+            dtype="uint32",
+            fill_value=0,
+            overwrite=True,
+        )
 
 
 # --------------------------------------------------------------------------- paths and lock
@@ -1777,6 +1909,7 @@ def _create(
         book.create_array("checksum", shape=(ny, nx), chunks=(1, 1), dtype="uint32", fill_value=0)
         for key in sums:
             _create_sum(book, key, agg, template.shape, block, compressors, zarr_format)
+        _create_sum_checksums(book, sums, (ny, nx))
     crs = template.rio.crs
     transform = template.rio.transform()
     _set_meta(
@@ -1792,6 +1925,8 @@ def _create(
         entries=entries,
         # failed chips are recorded per block (``_patchflow/chip_errors``), and verified
         chip_records=1,
+        # kept sums have a checksum per block (``_patchflow/<sum>_checksum``)
+        sum_checksums=1 if sums else None,
     )
     os.unlink(Path(store) / CREATING)
 
@@ -2364,6 +2499,10 @@ def _run_locked(
             raise IncompleteStoreError(_missing_message(path, meta))
         if accumulate or status == "accumulating":
             accumulate = True
+            if not meta.get("promoting"):
+                # before the pass declares itself (a refused pass leaves a complete store
+                # as it was): the earlier passes' sums it will add to must be intact
+                _refuse_damaged_sums(path, meta)
             with _writing(path, "the next pass's bookkeeping"):
                 meta = _start_pass(prep, path, meta, record, var, sums, compressors, zarr_format)
 
@@ -2384,6 +2523,8 @@ def _run_locked(
         sums=sums,
         accumulate=accumulate,
         cli=_CLI.get(),
+        sum_checksums=bool(meta.get("sum_checksums")),
+        passes=int(meta.get("passes", 0)),
     )
     markers = build_graph(prep.data, prep.spec, prep.plan, sink=sink)
     graph = markers.__dask_graph__()
@@ -2417,7 +2558,10 @@ def _run_locked(
     with _writing(path, "the final metadata"):
         if accumulate:
             _set_meta(path, promoting=True)
-            _promote_sums(path, sums)
+            # each sums array with its checksums (until both are swapped in, ``promoting``
+            # tells readers the two may not match)
+            crcs = [SUM_CHECKSUM.format(key) for key in sums] if meta.get("sum_checksums") else []
+            _promote_sums(path, (*sums, *crcs))
         failed = int(np.asarray(_book(path, "failed")).sum())
         valid = int(np.asarray(_book(path, "valid")).sum())
         if valid == 0:
@@ -2486,6 +2630,8 @@ def _start_pass(
         block = _out_block(prep)
         for key in sums:
             _create_sum(book, f"{key}_next", prep.spec.agg, shape, block, compressors, zarr_format)
+        if meta.get("sum_checksums"):
+            _create_sum_checksums(book, [f"{key}_next" for key in sums], prep.plan.n_blocks)
         zarr.open_array(path, path=f"{BOOK}/done", mode="r+")[...] = 0
         zarr.open_array(path, path=f"{BOOK}/failed", mode="r+")[...] = 0
         # the records of the previous pass go with its counts
@@ -2495,18 +2641,38 @@ def _start_pass(
     return meta
 
 
-def _repair(path: str, meta: Mapping[str, Any]) -> int:
-    """Re-read the done blocks; clear the done marker of every block failing its checksum."""
+def _refuse_damaged_sums(path: str, meta: Mapping[str, Any]) -> None:
+    """Refuse an accumulate pass (new or resumed) whose earlier passes' sums are damaged
+    where it still has to add to them."""
     done = _done(path, meta)
-    bad = _damaged(path, meta, done == 1)
+    if meta.get("status") == "accumulating" and meta.get("pass_ready"):
+        todo = done == 0  # the blocks this pass has done no longer read them
+    else:
+        todo = np.ones(done.shape, bool)
+    bad = _sums_damaged(path, meta, todo)
+    if bad:
+        # one complete pass: resume recomputes its sums before the pass is added
+        alone = meta.get("status") == "complete" and int(meta.get("passes", 0)) <= 1
+        passes = int(meta.get("passes", 0))
+        raise CorruptStoreError(_sums_damage_message(path, bad, passes, recomputable=alone))
+
+
+def _repair(path: str, meta: Mapping[str, Any]) -> int:
+    """Re-read the done blocks; clear the done marker of every block failing its checksum
+    (its result, or the kept sums it wrote)."""
+    done = _done(path, meta)
     status = meta.get("status")
+    suffix = "_next" if status == "accumulating" else ""
+    bad = sorted(
+        {*_damaged(path, meta, done == 1), *_sums_damaged(path, meta, done == 1, suffix=suffix)}
+    )
     unmarked = [(int(i), int(j)) for i, j in np.argwhere(done == 0)] if status == "complete" else []
     if not bad and not unmarked:
         return 0
     if status == "complete" and int(meta.get("passes", 0)) > 1:
         raise CorruptStoreError(
-            f"blocks {_blocks_text(sorted(bad + unmarked))} of {path!r} are damaged, and the "
-            "store holds the sum "
+            f"blocks {_blocks_text(sorted(bad + unmarked))} of {path!r} are damaged (their "
+            "result or their kept sums), and the store holds the sum "
             f"of {meta.get('passes')} passes (mode='accumulate'), which one operator cannot "
             f"recompute; rebuild it with {_w('overwrite')} and the same passes"
         )
@@ -2865,9 +3031,15 @@ def check_store(store: str | os.PathLike[str], *, checksums: bool = True) -> Sto
 
     With ``checksums`` every block marked done is read once and its CRC-32 compared with
     the one recorded when it was written (the cost of reading the whole result, in
-    parallel threads); without, only the done markers are read.
+    parallel threads), and so are the kept sums of a ``keep_sums``/``mode="accumulate"``
+    store (:attr:`StoreHealth.corrupt_sums`); without, only the done markers are read.
     """
-    path = os.fspath(store)
+    return _check(os.fspath(store), checksums=checksums, sums=checksums)
+
+
+def _check(path: str, *, checksums: bool, sums: bool) -> StoreHealth:
+    """:func:`check_store`; ``sums``: also verify the kept sums (reading the result does not
+    need them, so :func:`open_result` leaves them out)."""
     state, meta = _state(path)
     if state in ("absent", "foreign") or meta is None:
         missing_store = not Path(path).exists()
@@ -2900,6 +3072,7 @@ def check_store(store: str | os.PathLike[str], *, checksums: bool = True) -> Sto
     done = _done(path, meta)
     missing = tuple((int(i), int(j)) for i, j in np.argwhere(done == 0))
     corrupt = tuple(_damaged(path, meta, done == 1)) if checksums else ()
+    bad_sums, recomputable = _kept_sums_damage(path, meta, done) if sums else ([], True)
     status = str(meta.get("status"))
     problem = None
     if corrupt:
@@ -2908,6 +3081,9 @@ def check_store(store: str | os.PathLike[str], *, checksums: bool = True) -> Sto
             "failed-chip records (a result chunk or record file was deleted or overwritten): "
             f"{_blocks_text(corrupt)}; recompute them with {_w('finish')}"
         )
+    elif bad_sums:
+        passes = int(meta.get("passes", 0))
+        problem = _sums_damage_message(path, bad_sums, passes, recomputable=recomputable)
     elif locked and status != "complete":
         problem = f"{path!r} is being written right now ({status}); wait for the run to finish"
     elif status != "complete" or missing:
@@ -2928,7 +3104,33 @@ def check_store(store: str | os.PathLike[str], *, checksums: bool = True) -> Sto
         problem=problem,
         failed_chips=_failed_count(path, done),
         chip_errors=_chip_errors(path, meta),
+        corrupt_sums=tuple(bad_sums),
     )
+
+
+def _kept_sums_damage(
+    path: str, meta: Mapping[str, Any], done: np.ndarray
+) -> tuple[list[tuple[int, int]], bool]:
+    """Blocks whose kept sums fail their checksum where they matter, and whether
+    ``resume`` can recompute them.
+
+    Outside a pass, the sums of the done blocks (one pass: resume recomputes them). During
+    an accumulate pass, the new sums of the blocks it has done (resume recomputes them from
+    the earlier passes' sums) and the earlier passes' sums of the blocks it has still to
+    do (nothing can). While a pass's sums are being swapped in, old and new are mixed by
+    design, so nothing is checked.
+    """
+    if meta.get("promoting") or not meta.get("sums"):
+        return [], True
+    if meta.get("status") == "accumulating" and meta.get("pass_ready"):
+        base = _sums_damaged(path, meta, done == 0)
+        if base:
+            return base, False
+        return _sums_damaged(path, meta, done == 1, suffix="_next"), True
+    if meta.get("status") == "accumulating":  # the pass's arrays are not made yet
+        return _sums_damaged(path, meta, np.ones_like(done, bool)), False
+    bad = _sums_damaged(path, meta, done == 1)
+    return bad, int(meta.get("passes", 0)) <= 1
 
 
 def _failed_count(path: str, done: np.ndarray) -> int:
@@ -2969,7 +3171,8 @@ def open_result(
     Note that plain ``xr.open_zarr`` does none of these checks.
     """
     path = os.fspath(store)
-    health = check_store(path, checksums=verify)
+    # the kept sums are not part of the result: damage there is for check_store to report
+    health = _check(path, checksums=verify, sums=False)
     if not health.ok:
         raise health.error()
     meta = _read_meta(path)
