@@ -1576,16 +1576,105 @@ def _plain_name(name: Any) -> bool:
 
 
 def _foreign(path: str, meta: Mapping[str, Any] | None) -> list[str]:
+    """Files and folders in the store patchflow did not write: top-level names, and
+    anything inside patchflow's own entry folders that Zarr or patchflow do not write
+    there (overwrite deletes those folders whole)."""
     ours = _ours(path, meta)
-    return sorted(n for n in os.listdir(path) if n not in ours and not _TEMPORARY.match(n))
+    names = os.listdir(path)
+    top = [n for n in names if n not in ours and not _TEMPORARY.match(n)]
+    inside = [f for n in names if n in ours for f in _foreign_inside(Path(path), n)]
+    return sorted(top + inside)
+
+
+#: the metadata files of a Zarr node (v3, v2)
+_NODE_FILES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+#: a chunk file of a Zarr v2 array (``0.1.1``; nested keys are folders of numbers)
+_V2_CHUNK = re.compile(r"^\d+(\.\d+)*$")
+#: a failed-chip record file (in ``_patchflow/chip_errors``)
+_RECORD = re.compile(r"^\d+\.\d+\.json$")
+
+
+def _foreign_inside(root: Path, entry: str) -> list[str]:
+    """What the entry folder ``entry`` of the store holds that Zarr and patchflow do not
+    write there, as store-relative paths (a foreign folder is named once, not walked).
+
+    Links are never followed: a link inside is foreign (patchflow writes none).
+    """
+    top = root / entry
+    if top.is_symlink() or not top.is_dir():
+        return []
+    found: list[str] = []
+
+    def walk(folder: Path, parts: tuple[str, ...]) -> None:
+        for item in sorted(os.scandir(folder), key=lambda e: e.name):
+            here = (*parts, item.name)
+            name = "/".join((entry, *here))
+            if item.is_symlink():
+                found.append(name)
+            elif item.is_dir(follow_symlinks=False):
+                if _our_folder(here, Path(item.path)):
+                    walk(Path(item.path), here)
+                else:
+                    found.append(name)
+            elif not _our_file(entry, here):
+                found.append(name)
+
+    walk(top, ())
+    return found
+
+
+def _our_folder(parts: tuple[str, ...], folder: Path) -> bool:
+    """A folder Zarr or patchflow makes inside an entry: a Zarr node (an array or group of
+    the bookkeeping), the chunk folders of v3 (``c/0/1``) or nested v2 keys, the
+    failed-chip records."""
+    name = parts[-1]
+    if any((folder / meta).is_file() for meta in _NODE_FILES):
+        return True
+    if parts == (CHIP_ERRORS,):
+        return True
+    return name == "c" or name.isdigit()
+
+
+def _our_file(entry: str, parts: tuple[str, ...]) -> bool:
+    """A file Zarr or patchflow writes inside an entry folder: node metadata, a chunk, a
+    failed-chip record, or a temporary file of an atomic write a killed run left."""
+    name = parts[-1]
+    if name in _NODE_FILES or _TEMPORARY.match(name):
+        return True
+    if entry == BOOK and parts[:-1] == (CHIP_ERRORS,) and _RECORD.match(name):
+        return True
+    chunk = "c" in parts[:-1] and all(p.isdigit() for p in parts[parts.index("c") + 1 :])
+    # v3: ``c/<i>/<j>…`` (a 0-d array's one chunk is the file ``c``); v2: ``0.1.1``
+    return chunk or name == "c" or bool(_V2_CHUNK.match(name))
+
+
+def _foreign_error(path: str, foreign: Sequence[str]) -> ForeignFilesError:
+    shown = ", ".join(foreign[:10]) + (
+        f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+    )
+    return ForeignFilesError(
+        f"{path!r} holds files patchflow did not write ({shown}); "
+        f"{_w('overwrite')} deletes only patchflow's own entries and will not remove "
+        f"them: move them out of the store, or {_w('another')}"
+    )
 
 
 def _remove_entries(path: str, names: Iterable[str]) -> None:
     """Delete patchflow's entries (the group metadata first: readers stop seeing a store at
-    once)."""
+    once).
+
+    Raises
+    ------
+    ForeignFilesError
+        An entry folder holds something Zarr and patchflow do not write (checked before
+        anything is deleted: such a folder is not deleted whole).
+    """
     root = Path(path)
     wanted = {n for n in names if _plain_name(n) and n not in (LOCK, CREATING)}
     wanted |= {n for n in os.listdir(root) if _TEMPORARY.match(n)}
+    foreign = [f for n in sorted(wanted) for f in _foreign_inside(root, n)]
+    if foreign:
+        raise _foreign_error(path, foreign)
 
     def order(name: str) -> tuple[int, str]:
         return (_META_FILES.index(name) if name in _META_FILES else len(_META_FILES), name)
@@ -2047,8 +2136,9 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
         original objects at hand, use :func:`resume`.
     overwrite
         Replace an existing store (otherwise an existing store is an error). Only the
-        entries patchflow wrote are deleted; a store directory holding other files is
-        refused (:class:`ForeignFilesError`).
+        entries patchflow wrote are deleted; a store directory holding other files, also
+        inside patchflow's own folders (``<var>/``, ``_patchflow/``), is refused
+        (:class:`ForeignFilesError`, naming them; links are never followed).
     keep_sums
         Also store numerator/denominator so later ``mode="accumulate"`` passes can add.
     var
@@ -2441,11 +2531,7 @@ def _refuse(
     if state in ("store", "creating") and overwrite and not resume:
         foreign = _foreign(path, meta)
         if foreign:
-            raise ForeignFilesError(
-                f"{path!r} holds files patchflow did not write ({', '.join(foreign)}); "
-                f"{_w('overwrite')} deletes only patchflow's own entries and will not remove "
-                f"them: move them out of the store, or {_w('another')}"
-            )
+            raise _foreign_error(path, foreign)
 
 
 def _run_locked(

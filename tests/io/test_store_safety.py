@@ -640,6 +640,60 @@ def test_overwrite_deletes_only_what_patchflow_wrote(source: Path, tmp_path: Pat
     assert check_store(store).var == "second"
 
 
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_overwrite_keeps_foreign_files_inside_patchflows_folders(
+    fmt: int, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overwrite deletes whole entry folders only when all they hold is what Zarr and
+    patchflow write there (metadata, chunks, sums, failed-chip records); a file of the
+    user's inside one is named and kept, and a link inside is never followed."""
+    store = tmp_path / "mine.zarr"
+    # (without the Zarr v3 input's encoding, which xarray would carry into a v2 store)
+    obj = open_input(source).drop_encoding()
+    run(obj, OP, store=store, zarr_format=fmt, keep_sums=True, **KW)
+    var = check_store(store).var
+    assert var is not None
+    monkeypatch.setattr(ControlledNDVI, "calls", 0)
+    monkeypatch.setattr(ControlledNDVI, "fail_after", 2)  # failed-chip records too
+    with pytest.warns(patchflow.errors.ChipFailedWarning):
+        run(obj, ControlledNDVI(), store=store, var=var, mode="accumulate", on_error="mask", **KW)
+    assert (store / "_patchflow" / "chip_errors").is_dir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    mine = [
+        store / var / "NOTES.txt",
+        store / "_patchflow" / "notes" / "a.txt",
+        store / "_patchflow" / "num" / "README",
+    ]
+    for file in mine:
+        file.parent.mkdir(exist_ok=True)
+        file.write_text("user notes")
+    (store / "_patchflow" / "link").symlink_to(outside)
+    before = result_bytes(store)
+    with pytest.raises(ForeignFilesError) as info:
+        run(obj, OP, store=store, overwrite=True, **KW)
+    for name in (
+        f"{var}/NOTES.txt",
+        "_patchflow/notes",
+        "_patchflow/num/README",
+        "_patchflow/link",
+    ):
+        assert name in str(info.value)
+    assert "move them out" in str(info.value)
+    assert all(file.read_text() == "user notes" for file in mine)
+    assert (outside / "precious.txt").read_text() == "keep me"
+    assert result_bytes(store) == before and check_store(store).ok  # nothing was deleted
+
+    for file in mine:
+        file.unlink()
+    (store / "_patchflow" / "notes").rmdir()
+    (store / "_patchflow" / "link").unlink()
+    run(obj, OP, store=store, overwrite=True, **KW)  # only patchflow's files: replaced
+    assert check_store(store).ok and check_store(store).passes == 1
+    assert (outside / "precious.txt").read_text() == "keep me"
+
+
 def test_store_path_that_is_a_link_or_a_file_is_a_named_error(
     reference: Reference, source: Path, tmp_path: Path
 ) -> None:
