@@ -2222,6 +2222,8 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
             f"{_w('zarr_format', value=repr(zarr_format))} is not a Zarr format patchflow "
             "writes; valid: 3 (the default) or 2 (readable by GDAL and GIS software)"
         )
+    if var is not None:
+        _check_var(var)
     path = os.fspath(store)
     cog = is_cog_path(path)
     if cog:
@@ -2251,7 +2253,9 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
     prep = _regular_prepare(obj, op, params)
     if not cog and (resume or mode == "accumulate") and params.get("chunks") is None:
         prep = _recorded_blocks(obj, op, prep, params, path)
-    var = var or (str(prep.name) if prep.name is not None else "result")
+    if var is None:
+        var = str(prep.name) if prep.name is not None else "result"
+        _check_var(var, named=True)
     if cog:  # and against the result's dtype and bands, known now
         result = prep.spec.agg
         options = cog_options(
@@ -2299,6 +2303,31 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
     if line is not None:
         warnings.warn(line, ChipFailedWarning, stacklevel=2)
     return report
+
+
+def _check_var(var: Any, *, named: bool = False) -> None:
+    """Refuse a result name that is not one plain folder of the store (before anything is
+    written): a ``/`` or ``\\`` would make a nested Zarr path the store cannot be opened
+    or replaced by, ``.``/``..`` leave the store, and ``_patchflow``/``.`` names are
+    patchflow's bookkeeping and hidden files."""
+    rule = (
+        "a result variable name must be one plain name: no '/' or '\\', not '.' or '..', "
+        "and not starting with '_patchflow' or '.'"
+    )
+    good = (
+        isinstance(var, str)
+        and var not in ("", ".", "..")
+        and not any(c in var for c in "/\\")
+        and not var.startswith((BOOK, "."))
+    )
+    if good:
+        return
+    if named:
+        raise ParameterError(
+            f"the result would be stored as {var!r}, the name of the input (or of name=), but "
+            f"{rule}; give the store's variable a name with var=, e.g. var='result'"
+        )
+    raise ParameterError(f"var={var!r}: {rule}; e.g. var='result'")
 
 
 def _run_store(

@@ -694,6 +694,30 @@ def test_overwrite_keeps_foreign_files_inside_patchflows_folders(
     assert (outside / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize(
+    "var",
+    ["a/b", "/abs", "../escaped", "..", ".", "", "a\\b", "_patchflow", "_patchflow2", ".x", 3],
+)
+def test_a_result_name_that_is_not_one_folder_is_refused_before_anything_is_written(
+    var: Any, source: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "out" / "s.zarr"
+    with pytest.raises(patchflow.errors.ParameterError, match="var=") as info:
+        run(open_input(source), OP, store=store, var=var, **KW)
+    assert repr(var) in str(info.value) and "'/'" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_result_named_after_the_input_is_checked_too(source: Path, tmp_path: Path) -> None:
+    store = tmp_path / "out" / "s.zarr"
+    with pytest.raises(patchflow.errors.ParameterError, match=r"'x/y'.*var=") as info:
+        run(open_input(source).rename("x/y"), ops.DNToReflectance(scale=1e-4), store=store, **KW)
+    assert "name" in str(info.value)
+    assert not (tmp_path / "out").exists()
+    report = run(open_input(source).rename("x/y"), OP, store=store, var="ndvi", **KW)
+    assert report.var == "ndvi" and check_store(store).ok
+
+
 def test_store_path_that_is_a_link_or_a_file_is_a_named_error(
     reference: Reference, source: Path, tmp_path: Path
 ) -> None:
