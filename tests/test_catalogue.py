@@ -608,6 +608,16 @@ CASES: list[Case] = [
         "already exists; pass overwrite=True",
     ),
     Case(
+        "store-var-not-a-name",
+        '`var="a/b"` (or `..`, or a name starting `_patchflow`) for a store\'s result',
+        "`ParameterError` naming the name and the rule, before anything is written",
+        lambda tmp: patchflow.run(
+            make_test_scene(), ident, store=tmp / "out.zarr", var="a/b", size=64, stride=48
+        ),
+        ParameterError,
+        r"var='a/b': a result variable name must be one plain name",
+    ),
+    Case(
         "store-is-a-file",
         "`store=` names an existing file",
         "`StoreError`: the path is a file, not a directory; write elsewhere or remove it",
