@@ -10,6 +10,8 @@ EPSG:32610, every pixel a pure function of its position and the seed):
                         import make_test_scene``); tests and fixtures use ``scene_factory``.
 ``scene_factory``       the same factory as a (session-scoped) fixture, so module-scoped
                         fixtures can build their scene from it.
+``mode_of``             the numpy reference of ``agg="mode"`` over a stack (a plain
+                        function, like ``make_test_scene``).
 ``small_scene``         ``make_test_scene()``: the 300 × 260, seed 0, numpy-backed scene of
                         the error and bad-input tests, built fresh for each test.
 
@@ -105,6 +107,19 @@ def make_test_scene(
     if persist:
         scene = scene.persist()
     return scene
+
+
+def mode_of(stack: np.ndarray) -> np.ndarray:
+    """The numpy reference of ``agg="mode"``: per element, the most frequent finite value
+    along axis 0 of ``stack`` (NaN = no value; a tie goes to the smaller value), 0 where
+    there is none. A plain function (``from conftest import mode_of``)."""
+    best, best_n = np.zeros(stack.shape[1:]), np.zeros(stack.shape[1:])
+    for k in range(len(stack)):
+        here = np.isfinite(stack[k])
+        times = (stack == stack[k]).sum(axis=0)
+        better = here & ((times > best_n) | ((times == best_n) & (stack[k] < best)))
+        best, best_n = np.where(better, stack[k], best), np.where(better, times, best_n)
+    return best
 
 
 @pytest.fixture(scope="session")

@@ -113,17 +113,25 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def source(
+def write_source(
     scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """The input: a 2-band uint16 scene in a Zarr store on disk (256-px chunks)."""
+    """The store tests' input: a 2-band uint16 700 × 600 scene in a Zarr v3 store on disk
+    (256-px chunks); each test module's ``source`` fixture writes it once."""
     path = tmp_path_factory.mktemp("input") / "scene.zarr"
     scene = scene_factory((700, 600), seed=7).chunk({"y": 256, "x": 256})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scene.to_dataset(name="dn").to_zarr(path, zarr_format=3)
     return path
+
+
+@pytest.fixture(scope="module")
+def source(
+    scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The input (:func:`write_source`)."""
+    return write_source(scene_factory, tmp_path_factory)
 
 
 @dataclass(frozen=True)

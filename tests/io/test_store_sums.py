@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from test_store_safety import KW, NEGATIVE, OP, open_input, result_bytes, run_child
+from test_store_safety import KW, NEGATIVE, OP, open_input, result_bytes, run_child, write_source
 
 import patchflow.io.store as store_module
 from patchflow.cli import main
@@ -43,13 +42,8 @@ SECOND = {"mode": "accumulate", "window": "boxcar"}
 def source(
     scene_factory: Callable[..., xr.DataArray], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """The input: a 2-band uint16 scene in a Zarr store on disk (256-px chunks)."""
-    path = tmp_path_factory.mktemp("input") / "scene.zarr"
-    scene = scene_factory((700, 600), seed=7).chunk({"y": 256, "x": 256})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scene.to_dataset(name="dn").to_zarr(path, zarr_format=3)
-    return path
+    """The input (``test_store_safety.write_source``)."""
+    return write_source(scene_factory, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

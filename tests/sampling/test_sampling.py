@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import mode_of
 from dask.callbacks import Callback
 
 import patchflow
@@ -592,13 +593,7 @@ def reference_stitch(
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
                 return np.where(valid, np.nanmedian(stack, axis=0), 0), valid
-        best, best_n = np.zeros(full), np.zeros(full)
-        for k in range(n):  # the most frequent value; a tie goes to the smaller value
-            here = np.isfinite(stack[k])
-            times = (stack == stack[k]).sum(axis=0)
-            better = here & ((times > best_n) | ((times == best_n) & (stack[k] < best)))
-            best, best_n = np.where(better, stack[k], best), np.where(better, times, best_n)
-        return best, valid
+        return mode_of(stack), valid
     assert agg == "centre"
     dist = np.full(full, np.inf)
     value = np.zeros(full)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+from conftest import mode_of
 
 import patchflow
 from patchflow.errors import NodataCollisionError
@@ -185,13 +186,7 @@ def reference(
         if agg == "median":
             return np.where(valid, np.nanmedian(stack, axis=0), 0.0), valid
     assert agg == "mode"
-    best, best_n = np.zeros(full), np.zeros(full)
-    for k in range(n):  # the most frequent value; a tie goes to the smaller value
-        here = np.isfinite(stack[k])
-        times = (stack == stack[k]).sum(axis=0)
-        better = here & ((times > best_n) | ((times == best_n) & (stack[k] < best)))
-        best, best_n = np.where(better, stack[k], best), np.where(better, times, best_n)
-    return best, valid
+    return mode_of(stack), valid
 
 
 def covered(anchors: np.ndarray) -> np.ndarray:
