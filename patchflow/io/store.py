@@ -1915,11 +1915,13 @@ def _is_locked(path: str) -> bool:
 
 def _storable(ds: xr.Dataset) -> xr.Dataset:
     """Drop what Zarr cannot hold: object-dtype non-index coords (stackstac's ``proj:*``
-    metadata) and attrs that are not JSON values (stackstac's ``spec``)."""
+    metadata), attrs that are not JSON values (stackstac's ``spec``) and the input's
+    storage encodings the coordinates carry (a Zarr v3 input's ``serializer`` has no
+    meaning in a v2 store; the result's own encoding is given when writing)."""
     drop = [
         name for name, coord in ds.coords.items() if coord.dtype.kind == "O" and name not in ds.dims
     ]
-    ds = ds.drop_vars(drop)
+    ds = ds.drop_vars(drop).drop_encoding()
     ds.attrs = {k: v for k, v in ds.attrs.items() if _jsonable(v)}
     for variable in ds.variables.values():
         variable.attrs = {k: v for k, v in variable.attrs.items() if _jsonable(v)}

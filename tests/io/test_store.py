@@ -265,3 +265,19 @@ def test_store_equals_in_memory_for_several_aggregations(
 def _two_class_scores(dn: np.ndarray) -> np.ndarray:
     ndvi = dn_ndvi(dn)
     return np.concatenate([ndvi, 1 - ndvi], axis=-3)
+
+
+def test_a_zarr_v3_input_writes_a_zarr_v2_store(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    # the input's coordinates carry its v3 storage encoding ('serializer'), which a v2
+    # store cannot take: it raised zarr's ValueError from deep inside xarray
+    scene_factory((300, 300), chunks=150).to_dataset(name="dn").to_zarr(
+        tmp_path / "in.zarr", zarr_format=3
+    )
+    dn = xr.open_zarr(tmp_path / "in.zarr", decode_coords="all")["dn"]
+    v2 = patchflow.run(dn, dn_ndvi, store=tmp_path / "v2.zarr", zarr_format=2).open()
+    v3 = patchflow.run(dn, dn_ndvi, store=tmp_path / "v3.zarr").open()
+    assert zarr.open_group(str(tmp_path / "v2.zarr"), mode="r").metadata.zarr_format == 2
+    np.testing.assert_array_equal(v2.values, v3.values)
+    assert v2.rio.crs == v3.rio.crs and v2.rio.transform() == v3.rio.transform()
