@@ -3193,10 +3193,19 @@ def _check(path: str, *, checksums: bool, sums: bool) -> StoreHealth:
     status = str(meta.get("status"))
     problem = None
     if corrupt:
+        passes = int(meta.get("passes", 0))
+        fix = (
+            f"recompute them with {_w('finish')}"
+            if passes <= 1 or status != "complete"
+            # as _repair refuses it: one operator cannot recompute a sum of passes
+            else f"the store holds the sum of {passes} passes (mode='accumulate'), which "
+            f"one operator cannot recompute; rebuild it with {_w('overwrite')} and the "
+            "same passes"
+        )
         problem = (
             f"{path!r} is damaged: {len(corrupt)} block(s) fail their checksum or their "
             "failed-chip records (a result chunk or record file was deleted or overwritten): "
-            f"{_blocks_text(corrupt)}; recompute them with {_w('finish')}"
+            f"{_blocks_text(corrupt)}; {fix}"
         )
     elif bad_sums:
         passes = int(meta.get("passes", 0))

@@ -139,6 +139,26 @@ def test_damaged_sums_of_several_passes_say_how_to_rebuild(
     assert result_bytes(store) == result_bytes(two)  # refused: nothing was changed
 
 
+def test_a_damaged_result_of_several_passes_says_how_to_rebuild(
+    passes: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # resume refuses a multi-pass store (one operator cannot recompute a sum of passes):
+    # check_store must not tell the user to resume it
+    _, two = passes
+    store = tmp_path / "two.zarr"
+    shutil.copytree(two, store)
+    var = check_store(store).var
+    chunk = next(p for p in (store / str(var) / "c").rglob("*") if p.is_file())
+    chunk.unlink()
+    health = check_store(store)
+    assert health.corrupt and not health.ok
+    problem = health.problem or ""
+    assert "2 passes" in problem and "overwrite=True and the same passes" in problem
+    assert "resume" not in problem
+    with pytest.raises(CorruptStoreError, match=r"overwrite=True and the same passes"):
+        resume(store)
+
+
 def test_sums_damaged_while_a_pass_runs_are_refused_by_the_pass(
     passes: tuple[Path, Path], source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
