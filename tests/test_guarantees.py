@@ -671,3 +671,37 @@ def test_a_one_pixel_axis_needs_a_recorded_transform_to_change_resolution() -> N
     np.testing.assert_allclose(out.x.values[:3], [502.5, 507.5, 512.5])
     np.testing.assert_allclose(out.y.values, [8992.5, 8987.5])
     assert tuple(out.rio.transform())[:6] == (5.0, 0.0, 500.0, 0.0, -5.0, 8995.0)
+
+
+def test_a_centre_crop_to_half_the_chip_is_not_taken_for_a_downsampling() -> None:
+    # a model that drops a fixed 32-px margin ('valid' convolutions: 128 px in, 64 out)
+    # gives the ratio 1/2, which a block-mean downsampling gives too: taken as one, every
+    # output pixel would sit up to 32 px from where its value came from. (A crop that keeps
+    # the same *fraction* at every chip size cannot be told from a scale by its shapes.)
+    scene = xr.DataArray(
+        np.random.default_rng(0).uniform(0, 1, (1, 256, 256)).astype(np.float32),
+        dims=("band", "y", "x"),
+    )
+
+    def centre_half(chip: np.ndarray) -> np.ndarray:
+        return chip[..., 32:-32, 32:-32]
+
+    def block_mean(chip: np.ndarray) -> np.ndarray:
+        *lead, h, w = chip.shape
+        return chip.reshape(*lead, h // 2, 2, w // 2, 2).mean(axis=(-3, -1))
+
+    def fixed_size_block_mean(chip: np.ndarray) -> np.ndarray:
+        if chip.shape[-2:] != (128, 128):  # a model built for one input size
+            raise ValueError("this model takes 128 x 128 chips only")
+        return block_mean(chip)
+
+    kw: dict[str, Any] = {"size": 128, "stride": 96}
+    with pytest.raises(patchflow.errors.OperatorError, match=r"removes pixels.*scale="):
+        patchflow.apply(scene, centre_half, **kw)
+    # declared, the user takes responsibility (as for any declared scale)
+    assert patchflow.apply(scene, centre_half, scale=0.5, **kw).shape == (1, 128, 128)
+    # a real downsampling is accepted, also when the op takes one chip size only
+    want = block_mean(scene.values)
+    for op in (block_mean, fixed_size_block_mean):
+        got = patchflow.apply(scene, op, window="boxcar", **kw).values
+        np.testing.assert_allclose(got, want, rtol=1e-5)

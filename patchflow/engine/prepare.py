@@ -456,8 +456,9 @@ def prepare(
         # it silently would hide a wrong declaration (or a wrong op)
         _check_declared_scale(op, scale, ratio, measured, size_yx, sample.shape[-2:])
         ratio = measured
-        if scale is None and not _whole_ratio(ratio):
-            # 64 -> 60 px is a crop as often as a 15/16 scale: only a scale keeps the
+        if scale is None and ratio != (1, 1) and (op_scale(op) == 1 or not _whole_ratio(ratio)):
+            # 64 -> 60 px is a crop as often as a 15/16 scale, and 128 -> 64 px a centre
+            # crop (a 'valid' U-Net) as often as a ½ downsampling: only a scale keeps the
             # ratio on a chip twice the size (a crop removes the same pixels again)
             _confirm_scale(
                 op,
@@ -468,6 +469,9 @@ def prepare(
                 lead=op_lead,
                 size=size_yx,
                 dtype=in_dtype,
+                # a whole k or 1/k stays accepted from an op that takes one chip size
+                # only (it was before this check existed); any other ratio needs the proof
+                strict=not _whole_ratio(ratio),
             )
     _check_scalable_georef(arr, ratio, y, x)
     if op_dtype.kind not in "biuf":
@@ -940,13 +944,16 @@ def _confirm_scale(
     lead: tuple[int, ...],
     size: tuple[int, int],
     dtype: np.dtype,
+    strict: bool = True,
 ) -> None:
-    """Refuse an undeclared non-whole ratio unless a second dry run shows it is a scale.
+    """Refuse an undeclared ratio when a second dry run shows it is not a scale.
 
-    The first dry run mapped ``size`` to ``out`` (``ratio`` = ``num/den``, neither ``k``
-    nor ``1/k``). A resolution change maps a chip twice the size to twice ``out``; an op
-    that crops (a 'valid' convolution: a fixed number of pixels lost) does not — taken as
-    a scale, its output would be resampled onto the wrong pixels.
+    The first dry run mapped ``size`` to ``out`` (``ratio`` = ``num/den``). A resolution
+    change maps a chip twice the size to twice ``out``; an op that crops (a 'valid'
+    convolution, a centre crop: a fixed number of pixels lost) does not — taken as a
+    scale, its output would be resampled onto the wrong pixels. An op that fails on the
+    larger chip is refused when ``strict`` (the ratio is neither ``k`` nor ``1/k``) and
+    otherwise taken at its ratio.
 
     Raises
     ------
@@ -966,6 +973,8 @@ def _confirm_scale(
             op, batched=batched, pass_mask=pass_mask, lead=lead, size=twice, dtype=dtype
         )
     except OperatorError as exc:
+        if not strict:
+            return
         raise OperatorError(
             f"the operator maps a {size} chip to {tuple(int(v) for v in out)}, a ratio of "
             f"{num}/{den}, and fails on a {twice} chip, so patchflow cannot tell a "
