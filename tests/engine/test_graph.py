@@ -172,6 +172,8 @@ def test_held_halo_strips_do_not_grow_with_scene_width(
         whole = _chip_path(scene.chunk({"y": -1, "x": -1})).values  # one block: no halo
         np.testing.assert_allclose(values, whole, rtol=1e-6, atol=0)
     # a chunk's strips wait for a block or two, not for a block row: a scene four times
-    # as wide holds as many (before issue 14 it held one per block column, plus one)
-    assert held[12][0] <= min(held[3][0] + 1, 5), held
+    # as wide holds about as many (before issue 14 it held one per block column, plus one:
+    # 13 here). With threads, which block runs next varies with the machine's load: 5 or
+    # 6 strips were seen for the same graph, so the bound leaves room for that, not for 13
+    assert held[12][0] <= held[3][0] + 3 < 12, held
     assert held[12][1] <= 2 * held[3][1], held
