@@ -133,8 +133,9 @@ def stitch(
 
     Validity follows :mod:`patchflow.engine.nodata`, as in ``apply``: a chip value is invalid
     where it is non-finite or equals the chips' nodata (see ``chip_nodata``), per element,
-    so one band's nodata leaves the pixel's other bands valid. Invalid values carry zero weight: a pixel gets the aggregation of its valid chip
-    values only, and pixels no valid chip value reaches are NaN for float results and the
+    so one band's nodata leaves the pixel's other bands valid. Invalid values carry zero
+    weight: a pixel gets the aggregation of its valid chip values only, and pixels no
+    valid chip value reaches are NaN for float results and the
     result's nodata for integer results (``max``/``min``/``centre`` of integer outputs,
     votes). An integer result's nodata is ``nodata=`` if given, else ``obj_like``'s nodata
     (not for votes), else the chips' nodata, else the dtype's max (unsigned) / min
