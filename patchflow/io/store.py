@@ -1025,11 +1025,12 @@ def _fingerprint(path: Path) -> dict[str, int]:
     return {"files": files, "bytes": size, "mtime_ns": newest}
 
 
-def _input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
+def _input_identity(obj: xr.DataArray | xr.Dataset, *, files: bool = True) -> dict[str, Any]:
     """Source files (or, without one, the dask name / data token), shape, dtype, chunks,
     band coordinates, nodata, CRS and transform of the input; with source files also their
-    size and mtime (``files``) and, for values computed from them, a token of the
-    computation (``derived``; ``None`` for a plain read)."""
+    size and mtime (``files``; ``files=False`` leaves them out, for a caller comparing
+    against a record just made of the same paths) and, for values computed from them, a
+    token of the computation (``derived``; ``None`` for a plain read)."""
     found = _sources(obj, coords=False)
     sources = sorted({root if arr is None else f"{root}/{arr}" for root, arr in found})
     ident: dict[str, Any] = {"source": sources or None}
@@ -1052,7 +1053,8 @@ def _input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
     if not sources:
         ident["name"] = str(tokenize(*(_data_name(v) for v in items)))
     else:
-        ident["files"] = _files_identity(found)
+        if files:
+            ident["files"] = _files_identity(found)
         derived = {str(v.name): _derivation(v) for v in items}
         if isinstance(obj, xr.DataArray):
             ident["derived"] = derived.popitem()[1]
@@ -1438,7 +1440,9 @@ def _recipe(
             plain = _open_input({**source, "chunks": None})
             if _shapes(plain) != _shapes(obj):
                 return None, selected
-        same = _input_identity(_open_input(source)) == job["input"]
+        # the same paths were just fingerprinted for the job record: no second walk
+        recorded = {k: v for k, v in job["input"].items() if k != "files"}
+        same = _input_identity(_open_input(source), files=False) == recorded
     except Exception as exc:  # any failure just means: no recipe
         return None, f"opening {what} again failed ({_reason(exc)})"
     if not same:
