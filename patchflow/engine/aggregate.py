@@ -161,8 +161,8 @@ class Aggregator:
     sum_keys: ClassVar[tuple[str, ...]] = ()
     #: labels of a leading ``stat`` dim the result gains (empty: none; mean_std: mean, std)
     stat_names: ClassVar[tuple[str, ...]] = ()
-    #: whether :meth:`stitched` returns cells that read the block's own partial in place
-    #: (the aggregation defines :meth:`_view` and finalises cells)
+    #: whether :meth:`stitched` returns cells that read the partials in place (the
+    #: aggregation defines :meth:`_view` and finalises cells)
     in_place_cells: ClassVar[bool] = False
 
     def __init__(
@@ -264,23 +264,18 @@ class Aggregator:
         self, shape: tuple[int, int], pieces: list[tuple[Slices, Slices, State]], acc: Any
     ) -> list[tuple[tuple[int, int, int, int], State]] | None:
         """An output block's state as *cells* ``((y0, y1, x0, x1), state)``, without
-        copying the block's own partial; ``None`` unless that partial (the first piece)
-        covers the whole block (or when no piece reaches the block at all).
+        copying any partial; ``None`` when no piece reaches the block at all.
 
-        Its neighbours' spill-over strips reach only the block's edges. Cut at every
-        piece's edges, the block falls into cells each covered by a fixed set of pieces: a
-        cell only the own partial covers is a view of it (:meth:`_view`), the others are
-        merged from their pieces in the order a whole-block merge uses, so every element
-        sees the same arithmetic (bit for bit). The partials are only read, so a retried
-        task finds them as they were.
+        Cut at every piece's edges, the block falls into cells each covered by a fixed
+        set of pieces. A cell one piece covers is a view of that partial (:meth:`_view`):
+        mostly the block's own, but where the chip grid does not start at the block's
+        edge, the block's first rows or columns are a neighbour's spill-over alone. A cell
+        several pieces cover is merged from them in the order a whole-block merge uses,
+        and one no piece covers (gaps between sampled chips) is an empty state, so every
+        element sees the same arithmetic as a whole-block merge (bit for bit). The
+        partials are only read, so a retried task finds them as they were.
         """
         if not pieces:  # a block no chip reaches (boundary="drop", gaps): all invalid
-            return None
-        dst0 = pieces[0][0]
-        if (dst0[0].indices(shape[0]), dst0[1].indices(shape[1])) != (
-            (0, shape[0], 1),
-            (0, shape[1], 1),
-        ):
             return None
         ys = sorted({0, shape[0], *(b for d, _, _ in pieces for b in (d[0].start, d[0].stop))})
         xs = sorted({0, shape[1], *(b for d, _, _ in pieces for b in (d[1].start, d[1].stop))})
@@ -909,8 +904,8 @@ class MeanStd(_FloatResult):
     denominator, kept as its two factors (``w`` is ``None``, ``W = dy ⊗ dx``) until a
     merge needs it whole. Chips that are not such a grid, or see invalid elements, take
     the general two passes; both give the same shift. An output block is finished from
-    its own partial in place (:meth:`Aggregator._cells`): only the strips its neighbours
-    reach are merged into small new states.
+    the partials in place (:meth:`Aggregator._cells`): only the strips two or more of
+    them reach are merged into small new states.
 
     The result gets a leading axis of size 2: ``[mean, std]``. The merge is not a plain
     sum, so this aggregation cannot accumulate across passes.

@@ -554,23 +554,25 @@ def test_inverse_variance_finalize_rounds_the_float64_quotients_once(holes: bool
 def test_inverse_variance_stitches_in_place_bit_for_bit(
     chunks: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An output block is finished from cells that read its own partial in place and sum
-    the neighbours' strips there: the same bits as summing everything into a fresh
-    whole-block state (holes included, so some pixels are invalid)."""
+    """Every output block is finished from cells that read the partials in place (its
+    own or a neighbour's, where only one reaches) and sum the strips several reach: the
+    same bits as summing everything into a fresh whole-block state (holes included, so
+    some pixels are invalid)."""
     from patchflow.engine.aggregate import InverseVariance
 
     values = _holes(_values(17))
-    seen = {"cells": 0}
+    seen = {"cells": 0, "blocks": 0}
     stitched = InverseVariance.stitched
 
     def spy(self: Any, shape: Any, pieces: Any, acc: Any) -> Any:
         state = stitched(self, shape, pieces, acc)
+        seen["blocks"] += 1
         seen["cells"] += "_cells" in state
         return state
 
     monkeypatch.setattr(InverseVariance, "stitched", spy)
     got = _engine(values, Lambda(_mean_var), chunks, agg="inverse_variance")
-    assert seen["cells"] > 0
+    assert seen["cells"] == seen["blocks"] > 0
     monkeypatch.setattr(InverseVariance, "stitched", stitched)
     monkeypatch.setattr(InverseVariance, "in_place_cells", False)  # one whole-block merge
     plain = _engine(values, Lambda(_mean_var), chunks, agg="inverse_variance")

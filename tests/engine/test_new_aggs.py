@@ -368,11 +368,13 @@ def test_mean_std_falls_back_to_weights_where_cores_do_not_apply(
 def test_mean_std_stitch_reads_partials_in_place_bit_for_bit(
     dtype: str, chunks: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An output block is finished from cells that read its own partial in place (no
-    copy of its state) and merge the neighbours' strips there: the same bits as merging
-    everything into a fresh whole-block state, and the partials are left as they were
-    (a retried stitch task sees the same inputs). On a grid with float32 sums the
-    chips' W travels as its two per-axis factors."""
+    """Every output block is finished from cells that read the partials in place (no
+    copy of a state; a cell one partial covers is a view of it, whether the block's own
+    or a neighbour's: the chip grid need not start at the block's edge) and merge the
+    strips several reach: the same bits as merging everything into a fresh whole-block
+    state, and the partials are left as they were (a retried stitch task sees the same
+    inputs). On a grid with float32 sums the chips' W travels as its two per-axis
+    factors."""
     from patchflow.engine.aggregate import MeanStd
 
     values = _values(13)
@@ -380,7 +382,7 @@ def test_mean_std_stitch_reads_partials_in_place_bit_for_bit(
     def op(chip: np.ndarray) -> np.ndarray:
         return (np.float32(1e3) + chip[:1] * chip.mean() * 10).astype(dtype)
 
-    seen: dict[str, int] = {"cells": 0, "factors": 0}
+    seen: dict[str, int] = {"cells": 0, "factors": 0, "blocks": 0}
     before: list[dict[str, np.ndarray]] = []
     after: list[dict[str, np.ndarray]] = []
     stitched = MeanStd.stitched
@@ -391,6 +393,7 @@ def test_mean_std_stitch_reads_partials_in_place_bit_for_bit(
             {k: v.copy() for k, v in p.items() if isinstance(v, np.ndarray)} for p in parts
         )
         state = stitched(self, shape, pieces, acc)
+        seen["blocks"] += 1
         seen["cells"] += "_cells" in state
         seen["factors"] += sum(p["w"] is None for p in parts)
         after.extend({k: v for k, v in p.items() if isinstance(v, np.ndarray)} for p in parts)
@@ -398,7 +401,7 @@ def test_mean_std_stitch_reads_partials_in_place_bit_for_bit(
 
     monkeypatch.setattr(MeanStd, "stitched", spy)
     got = _engine(values, Lambda(op), chunks, agg="mean_std")
-    assert seen["cells"] > 0
+    assert seen["cells"] == seen["blocks"] > 0
     # float32 sums take W from geometry (as factors); float64 ones sum it, to the bit
     assert seen["factors"] > 0 if dtype == "float32" else seen["factors"] == 0
     for old, new in zip(before, after, strict=True):
