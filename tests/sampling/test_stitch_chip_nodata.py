@@ -34,7 +34,18 @@ F32_NODATA = -99999.0
 BOTH = (slice(30, 42), slice(25, 40))
 BAND0 = (slice(60, 70), slice(50, 66))
 
-AGGS = ("overlap_add", "mean", "max", "min", "centre", "median", "mode", "sum", "mean_std")
+AGGS = (
+    "overlap_add",
+    "mean",
+    "max",
+    "min",
+    "centre",
+    "median",
+    "mode",
+    "sum",
+    "weighted_sum",
+    "mean_std",
+)
 #: aggregations whose result keeps the chips' dtype (the others give a float result)
 KEEPS_DTYPE = ("max", "min", "centre", "mode")
 SAMPLERS = ("regular", "random", "poisson", "explicit")
@@ -143,7 +154,7 @@ def reference(
         else np.ones(SIZE)
         for r, c in anchors
     ]
-    if agg in ("overlap_add", "mean", "sum", "mean_std"):
+    if agg in ("overlap_add", "mean", "sum", "weighted_sum", "mean_std"):
         num, den, cnt = np.zeros(full), np.zeros(full), np.zeros(full)
         for k in range(n):
             wk = np.where(ok[k], weights[k], 0.0)
@@ -151,7 +162,7 @@ def reference(
             den[spot[k]] += wk
             cnt[spot[k]] += ok[k]
         valid = cnt > 0
-        if agg == "sum":
+        if agg in ("sum", "weighted_sum"):
             return num, valid
         mean = np.where(valid, num / np.where(valid, den, 1.0), 0.0)
         if agg != "mean_std":
@@ -419,3 +430,56 @@ def test_accessor_takes_chip_nodata() -> None:
     want = stitch(scene, chips, agg="median").values
     np.testing.assert_array_equal(got, want)
     assert not (got == U8_NODATA).any()
+
+
+# --------------------------------------------------------------------------- inverse_variance
+
+
+@pytest.mark.parametrize("sampler_kind", SAMPLERS)
+@pytest.mark.parametrize("kind", ["f32_nodata", "u8_nodata"])
+def test_inverse_variance_drops_a_chip_where_its_mean_or_variance_is_nodata(
+    kind: str, sampler_kind: str
+) -> None:
+    """The op's (mean, variance) pair is one contribution: where either element is the
+    chips' nodata, that chip adds nothing to the pixel (its weight is 0), per element;
+    a pixel no chip gives a valid pair is NaN in both result bands."""
+    scene = make_scene(kind)
+    chips = sample(scene, make_sampler(sampler_kind), size=SIZE)
+    anchors = np.stack([chips.row.values, chips.col.values], axis=1)
+    nodata = chip_nodata_of(scene)
+    vals = chips.values
+    rng = np.random.default_rng(11)
+    k = np.arange(len(vals))[:, None, None]
+    mean = vals[:, 0].astype(np.float64) + k  # per-chip offsets: the chips disagree
+    var = 1.0 + vals[:, 1].astype(np.float64) % 7 + k % 3
+    outs = np.stack([mean, var], axis=1).astype(vals.dtype)
+    # the scene's nodata where the chip had it, plus some more in either element
+    was = (vals == nodata) if kind == "u8_nodata" else ~np.isfinite(vals) | (vals == nodata)
+    outs[was] = nodata
+    extra = rng.random(outs.shape) < 0.06
+    outs[extra] = nodata
+    lazy = chips.copy(data=da.from_array(outs, chunks=(4, *outs.shape[1:])))
+    got = stitch(scene, lazy, agg="inverse_variance", chunks=(37, 29), **declared(scene))
+    got = got.compute()
+
+    # numpy reference: a = w / var over the chips whose pair is valid there
+    H, W = SHAPE
+    window = patchflow.make_window("hann", SIZE)
+    sa, sax, sb = np.zeros(SHAPE), np.zeros(SHAPE), np.zeros(SHAPE)
+    for j, (r, c) in enumerate(anchors):
+        x, v = outs[j, 0].astype(np.float64), outs[j, 1].astype(np.float64)
+        ok = (outs[j, 0] != nodata) & (outs[j, 1] != nodata) & np.isfinite(x) & np.isfinite(v)
+        wk = window.weights(r == 0, r + SIZE[0] == H, c == 0, c + SIZE[1] == W)
+        a = np.where(ok, wk / np.where(ok, v, 1.0), 0.0)
+        spot = (slice(r, r + SIZE[0]), slice(c, c + SIZE[1]))
+        sa[spot] += a
+        sax[spot] += a * np.where(ok, x, 0.0)
+        sb[spot] += a * wk
+    valid = sa > 0
+    assert (~valid).any() and valid.any()
+    res = got.values
+    assert res.shape == (2, *SHAPE) and res.dtype.kind == "f"
+    assert np.array_equal(np.isnan(res[0]), ~valid)
+    assert np.array_equal(np.isnan(res[1]), ~valid)
+    np.testing.assert_allclose(res[0][valid], (sax / np.where(valid, sa, 1))[valid], rtol=1e-5)
+    np.testing.assert_allclose(res[1][valid], (sb / np.where(valid, sa, 1) ** 2)[valid], rtol=1e-5)
