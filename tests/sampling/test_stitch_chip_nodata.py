@@ -483,3 +483,49 @@ def test_inverse_variance_drops_a_chip_where_its_mean_or_variance_is_nodata(
     assert np.array_equal(np.isnan(res[1]), ~valid)
     np.testing.assert_allclose(res[0][valid], (sax / np.where(valid, sa, 1))[valid], rtol=1e-5)
     np.testing.assert_allclose(res[1][valid], (sb / np.where(valid, sa, 1) ** 2)[valid], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- vote
+
+
+@pytest.mark.parametrize("sampler_kind", SAMPLERS)
+def test_vote_leaves_out_labels_equal_to_the_chips_nodata(sampler_kind: str) -> None:
+    """uint8 label chips with 255 (the scene's nodata, carried in the chips' attrs) where
+    the chip saw nodata, and more: a 255 is no vote, per element; the most frequent
+    valid label wins (ties: the higher summed window weight, then the lower label) and
+    a pixel without a valid label is the result's nodata."""
+    scene = make_scene("u8_nodata")
+    chips = sample(scene, make_sampler(sampler_kind), size=SIZE)
+    anchors = np.stack([chips.row.values, chips.col.values], axis=1)
+    vals = chips.values
+    k = np.arange(len(vals))[:, None, None, None]
+    labels = ((vals.astype(np.int64) // 64 + k) % 4).astype(np.uint8)  # chips disagree
+    labels[vals == U8_NODATA] = U8_NODATA
+    labels[np.random.default_rng(2).random(labels.shape) < 0.1] = U8_NODATA
+    lazy = chips.copy(data=da.from_array(labels, chunks=(5, *labels.shape[1:])))
+    got = stitch(scene, lazy, agg="vote", n_classes=4, chunks=(37, 29)).compute()
+
+    H, W = SHAPE
+    window = patchflow.make_window("hann", SIZE)
+    counts = np.zeros((4, 2, *SHAPE))
+    weight = np.zeros((4, 2, *SHAPE))
+    for j, (r, c) in enumerate(anchors):
+        wk = window.weights(r == 0, r + SIZE[0] == H, c == 0, c + SIZE[1] == W)
+        spot = (slice(None), slice(r, r + SIZE[0]), slice(c, c + SIZE[1]))
+        for label in range(4):
+            hit = labels[j] == label
+            counts[label][spot] += hit
+            weight[label][spot] += hit * wk
+    best = np.zeros((2, *SHAPE), np.int64)
+    for label in range(1, 4):  # strictly better only: a tie keeps the lower label
+        cb = np.take_along_axis(counts, best[None], 0)[0]
+        wb = np.take_along_axis(weight, best[None], 0)[0]
+        better = (counts[label] > cb) | ((counts[label] == cb) & (weight[label] > wb))
+        best[better] = label
+    valid = counts.sum(axis=0) > 0
+    assert (~valid).any() and valid.any()
+    res = got.values
+    assert np.array_equal(res[valid], best[valid])
+    nodata = got.rio.nodata
+    assert nodata is not None and not (res[valid] == nodata).any()
+    assert (res[~valid] == nodata).all()
