@@ -85,6 +85,13 @@ def keywords(**params: Any) -> Callable[[Path], Any]:
     return lambda tmp: patchflow.apply(make_test_scene(), ident, **params)
 
 
+def _one_size_half(chip: np.ndarray) -> np.ndarray:
+    """A model built for 64 × 64 chips that returns 32 × 32 (a crop or a downsampling?)."""
+    if chip.shape[-2:] != (64, 64):
+        raise ValueError("this model takes 64 x 64 chips only")
+    return chip[..., ::2, ::2]
+
+
 def window(bad: float) -> np.ndarray:
     w = np.ones((64, 64))
     w[3, 3] = bad
@@ -411,6 +418,15 @@ CASES: list[Case] = [
         planned(op=lambda c: c[..., 2:-2, 2:-2]),
         OperatorError,
         r"\(64, 64\) chip to \(60, 60\).*pad its output back.*declare scale=15/16",
+    ),
+    Case(
+        "one-size-op-halves",
+        "op built for one chip size returning half of it, no `scale=`",
+        "`OperatorError`: a centre crop and a ½ downsampling look the same at one size; "
+        "declare `scale=1/2` if it downsamples, pad its output back if it crops",
+        planned(op=_one_size_half),
+        OperatorError,
+        r"fails on a \(128, 128\) chip.*pad its output back.*declare scale=1/2",
     ),
     Case(
         "declared-scale-differs",

@@ -682,13 +682,26 @@ def test_a_centre_crop_to_half_the_chip_is_not_taken_for_a_downsampling() -> Non
             raise ValueError("this model takes 128 x 128 chips only")
         return block_mean(chip)
 
+    def fixed_size_centre_half(chip: np.ndarray) -> np.ndarray:
+        if chip.shape[-2:] != (128, 128):
+            raise ValueError("this model takes 128 x 128 chips only")
+        return centre_half(chip)
+
     kw: dict[str, Any] = {"size": 128, "stride": 96}
     with pytest.raises(patchflow.errors.OperatorError, match=r"removes pixels.*scale="):
         patchflow.apply(scene, centre_half, **kw)
     # declared, the user takes responsibility (as for any declared scale)
     assert patchflow.apply(scene, centre_half, scale=0.5, **kw).shape == (1, 128, 128)
-    # a real downsampling is accepted, also when the op takes one chip size only
+    # a real downsampling is accepted
     want = block_mean(scene.values)
-    for op in (block_mean, fixed_size_block_mean):
-        got = patchflow.apply(scene, op, window="boxcar", **kw).values
-        np.testing.assert_allclose(got, want, rtol=1e-5)
+    got = patchflow.apply(scene, block_mean, window="boxcar", **kw).values
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # an op that takes one chip size only cannot show which of the two it is: the crop
+    # would pass as a ½ downsampling, so both are refused until scale= says it scales
+    for op in (fixed_size_centre_half, fixed_size_block_mean):
+        with pytest.raises(
+            patchflow.errors.OperatorError, match=r"fails on a \(256, 256\) chip.*scale=1/2"
+        ):
+            patchflow.apply(scene, op, window="boxcar", **kw)
+    got = patchflow.apply(scene, fixed_size_block_mean, window="boxcar", scale=0.5, **kw)
+    np.testing.assert_allclose(got.values, want, rtol=1e-5)

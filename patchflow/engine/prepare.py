@@ -469,9 +469,6 @@ def prepare(
                 lead=op_lead,
                 size=size_yx,
                 dtype=in_dtype,
-                # a whole k or 1/k stays accepted from an op that takes one chip size
-                # only (it was before this check existed); any other ratio needs the proof
-                strict=not _whole_ratio(ratio),
             )
     _check_scalable_georef(arr, ratio, y, x)
     if op_dtype.kind not in "biuf":
@@ -944,16 +941,16 @@ def _confirm_scale(
     lead: tuple[int, ...],
     size: tuple[int, int],
     dtype: np.dtype,
-    strict: bool = True,
 ) -> None:
-    """Refuse an undeclared ratio when a second dry run shows it is not a scale.
+    """Refuse an undeclared ratio unless a second dry run shows it is a scale.
 
     The first dry run mapped ``size`` to ``out`` (``ratio`` = ``num/den``). A resolution
     change maps a chip twice the size to twice ``out``; an op that crops (a 'valid'
     convolution, a centre crop: a fixed number of pixels lost) does not — taken as a
     scale, its output would be resampled onto the wrong pixels. An op that fails on the
-    larger chip is refused when ``strict`` (the ratio is neither ``k`` nor ``1/k``) and
-    otherwise taken at its ratio.
+    larger chip (a model built for one input size) cannot show which it is, even at a
+    whole ``k`` or ``1/k``: a 128 → 64 px centre crop has a ½ downsampling's shapes. It
+    is refused too, until ``scale=`` declares the change.
 
     Raises
     ------
@@ -973,8 +970,6 @@ def _confirm_scale(
             op, batched=batched, pass_mask=pass_mask, lead=lead, size=twice, dtype=dtype
         )
     except OperatorError as exc:
-        if not strict:
-            return
         raise OperatorError(
             f"the operator maps a {size} chip to {tuple(int(v) for v in out)}, a ratio of "
             f"{num}/{den}, and fails on a {twice} chip, so patchflow cannot tell a "
