@@ -365,9 +365,10 @@ class Shapes:
                 )
             values = flat[self.band]
         integer = values.dtype.kind in "iub"
-        source, mask = _shapes_source(values)
+        source, mask, table = _shapes_source(values)
         if self.background is not None:
-            mask &= source != self.background
+            # compared on the chip's own values: a cast could make others equal to it
+            mask &= values != self.background
         with warnings.catch_warnings():
             # chip pixel coordinates are the point: the identity transform is intended
             # (rasterio may still warn from another dask thread: catch_warnings is global)
@@ -375,28 +376,36 @@ class Shapes:
             found = list(
                 rasterio.features.shapes(source, mask=mask, connectivity=self.connectivity)
             )
-        return [
-            {"geometry": to_shape(geom), "value": int(value) if integer else float(value)}
-            for geom, value in found
-        ]
+        out = []
+        for geom, value in found:
+            v = value if table is None else table[int(value)]
+            out.append({"geometry": to_shape(geom), "value": int(v) if integer else float(v)})
+        return out
 
 
-def _shapes_source(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``values`` in a dtype ``rasterio.features.shapes`` accepts, and the valid mask."""
+#: the dtypes ``rasterio.features.shapes`` reads as they are (every value exact)
+_SHAPES_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.float32)
+
+
+def _shapes_source(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``values`` in a dtype ``rasterio.features.shapes`` accepts, the valid mask, and
+    the table from the source's values back to the chip's (``None``: the same values).
+
+    Other dtypes (float64, as an integer raster with nodata reaches a chip function,
+    int64, uint32 …) are not cast: a cast to float32/int32 would merge distinct values
+    (16777216 and 16777217 in float32) and report rounded ones (0.1 as 0.10000000149).
+    Each distinct value gets an int32 code instead, and the regions get the value back.
+    """
     kind = values.dtype.kind
     if kind == "b":
-        return values.astype(np.uint8), np.ones(values.shape, bool)
-    if kind in "iu":
-        if values.dtype in (np.uint8, np.uint16, np.int16, np.int32):
-            return values, np.ones(values.shape, bool)
-        info = np.iinfo(np.int32)
-        if values.size and (values.min() < info.min or values.max() > info.max):
-            raise ParameterError(
-                "Shapes needs values that fit int32 (rasterio.features.shapes); relabel the "
-                f"chip (values range {values.min()} … {values.max()})"
-            )
-        return values.astype(np.int32), np.ones(values.shape, bool)
-    if kind == "f":
-        finite = np.isfinite(values)
-        return np.where(finite, values, 0).astype(np.float32), finite
-    raise ParameterError(f"Shapes needs a numeric or boolean chip, got dtype {values.dtype}")
+        return values.astype(np.uint8), np.ones(values.shape, bool), None
+    if kind not in "iuf":
+        raise ParameterError(f"Shapes needs a numeric or boolean chip, got dtype {values.dtype}")
+    valid = np.isfinite(values) if kind == "f" else np.ones(values.shape, bool)
+    if values.dtype in _SHAPES_DTYPES:
+        source = np.where(valid, values, 0).astype(values.dtype) if kind == "f" else values
+        return source, valid, None
+    table, codes = np.unique(values[valid], return_inverse=True)
+    source = np.zeros(values.shape, np.int32)
+    source[valid] = codes.reshape(-1)
+    return source, valid, table

@@ -501,6 +501,53 @@ def test_shapes_options() -> None:
         Shapes(connectivity=6)  # type: ignore[arg-type]
 
 
+def test_shapes_keeps_every_value_exact_and_apart() -> None:
+    """``rasterio.features.shapes`` reads float32 or int32 only: a float64 chip (what an
+    integer raster with nodata reaches the chip function as) must not merge labels that
+    float32 cannot tell apart (16777216 and 16777217), nor report 0.1 as 0.10000000149;
+    an int64/uint32 chip with labels past int32 is labelled, not refused."""
+    chip = np.zeros((6, 6))
+    chip[1:3, 1:3] = 16777217
+    chip[1:3, 3:5] = 16777216
+    chip[4, 0:2] = 0.1
+    chip[4, 3:5] = 0.1 + 1e-12
+    chip[5, 5] = np.nan
+    got = sorted((r["value"], r["geometry"].bounds) for r in Shapes()(chip))
+    assert got == [
+        (0.1, (0.0, 4.0, 2.0, 5.0)),
+        (0.1 + 1e-12, (3.0, 4.0, 5.0, 5.0)),
+        (16777216.0, (3.0, 1.0, 5.0, 3.0)),
+        (16777217.0, (1.0, 1.0, 3.0, 3.0)),
+    ]
+    big = np.zeros((4, 4), np.int64)
+    big[0:2, 0:2] = 2**40
+    big[2:4, 2:4] = -(2**40)
+    got_big = sorted((r["value"], r["geometry"].bounds) for r in Shapes()(big))
+    assert got_big == [(-(2**40), (2.0, 2.0, 4.0, 4.0)), (2**40, (0.0, 0.0, 2.0, 2.0))]
+    assert all(type(r["value"]) is int for r in Shapes()(big))
+
+
+def test_shapes_of_int32_labels_with_nodata_through_apply_vector() -> None:
+    """An int32 instance-label raster with a nodata value reaches ``fn`` as float64; the
+    regions of neighbouring labels above 2**24 still come out apart, with their labels."""
+    labels = np.zeros((H, W), np.int32)
+    labels[:, :10] = -1  # the nodata collar
+    labels[20:24, 30:33] = 2**24 + 1
+    labels[20:24, 33:36] = 2**24
+    raster = (
+        xr.DataArray(
+            labels,
+            dims=("y", "x"),
+            coords={"y": Y0 - PIXEL * (np.arange(H) + 0.5), "x": X0 + PIXEL * (np.arange(W) + 0.5)},
+        )
+        .rio.write_crs(UTM)
+        .rio.write_nodata(-1)
+    )
+    got = apply_vector(raster, Shapes(), size=SIZE, stride=STRIDE)
+    assert sorted(got["value"].tolist()) == [2**24, 2**24 + 1]
+    assert sorted(round(g.area / PIXEL**2) for g in got.geometry) == [12, 12]
+
+
 def test_accessor_gives_the_same_table() -> None:
     from patchflow.io.synthetic import make_scene
     from patchflow.sampling.vectors import Shapes, apply_vector
