@@ -164,6 +164,9 @@ class Aggregator:
     #: whether :meth:`stitched` returns cells that read the partials in place (the
     #: aggregation defines :meth:`_view` and finalises cells)
     in_place_cells: ClassVar[bool] = False
+    #: whether the result holds class labels (or other discrete values) that must never be
+    #: averaged with their neighbours, e.g. in a COG's overviews
+    categorical: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -526,6 +529,7 @@ class SoftVote(OverlapAdd):
     """Overlap-add class scores (first output axis = classes), then ``argmax``."""
 
     name = "soft_vote"
+    categorical = True
 
     def result_lead(self) -> tuple[int, ...]:
         return self.lead[1:]
@@ -612,6 +616,7 @@ class Vote(Aggregator):
     """Hard majority vote over integer labels in ``[0, n_classes)``."""
 
     name = "vote"
+    categorical = True
     sum_keys = ("count", "wsum")
 
     def __init__(self, **kw: Any) -> None:
@@ -1498,6 +1503,7 @@ class Mode(_Layered):
     """
 
     name = "mode"
+    categorical = True
 
     def result_dtype(self) -> np.dtype:
         return self._dtype()

@@ -259,13 +259,17 @@ def cog_options(
     *,
     dtype: Any = None,
     lead: Sequence[int] | None = None,
+    categorical: bool = False,
 ) -> dict[str, str]:
     """Check GDAL COG creation options and merge them over :data:`COG_DEFAULTS`.
 
     Keys are case-insensitive; values may be strings or numbers (``True`` → ``YES``). With
     the result's ``dtype`` and non-spatial shape ``lead`` the options are also checked
     against the result (``PREDICTOR=3`` needs floats, ``JPEG``/``WEBP`` need uint8 and
-    1-4 / 3-4 bands); without, only names and values are.
+    1-4 / 3-4 bands); without, only names and values are. A ``categorical`` result (class
+    labels: ``agg="vote"``, ``"soft_vote"``, ``"mode"``) gets ``RESAMPLING=NEAREST`` unless
+    ``RESAMPLING`` or ``OVERVIEW_RESAMPLING`` is given: GDAL's default (CUBIC) would blend
+    neighbouring classes into values that are no class in the overviews.
 
     Returns
     -------
@@ -318,6 +322,9 @@ def cog_options(
             )
         given[key] = _parse(key, _text(key, value))
     options = {**COG_DEFAULTS, **given}
+    if categorical and not {"RESAMPLING", "OVERVIEW_RESAMPLING"} & set(given):
+        # an overview pixel of a class map must be one of its pixels' classes
+        options["RESAMPLING"] = "NEAREST"
     _check_combinations(options, given)
     if dtype is not None or lead is not None:
         _check_result(options, None if dtype is None else np.dtype(dtype), lead)

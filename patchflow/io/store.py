@@ -2265,7 +2265,10 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
     if cog:  # and against the result's dtype and bands, known now
         result = prep.spec.agg
         options = cog_options(
-            creation_options, dtype=result.result_dtype(), lead=result.result_lead()
+            creation_options,
+            dtype=result.result_dtype(),
+            lead=result.result_lead(),
+            categorical=result.categorical,
         )
     bar = _bar(progress, ("blocks", "COG") if cog else ("blocks",))
     try:

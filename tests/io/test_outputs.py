@@ -361,6 +361,57 @@ def test_cog_integer_result_with_nodata(cog_dem_int16: Any, tmp_path: Path) -> N
         np.testing.assert_array_equal(src.read(), cog_dem_int16.data)
 
 
+def labels_scene() -> xr.DataArray:
+    """A uint8 class map (classes 0 and 5 in 3-px squares, a 255 nodata hole): averaging
+    any two neighbouring classes gives a value that is no class."""
+    yy, xx = np.mgrid[0:300, 0:280]
+    labels = np.where((yy // 3 + xx // 3) % 2 == 0, 0, 5).astype(np.uint8)[None]
+    labels[:, 50:60, 50:60] = 255
+    da = xr.DataArray(
+        labels,
+        dims=("band", "y", "x"),
+        coords={
+            "band": [1],
+            "y": 4_000_000 - 10.0 * np.arange(300) - 5,
+            "x": 500_000 + 10.0 * np.arange(280) + 5,
+        },
+    )
+    return da.rio.write_crs("EPSG:32633").rio.write_nodata(255)
+
+
+def as_labels(chip: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(chip, nan=0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("agg", ["vote", "soft_vote", "mode"])
+def test_cog_overviews_of_class_labels_hold_only_classes(agg: str, tmp_path: Path) -> None:
+    # GDAL's COG driver builds overviews with CUBIC by default: on a class map that
+    # invents classes (0 and 5 blend into 2 and 3); a labels result gets NEAREST
+    def scores(chip: np.ndarray) -> np.ndarray:  # one score band per class, for soft_vote
+        lab = as_labels(chip)[0]
+        return np.stack([(lab == k).astype(np.float32) for k in range(6)])
+
+    op = scores if agg == "soft_vote" else as_labels
+    kw: dict[str, Any] = {"size": 64, "stride": 48, "agg": agg}
+    if agg == "vote":
+        kw["n_classes"] = 6
+    scene = labels_scene()
+    path = tmp_path / "labels.tif"
+    patchflow.run(scene, op, store=path, **kw)
+    with rasterio.open(path) as src:
+        assert src.overviews(1)
+        full = src.read(1)
+        assert set(np.unique(full[full != src.nodata]).tolist()) == {0, 5}
+        for factor in src.overviews(1):
+            shape = (src.height // factor, src.width // factor)
+            seen = set(np.unique(src.read(1, out_shape=shape)).tolist())
+            assert seen <= {0, 5, src.nodata}, (factor, seen)
+    # a resampling the user asks for is theirs; a continuous result keeps GDAL's default
+    assert cog_options({"resampling": "average"}, categorical=True)["RESAMPLING"] == "AVERAGE"
+    assert "RESAMPLING" not in cog_options({"overview_resampling": "mode"}, categorical=True)
+    assert "RESAMPLING" not in cog_options(dtype="float32", lead=(1,))
+
+
 BAD_OPTIONS = [
     ({"FOO": 1}, r"unknown creation option 'FOO' for a COG; valid: .*BLOCKSIZE.*COMPRESS"),
     ({"compress": "FOO"}, r"COMPRESS='FOO' is not valid; valid: NONE\|LZW\|JPEG\|DEFLATE"),
