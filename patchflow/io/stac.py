@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import xarray as xr
     from rasterio.enums import Resampling
 
-__all__ = ["STAC_CALL", "open_stac"]
+__all__ = ["STAC_ASSET_FILES", "STAC_CALL", "open_stac"]
 
 #: the ``encoding`` key where :func:`open_stac` records its call: ``{"items": [absolute
 #: paths], "assets": [...], "resolution": ..., ...}`` (every argument, as JSON), or
@@ -59,6 +59,12 @@ __all__ = ["STAC_CALL", "open_stac"]
 #: rioxarray's ``encoding["source"]``: it travels with the array through indexing and
 #: ``.rio`` calls, never into a result's attrs, and stays JSON for a store's recipe.
 STAC_CALL = "patchflow_stac"
+
+#: the ``encoding`` key where :func:`open_stac` lists the local asset files it stacks
+#: (absolute paths). stackstac names its dask graph after the hrefs, not the files' contents,
+#: so only these files tell a result store that an asset was rewritten in place between a
+#: run and its resume (or accumulate pass), which would otherwise blend old and new values.
+STAC_ASSET_FILES = "patchflow_stac_assets"
 
 #: rasterio resampling methods by name (what ``resampling=`` accepts besides the enum)
 ResamplingName = Literal[
@@ -284,6 +290,18 @@ def _scaled_assets(items: list[dict[str, Any]], assets: list[str]) -> list[str]:
     return scaled
 
 
+def _asset_files(items: list[dict[str, Any]], assets: list[str]) -> list[str]:
+    """Absolute paths of the local files behind ``assets`` of ``items`` (remote ones left
+    out: nothing on this machine can tell whether they changed)."""
+    found = {
+        os.path.abspath(item["assets"][name]["href"])
+        for item in items
+        for name in assets
+        if name in item["assets"] and not _is_remote(item["assets"][name]["href"])
+    }
+    return sorted(found)
+
+
 # --------------------------------------------------------------------------- the call
 
 
@@ -442,6 +460,8 @@ def open_stac(
         records this call (the items as absolute paths), so a result store written from
         the stack can open it again to resume (``patchflow.resume(store)``); items given
         as Python objects record why they cannot be reopened instead.
+        ``encoding[STAC_ASSET_FILES]`` lists the local asset files, so that store notices
+        an asset rewritten in place before a resume blends its old and new values.
 
     Raises
     ------
@@ -566,6 +586,7 @@ def open_stac(
     stack = stack.rio.write_transform(transform)
     nodata = np.nan if math.isnan(float(fill_value)) else out_dtype.type(fill_value)
     out = stack.rio.write_nodata(nodata, encoded=False)
+    out.encoding[STAC_ASSET_FILES] = _asset_files(plain, names)
     out.encoding[STAC_CALL] = _call_record(
         items,
         assets=names,

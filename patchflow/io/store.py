@@ -160,6 +160,7 @@ from patchflow.io.cog import (
 )
 from patchflow.io.report import ChipError, RunReport
 from patchflow.io.sources import is_remote
+from patchflow.io.stac import STAC_ASSET_FILES
 from patchflow.options import (
     DEFAULT_SIZE,
     Agg,
@@ -915,6 +916,10 @@ def _sources(obj: Any, *, coords: bool = True) -> list[tuple[str, str | None]]:
         source = encoding.get("source")
         if isinstance(source, (str, os.PathLike)) and os.fspath(source):
             found.append((_real(source), None))
+        # a STAC stack's asset files: its dask graph names the hrefs, not their contents
+        assets = encoding.get(STAC_ASSET_FILES)
+        if isinstance(assets, list):
+            found.extend((_real(p), None) for p in assets if isinstance(p, str) and p)
     for variable in variables:
         data = variable.data
         if isinstance(data, da.Array):

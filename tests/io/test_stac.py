@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -449,3 +450,75 @@ def test_the_call_is_recorded_to_open_the_same_stack_again(
         asset["href"] = str(stac_dir / Path(asset["href"]).name)
     in_memory = open_stac(items, assets=["B08"])
     assert "Python objects" in str(_reopenable(in_memory))
+
+
+# --------------------------------------------------------------------------- stores
+
+#: chips the next ``_interrupted`` calls may still pass through before one raises
+_CHIPS_LEFT: list[int] = []
+
+
+def _interrupted(chip: np.ndarray) -> np.ndarray:
+    """The identity, until ``_CHIPS_LEFT`` runs out: then a failure stops the run."""
+    if _CHIPS_LEFT:
+        _CHIPS_LEFT[0] -= 1
+        if _CHIPS_LEFT[0] < 0:
+            raise RuntimeError("interrupted")
+    return chip
+
+
+@pytest.mark.parametrize("mode", ["resume", "accumulate"])
+def test_an_asset_rewritten_in_place_is_refused(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path, mode: str
+) -> None:
+    """stackstac names its graph after the hrefs, so a rewritten asset file (same path,
+    grid and dtype, other values) gave the same input record: a resume (or an accumulate
+    pass) blended the old and the new values in one store, without an error."""
+    from patchflow.io.store import ResumeMismatchError
+
+    red, nir = scene_factory((200, 170), seed=3).values
+    files = {"B04": (red, tmp_path / "B04.tif"), "B08": (nir, tmp_path / "B08.tif")}
+    assets = {}
+    for name, (band, path) in files.items():
+        write_band_tif(path, band, T10, "EPSG:32610", nodata=0)
+        assets[name] = {
+            "href": path.name,
+            "proj:code": "EPSG:32610",
+            "proj:shape": list(band.shape),
+            "proj:transform": list(T10)[:6],
+        }
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "one",
+        "geometry": None,
+        "properties": {"datetime": "2024-06-01T00:00:00Z"},
+        "links": [],
+        "assets": assets,
+    }
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    store = tmp_path / "out.zarr"
+    kw: dict[str, Any] = {"size": 64, "stride": 48, "chunks": 64, "scheduler": "sync"}
+
+    def stack() -> xr.DataArray:
+        return open_stac(tmp_path / "item.json", assets=["B04", "B08"], chunks=64)
+
+    if mode == "resume":
+        _CHIPS_LEFT[:] = [10]
+        try:
+            with pytest.raises(PatchflowError, match="interrupted"):
+                patchflow.run(stack(), _interrupted, store=store, **kw)
+        finally:
+            _CHIPS_LEFT.clear()
+        again: dict[str, Any] = {"resume": True}
+    else:
+        patchflow.run(stack(), _interrupted, store=store, mode="accumulate", **kw)
+        again = {"mode": "accumulate"}
+    before = sorted(p.name for p in store.rglob("*"))
+    # the same path, grid and dtype, other values (and a later mtime for sure)
+    stat = files["B04"][1].stat()
+    write_band_tif(files["B04"][1], nir, T10, "EPSG:32610", nodata=0)
+    os.utime(files["B04"][1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(ResumeMismatchError, match=r"B04\.tif.*modified since"):
+        patchflow.run(stack(), _interrupted, store=store, **again, **kw)
+    assert sorted(p.name for p in store.rglob("*")) == before
