@@ -743,7 +743,9 @@ class Switch(Operator):
         raw = params["cases"]
         cases: dict[str, Operator] | list[Operator]
         if isinstance(raw, dict):
-            cases = {str(k): from_config(c) for k, c in raw.items()}
+            # keys as Switch spells them: a YAML file's unquoted true/false/yes/no are
+            # booleans ("true"/"false", as the predicates give), not "True"/"False"
+            cases = {_case_key(k): from_config(c) for k, c in raw.items()}
         elif isinstance(raw, list):
             cases = [from_config(c) for c in raw]
         else:

@@ -584,6 +584,40 @@ def test_pipeline_branch_switch_tap(
     assert 0.05 < fraction < 0.95, fraction
 
 
+def test_pipeline_yaml_switch_cases_unquoted_true_false(tmp_path: Path) -> None:
+    # YAML reads the keys true/false (and yes/no) as booleans: they must select the same
+    # cases as "true"/"false", not fall through to the default for every chip
+    from patchflow.cli.opspec import load_pipeline
+    from patchflow.ops import Switch, from_config
+
+    spec = tmp_path / "switch.yaml"
+    spec.write_text(
+        textwrap.dedent(
+            """\
+            - op: switch
+              params:
+                predicate: {kind: mean, band: 0, where: ">", value: 0.5}
+                cases:
+                  true: {op: rescale, params: {in_range: [0, 1], out_range: [0, 10]}}
+                  no: {op: rescale, params: {in_range: [0, 1], out_range: [0, 1]}}
+                default: {op: rescale, params: {in_range: [0, 1], out_range: [0, -1]}}
+            """
+        )
+    )
+    op = load_pipeline(str(spec))
+    chips = np.stack([np.full((1, 2, 2), 0.2), np.full((1, 2, 2), 0.8)])
+    np.testing.assert_allclose(op(chips)[:, 0, 0, 0], [0.2, 8.0])
+    switch = op[0]
+    assert isinstance(switch, Switch) and switch.cases == {
+        "true": Rescale((0, 1), (0, 10)),
+        "false": Rescale((0, 1), (0, 1)),
+    }
+    # the same through from_config, given the mapping yaml.safe_load makes
+    cases = {1: {"op": "Rescale", "params": {"in_range": [0, 1]}}}
+    config = {"predicate": {"kind": "mean", "band": 0, "value": 0.5}, "cases": cases}
+    assert list(from_config({"op": "Switch", "params": config}).cases) == ["1"]
+
+
 # --------------------------------------------------------------------------- --model
 
 
