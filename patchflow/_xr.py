@@ -24,6 +24,7 @@ __all__ = [
     "as_dataarray",
     "band_labels",
     "georef",
+    "grid_mappings_as_coords",
     "spatial_dims",
     "spatial_last",
     "transform_of",
@@ -73,7 +74,7 @@ def as_dataarray(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
     if isinstance(obj, xr.DataArray):
         return obj
     if isinstance(obj, xr.Dataset):
-        obj = _grid_mappings_as_coords(obj)
+        obj = grid_mappings_as_coords(obj)
         if not obj.data_vars:
             raise DimensionError("the Dataset has no data variables to process")
         y, x = spatial_dims(obj)
@@ -103,7 +104,7 @@ def spatial_last(arr: xr.DataArray) -> xr.DataArray:
     return arr.transpose(*others, y, x)
 
 
-def _grid_mappings_as_coords(ds: xr.Dataset) -> xr.Dataset:
+def grid_mappings_as_coords(ds: xr.Dataset) -> xr.Dataset:
     """CF grid-mapping variables (``spatial_ref``) are metadata, not data to process."""
     names = {
         str(v.attrs.get("grid_mapping") or v.encoding.get("grid_mapping") or "")

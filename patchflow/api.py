@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 import xarray as xr
 
-from patchflow._xr import spatial_dims, transform_of
+from patchflow._xr import grid_mappings_as_coords, spatial_dims, transform_of
 from patchflow.engine.prepare import prepare, prepare_from
 from patchflow.errors import ParameterError
 from patchflow.io.chips import open_chips, write_chips
@@ -242,7 +242,9 @@ def apply(
     params = {**given_keywords(apply, locals(), prepare), **unknown}
     also = ("per_variable",)  # handled here: named as valid in the unknown-keyword message
     if isinstance(obj, xr.Dataset) and per_variable:
-        # each variable on its own (its own bands/dtype), results gathered in a Dataset
+        # each variable on its own (its own bands/dtype), results gathered in a Dataset;
+        # a CF grid-mapping variable (spatial_ref) is the variables' CRS, not data
+        obj = grid_mappings_as_coords(obj)
         results = {
             name: prepare_from(var, op, params, also=also).result()
             for name, var in obj.data_vars.items()

@@ -536,6 +536,24 @@ def test_dataset_per_variable(
     assert shapes == {(SIZE, SIZE), (2, SIZE, SIZE)}
 
 
+def test_dataset_per_variable_from_zarr_with_its_grid_mapping_variable(
+    red_nir: xr.Dataset, tmp_path: Path
+) -> None:
+    """``xr.open_zarr`` (``decode_coords=True``, its default) keeps the CF grid mapping
+    ``spatial_ref`` as a data variable: per_variable took it for data to process and
+    failed on it; it is metadata (the variables' CRS), as in the stacked path."""
+    red_nir.rio.write_crs(CRS).to_zarr(tmp_path / "in.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # consolidated-metadata chatter
+        ds = xr.open_zarr(tmp_path / "in.zarr")
+    assert "spatial_ref" in ds.data_vars
+    out = patchflow.apply(ds, lambda c: c * 0.5, size=SIZE, stride=STRIDE, per_variable=True)
+    assert list(out.data_vars) == ["nir", "red"]
+    for name in ("nir", "red"):
+        assert_geo(out[name], CRS, T10)
+        assert_matches(out[name].values, red_nir[name].values * 0.5)
+
+
 # --------------------------------------------------------------------------------------
 # 5. mixed dtypes, scale/offset
 # --------------------------------------------------------------------------------------
