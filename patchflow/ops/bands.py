@@ -272,7 +272,8 @@ class Astype(Operator):
     """Cast to ``dtype``.
 
     Float → integer casts clip to the integer range and truncate toward zero (numpy
-    semantics); NaN/±inf become ``nodata`` (default: the type's maximum for unsigned,
+    semantics), integer → integer casts clip to the range too (numpy would wrap around);
+    NaN/±inf become ``nodata`` (default: the type's maximum for unsigned,
     minimum for signed integers — the engine's own nodata convention).
 
     Examples
@@ -304,6 +305,12 @@ class Astype(Operator):
             out = np.clip(real, info.min, info.max).astype(self.dtype)
             out[bad] = fill
             return out
+        if self.dtype.kind in "iu" and chips.dtype.kind in "iu":
+            # numpy wraps integers around (uint16 300 -> uint8 44): clip like floats are
+            src, dst = np.iinfo(chips.dtype), np.iinfo(self.dtype)
+            lo, hi = max(src.min, dst.min), min(src.max, dst.max)
+            if (lo, hi) != (src.min, src.max):  # (bounds in the input's own dtype)
+                chips = np.clip(chips, chips.dtype.type(lo), chips.dtype.type(hi))
         return chips.astype(self.dtype)
 
     def output_spec(self, lead: tuple[int, ...], dtype: np.dtype) -> Spec:

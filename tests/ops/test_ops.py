@@ -363,6 +363,22 @@ def test_nan_stays_nan_and_zero_over_zero() -> None:
     assert Astype("uint8", nodata=7)(chips)[0, 0, 0, 2] == 7
 
 
+def test_astype_between_integers_clips_instead_of_wrapping() -> None:
+    # numpy's integer casts wrap around (uint16 300 -> uint8 44, int16 -9999 -> 241): an
+    # integer outside the target range becomes its nearest end, as a float's does
+    u16 = np.array([[[[0, 255, 300, 65535]]]], np.uint16)
+    np.testing.assert_array_equal(Astype("uint8")(u16).ravel(), [0, 255, 255, 255])
+    np.testing.assert_array_equal(Astype("int16")(u16).ravel(), [0, 255, 300, 32767])
+    i16 = np.array([[[[-9999, -1, 5, 32767]]]], np.int16)
+    np.testing.assert_array_equal(Astype("uint8")(i16).ravel(), [0, 0, 5, 255])
+    np.testing.assert_array_equal(Astype("uint16")(i16).ravel(), [0, 0, 5, 32767])
+    big = np.array([[[[np.iinfo(np.uint64).max]]]], np.uint64)
+    assert Astype("int64")(big).item() == np.iinfo(np.int64).max
+    # casts that fit keep every value exactly
+    np.testing.assert_array_equal(Astype("int32")(i16), i16.astype(np.int32))
+    assert Astype("uint8")(u16).dtype == np.uint8
+
+
 def test_scene_nodata_through_apply(scene: xr.DataArray, dn: np.ndarray) -> None:
     holes = scene.copy(data=scene.data.copy())
     holes[:, 100:140, 200:260] = 0  # DN 0 is the scene's nodata
