@@ -44,19 +44,34 @@ from patchflow.sampling.chips import _as_dataarray, _dask_data
 def _geometries(gdf: Any, crs: Any) -> tuple[Any, list[Any]]:
     """``(index, geometries in the raster CRS)`` of a GeoDataFrame/GeoSeries/sequence."""
     if hasattr(gdf, "geometry") and hasattr(gdf, "index"):
-        geo = gdf.geometry
-        if crs is not None and getattr(geo, "crs", None) is not None and geo.crs != crs:
-            geo = geo.to_crs(crs)
-        return gdf.index, list(geo)
+        return gdf.index, list(_in_raster_crs(gdf.geometry, crs))
     if hasattr(gdf, "index") and hasattr(gdf, "to_crs"):  # GeoSeries without .geometry
-        geo = gdf
-        if crs is not None and geo.crs is not None and geo.crs != crs:
-            geo = geo.to_crs(crs)
-        return gdf.index, list(geo)
+        return gdf.index, list(_in_raster_crs(gdf, crs))
     geoms = list(gdf)
     import pandas as pd
 
     return pd.RangeIndex(len(geoms)), geoms
+
+
+def _in_raster_crs(geo: Any, crs: Any) -> Any:
+    """``geo`` (a GeoSeries) reprojected to the raster's ``crs``; as given without a CRS.
+
+    Polygons that declare a CRS on a raster without one are refused: their coordinates
+    (degrees, another zone's metres) would be read as the raster's and fall on the
+    wrong pixels, or on none, with no error.
+    """
+    own = getattr(geo, "crs", None)
+    if own is None:
+        return geo
+    if crs is None:
+        raise ParameterError(
+            f"the polygons are in {own.to_string()} but the raster has no CRS, so they "
+            "cannot be placed on it; declare the raster's CRS, e.g. "
+            "da.rio.write_crs('EPSG:...') (da.rio.write_crs(gdf.crs) if it is the same), or "
+            "pass the geometries without a CRS (list(gdf.geometry)) if they are already in "
+            "the raster's coordinates"
+        )
+    return geo.to_crs(crs) if own != crs else geo
 
 
 def _polygon_frame(gdf: Any, crs: Any) -> Any:
@@ -137,9 +152,10 @@ def zonal_stats(
     obj
         Georeferenced DataArray (or Dataset) with spatial dims and a transform.
     gdf
-        GeoDataFrame or GeoSeries (reprojected to the raster CRS when both have one), or a
-        sequence of shapely geometries in the raster CRS. Give either this or
-        ``h3_resolution``.
+        GeoDataFrame or GeoSeries (reprojected to the raster CRS when both have one;
+        refused when it has a CRS and the raster has none; taken in the raster's
+        coordinates when it has none), or a sequence of shapely geometries in the raster
+        CRS. Give either this or ``h3_resolution``.
     stats
         Any of ``"mean"``, ``"std"`` (population, ddof=0), ``"min"``, ``"max"``,
         ``"count"`` (valid pixels), ``"median"`` (polygons: exact, gathers each polygon's
@@ -180,8 +196,8 @@ def zonal_stats(
     ParameterError
         Unknown ``stats`` or ``output``, both or neither of ``gdf`` and ``h3_resolution``,
         an ``h3_resolution`` outside ``0 … 15``, a raster without georeference (or, for
-        h3, without CRS), or ``gdf`` already having a column a statistic would be
-        written to.
+        h3 or polygons that declare a CRS, without CRS), or ``gdf`` already having a
+        column a statistic would be written to.
     MissingExtraError
         geopandas/shapely, h3 or xvec missing: ``pip install 'patchflow[vector]'``.
 

@@ -112,6 +112,33 @@ def test_zonal_stats_reprojects_and_is_lazy(scene) -> None:
         zonal_stats(red, gdf, stats=["mode"])
 
 
+def test_polygons_with_a_crs_on_a_raster_without_one_are_refused(scene) -> None:
+    """Polygons declared in EPSG:4326 cannot be placed on a raster without a CRS: taking
+    their degrees as the raster's metres gave count 0 (or another place's pixels) with
+    no error. Refused, as sample_points refuses points on such a raster; polygons
+    without a CRS stay in the raster's coordinates."""
+    from shapely.geometry import box
+
+    from patchflow.sampling import polygon_chips
+
+    red = scene.sel(band="red", drop=True)
+    t = scene.rio.transform()
+    square = box(t.c, t.f - 100 * -t.e, t.c + 100 * t.a, t.f)
+    bare = red.drop_vars("spatial_ref")
+    bare.attrs.pop("crs", None)
+    assert bare.rio.crs is None
+    gdf = gpd.GeoDataFrame(geometry=[square], crs=scene.rio.crs).to_crs("EPSG:4326")
+    with pytest.raises(ParameterError, match="raster has no CRS"):
+        zonal_stats(bare, gdf, stats=["count"])
+    with pytest.raises(ParameterError, match="raster has no CRS"):
+        zonal_stats(bare, gdf.geometry, stats=["count"])
+    with pytest.raises(ParameterError, match="raster has no CRS"):
+        list(polygon_chips(bare, gdf))
+    # no CRS on either side: the polygons are taken in the raster's coordinates
+    same = zonal_stats(bare, [square], stats=["count"])
+    assert same["count"].tolist() == [100 * 100]
+
+
 # --------------------------------------------------------------------------- GeoDataFrame out
 
 
