@@ -126,6 +126,16 @@ def make_raster(
     return arr.chunk({"y": cy, "x": cx})
 
 
+def single_band(values: np.ndarray, nodata: Any = None) -> xr.DataArray:
+    """A ``(y, x)`` UTM raster of ``values`` on the scene's grid (with ``nodata`` if given)."""
+    arr = xr.DataArray(
+        values,
+        dims=("y", "x"),
+        coords={"y": Y0 - PIXEL * (np.arange(H) + 0.5), "x": X0 + PIXEL * (np.arange(W) + 0.5)},
+    ).rio.write_crs(UTM)
+    return arr if nodata is None else arr.rio.write_nodata(nodata)
+
+
 @pytest.fixture(scope="module", params=[0, 1, 2])
 def scene(request: pytest.FixtureRequest) -> tuple[xr.DataArray, np.ndarray]:
     img, objects = place_objects(request.param)
@@ -462,11 +472,7 @@ def test_shapes_matches_whole_scene_rasterio() -> None:
         if (window != 0).any():
             continue
         window[blob] = 1 + k % 5
-    raster = xr.DataArray(
-        labels,
-        dims=("y", "x"),
-        coords={"y": Y0 - PIXEL * (np.arange(H) + 0.5), "x": X0 + PIXEL * (np.arange(W) + 0.5)},
-    ).rio.write_crs(UTM)
+    raster = single_band(labels)
     transform = Affine(PIXEL, 0, X0, 0, -PIXEL, Y0)
     ref = [
         (int(v), shape(g))
@@ -534,15 +540,7 @@ def test_shapes_of_int32_labels_with_nodata_through_apply_vector() -> None:
     labels[:, :10] = -1  # the nodata collar
     labels[20:24, 30:33] = 2**24 + 1
     labels[20:24, 33:36] = 2**24
-    raster = (
-        xr.DataArray(
-            labels,
-            dims=("y", "x"),
-            coords={"y": Y0 - PIXEL * (np.arange(H) + 0.5), "x": X0 + PIXEL * (np.arange(W) + 0.5)},
-        )
-        .rio.write_crs(UTM)
-        .rio.write_nodata(-1)
-    )
+    raster = single_band(labels, -1)
     got = apply_vector(raster, Shapes(), size=SIZE, stride=STRIDE)
     assert sorted(got["value"].tolist()) == [2**24, 2**24 + 1]
     assert sorted(round(g.area / PIXEL**2) for g in got.geometry) == [12, 12]
@@ -584,15 +582,7 @@ def test_nodata_reaches_the_chip_function_as_nan_and_never_becomes_a_region() ->
         r, c = rng.integers(0, H - 6), rng.integers(0, W - 6)
         classes[r : r + 5, c : c + 4] = rng.integers(1, 4)
     classes[:, :20] = 255  # the collar
-    raster = (
-        xr.DataArray(
-            classes,
-            dims=("y", "x"),
-            coords={"y": Y0 - PIXEL * (np.arange(H) + 0.5), "x": X0 + PIXEL * (np.arange(W) + 0.5)},
-        )
-        .rio.write_crs(UTM)
-        .rio.write_nodata(255)
-    )
+    raster = single_band(classes, 255)
     seen: list[np.dtype] = []
 
     def shapes(chip: np.ndarray) -> list[dict[str, Any]]:
