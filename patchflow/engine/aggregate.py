@@ -936,7 +936,14 @@ class MeanStd(_FloatResult):
         # the mean is kept as shift + dev, two arrays of the sums' dtype: the shift is a
         # value of the data, dev = S1/W is small, so their sum carries the mean to the
         # precision of a float64 one without a block-sized float64 array
-        return {key: np.zeros(full, self.acc) for key in self.KEYS} | {"_stash": []}
+        state = {key: np.zeros(full, self.acc) for key in self.KEYS if key != "w"}
+        return state | {"w": self._no_weight(full), "_stash": []}
+
+    def _no_weight(self, shape: tuple[int, ...]) -> np.ndarray:
+        """``W = 0`` everywhere as a read-only view of one zero: a grid's fold replaces
+        it by ``W``'s per-axis factors, so a block-sized zeroed array would be fresh
+        memory touched for nothing (:meth:`_explicit` makes a real one before a write)."""
+        return np.broadcast_to(np.zeros((), self.acc), shape)
 
     def add(self, state: State, batch: ChipBatch) -> None:
         stash = state.setdefault("_stash", [])
@@ -959,6 +966,8 @@ class MeanStd(_FloatResult):
         # the first fold writes into the state's own (zeroed) arrays; later ones into
         # new zeroed arrays, merged into the state below
         part: State = {key: state[key] if first else np.zeros(shape, self.acc) for key in self.KEYS}
+        if not first:
+            part["w"] = self._no_weight(shape)
         masks = [[_pixel_mask(batch, k) for k in range(len(batch.pos))] for batch in stash]
         cores = _GridCores.find(stash, masks)
         if cores is not None:
@@ -1014,11 +1023,14 @@ class MeanStd(_FloatResult):
         return bool(state["w"].min(initial=1) > 0)
 
     def _explicit(self, state: State) -> None:
-        """Give a state whose ``W`` is a product of factors an explicit ``W`` array."""
+        """Give a state whose ``W`` is a product of factors, or the read-only zeros of
+        :meth:`_no_weight`, an explicit ``W`` array it can write to."""
         if state["w"] is None:
             w = np.broadcast_to(self._weights(state), state["shift"].shape)
             state["w"] = w.astype(state["shift"].dtype, copy=True)
             del state["dy"], state["dx"]
+        elif not state["w"].flags.writeable:
+            state["w"] = np.zeros(state["shift"].shape, state["shift"].dtype)
 
     def _deviations_by_cores(self, stash: list[ChipBatch], cores: _GridCores, part: State) -> None:
         """``W``, the shift and the deviation sums into ``part`` (zeroed) when the chips
@@ -1030,6 +1042,8 @@ class MeanStd(_FloatResult):
         # exact as summing the chips' float32 weights, kept as its two per-axis factors
         # (no block-sized array); float64 sums: summed, to the bit
         exact = acc == np.float64
+        if exact:
+            self._explicit(part)
         total, shift, s1, s2 = (part[key] for key in self.KEYS)
         if not exact:
             part["w"] = None
@@ -1062,6 +1076,7 @@ class MeanStd(_FloatResult):
         first pass over every chip finds it; a value of the data, so identical chips give
         exactly 0)."""
         acc = self.acc
+        self._explicit(part)
         total, shift, s1, s2 = (part[key] for key in self.KEYS)
         heaviest = np.zeros(total.shape, np.float32)
         chips = []
