@@ -11,7 +11,7 @@ This module owns turning command-line text into an operator, and only ever as da
   :class:`patchflow.ops.Lambda`), a factory / operator class is called with the
   ``--op-arg`` values (see :func:`patchflow.ops.base.resolve_import`);
 * ``--pipeline FILE`` reads steps ``{"op": NAME or MODULE:CALLABLE, "params": {...}}`` from
-  JSON or YAML (``yaml.safe_load``);
+  JSON or YAML (PyYAML's safe loader, with ``1e-4`` read as a number as in YAML 1.2);
 * ``--model FILE`` loads a TorchScript model as a :class:`patchflow.ops.TorchScript`
   (a ModelOp that pickles to dask workers as the script's bytes), or — by its suffix,
   ``.joblib``/``.pkl``/``.pickle``/``.skops`` — a fitted scikit-learn estimator as a
@@ -294,6 +294,28 @@ def _callable_operator(spec: str, params: Mapping[str, Any], where: Where) -> Op
 # --------------------------------------------------------------------------- --pipeline
 
 
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader, reading exponent floats without a dot as numbers.
+
+    PyYAML follows YAML 1.1, where ``1e-4`` and ``1E+5`` are strings (a float needs a
+    dot); YAML 1.2, JSON and anyone writing a pipeline mean numbers. Without this an
+    operator would get the text ``"1e-4"`` as its scale factor.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
+
+
 def load_pipeline(path: str) -> Operator:
     """The operator a ``--pipeline`` file describes (JSON, or YAML for ``.yaml``/``.yml``).
 
@@ -313,7 +335,7 @@ def load_pipeline(path: str) -> Operator:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: no object tags
         except yaml.YAMLError as exc:
             raise CommandError(
                 f"invalid pipeline {path}: not valid YAML: {_one_line(exc)}"

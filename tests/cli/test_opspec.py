@@ -771,3 +771,18 @@ def test_model_sklearn_errors(cli: CLI, forest: dict[str, Path], tif: Path, tmp_
 def test_subprocess_uses_the_console_script() -> None:
     """The subprocess tests above run the installed entry point, not only ``python -m``."""
     assert shutil.which("patchflow", path=str(Path(sys.executable).parent)) is not None
+
+
+def test_pipeline_yaml_exponent_floats_are_numbers(importable: None, tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads 5e-1 as the string "5e-1": the user's function would get
+    # text for its gain and fail inside the graph
+    from patchflow.cli.opspec import load_pipeline
+
+    spec = tmp_path / "gain.yaml"
+    spec.write_text("- op: pfuser:scaled_diff\n  params: {gain: 5e-1}\n")
+    op = load_pipeline(str(spec))
+    chips = np.stack([np.stack([np.full((2, 2), 1.0), np.full((2, 2), 5.0)])])
+    np.testing.assert_allclose(op(chips), np.full((1, 1, 2, 2), 2.0))
+    # in a list, upper case, signed exponent
+    spec.write_text("- op: rescale\n  params: {in_range: [0, 1E+4], out_range: [0, 1]}\n")
+    np.testing.assert_allclose(load_pipeline(str(spec))(np.full((1, 1, 1, 1), 5e3)), 0.5)
