@@ -492,13 +492,15 @@ def predicate_from_config(config: Mapping[str, Any]) -> Predicate:
 
 
 def _case_key(key: Any) -> str:
-    """A case name as configs store it: ``True`` → ``"true"``, ``3`` → ``"3"``."""
+    """A case name as configs store it: ``True`` → ``"true"``, ``3`` → ``"3"``; the
+    strings ``"True"``/``"FALSE"`` (Python's spelling, quoted YAML) name the same cases as
+    the booleans, so a boolean predicate finds them instead of falling to the default."""
     if isinstance(key, (bool, np.bool_)):
         return "true" if key else "false"
     if isinstance(key, (int, np.integer)):
         return str(int(key))
     if isinstance(key, str):
-        return key
+        return key.lower() if key.lower() in ("true", "false") else key
     raise ParameterError(f"a Switch case key is a str, int or bool, got {key!r}")
 
 
@@ -508,8 +510,9 @@ class Switch(Operator):
 
     The predicate gives one key per chip of a batch; the batch is split by key, each case
     runs on its sub-batch, and the results are put back in chip order. Keys select
-    ``cases[key]``: in a mapping, booleans are ``"true"``/``"false"`` and integers their
-    decimal string (so ``{0: a, 1: b}`` works, and configs stay JSON); in a sequence, the
+    ``cases[key]``: in a mapping, booleans are ``"true"``/``"false"`` (as are the strings
+    ``"True"``/``"False"``) and integers their decimal string (so ``{0: a, 1: b}`` works,
+    and configs stay JSON); in a sequence, the
     key is the position (``False``/``True`` → 0/1). A key without a case uses
     ``default``, and is an error without one. Every case (and ``default``) must declare the
     same output spec and scale, so the result does not depend on which chip took which
@@ -557,7 +560,15 @@ class Switch(Operator):
         self.predicate = predicate
         self.cases: dict[str, Operator] | tuple[Operator, ...]
         if isinstance(cases, Mapping):
-            self.cases = {_case_key(k): as_operator(v) for k, v in cases.items()}
+            self.cases = {}
+            for k, v in cases.items():
+                name = _case_key(k)
+                if name in self.cases:
+                    raise ParameterError(
+                        f"Switch cases {k!r} and an earlier key both name the case {name!r}; "
+                        "keep one of them"
+                    )
+                self.cases[name] = as_operator(v)
         elif isinstance(cases, Sequence) and not isinstance(cases, str):
             self.cases = tuple(as_operator(v) for v in cases)
         else:

@@ -180,6 +180,22 @@ def test_switch_by_mean_list_cases_and_default(chips: np.ndarray) -> None:
         Switch(pred, {True: SelectBands([1])})(chips)
 
 
+def test_switch_python_spelled_bool_keys(chips: np.ndarray) -> None:
+    # "True"/"False" (str(True), quoted YAML, JSON written from Python) must select the
+    # cases a boolean predicate gives, not send every chip to the default
+    pred = BandFraction(band=1, where=">", value=5000, threshold=0.5)
+    keys = pred(chips)
+    assert keys.any() and not keys.all()
+    spelled = Switch(
+        pred, {"True": SelectBands([1]), "FALSE": SelectBands([0])}, default=Rescale((0, 1), (0, 0))
+    )
+    ref = np.stack([chips[k, int(keys[k]) : int(keys[k]) + 1] for k in range(len(chips))])
+    np.testing.assert_array_equal(spelled(chips), ref)
+    assert list(spelled.cases) == ["true", "false"]
+    with pytest.raises(ParameterError, match="both name the case 'true'"):
+        Switch(pred, {True: SelectBands([1]), "True": SelectBands([0])})
+
+
 def test_switch_cases_must_agree() -> None:
     op = Switch.by_mean(band=0, value=1.0, if_true=NDVI(red=0, nir=1), if_false=SelectBands([0, 1]))
     with pytest.raises(ConfigError, match=r"case 'true' \(NDVI.*\(1,\) float32.*case 'false'"):
