@@ -47,6 +47,7 @@ from patchflow._xr import grid_mappings_as_coords, spatial_dims, transform_of
 from patchflow.engine.prepare import prepare, prepare_from
 from patchflow.errors import ParameterError
 from patchflow.io.chips import open_chips, write_chips
+from patchflow.io.sources import check_band_nodata
 from patchflow.io.store import check_store, open_result, resume, run
 from patchflow.options import (
     DEFAULT_SIZE,
@@ -240,6 +241,7 @@ def apply(
     """
     # prepare's keywords this call sets (unknown ones fail in prepare_from)
     params = {**given_keywords(apply, locals(), prepare), **unknown}
+    check_band_nodata(obj, input_nodata)
     also = ("per_variable",)  # handled here: named as valid in the unknown-keyword message
     if isinstance(obj, xr.Dataset) and per_variable:
         # each variable on its own (its own bands/dtype), results gathered in a Dataset;
@@ -353,6 +355,7 @@ def global_percentiles(
     if hasattr(data, "dims") and hasattr(data, "rio"):
         from patchflow._xr import spatial_dims
 
+        check_band_nodata(data, nodata, keyword="nodata")
         y, x = spatial_dims(data)
         others = [d for d in data.dims if d not in (y, x)]
         arr = data.transpose(*others, y, x).data
@@ -477,6 +480,7 @@ def dos1(
     names: list[str] | None = None
     arr = data
     if isinstance(data, xr.DataArray):
+        check_band_nodata(data, nodata, keyword="nodata")
         y, x = spatial_dims(data)
         others = [d for d in data.dims if d not in (y, x)]
         data = data.transpose(*others, y, x)

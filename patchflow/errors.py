@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "PEER_KEYWORDS",
     "AugmentationError",
+    "BandNodataError",
     "ChipFailedWarning",
     "CommandError",
     "ConfigError",
@@ -495,6 +496,13 @@ class InputReadError(PatchflowError, OSError):
     """An input raster is missing or cannot be read."""
 
 
+class BandNodataError(ParameterError):
+    """An input carries one nodata value, but the bands of the file it was read from each
+    have their own (a VRT, ENVI, HFA or netCDF file can): that one value would mask real
+    pixels of some bands and keep the nodata of others as data. The message names the file,
+    its per-band values, and how to read it so that each band keeps its own."""
+
+
 class UsageError(PatchflowError):
     """The ``patchflow`` command line is wrong (exit status 2)."""
 
@@ -583,6 +591,7 @@ _WORDS = {
     "zarr_format": ("zarr_format=", "--zarr-format"),
     "size": ("size", "--size"),
     "chunks": ("chunks=", "--chunks"),
+    "input_nodata": ("input_nodata=", "--input-nodata"),
     "agg_mode": ("agg='mode'", "--agg mode"),
     "vote_classes": ("agg='vote' with n_classes=", "--agg vote with --n-classes"),
     "boundary_pad": ("boundary='pad'", "--boundary pad"),

@@ -226,6 +226,74 @@ def write_band_tif(
     da.rio.to_raster(path, tiled=True, blockxsize=128, blockysize=128)
 
 
+def write_band_nodata_vrt(
+    directory: Path | str,
+    nodatas: tuple[float | None, ...] = (0, 255),
+    *,
+    dtype: Any = np.uint8,
+    shape: tuple[int, int] = (90, 110),
+    seed: int = 0,
+) -> tuple[str, np.ndarray]:
+    """A GeoTIFF without nodata and a VRT over it giving band ``k`` the nodata
+    ``nodatas[k]`` (``None``: none), as VRT/ENVI/HFA files have them; returns the VRT's
+    path and the raw values ``(bands, rows, cols)``.
+
+    Every band holds each band's nodata value, so a reader taking one value for all
+    bands masks real pixels of some band and keeps nodata pixels of another. A plain
+    function (``from conftest import write_band_nodata_vrt``).
+    """
+    import xml.etree.ElementTree as ET
+
+    from rasterio.dtypes import _gdal_typename
+
+    directory = Path(directory)
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    lo, hi = (np.iinfo(dt).min, np.iinfo(dt).max) if dt.kind in "iu" else (-50, 50)
+    data = rng.integers(lo, hi, (len(nodatas), *shape), endpoint=True).astype(dt)
+    values = [v for v in nodatas if v is not None]
+    for k in range(len(nodatas)):
+        for j, v in enumerate(values):  # a block of each band's nodata in every band
+            data[k, 10 * j : 10 * j + 6, 5 + 17 * k : 40 + 17 * k] = v
+        if values:
+            data[k, rng.random(shape) < 0.05] = values[k % len(values)]
+    transform = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_200_000.0)
+    tif = directory / "bands.tif"
+    profile = {"driver": "GTiff", "width": shape[1], "height": shape[0], "dtype": dt.name}
+    with rasterio.open(
+        tif, "w", count=len(nodatas), crs="EPSG:32633", transform=transform, **profile
+    ) as dst:
+        dst.write(data)
+    root = ET.Element("VRTDataset", rasterXSize=str(shape[1]), rasterYSize=str(shape[0]))
+    ET.SubElement(root, "SRS").text = CRS.from_epsg(32633).to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in transform.to_gdal())
+    for k, nodata in enumerate(nodatas, start=1):
+        node = ET.SubElement(root, "VRTRasterBand", dataType=_gdal_typename(dt.name), band=str(k))
+        if nodata is not None:
+            ET.SubElement(node, "NoDataValue").text = repr(nodata)
+        source = ET.SubElement(node, "SimpleSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(tif)
+        ET.SubElement(source, "SourceBand").text = str(k)
+    vrt = directory / "bands.vrt"
+    vrt.write_text(ET.tostring(root, encoding="unicode"))
+    with rasterio.open(vrt) as src:  # the file says what it should, before any patchflow
+        got = [None if v is None else float(v) for v in src.nodatavals]
+        want = [None if v is None else float(v) for v in nodatas]
+        np.testing.assert_array_equal(np.array(got, float), np.array(want, float))
+        assert [v is None for v in got] == [v is None for v in want]
+        np.testing.assert_array_equal(src.read(), data)
+    return str(vrt), data
+
+
+def band_nodata_reference(data: np.ndarray, nodatas: tuple[float | None, ...]) -> np.ndarray:
+    """``data`` as float64, NaN exactly where band ``k`` equals ``nodatas[k]``."""
+    out = data.astype(np.float64)
+    for k, nodata in enumerate(nodatas):
+        if nodata is not None:
+            out[k][data[k] == nodata] = np.nan
+    return out
+
+
 def _to_xarray(
     data: np.ndarray,
     transform: Affine,

@@ -17,12 +17,16 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_test_scene  # module-level case list: no fixtures here
+from conftest import (  # module-level case list: no fixtures here
+    make_test_scene,
+    write_band_nodata_vrt,
+)
 
 import patchflow
 from patchflow.cli import build_parser
 from patchflow.demo import dn_ndvi
 from patchflow.errors import (
+    BandNodataError,
     CommandError,
     ConfigError,
     DimensionError,
@@ -96,6 +100,13 @@ def window(bad: float) -> np.ndarray:
     w = np.ones((64, 64))
     w[3, 3] = bad
     return w
+
+
+def band_nodata(tmp: Path) -> Any:
+    import rioxarray
+
+    vrt, _ = write_band_nodata_vrt(tmp, (0, 255))
+    return apply(rioxarray.open_rasterio(vrt), size=32, stride=24)
 
 
 def unsorted(tmp: Path) -> Any:
@@ -246,6 +257,16 @@ CASES: list[Case] = [
         planned(over="time"),
         DimensionError,
         r"over='time'.*not non-spatial dims",
+    ),
+    Case(
+        "band-nodata",
+        "`rioxarray.open_rasterio(path)` of a file whose bands have different nodata values "
+        "(VRT, ENVI, HFA)",
+        "`BandNodataError` naming the file and each band's nodata: open it with `masked=True` "
+        "(or `patchflow.io.sources.open_raster`), or pass `input_nodata=` if one value is meant",
+        band_nodata,
+        BandNodataError,
+        r"bands\.vrt each have their own \(band 1: 0, band 2: 255\).*masked=True.*input_nodata=",
     ),
     # ---- grid
     Case(

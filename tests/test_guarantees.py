@@ -705,3 +705,104 @@ def test_a_centre_crop_to_half_the_chip_is_not_taken_for_a_downsampling() -> Non
             patchflow.apply(scene, op, window="boxcar", **kw)
     got = patchflow.apply(scene, fixed_size_block_mean, window="boxcar", scale=0.5, **kw)
     np.testing.assert_allclose(got.values, want, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- per-band nodata
+
+#: (dtype, each band's nodata): VRT, ENVI, HFA and netCDF files keep one per band
+BAND_NODATA = [
+    (np.uint8, (0, 255)),
+    (np.int16, (-32768, 0, 7)),
+    (np.int32, (0, -1)),
+    (np.float32, (-9999.0, 0.0)),
+    (np.uint16, (0, None)),  # band 2 declares none: its 0s are real
+]
+
+
+def double(chip: np.ndarray) -> np.ndarray:
+    return chip * 2
+
+
+@pytest.mark.parametrize(("dtype", "nodatas"), BAND_NODATA)
+def test_each_band_of_a_file_keeps_its_own_nodata(tmp_path: Any, dtype: Any, nodatas: Any) -> None:
+    from conftest import band_nodata_reference, write_band_nodata_vrt
+
+    from patchflow.io.sources import open_raster
+
+    # a file whose bands have different nodata values, read as one value (band 1's) for
+    # all bands, masked band 2's real values equal to it and kept its nodata as data
+    vrt, data = write_band_nodata_vrt(tmp_path, nodatas, dtype=dtype)
+    want = band_nodata_reference(data, nodatas) * 2
+    scene = open_raster(vrt, chunks=40)
+    # centre: each pixel from one chip, so the values are exact whatever their size
+    kw: dict[str, Any] = {"size": 32, "stride": 24, "agg": "centre"}
+    for out in (patchflow.apply(scene, double, **kw), scene.patch.apply(double, **kw)):
+        got = out.values
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(got.astype(np.float64), want)
+
+
+def test_cli_keeps_each_bands_own_nodata(tmp_path: Any) -> None:
+    import rasterio
+    from conftest import band_nodata_reference, write_band_nodata_vrt
+
+    from patchflow.cli import main
+
+    nodatas = (0, 255)
+    vrt, data = write_band_nodata_vrt(tmp_path, nodatas)
+    pipeline = tmp_path / "identity.json"
+    pipeline.write_text(patchflow.to_json(ops.SelectBands([0, 1])))
+    out = tmp_path / "out.tif"
+    argv = ["apply", vrt, str(out), "--pipeline", str(pipeline), "--size", "32", "--stride", "24"]
+    assert main([*argv, "--quiet"]) == 0
+    with rasterio.open(out) as f:
+        got = f.read().astype(np.float64)
+        nodata = f.nodata
+    if nodata is not None and not np.isnan(nodata):
+        got[got == nodata] = np.nan
+    want = band_nodata_reference(data, nodatas)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_one_nodata_for_bands_with_their_own_is_refused(tmp_path: Any) -> None:
+    from conftest import band_nodata_reference, write_band_nodata_vrt
+
+    from patchflow.errors import BandNodataError
+    from patchflow.plan.samplers import RegularStride
+
+    nodatas = (0, 255)
+    vrt, data = write_band_nodata_vrt(tmp_path, nodatas)
+    want = band_nodata_reference(data, nodatas) * 2
+    kw: dict[str, Any] = {"size": 32, "stride": 24}
+    # rioxarray reads band 1's nodata (0) as the whole array's: band 2's real 0s would
+    # become invalid and its nodata 255s data
+    plain = rioxarray.open_rasterio(vrt, chunks={"x": 40, "y": 40})
+    assert plain.attrs["_FillValue"] == 0
+    match = r"bands\.vrt.*band 1: 0, band 2: 255.*masked=True.*open_raster.*input_nodata="
+    calls = {
+        "apply": lambda: patchflow.apply(plain, double, **kw),
+        "accessor": lambda: plain.patch.apply(double, **kw),
+        "run": lambda: patchflow.run(plain, double, store=tmp_path / "o.zarr", **kw),
+        "sample": lambda: patchflow.sample(plain, RegularStride(stride=32), size=32),
+        "stitch": lambda: patchflow.stitch(plain, np.zeros((1, 2, 32, 32)), [[0, 0]]),
+        "dataset": lambda: patchflow.apply(plain.to_dataset(name="v"), double, **kw),
+        "one band": lambda: patchflow.apply(plain.sel(band=[2]), double, **kw),
+    }
+    for what, call in calls.items():
+        with pytest.raises(BandNodataError, match=match):
+            call()
+        assert not (tmp_path / "o.zarr").exists(), what
+    # the fixes: each band masked with its own nodata...
+    masked = rioxarray.open_rasterio(vrt, masked=True, chunks={"x": 40, "y": 40})
+    np.testing.assert_array_equal(patchflow.apply(masked, double, **kw).values, want)
+    # ... or one value on purpose, for every band
+    explicit = patchflow.apply(plain, double, input_nodata=0, **kw).values
+    assert np.isnan(explicit[1][data[1] == 0]).all()
+    # band 1 alone really has nodata 0: nothing to refuse
+    first = patchflow.apply(plain.sel(band=[1]), double, **kw).values
+    np.testing.assert_array_equal(first, want[:1])
+    # rioxarray's band_as_variable gives each band its own nodata (a Dataset is masked
+    # variable by variable)
+    per_band = rioxarray.open_rasterio(vrt, band_as_variable=True)
+    np.testing.assert_array_equal(patchflow.apply(per_band, double, **kw).values, want)

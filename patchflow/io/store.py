@@ -159,7 +159,7 @@ from patchflow.io.cog import (
     zarr_to_cog,
 )
 from patchflow.io.report import ChipError, RunReport
-from patchflow.io.sources import is_remote
+from patchflow.io.sources import check_band_nodata, is_remote, reads_masked
 from patchflow.io.stac import STAC_ASSET_FILES
 from patchflow.options import (
     DEFAULT_SIZE,
@@ -1349,7 +1349,8 @@ def _open_input(source: Mapping[str, Any]) -> xr.DataArray | xr.Dataset:
             ds = xr.open_zarr(path, decode_coords="all", chunks=spec)
             var = source.get("var")
             return ds if var is None else ds[str(var)]
-        out = rioxarray.open_rasterio(path, chunks=spec)
+        # as open_raster reads it: a file whose bands have different nodata values masked
+        out = rioxarray.open_rasterio(path, chunks=spec, masked=reads_masked(path))
     if not isinstance(out, xr.DataArray):
         raise ResumeRecipeError(f"{path} now holds several rasters; it cannot be reopened")
     return out
@@ -2235,6 +2236,7 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
         )
     if var is not None:
         _check_var(var)
+    check_band_nodata(obj, input_nodata)
     path = os.fspath(store)
     cog = is_cog_path(path)
     if cog:

@@ -41,6 +41,7 @@ from patchflow.engine.graph import (
 )
 from patchflow.errors import DimensionError, ParameterError
 from patchflow.io.chips import group_size
+from patchflow.io.sources import check_band_nodata
 from patchflow.plan.grid import pair, window_bounds
 from patchflow.plan.samplers import Draw, Explicit, Sampler
 
@@ -255,6 +256,7 @@ def sample(
     >>> chips.dims, int(chips.sizes["band"]), sorted(chips.coords)[:4]
     (('chip', 'band', 'y', 'x'), 2, ['band', 'col', 'row', 'x'])
     """
+    check_band_nodata(obj)
     arr = _as_dataarray(obj)
     y, x = arr.dims[-2:]
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))

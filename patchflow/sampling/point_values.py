@@ -23,6 +23,7 @@ from patchflow._xr import as_dataarray, georef, spatial_last, value_labels
 from patchflow.engine.chip_kernels import gather_points
 from patchflow.engine.graph import point_read_tasks
 from patchflow.errors import ParameterError, optional_import
+from patchflow.io.sources import check_band_nodata
 from patchflow.options import VECTOR_OUTPUTS, SampleMethod, VectorOutput
 from patchflow.plan.grid import pair, world_to_pixels
 from patchflow.plan.samplers import Sampler
@@ -208,6 +209,7 @@ def sample_points(
         require_xvec()
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ParameterError(f"batch must be a positive integer, got {batch!r}")
+    check_band_nodata(da)
     arr = spatial_last(as_dataarray(da))
     transform, crs = georef(arr)
     if transform is None:

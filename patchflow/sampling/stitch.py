@@ -31,6 +31,7 @@ from patchflow.engine.nodata import input_nodata, is_value
 from patchflow.engine.nodata import resolve as resolve_nodata
 from patchflow.errors import DimensionError, ParameterError
 from patchflow.io.chips import GROUP_BYTES
+from patchflow.io.sources import check_band_nodata
 from patchflow.options import Agg
 from patchflow.plan.grid import pair
 from patchflow.plan.windows import Window, make_window
@@ -217,6 +218,7 @@ def stitch(
     >>> m.values[0, :4, 0].tolist(), m.values[0, 4:8, 0].tolist()
     ([nan, nan, nan, nan], [7.0, 7.0, 7.0, 7.0])
     """
+    check_band_nodata(obj_like)
     arr = _as_dataarray(obj_like)
     ydim, xdim = arr.dims[-2:]
     scene = (int(arr.shape[-2]), int(arr.shape[-1]))

@@ -66,6 +66,7 @@ from patchflow.engine.vectors import (
 )
 from patchflow.errors import GridError, ParameterError
 from patchflow.io.chips import group_size
+from patchflow.io.sources import check_band_nodata
 from patchflow.options import SizeSpec
 from patchflow.plan.grid import ChipGrid, size_pair
 from patchflow.plan.samplers import Sampler
@@ -239,6 +240,7 @@ def apply_vector(
         raise ParameterError(f"by must be a property name or None, got {by!r}")
     if drop_edge is None:
         drop_edge = dedup == "nms"
+    check_band_nodata(obj)
     arr = _as_dataarray(obj)
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     size_yx = size_pair(size, "size")

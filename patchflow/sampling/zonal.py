@@ -33,6 +33,7 @@ from patchflow.engine.graph import (
     zonal_graph,
 )
 from patchflow.errors import ParameterError, optional_import
+from patchflow.io.sources import check_band_nodata
 from patchflow.options import DEFAULT_STATS, VECTOR_OUTPUTS, ZONAL_STATS, VectorOutput
 from patchflow.plan.grid import world_to_pixels
 from patchflow.plan.layout import PolygonChip
@@ -253,6 +254,8 @@ def zonal_stats(
     require_geo()
     if output == "xvec":
         require_xvec()
+    if isinstance(nodata, str) and nodata == "auto":  # any other value is the caller's
+        check_band_nodata(obj, keyword="nodata")
     arr = _as_dataarray(obj)
     transform, crs = georef(arr)
     if transform is None:

@@ -768,3 +768,162 @@ def test_overviews_added_to_a_geotiff_are_found(
     assert overview_shapes(scene) == [(300, 260), (150, 130)]
     with rasterio.open(path, overview_level=1) as src:
         np.testing.assert_array_equal(open_overview(scene, 1).values, src.read())
+
+
+# --------------------------------------------------------------------------------------
+# per-band nodata: a file whose bands each have their own nodata value
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodatas", "read_as"),
+    [
+        (np.uint8, (0, 255), np.float32),
+        (np.int16, (-32768, 0), np.float32),
+        (np.uint16, (0, None), np.float32),
+        (np.int32, (0, -1), np.float64),
+        (np.uint32, (0, 7), np.float64),
+        (np.float32, (float("nan"), -9999.0), np.float32),
+        (np.float64, (0.0, 1.5), np.float64),
+    ],
+)
+def test_open_raster_masks_each_band_with_its_own_nodata(
+    tmp_path: Path, dtype: Any, nodatas: Any, read_as: Any
+) -> None:
+    from conftest import band_nodata_reference, write_band_nodata_vrt
+
+    from patchflow.io.sources import band_nodata, open_raster, reads_masked
+
+    vrt, data = write_band_nodata_vrt(tmp_path, nodatas, dtype=dtype)
+    assert band_nodata(vrt) is not None and reads_masked(vrt)
+    scene = open_raster(vrt, chunks=32)
+    assert scene.dtype == read_as  # holds every value of the file exactly
+    assert scene.chunks is not None
+    np.testing.assert_array_equal(scene.values, band_nodata_reference(data, nodatas))
+    # written back, each band's nodata is NaN: no value of the file stands for all
+    assert scene.rio.nodata is None or np.isnan(scene.rio.nodata)
+
+
+@pytest.mark.parametrize("nodata", [0, None, float("nan")])
+def test_open_raster_keeps_a_shared_nodata_as_it_is(tmp_path: Path, nodata: Any) -> None:
+    from conftest import write_band_nodata_vrt
+
+    from patchflow.io.sources import open_raster, reads_masked
+
+    dtype = np.float32 if nodata is not None and np.isnan(nodata) else np.uint8
+    vrt, data = write_band_nodata_vrt(tmp_path, (nodata, nodata), dtype=dtype)
+    assert not reads_masked(vrt)
+    scene = open_raster(vrt)
+    assert scene.dtype == dtype
+    np.testing.assert_array_equal(scene.values, data)
+    plain = rioxarray.open_rasterio(vrt)
+    assert scene.attrs.keys() == plain.attrs.keys()  # what rioxarray gives, unchanged
+    np.testing.assert_array_equal(list(scene.attrs.values()), list(plain.attrs.values()))
+    patchflow.apply(plain, lambda c: c * 2, size=32, stride=24)  # nothing to refuse
+
+
+def test_open_raster_refuses_64_bit_integers_with_per_band_nodata(tmp_path: Path) -> None:
+    from conftest import write_band_nodata_vrt
+
+    from patchflow.errors import BandNodataError
+    from patchflow.io.sources import open_raster
+
+    try:
+        vrt, _ = write_band_nodata_vrt(tmp_path, (0, 7), dtype=np.int64)
+    except Exception as exc:  # GDAL before 3.5 has no Int64
+        pytest.skip(f"no 64-bit integer rasters here: {exc}")
+    with pytest.raises(BandNodataError, match=r"band 1: 0, band 2: 7.*int64.*2\*\*53"):
+        open_raster(vrt)
+
+
+def test_band_nodata_of_what_gdal_cannot_open(tmp_path: Path) -> None:
+    from patchflow.io.sources import band_nodata, check_band_nodata
+
+    (tmp_path / "notes.txt").write_text("not a raster")
+    assert band_nodata(str(tmp_path / "notes.txt")) is None
+    assert band_nodata(str(tmp_path / "missing.tif")) is None
+    # an array claiming such a source is not refused: nothing to compare with
+    arr = xr.DataArray(np.zeros((2, 4, 4), np.uint8), dims=("band", "y", "x"))
+    arr = arr.rio.write_nodata(0)
+    arr.encoding["source"] = str(tmp_path / "notes.txt")
+    check_band_nodata(arr)
+
+
+def test_every_entry_point_refuses_one_nodata_for_per_band_files(tmp_path: Path) -> None:
+    gpd = pytest.importorskip("geopandas")
+    from conftest import write_band_nodata_vrt
+    from shapely.geometry import Point, box
+
+    from patchflow.api import dos1, global_percentiles
+    from patchflow.errors import BandNodataError
+
+    vrt, _ = write_band_nodata_vrt(tmp_path, (0, 255))
+    plain = rioxarray.open_rasterio(vrt)
+    masked = rioxarray.open_rasterio(vrt, masked=True)
+    x0, y0 = float(plain.x[5]), float(plain.y[5])
+    polygons = gpd.GeoDataFrame(geometry=[box(x0, y0 - 200, x0 + 200, y0)], crs=plain.rio.crs)
+    points = gpd.GeoDataFrame(geometry=[Point(x0, y0)], crs=plain.rio.crs)
+
+    def detect(chip: np.ndarray) -> list[Any]:
+        return []
+
+    calls: dict[str, Callable[[xr.DataArray], Any]] = {
+        "zonal_stats": lambda a: patchflow.zonal_stats(a, polygons),
+        "sample_points": lambda a: patchflow.sample_points(a, points),
+        "apply_vector": lambda a: patchflow.apply_vector(a, detect, size=32, stride=24),
+        "dos1": lambda a: dos1(a, percentile="min"),
+        "global_percentiles": lambda a: global_percentiles(a),
+    }
+    for call in calls.values():
+        with pytest.raises(BandNodataError, match=r"bands\.vrt.*band 2: 255"):
+            call(plain)
+        call(masked)  # each band masked on read: fine
+    # an explicit nodata is the caller's choice
+    patchflow.zonal_stats(plain, polygons, nodata=0)
+    dos1(plain, percentile="min", nodata=0)
+    global_percentiles(plain, nodata=0)
+
+
+def test_a_run_on_a_per_band_nodata_file_resumes_the_same_way(tmp_path: Path) -> None:
+    from conftest import band_nodata_reference, write_band_nodata_vrt
+
+    from patchflow.io.sources import open_raster
+    from patchflow.io.store import _open_input, _read_meta
+    from patchflow.ops import SelectBands
+
+    nodatas = (0, 255)
+    vrt, data = write_band_nodata_vrt(tmp_path, nodatas)
+    store = tmp_path / "out.zarr"
+    patchflow.run(open_raster(vrt, chunks=48), SelectBands([0, 1]), store=store, size=32, stride=24)
+    meta = _read_meta(str(store))
+    assert meta is not None and isinstance(meta.get("recipe"), dict), meta.get("recipe_missing")
+    # reopened as it was read: masked, each band with its own nodata
+    again = _open_input(meta["recipe"]["input"])
+    np.testing.assert_array_equal(again.values, band_nodata_reference(data, nodatas))
+    report = patchflow.resume(store)
+    assert report.computed == 0
+    np.testing.assert_array_equal(report.open().values, band_nodata_reference(data, nodatas))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodatas", "held"),
+    [
+        (np.uint8, (None, 255), "no nodata value"),  # band 1 has none: rioxarray gives none
+        (np.float32, (float("nan"), -9999.0), r"one nodata value \(nan\)"),
+    ],
+)
+def test_band_1s_missing_or_nan_nodata_is_refused_too(
+    tmp_path: Path, dtype: Any, nodatas: Any, held: str
+) -> None:
+    from conftest import band_nodata_reference, write_band_nodata_vrt
+
+    from patchflow.errors import BandNodataError
+
+    # band 2's nodata pixels would be read as data
+    vrt, data = write_band_nodata_vrt(tmp_path, nodatas, dtype=dtype)
+    plain = rioxarray.open_rasterio(vrt)
+    with pytest.raises(BandNodataError, match=held):
+        patchflow.apply(plain, lambda c: c * 2, size=32, stride=24)
+    masked = rioxarray.open_rasterio(vrt, masked=True)
+    got = patchflow.apply(masked, lambda c: c * 2, size=32, stride=24, agg="centre")
+    np.testing.assert_array_equal(got.values, band_nodata_reference(data, nodatas) * 2)
