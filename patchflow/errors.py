@@ -47,6 +47,7 @@ __all__ = [
     "PatchflowError",
     "PatchflowWarning",
     "RadiometryMetadataError",
+    "ResampledGridWarning",
     "ResumeMismatchError",
     "ResumeRecipeError",
     "StoreError",
@@ -133,6 +134,14 @@ class ChipFailedWarning(PatchflowWarning):
     ``apply`` warns once per failed chip (its index, scene bounds and exception); ``run``
     warns once at the end with the count, the records being in the store
     (``check_store(STORE).chip_errors``, ``patchflow inspect STORE``)."""
+
+
+class ResampledGridWarning(PatchflowWarning):
+    """``open_stac``'s output grid is not the assets' own pixel grid (assets offset from it
+    or from one another by a fraction of a pixel, coarser than it, or reprojected onto
+    it): their values are resampled, not read as they are; ``resampling="nearest"`` moves
+    them by up to half a pixel. The message names the assets, why, and how to read them
+    exactly."""
 
 
 class NodataCollisionError(PatchflowError, ValueError):
@@ -587,6 +596,7 @@ _WORDS = {
     "var": ("var=", "--var"),
     # keyword → flag: ``_w("epsg", value=32610)`` is ``epsg=32610`` / ``--epsg 32610``
     "epsg": ("epsg=", "--epsg"),
+    "resolution": ("resolution=", "--resolution"),
     "creation_options": ("creation_options=", "--co"),
     "zarr_format": ("zarr_format=", "--zarr-format"),
     "size": ("size", "--size"),

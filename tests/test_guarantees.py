@@ -806,3 +806,56 @@ def test_one_nodata_for_bands_with_their_own_is_refused(tmp_path: Any) -> None:
     # variable by variable)
     per_band = rioxarray.open_rasterio(vrt, band_as_variable=True)
     np.testing.assert_array_equal(patchflow.apply(per_band, double, **kw).values, want)
+
+
+# --------------------------------------------------------------------------- STAC grids
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_stac_asset_on_an_offset_grid_comes_back_on_its_own_grid(tmp_path: Any) -> None:
+    """An asset whose pixel corners are not on multiples of its resolution (Landsat-style:
+    corners at odd multiples of 15 m with 30 m pixels; here 10 m pixels offset by half a
+    pixel): open_stac's default snapped the bounds to multiples of 10 m (GDAL's -tap), so
+    the output grid sat half a pixel off the asset's, and "nearest" put every value half a
+    pixel away from where the file has it, one row and column larger, without a word."""
+    import json
+
+    from affine import Affine
+
+    from patchflow.io.stac import open_stac
+
+    transform = Affine(10.0, 0.0, 740_005.0, 0.0, -10.0, 4_340_005.0)
+    data = np.arange(1, 1 + 40 * 30, dtype=np.uint16).reshape(1, 40, 30)
+    band = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": [1]})
+    band = band.rio.write_crs("EPSG:32610").rio.write_transform(transform)
+    band = band.assign_coords(
+        x=740_005.0 + 10.0 * (np.arange(30) + 0.5), y=4_340_005.0 - 10.0 * (np.arange(40) + 0.5)
+    )
+    band.rio.to_raster(tmp_path / "B04.tif")
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "offset",
+        "geometry": None,
+        "properties": {"datetime": "2024-06-01T00:00:00Z"},
+        "links": [],
+        "assets": {
+            "B04": {
+                "href": "B04.tif",
+                "proj:code": "EPSG:32610",
+                "proj:shape": [40, 30],
+                "proj:transform": list(transform)[:6],
+            }
+        },
+    }
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    ref = rioxarray.open_rasterio(tmp_path / "B04.tif")
+    assert isinstance(ref, xr.DataArray) and ref.rio.transform() == transform
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", patchflow.PatchflowWarning)  # exact: nothing to say
+        stack = open_stac(tmp_path / "item.json", assets=["B04"])
+    assert stack.rio.transform() == stack.rio.transform(recalc=True) == transform
+    assert stack.shape == (1, 1, 40, 30)
+    np.testing.assert_array_equal(stack.x.values, ref.x.values)
+    np.testing.assert_array_equal(stack.y.values, ref.y.values)
+    np.testing.assert_array_equal(stack.values[0], ref.values)

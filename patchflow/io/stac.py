@@ -4,10 +4,13 @@ This module owns turning STAC Items — local JSON files, item dicts, pystac obj
 the plain item dicts stackstac reads (relative asset hrefs resolved, projection v2
 ``proj:code`` normalised to the ``proj:epsg`` stackstac 0.5 reads), checking them before
 anything is read (named errors for missing files, non-STAC JSON, unknown assets, mixed
-CRSs), and georeferencing stackstac's result the rioxarray way (pixel-centre coordinates,
-CRS, transform and nodata written with ``.rio``), so patchflow's grid lands exactly on the
-assets' pixels. It also records how the stack was opened (:data:`STAC_CALL`), which a result
-store's resume recipe uses to open the same stack again (``patchflow resume STORE``).
+CRSs), choosing the output grid (the assets' own pixel grid when they share one, even off
+multiples of the resolution, where stackstac's ``-tap`` snapping would shift it by a
+fraction of a pixel; a warning whenever values are resampled instead), and georeferencing
+stackstac's result the rioxarray way (pixel-centre coordinates, CRS, transform and nodata
+written with ``.rio``), so patchflow's grid lands exactly on the assets' pixels. It also
+records how the stack was opened (:data:`STAC_CALL`), which a result store's resume recipe
+uses to open the same stack again (``patchflow resume STORE``).
 
 Examples
 --------
@@ -45,10 +48,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urljoin
 
-from patchflow.errors import InputReadError, InputTypeError, ParameterError, _w
+from patchflow.errors import (
+    InputReadError,
+    InputTypeError,
+    ParameterError,
+    ResampledGridWarning,
+    _w,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
+    from affine import Affine
     from rasterio.enums import Resampling
 
 __all__ = ["STAC_ASSET_FILES", "STAC_CALL", "open_stac"]
@@ -302,6 +312,337 @@ def _asset_files(items: list[dict[str, Any]], assets: list[str]) -> list[str]:
     return sorted(found)
 
 
+# --------------------------------------------------------------------------- pixel grids
+
+#: two grid lines closer than this fraction of a pixel are the same line (float noise in
+#: ``proj:transform`` origins and in bounds arithmetic, never a real offset)
+_GRID_TOL = 1e-6
+
+
+class _AssetGrid:
+    """One asset of one item as STAC describes its pixels: CRS, transform and shape (each
+    ``None`` when the metadata does not say)."""
+
+    __slots__ = ("epsg", "shape", "transform", "where")
+
+    def __init__(
+        self,
+        where: str,
+        epsg: int | None,
+        transform: Affine | None,
+        shape: tuple[int, int] | None,
+    ) -> None:
+        self.where = where
+        self.epsg = epsg
+        self.transform = transform
+        self.shape = shape
+
+    def rectilinear(self) -> bool:
+        t = self.transform
+        return t is not None and t.b == 0 and t.d == 0 and t.a != 0 and t.e != 0
+
+    def footprint(self) -> tuple[float, float, float, float] | None:
+        """``(minx, miny, maxx, maxy)`` in the asset's CRS, from its transform and shape."""
+        if self.transform is None or self.shape is None:
+            return None
+        h, w = self.shape
+        a, b, c, d, e, f = self.transform[:6]
+        xs = [c + a * col + b * row for col in (0, w) for row in (0, h)]
+        ys = [f + d * col + e * row for col in (0, w) for row in (0, h)]
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+def _asset_grids(items: list[dict[str, Any]], assets: list[str]) -> list[_AssetGrid]:
+    """The pixel grid of every asset read, as stackstac finds it (asset fields first, then
+    the item's)."""
+    from affine import Affine
+
+    grids = []
+    for item in items:
+        props = item["properties"]
+        for name in assets:
+            asset = item["assets"].get(name)
+            if asset is None:
+                continue
+            epsg = asset.get("proj:epsg", props.get("proj:epsg"))
+            coeffs = asset.get("proj:transform", props.get("proj:transform"))
+            shape = asset.get("proj:shape", props.get("proj:shape"))
+            transform = None
+            if isinstance(coeffs, Sequence) and len(coeffs) >= 6:
+                transform = Affine(*(float(v) for v in coeffs[:6]))
+            grids.append(
+                _AssetGrid(
+                    f"asset {name!r} of item {item['id']!r}",
+                    None if epsg is None else int(epsg),
+                    transform,
+                    (int(shape[0]), int(shape[1]))
+                    if isinstance(shape, Sequence) and len(shape) == 2
+                    else None,
+                )
+            )
+    return grids
+
+
+def _steps(offset: float, step: float) -> float:
+    """``offset / step``, rounded to the whole number it is within :data:`_GRID_TOL` of."""
+    q = offset / step
+    return float(round(q)) if abs(q - round(q)) < _GRID_TOL else q
+
+
+def _whole(value: float) -> bool:
+    return abs(value - round(value)) < _GRID_TOL
+
+
+def _nests(origin: float, res: float, out_origin: float, out_res: float) -> bool:
+    """Along one axis, every asset pixel edge is an output pixel edge: the asset's pixels
+    are whole output pixels (``res`` a whole multiple of ``out_res``, origins on one
+    lattice), so each output pixel lies inside one asset pixel and nearest copies it."""
+    ratio = res / out_res
+    return round(ratio) >= 1 and _whole(ratio) and _whole((origin - out_origin) / out_res)
+
+
+def _edges_fit(origin: float, res: float, out_origin: float, out_res: float) -> bool:
+    """Along one axis, one grid's pixel edges are all edges of the other (nested either
+    way: the output refines the asset's pixels, or groups whole ones)."""
+    ratio = out_res / res
+    return _nests(origin, res, out_origin, out_res) or (
+        round(ratio) >= 1 and _whole(ratio) and _whole((out_origin - origin) / res)
+    )
+
+
+def _shared_origin(
+    grids: list[_AssetGrid], epsg: int, res_xy: tuple[float, float]
+) -> tuple[float, float] | None:
+    """A point on the assets' common pixel grid at resolution ``res_xy``: an output grid
+    through it has every asset's pixel edges on its own (or groups whole asset pixels),
+    so no asset is shifted. ``None`` when the assets have no such grid: a CRS other than
+    ``epsg``, no transform, a rotated grid, or grids offset from one another by a fraction
+    of a pixel."""
+    if not grids or not all(g.epsg == epsg and g.rectilinear() for g in grids):
+        return None
+    rx, ry = res_xy
+    tried: set[tuple[float, float]] = set()
+    for grid in grids:
+        t = grid.transform
+        assert t is not None  # rectilinear() checked it
+        key = (round(t.c % rx / rx, 6) % 1.0, round(t.f % ry / ry, 6) % 1.0)
+        if key in tried:
+            continue
+        if len(tried) >= 8:  # the assets share no grid; trying each of thousands is no use
+            return None
+        tried.add(key)
+        if all(
+            _edges_fit(g.transform.c, abs(g.transform.a), t.c, rx)
+            and _edges_fit(g.transform.f, abs(g.transform.e), t.f, ry)
+            for g in grids
+            if g.transform is not None
+        ):
+            return t.c, t.f
+    return None
+
+
+def _snap_to(
+    bounds: tuple[float, float, float, float],
+    origin: tuple[float, float],
+    res_xy: tuple[float, float],
+) -> tuple[float, float, float, float]:
+    """``bounds`` grown outward to the grid of pixels ``res_xy`` through ``origin`` (GDAL's
+    ``-tap``, on that grid instead of on multiples of the resolution)."""
+    (minx, miny, maxx, maxy), (x0, y0), (rx, ry) = bounds, origin, res_xy
+    return (
+        x0 + math.floor(_steps(minx - x0, rx)) * rx,
+        y0 + math.floor(_steps(miny - y0, ry)) * ry,
+        x0 + math.ceil(_steps(maxx - x0, rx)) * rx,
+        y0 + math.ceil(_steps(maxy - y0, ry)) * ry,
+    )
+
+
+def _latlon_bounds(
+    bounds: tuple[float, float, float, float], epsg: int
+) -> tuple[float, float, float, float]:
+    """Lon/lat bounds in ``epsg``, the way stackstac reprojects ``bounds_latlon`` (its four
+    corners), so snapping them here gives the extent stackstac would have snapped."""
+    from pyproj import Transformer
+
+    minx, miny, maxx, maxy = bounds
+    transformer = Transformer.from_crs(4326, epsg, always_xy=True)
+    xs, ys = transformer.transform(
+        [minx, minx, maxx, maxx], [maxy, miny, miny, maxy], errcheck=True
+    )
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _output_res(
+    grids: list[_AssetGrid], resolution: float | tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """The output resolution ``(x, y)``: ``resolution=``, or (stackstac's rule) the finest
+    of the assets' own; ``None`` when an asset does not say."""
+    if resolution is not None:
+        rx, ry = resolution if isinstance(resolution, Sequence) else (resolution, resolution)
+        return float(rx), float(ry)
+    if not grids or not all(g.transform is not None for g in grids):
+        return None
+    return (
+        min(abs(g.transform.a) for g in grids if g.transform is not None),
+        min(abs(g.transform.e) for g in grids if g.transform is not None),
+    )
+
+
+def _grid_args(
+    grids: list[_AssetGrid],
+    *,
+    epsg: int | None,
+    resolution: float | tuple[float, float] | None,
+    bounds: tuple[float, float, float, float] | None,
+    bounds_latlon: tuple[float, float, float, float] | None,
+    snap_bounds: bool | None,
+) -> dict[str, Any]:
+    """stackstac's ``bounds``/``bounds_latlon``/``snap_bounds`` for the output grid.
+
+    ``snap_bounds=None`` (open_stac's default) puts the output grid on the assets' own
+    pixel grid when they share one at the output resolution, by snapping the bounds (or
+    the union of the assets' footprints) outward to it and turning stackstac's snapping
+    off; otherwise, and when that grid is on multiples of the resolution anyway, stackstac
+    snaps to multiples (GDAL's ``-tap``) as it always did. ``True``/``False`` are passed on.
+    """
+    given = {"bounds": bounds, "bounds_latlon": bounds_latlon}
+    if snap_bounds is not None:
+        return {**given, "snap_bounds": snap_bounds}
+    out_epsg = epsg if epsg is not None else next((g.epsg for g in grids if g.epsg), None)
+    res_xy = _output_res(grids, resolution)
+    if out_epsg is None or res_xy is None:
+        return {**given, "snap_bounds": True}
+    origin = _shared_origin(grids, out_epsg, res_xy)
+    if origin is None or (_whole(origin[0] / res_xy[0]) and _whole(origin[1] / res_xy[1])):
+        # no grid of their own, or theirs is on multiples of the resolution: -tap is it
+        # (and stackstac's very call, so stacks opened before keep their graph's name)
+        return {**given, "snap_bounds": True}
+    extent: tuple[float, float, float, float]
+    if bounds is not None or bounds_latlon is not None:
+        try:
+            if bounds is not None:
+                minx, miny, maxx, maxy = (float(v) for v in bounds)
+                extent = (minx, miny, maxx, maxy)
+            else:
+                assert bounds_latlon is not None
+                extent = _latlon_bounds(bounds_latlon, out_epsg)
+        except (TypeError, ValueError, RuntimeError):  # pyproj's ProjError is a RuntimeError
+            return {**given, "snap_bounds": True}  # stackstac's own error says what is wrong
+    else:
+        footprints = [fp for g in grids if (fp := g.footprint()) is not None]
+        if len(footprints) != len(grids):
+            return {**given, "snap_bounds": True}  # stackstac finds the extent elsewhere
+        extent = (
+            min(fp[0] for fp in footprints),
+            min(fp[1] for fp in footprints),
+            max(fp[2] for fp in footprints),
+            max(fp[3] for fp in footprints),
+        )
+    snapped = _snap_to(extent, origin, res_xy)
+    return {"bounds": snapped, "bounds_latlon": None, "snap_bounds": False}
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def _misfit(grid: _AssetGrid, epsg: int, out: Affine) -> tuple[str, str] | None:
+    """``(kind, why)`` when ``grid``'s pixels are not read as they are onto the output
+    grid ``out`` (in ``epsg``), ``None`` when each output pixel lies inside one asset pixel
+    or the metadata cannot tell."""
+    t = grid.transform
+    if t is None or grid.epsg is None:
+        return None
+    if grid.epsg != epsg:
+        return "reprojected", f"is reprojected from EPSG:{grid.epsg} to EPSG:{epsg}"
+    if not grid.rectilinear():
+        return "rotated", "has a rotated or sheared pixel grid"
+    rx, ry, ox, oy = abs(t.a), abs(t.e), out.a, abs(out.e)
+    if not (_whole(rx / ox) and round(rx / ox) >= 1 and _whole(ry / oy) and round(ry / oy) >= 1):
+        own = _fmt(rx) if rx == ry else f"{_fmt(rx)} × {_fmt(ry)}"
+        new = _fmt(ox) if ox == oy else f"{_fmt(ox)} × {_fmt(oy)}"
+        return "resolution", f"has pixels of {own} (CRS units), resampled to {new}"
+    if _nests(t.c, rx, out.c, ox) and _nests(t.f, ry, out.f, oy):
+        return None
+
+    def off(origin: float, out_origin: float, step: float) -> float:
+        q = (origin - out_origin) / step
+        return (q - round(q)) * step
+
+    dx, dy = off(t.c, out.c, ox), off(t.f, out.f, oy)
+    return "offset", (
+        f"has its pixel grid offset by ({_fmt(dx)}, {_fmt(dy)}) in CRS units from the "
+        "output grid's, a fraction of a pixel"
+    )
+
+
+def _warn_resampled(
+    grids: list[_AssetGrid],
+    *,
+    epsg: int,
+    out: Affine,
+    out_bounds: tuple[float, float, float, float],
+    method: Resampling,
+    snap_bounds: bool | None,
+) -> None:
+    """Warn (:class:`ResampledGridWarning`) when some asset's values are resampled instead
+    of read as they are, naming the assets, why, and how to read them exactly."""
+    found: dict[str, list[str]] = {}
+    for grid in grids:
+        fp = grid.footprint() if grid.epsg == epsg else None
+        minx, miny, maxx, maxy = out_bounds
+        if fp is not None and not (fp[0] < maxx and minx < fp[2] and fp[1] < maxy and miny < fp[3]):
+            continue  # outside the output bounds: stackstac does not read it
+        misfit = _misfit(grid, epsg, out)
+        if misfit is not None:
+            found.setdefault(misfit[0], []).append(f"{grid.where} {misfit[1]}")
+    if not found:
+        return
+    count = sum(len(v) for v in found.values())
+    examples = "; ".join(
+        texts[0] + (f" (and {len(texts) - 1} more like it)" if len(texts) > 1 else "")
+        for texts in found.values()
+    )
+    fixes = []
+    if "offset" in found:
+        shared = _shared_origin(grids, epsg, (out.a, abs(out.e)))
+        if shared is not None:
+            if snap_bounds is None:
+                # open_stac's default snaps to their grid, unless it cannot tell their extent
+                fixes.append(
+                    "the assets share one pixel grid, but without proj:shape open_stac cannot "
+                    "tell their extent to snap to it: pass bounds=, which it then snaps to "
+                    "the assets' grid"
+                )
+            else:
+                chosen = (
+                    "snap_bounds=True snaps the output to multiples of the resolution, off it"
+                    if snap_bounds
+                    else "snap_bounds=False keeps bounds that are off it"
+                )
+                fixes.append(
+                    f"the assets share one pixel grid but {chosen}: leave snap_bounds unset, "
+                    "which snaps the bounds to the assets' own grid"
+                )
+        else:
+            fixes.append(
+                "the assets' pixel grids are offset from one another by fractions of a "
+                "pixel, so no output grid is all of theirs: open each grid with its own "
+                "open_stac call (its assets and items) to read it exactly"
+            )
+    if "resolution" in found:
+        fixes.append(f"pass {_w('resolution')} their own pixel size, or a whole fraction of it")
+    kind = method.name
+    moved = " (nearest moves each by up to half a pixel)" if kind == "nearest" else ""
+    warnings.warn(
+        f"open_stac resamples {count} of the {len(grids)} item assets it stacks with "
+        f"resampling={kind!r}{moved}, instead of reading their pixels as they are: "
+        f"{examples}" + (f". To read them exactly: {'; '.join(fixes)}" if fixes else ""),
+        ResampledGridWarning,
+        stacklevel=3,
+    )
+
+
 # --------------------------------------------------------------------------- the call
 
 
@@ -337,7 +678,7 @@ def _call_record(
     epsg: Any,
     bounds: Any,
     bounds_latlon: Any,
-    snap_bounds: bool,
+    snap_bounds: bool | None,
     resampling: Any,
     chunks: Any,
     dtype: Any,
@@ -372,7 +713,8 @@ def _call_record(
         "epsg": None if epsg is None else int(epsg),
         "bounds": numbers(bounds),
         "bounds_latlon": numbers(bounds_latlon),
-        "snap_bounds": bool(snap_bounds),
+        # None (the default) is recorded as such: reopening snaps to the assets' grid again
+        "snap_bounds": None if snap_bounds is None else bool(snap_bounds),
         "resampling": resampling if isinstance(resampling, str) else resampling.name,
         "chunks": numbers(chunks),
         "dtype": None if dtype is None else str(dtype),
@@ -395,7 +737,7 @@ def open_stac(
     epsg: int | None = None,
     bounds: tuple[float, float, float, float] | None = None,
     bounds_latlon: tuple[float, float, float, float] | None = None,
-    snap_bounds: bool = True,
+    snap_bounds: bool | None = None,
     resampling: ResamplingName | Resampling = "nearest",
     chunks: int | tuple[int, int] = 2048,
     dtype: Any = None,
@@ -414,6 +756,18 @@ def open_stac(
     transform and nodata written with rioxarray, so ``patchflow.apply`` and
     ``rio.transform()`` land on the assets' pixel grid.
 
+    The output grid is the assets' own pixel grid whenever they share one at the output
+    resolution (one CRS, and origins that differ by whole pixels), wherever its corners
+    are: on multiples of the resolution or not (Landsat's 30 m pixels have corners at odd
+    multiples of 15 m). Each output pixel is then one asset pixel (or, at a finer
+    ``resolution=`` that divides theirs, lies inside one), so ``"nearest"`` reads values
+    exactly; ``bounds=`` grow outward to that grid. Otherwise — assets offset from one
+    another by a fraction of a pixel, a coarser or non-dividing ``resolution=``, another
+    ``epsg=``, or an explicit ``snap_bounds=True`` (or ``snap_bounds=False`` with
+    ``bounds=``) off theirs, honoured as given — values are resampled (``"nearest"`` moves
+    them by up to half a pixel), and a :class:`~patchflow.errors.ResampledGridWarning`
+    names the assets, why, and how to read them exactly.
+
     Parameters
     ----------
     items
@@ -431,10 +785,17 @@ def open_stac(
         Output extent ``(minx, miny, maxx, maxy)`` in the output CRS, or in lon/lat.
         Default: the union of the assets' footprints.
     snap_bounds
-        Snap the bounds to whole multiples of the resolution (GDAL's ``-tap``).
+        Default (``None``): grow the bounds outward to the assets' own pixel grid when they
+        share one (see above), else to whole multiples of the resolution (GDAL's
+        ``-tap``, stackstac's default). ``True``: always multiples of the resolution,
+        as stackstac does, even when that is off the assets' grid (warned). ``False``:
+        the bounds as given (warned when they are off the assets' grid).
     resampling
         How assets are resampled onto the output grid (a rasterio ``Resampling`` or its
-        name); ``"nearest"`` keeps values exact.
+        name). On the assets' own grid nothing is resampled and every method reads the
+        values as they are; on a finer grid dividing theirs, ``"nearest"`` repeats each
+        asset pixel exactly while the others interpolate; on any other grid (warned) every
+        method resamples, ``"nearest"`` by moving values up to half a pixel.
     chunks
         Spatial dask chunk edge (or ``(y, x)``); each chunk is one date of one asset.
     dtype
@@ -469,9 +830,19 @@ def open_stac(
         A STAC file or a local asset file does not exist, or a file is not STAC JSON.
     ParameterError
         Unknown asset (the available ones are listed), assets in several CRSs without
-        ``epsg=``, a fill value the dtype cannot hold, or arguments stackstac rejects.
+        ``epsg=``, a fill value the dtype cannot hold, a resolution that is not a positive
+        size, or arguments stackstac rejects.
     InputTypeError
         ``items`` is none of the accepted kinds.
+
+    Warns
+    -----
+    ResampledGridWarning
+        Some asset is resampled, not read as it is: its grid is offset from the output
+        grid by a fraction of a pixel (assets on mutually offset grids, or
+        ``snap_bounds``/``bounds`` chosen off their shared grid), its pixels are finer
+        than the output's or do not divide them, or it is reprojected (``epsg=``). Assets
+        without ``proj:transform`` cannot be checked.
 
     Examples
     --------
@@ -491,6 +862,17 @@ def open_stac(
         raise ParameterError(f"assets lists a key more than once: {names}")
     if bounds is not None and bounds_latlon is not None:
         raise ParameterError("give bounds= (output CRS) or bounds_latlon=, not both")
+    if resolution is not None:
+        sizes = resolution if isinstance(resolution, Sequence) else (resolution, resolution)
+        if (
+            len(sizes) != 2
+            or not all(isinstance(v, int | float | np.number) for v in sizes)
+            or not all(math.isfinite(v) and v > 0 for v in sizes)
+        ):
+            raise ParameterError(
+                f"resolution must be a positive pixel size in CRS units, or an (x, y) pair of "
+                f"them; got {resolution!r}"
+            )
 
     out_dtype = np.dtype("float64" if dtype is None else dtype)
     if fill_value is None:
@@ -542,6 +924,16 @@ def open_stac(
         # scale-1 casting check, which numpy 2 fails for every dtype but float64
         rescale = bool(scaled)
 
+    grids = _asset_grids(plain, names)
+    grid = _grid_args(
+        grids,
+        epsg=epsg,
+        resolution=resolution,
+        bounds=bounds,
+        bounds_latlon=bounds_latlon,
+        snap_bounds=snap_bounds,
+    )
+
     spatial = (chunks, chunks) if isinstance(chunks, int) else tuple(chunks)
     try:
         with warnings.catch_warnings():
@@ -555,10 +947,8 @@ def open_stac(
                 assets=names,
                 epsg=epsg,
                 resolution=resolution,
-                bounds=bounds,
-                bounds_latlon=bounds_latlon,
-                snap_bounds=snap_bounds,
                 resampling=method,
+                **grid,
                 chunksize=spatial,
                 dtype=out_dtype,
                 # a numpy scalar of the dtype: stackstac checks can_cast(type(fill_value)),
@@ -577,8 +967,17 @@ def open_stac(
 
     from affine import Affine
 
-    crs_epsg = stack.attrs["spec"].epsg
+    spec = stack.attrs["spec"]
+    crs_epsg = spec.epsg
     transform = Affine(*stack.attrs["transform"][:6])
+    _warn_resampled(
+        grids,
+        epsg=crs_epsg,
+        out=transform,
+        out_bounds=tuple(spec.bounds),
+        method=method,
+        snap_bounds=snap_bounds,
+    )
     # the CRS and transform live in rioxarray's spatial_ref from here on; stackstac's
     # RasterSpec object says the same and is no JSON, which no store could keep
     stack.attrs = {k: v for k, v in stack.attrs.items() if k not in ("crs", "transform", "spec")}

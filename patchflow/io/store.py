@@ -1363,6 +1363,7 @@ def _open_stac(call: Mapping[str, Any]) -> xr.DataArray:
     def pair(value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
 
+    snap = call.get("snap_bounds", True)
     return open_stac(
         list(call["items"]),
         assets=list(call["assets"]),
@@ -1370,7 +1371,9 @@ def _open_stac(call: Mapping[str, Any]) -> xr.DataArray:
         epsg=call.get("epsg"),
         bounds=pair(call.get("bounds")),
         bounds_latlon=pair(call.get("bounds_latlon")),
-        snap_bounds=bool(call.get("snap_bounds", True)),
+        # null: open_stac's default (the assets' own grid); a recipe without the key
+        # predates it and had stackstac's snapping to multiples of the resolution
+        snap_bounds=None if snap is None else bool(snap),
         resampling=call.get("resampling") or "nearest",
         chunks=pair(call.get("chunks")) or 2048,
         dtype=call.get("dtype"),

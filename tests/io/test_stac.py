@@ -26,7 +26,13 @@ from affine import Affine
 from conftest import write_band_tif
 
 import patchflow
-from patchflow.errors import InputReadError, InputTypeError, ParameterError, PatchflowError
+from patchflow.errors import (
+    InputReadError,
+    InputTypeError,
+    ParameterError,
+    PatchflowError,
+    ResampledGridWarning,
+)
 from patchflow.io.stac import open_stac
 from patchflow.io.synthetic import CRS, ORIGIN
 from patchflow.ops import Composite
@@ -300,6 +306,216 @@ def test_integer_dtype_with_fill_value(stac_dir: Path) -> None:
         np.testing.assert_array_equal(raw.values[1, 0], src.read(1))
 
 
+# --------------------------------------------------------------------------- pixel grids
+
+#: a 10 m grid whose pixel corners are half a pixel off multiples of 10 m (as Landsat's
+#: 30 m pixels have corners at odd multiples of 15 m), and a 20 m one on the same lines
+H10 = Affine(10.0, 0.0, X0 + 5.0, 0.0, -10.0, Y0 + 5.0)
+H20 = Affine(20.0, 0.0, H10.c, 0.0, -20.0, H10.f)
+
+
+def write_items(
+    root: Path, scene_factory: Callable[..., xr.DataArray], grids: dict[str, Affine]
+) -> Path:
+    """One item file per date (two dates) with one uint16 GeoTIFF asset per entry of
+    ``grids`` (asset name → transform; 20 m transforms get half-size rasters); returns the
+    ItemCollection file."""
+    features = []
+    for k, date in enumerate(DATES[:2]):
+        assets = {}
+        for b, (name, transform) in enumerate(grids.items()):
+            shape = SHAPE if transform.a == 10 else (SHAPE[0] // 2, SHAPE[1] // 2)
+            band = scene_factory(shape, seed=60 + 10 * k + b).values[0]
+            path = root / f"{k}_{name}.tif"
+            write_band_tif(path, band, transform, CRS, nodata=0)
+            assets[name] = {
+                "href": path.name,
+                "proj:code": CRS,
+                "proj:shape": list(shape),
+                "proj:transform": list(transform)[:6],
+            }
+        features.append(
+            {
+                "type": "Feature",
+                "stac_version": "1.1.0",
+                "id": f"d{k}",
+                "geometry": None,
+                "properties": {"datetime": date.isoformat()},
+                "links": [],
+                "assets": assets,
+            }
+        )
+    path = root / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+@contextlib.contextmanager
+def no_resampling_warning() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResampledGridWarning)
+        yield
+
+
+def test_assets_on_multiples_of_the_resolution_keep_the_same_stack(
+    stac_dir: Path, s2: xr.DataArray
+) -> None:
+    # the grid stackstac always made for them (-tap): the same graph, so stores written
+    # before keep resuming, and nothing to warn about
+    with no_resampling_warning():
+        tap = open_stac(
+            stac_dir / "items.json", assets=["B04", "B08"], chunks=128, snap_bounds=True
+        )
+        default = open_stac(stac_dir / "items.json", assets=["B04", "B08"], chunks=128)
+    assert default.data.name == tap.data.name == s2.data.name
+    assert default.rio.transform() == T10
+
+
+def test_an_offset_grid_is_read_as_it_is(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    items = write_items(tmp_path, scene_factory, {"B04": H10, "B08": H10, "B11": H20})
+
+    def ref(k: int, name: str) -> xr.DataArray:
+        return read_tif(tmp_path / f"{k}_{name}.tif")
+
+    with no_resampling_warning():
+        stack = open_stac(items, assets=["B04", "B08"])
+        native20 = open_stac(items, assets=["B11"])
+        mixed = open_stac(items, assets=["B04", "B11"])  # 20 m pixels, whole 10 m ones
+    assert stack.shape == (2, 2, *SHAPE)
+    assert stack.rio.transform() == stack.rio.transform(recalc=True) == H10
+    first = ref(0, "B04")
+    np.testing.assert_array_equal(stack.x.values, first.x.values)
+    np.testing.assert_array_equal(stack.y.values, first.y.values)
+    for k in range(2):
+        for b, name in enumerate(["B04", "B08"]):
+            np.testing.assert_array_equal(stack.values[k, b], ref(k, name).values)
+    assert native20.rio.transform() == H20
+    np.testing.assert_array_equal(native20.values[1, 0], ref(1, "B11").values)
+    assert mixed.rio.transform() == H10
+    np.testing.assert_array_equal(
+        mixed.values[:, 1], native20.values[:, 0].repeat(2, axis=-2).repeat(2, axis=-1)
+    )
+    # bounds= off the grid: grown outward to the assets' grid, never shifted
+    bounds = (X0 + 300.0, Y0 - 1400.0, X0 + 1100.0, Y0 - 400.0)
+    with no_resampling_warning():
+        sub = open_stac(items, assets=["B04", "B08"], bounds=bounds)
+    assert sub.rio.transform() == H10 * Affine.translation(29, 40)
+    assert sub.shape == (2, 2, 101, 81)
+    np.testing.assert_array_equal(sub.values, stack.values[:, :, 40:141, 29:110])
+    # bounds_latlon= too (stackstac reprojects their corners; snapped the same way)
+    from pyproj import Transformer
+
+    to_lonlat = Transformer.from_crs(CRS, 4326, always_xy=True)
+    lon0, lat0 = to_lonlat.transform(X0 + 1000.0, Y0 - 1000.0)
+    lon1, lat1 = to_lonlat.transform(X0 + 1500.0, Y0 - 500.0)
+    with no_resampling_warning():
+        ll = open_stac(items, assets=["B04"], bounds_latlon=(lon0, lat0, lon1, lat1))
+    t = ll.rio.transform()
+    assert (t.c - H10.c) % 10 == 0 and (t.f - H10.f) % 10 == 0
+    col, row = ~H10 * (t.c, t.f)
+    col, row = round(col), round(row)
+    np.testing.assert_array_equal(
+        ll.values[:, 0], stack.values[:, 0, row : row + ll.sizes["y"], col : col + ll.sizes["x"]]
+    )
+
+
+def test_an_explicit_grid_off_the_assets_is_kept_and_warned(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    items = write_items(tmp_path, scene_factory, {"B04": H10})
+    exact = open_stac(items, assets=["B04"])
+    # snap_bounds=True: GDAL's -tap, as asked, half a pixel off the assets' grid
+    with pytest.warns(ResampledGridWarning, match=r"offset by \(5, -5\).*snap_bounds=True") as rec:
+        tap = open_stac(items, assets=["B04"], snap_bounds=True)
+    assert "leave snap_bounds unset" in str(rec.pop(ResampledGridWarning).message)
+    assert tap.rio.transform() == T10 * Affine.translation(0, -1)
+    assert tap.shape == (2, 1, SHAPE[0] + 1, SHAPE[1] + 1)
+    # bounds= with snap_bounds=False: those bounds exactly, as asked
+    bounds = (X0, Y0 - 1000.0, X0 + 1000.0, Y0)
+    with pytest.warns(ResampledGridWarning, match="snap_bounds=False keeps bounds"):
+        cut = open_stac(items, assets=["B04"], bounds=bounds, snap_bounds=False)
+    assert cut.rio.transform() == T10 and cut.shape == (2, 1, 100, 100)
+    # ... and bounds on the assets' grid with snap_bounds=False are read exactly
+    on_grid = (X0 + 5.0, Y0 - 995.0, X0 + 1005.0, Y0 + 5.0)
+    with no_resampling_warning():
+        cut = open_stac(items, assets=["B04"], bounds=on_grid, snap_bounds=False)
+    assert cut.rio.transform() == H10
+    np.testing.assert_array_equal(cut.values, exact.values[:, :, :100, :100])
+
+
+def test_assets_on_mutually_offset_grids_are_resampled_and_warned(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    # B04 on multiples of 10 m, B08 half a pixel off: no one grid is both of theirs
+    items = write_items(tmp_path, scene_factory, {"B04": T10, "B08": H10})
+    with pytest.warns(ResampledGridWarning, match="offset from one another") as rec:
+        stack = open_stac(items, assets=["B04", "B08"])
+    text = str(rec.pop(ResampledGridWarning).message)
+    assert "'B08' of item 'd0'" in text and "(and 1 more like it)" in text
+    assert "'B04'" not in text  # B04's pixels are the output's
+    assert "resampling='nearest' (nearest moves each by up to half a pixel)" in text
+    # the documented fallback: multiples of the resolution (stackstac's, GDAL's -tap)
+    assert stack.rio.transform() == T10 * Affine.translation(0, -1)
+    b04 = np.stack([read_tif(tmp_path / f"{k}_B04.tif").values for k in range(2)])
+    np.testing.assert_array_equal(stack.values[:, 0, 1:, :-1], b04)
+
+
+def test_a_coarser_resolution_is_warned_and_a_finer_one_is_not(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    items = write_items(tmp_path, scene_factory, {"B04": H10, "B11": H20})
+    with pytest.warns(
+        ResampledGridWarning, match=r"'B04' .* pixels of 10 .* resampled to 20"
+    ) as rec:
+        coarse = open_stac(items, assets=["B04", "B11"], resolution=20, resampling="average")
+    text = str(rec.pop(ResampledGridWarning).message)
+    assert "resolution=" in text and "'B11'" not in text
+    # on the assets' grid: each 20 m pixel is the mean of 2 × 2 whole 10 m pixels (GDAL
+    # averages in the files' uint16, so rounded to a whole number)
+    assert coarse.rio.transform() == H20
+    fine = open_stac(items, assets=["B04"]).values[:, 0]
+    np.testing.assert_allclose(
+        coarse.values[:, 0],
+        fine.reshape(2, SHAPE[0] // 2, 2, SHAPE[1] // 2, 2).mean(axis=(2, 4)),
+        rtol=0,
+        atol=0.5,
+    )
+    with no_resampling_warning():
+        five = open_stac(items, assets=["B11"], resolution=5)
+    assert five.rio.transform() == Affine(5.0, 0.0, H10.c, 0.0, -5.0, H10.f)
+
+
+def test_the_recipe_reopens_the_assets_grid(
+    scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    from patchflow.io.stac import STAC_CALL
+    from patchflow.io.store import _input_identity, _open_input, _reopenable
+
+    items = write_items(tmp_path, scene_factory, {"B04": H10, "B08": H10})
+    stack = open_stac(items, assets=["B04", "B08"], chunks=128)
+    assert stack.encoding[STAC_CALL]["snap_bounds"] is None
+    source = _reopenable(stack)
+    assert isinstance(source, dict)
+    with no_resampling_warning():
+        again = _open_input(source)
+    assert again.rio.transform() == H10
+    assert again.data.name == stack.data.name
+    assert _input_identity(again) == _input_identity(stack)
+    # a recipe recorded before (snap_bounds true) reopens the grid that run had
+    old = dict(source, stac={**source["stac"], "snap_bounds": True})
+    with pytest.warns(ResampledGridWarning):
+        tap = _open_input(old)
+    assert tap.rio.transform() == T10 * Affine.translation(0, -1)
+
+
+def test_resolution_must_be_positive(stac_dir: Path) -> None:
+    for bad in (0, -10, (10, 0), float("nan"), (10, 10, 10)):
+        with pytest.raises(ParameterError, match="resolution must be a positive"):
+            open_stac(stac_dir / "items.json", assets=["B04"], resolution=bad)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -357,7 +573,8 @@ def test_mixed_crs_needs_epsg(
     with pytest.raises(ParameterError, match=r"2 CRSs: EPSG:32610 .* EPSG:32611") as info:
         open_stac(items, assets=["B04", "B08"])
     assert "epsg=" in str(info.value)
-    stack = open_stac(items, assets=["B04", "B08"], epsg=32610, resolution=10)
+    with pytest.warns(ResampledGridWarning, match=r"'B04' of item .* reprojected from EPSG:3261"):
+        stack = open_stac(items, assets=["B04", "B08"], epsg=32610, resolution=10)
     assert stack.rio.crs == CRS and stack.sizes["time"] == 4
 
 
@@ -419,16 +636,18 @@ def test_the_call_is_recorded_to_open_the_same_stack_again(
     from patchflow.io.store import _input_identity, _open_input, _reopenable
 
     monkeypatch.chdir(stac_dir)
-    stack = open_stac(
-        ["item_0.json", "item_2.json"],
-        assets=["B08", "B11"],
-        resolution=20,
-        bounds=(X0, Y0 - 2000, X0 + 2000, Y0),
-        chunks=(64, 96),
-        dtype="float32",
-        resampling="average",
-        sortby_date="desc",
-    )
+    call_kw: dict[str, Any] = {
+        "assets": ["B08", "B11"],
+        "resolution": 20,
+        "bounds": (X0, Y0 - 2000, X0 + 2000, Y0),
+        "chunks": (64, 96),
+        "dtype": "float32",
+        "resampling": "average",
+        "sortby_date": "desc",
+    }
+    # B08's 10 m pixels are averaged onto 20 m ones, and open_stac says so
+    with pytest.warns(ResampledGridWarning, match=r"'B08' .* resampled to 20"):
+        stack = open_stac(["item_0.json", "item_2.json"], **call_kw)
     call = stack.encoding[STAC_CALL]
     assert json.loads(json.dumps(call)) == call
     assert call["items"] == [str(stac_dir / "item_0.json"), str(stac_dir / "item_2.json")]
@@ -436,11 +655,13 @@ def test_the_call_is_recorded_to_open_the_same_stack_again(
     assert call["chunks"] == [64, 96] and call["dtype"] == "float32"
     assert call["resampling"] == "average" and call["sortby_date"] == "desc"
     assert call["bounds"] == [X0, Y0 - 2000, X0 + 2000, Y0]
+    assert call["snap_bounds"] is None  # the default: the assets' grid, again on reopening
     assert "spec" not in stack.attrs and STAC_CALL not in stack.attrs  # no result attr
     source = _reopenable(stack)
     assert isinstance(source, dict) and source["format"] == "stac"
     monkeypatch.chdir("/")  # the recipe does not depend on the working directory
-    again = _open_input(source)
+    with pytest.warns(ResampledGridWarning):
+        again = _open_input(source)
     assert again.data.name == stack.data.name
     assert _input_identity(again) == _input_identity(stack)
     np.testing.assert_array_equal(again.values, stack.values)
