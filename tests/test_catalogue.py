@@ -37,6 +37,7 @@ from patchflow.errors import (
     ParameterError,
     PatchflowError,
     PatchflowWarning,
+    ResampledGridWarning,
     UsageError,
     WindowError,
 )
@@ -146,6 +147,40 @@ def op_raising(tmp: Path) -> Any:
 def nan_only(tmp: Path) -> Any:
     arr = xr.DataArray(np.full((1, 200, 200), np.nan), dims=("band", "y", "x"))
     return patchflow.run(arr, ident, store=tmp / "nan.zarr", size=64, stride=48)
+
+
+def stac_offset_grids(tmp: Path) -> Any:
+    """One STAC item whose two 10 m assets sit half a pixel apart: no grid is both of theirs."""
+    import json
+
+    import rasterio
+    from affine import Affine
+
+    assets = {}
+    for name, x0 in (("B04", 740_000.0), ("B08", 740_005.0)):
+        transform = Affine(10.0, 0.0, x0, 0.0, -10.0, 4_340_000.0)
+        profile = {"driver": "GTiff", "height": 20, "width": 20, "count": 1, "dtype": "uint16"}
+        with rasterio.open(
+            tmp / f"{name}.tif", "w", crs="EPSG:32610", transform=transform, **profile
+        ) as dst:
+            dst.write(np.ones((1, 20, 20), np.uint16))
+        assets[name] = {
+            "href": f"{name}.tif",
+            "proj:code": "EPSG:32610",
+            "proj:shape": [20, 20],
+            "proj:transform": list(transform)[:6],
+        }
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "one",
+        "geometry": None,
+        "properties": {"datetime": "2024-06-01T00:00:00Z"},
+        "links": [],
+        "assets": assets,
+    }
+    (tmp / "item.json").write_text(json.dumps(item))
+    return patchflow.open_stac(tmp / "item.json", assets=["B04", "B08"])
 
 
 def labels(value: int) -> Callable[..., np.ndarray]:
@@ -528,6 +563,16 @@ CASES: list[Case] = [
         ),
         ParameterError,
         r"reduces over time.*Pass over='time'",
+    ),
+    Case(
+        "stac-offset-grids",
+        "`open_stac` on assets whose pixel grids are offset from each other by a fraction of "
+        "a pixel (or `snap_bounds=True` off their shared grid)",
+        "`ResampledGridWarning`: their values are resampled, not read as they are (nearest "
+        "moves them by up to half a pixel); names the assets and how to read them exactly",
+        stac_offset_grids,
+        ResampledGridWarning,
+        r"'B08' of item 'one' has its pixel grid offset by \(5, 0\).*offset from one another",
     ),
     # ---- bands (Python: 0-based positions or names)
     Case(
