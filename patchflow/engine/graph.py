@@ -595,7 +595,7 @@ def point_read_tasks(
     """Point indices and one lazy ``(bands, n)`` values task per group of points
     (:func:`patchflow.sampling.point_values.sample_points`); builds, never computes.
 
-    Points are grouped by the chunk of their first (top-left) neighbour; each group of up
+    Points are grouped by the chunk of their first neighbour; each group of up
     to ``batch`` points slices the smallest window covering its neighbourhoods, which dask
     maps to the chunks it overlaps only (bilinear: at most the next chunk over).
     """

@@ -38,6 +38,8 @@ __all__ = [
     "BOUNDARIES",
     "AxisGrid",
     "ChipGrid",
+    "from_north_up",
+    "north_up",
     "pair",
     "size_pair",
     "window_bounds",
@@ -447,3 +449,45 @@ def world_to_pixels(
     cols = a * xs + b * ys + c
     rows = d * xs + e * ys + f
     return rows, cols
+
+
+def north_up(transform: Any, shape: tuple[int, int]) -> tuple[Any, bool, bool]:
+    """``(transform, flip_rows, flip_cols)``: the transform of the same grid read north-up
+    (rows running south, columns east) and whether the array runs the other way.
+
+    Points are placed on pixels in this frame so that a point on a pixel edge lands in the
+    pixel GDAL gives it (each pixel owns its top and left edges; ``floor`` of the north-up
+    fractional row/col) whichever way the array's y and x coordinates run; map the
+    resulting indices back with :func:`from_north_up`. A rotated or sheared transform is
+    returned as it is (no flips).
+
+    Examples
+    --------
+    >>> north_up((10.0, 0.0, 500.0, 0.0, 10.0, 800.0), (10, 20))
+    ((10.0, 0.0, 500.0, 0.0, -10.0, 900.0), True, False)
+    """
+    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
+    flip_rows = b == 0 and d == 0 and e > 0
+    flip_cols = b == 0 and d == 0 and a < 0
+    if not (flip_rows or flip_cols):
+        return transform, False, False
+    if flip_rows:  # the first row of the north-up grid is the array's last
+        e, f = -e, f + e * shape[0]
+    if flip_cols:
+        a, c = -a, c + a * shape[1]
+    if hasattr(transform, "a") and hasattr(transform, "__invert__"):
+        # an Affine stays one: world_to_pixels then inverts it as rasterio does
+        return type(transform)(a, b, c, d, e, f), flip_rows, flip_cols
+    return (a, b, c, d, e, f), flip_rows, flip_cols
+
+
+def from_north_up(index: Any, length: int, flip: bool, size: int = 1) -> Any:
+    """Array index of the run of ``size`` pixels that starts at ``index`` along an axis of
+    ``length`` pixels in the :func:`north_up` frame (unchanged unless ``flip``).
+
+    Examples
+    --------
+    >>> from_north_up(np.array([0, 3]), 10, True).tolist(), from_north_up(2, 10, True, size=4)
+    ([9, 6], 4)
+    """
+    return length - size - index if flip else index

@@ -57,7 +57,7 @@ from typing import Any, Literal
 import numpy as np
 
 from patchflow.errors import GridError, ParameterError
-from patchflow.plan.grid import ChipGrid, pair, world_to_pixels
+from patchflow.plan.grid import ChipGrid, from_north_up, north_up, pair, world_to_pixels
 from patchflow.plan.rasters import as_block_raster
 
 __all__ = [
@@ -704,7 +704,10 @@ class ExplicitCoords(Sampler):
     Points are reprojected from ``crs`` to the scene's CRS with pyproj (``crs=None``: they
     are already in the scene's CRS), converted to pixels with the scene's transform, and
     each chip is placed so that its centre is the pixel corner nearest to the point
-    (odd sizes: the pixel containing it).
+    (odd sizes: the pixel containing it). Edges and ties are decided on the north-up grid,
+    whichever way the scene's coordinates run: a point on a pixel edge is in the pixel
+    that owns it as in GDAL (each pixel owns its top and left edges), and a point on a
+    pixel centre takes the corner to its south-east.
 
     Parameters
     ----------
@@ -782,10 +785,15 @@ class ExplicitCoords(Sampler):
                 "ExplicitCoords needs the scene's transform to place world coordinates"
             )
         x, y = self.world_to_scene(crs)
-        rows, cols = world_to_pixels(x, y, transform)
-        anchors = np.stack(
-            [np.floor(rows - sz[0] / 2 + 0.5), np.floor(cols - sz[1] / 2 + 0.5)], axis=1
-        ).astype(np.int64)
+        # placed on the north-up grid, so a point on a pixel edge (or a tie between corners)
+        # gets the same geographic chip whichever way the scene's y and x run
+        frame, flip_rows, flip_cols = north_up(transform, shp)
+        rows, cols = world_to_pixels(x, y, frame)
+        r0 = np.floor(rows - sz[0] / 2 + 0.5).astype(np.int64)
+        c0 = np.floor(cols - sz[1] / 2 + 0.5).astype(np.int64)
+        r0 = from_north_up(r0, shp[0], flip_rows, sz[0])
+        c0 = from_north_up(c0, shp[1], flip_cols, sz[1])
+        anchors = np.stack([r0, c0], axis=1)
         anchors, index = _outside(anchors, top, self.outside, "points")
         return _finish(anchors, sz, valid, max_invalid, sort=False, meta={"point": index})
 

@@ -19,13 +19,13 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from patchflow._xr import as_dataarray, georef, spatial_last, value_labels
+from patchflow._xr import as_dataarray, georef, spatial_last, transform_of, value_labels
 from patchflow.engine.chip_kernels import gather_points
 from patchflow.engine.graph import point_read_tasks
 from patchflow.errors import ParameterError, optional_import
 from patchflow.io.sources import check_band_nodata
 from patchflow.options import VECTOR_OUTPUTS, SampleMethod, VectorOutput
-from patchflow.plan.grid import pair, world_to_pixels
+from patchflow.plan.grid import from_north_up, north_up, pair, world_to_pixels
 from patchflow.plan.samplers import Sampler
 from patchflow.sampling.chips import draw_anchors
 from patchflow.sampling.zonal import geometry_coord, require_xvec
@@ -79,6 +79,26 @@ def _column_names(arr: xr.DataArray, n: int, given: Sequence[str] | None) -> lis
     return value_labels(arr) or ["band_1"]
 
 
+def _north_up_frame(arr: xr.DataArray, transform: Any) -> tuple[Any, bool, bool]:
+    """:func:`patchflow.plan.grid.north_up` for ``arr``: the transform of its north-up
+    view and whether its rows / columns run the other way.
+
+    The flipped view's transform comes from its coordinates, as ``arr``'s own does, so it
+    is the transform the north-up array gets bit for bit: a point lands on the same pixel
+    in either orientation even where float rounding puts it a hair off a pixel edge.
+    """
+    h, w = int(arr.shape[-2]), int(arr.shape[-1])
+    frame, flip_rows, flip_cols = north_up(transform, (h, w))
+    if flip_rows or flip_cols:
+        y, x = arr.dims[-2:]
+        flips = {d: slice(None, None, -1) for d, f in ((y, flip_rows), (x, flip_cols)) if f}
+        view = transform_of(arr.isel(flips))
+        # (a single row or column has no spacing to recompute: keep the arithmetic frame)
+        if view is not None and view.b == 0 and view.d == 0 and view.a > 0 and view.e < 0:
+            frame = view
+    return frame, flip_rows, flip_cols
+
+
 def _coordinates(points: Any, crs: Any) -> tuple[np.ndarray, np.ndarray]:
     """Point ``x, y`` in the raster CRS (NaN for missing/empty geometries)."""
     gpd = _require_geopandas()
@@ -126,7 +146,10 @@ def sample_points(
 
     The points are reprojected to the raster's CRS. ``"nearest"`` takes the pixel that
     contains the point (as ``rasterio``'s ``DatasetReader.sample`` does); ``"bilinear"``
-    interpolates the four pixel centres around it. For a dask-backed raster only the
+    interpolates the four pixel centres around it. A point exactly on a pixel edge gets
+    GDAL's pixel whichever way the array's y and x run (north-up or flipped): each pixel
+    owns its north and west edges, so the raster's north and west outline is inside and
+    its south and east outline outside. For a dask-backed raster only the
     chunks that hold points are read: points are grouped by the chunk they fall in, each
     group of up to ``batch`` points reads the smallest window covering its neighbourhoods
     (bilinear: one pixel more, which may reach into the next chunk), and all windows are
@@ -244,7 +267,10 @@ def sample_points(
     xs, ys = _coordinates(points, crs)
     n = len(xs)
 
-    rowf, colf = world_to_pixels(xs, ys, transform)
+    # pixels are found on the north-up grid, so a point on a pixel edge gets GDAL's pixel
+    # (each owns its top and left edges) whichever way the array's y and x run
+    frame, flip_rows, flip_cols = _north_up_frame(arr, transform)
+    rowf, colf = world_to_pixels(xs, ys, frame)
     finite = np.isfinite(colf) & np.isfinite(rowf)
     if method == "nearest":
         with np.errstate(invalid="ignore"):
@@ -267,6 +293,7 @@ def sample_points(
         inside = finite & (ok | ~needed).all(axis=0)
         # zero-weight neighbours past the edge are read clipped and contribute nothing
         rows, cols = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+    rows, cols = from_north_up(rows, h, flip_rows), from_north_up(cols, w, flip_cols)
 
     nodata = arr.rio.nodata
     if isinstance(nodata, np.generic):
@@ -294,8 +321,13 @@ def sample_points(
     return out
 
 
-def _pixel_positions(points: Any, arr: xr.DataArray, func: str) -> tuple[np.ndarray, np.ndarray]:
-    """Fractional ``row, col`` of each point on ``arr``'s grid (NaN for missing points)."""
+def _pixel_positions(
+    points: Any, arr: xr.DataArray, func: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fractional ``row, col`` of each point on ``arr``'s grid (NaN for missing points)
+    and the pixel ``row, col`` holding it (``sample_points``' nearest rule: GDAL's, a
+    point on a pixel edge in the pixel owning it on the north-up grid; missing points get
+    a pixel too, to be masked by the caller)."""
     transform, crs = georef(arr)
     if transform is None or crs is None:
         raise ParameterError(
@@ -303,7 +335,16 @@ def _pixel_positions(points: Any, arr: xr.DataArray, func: str) -> tuple[np.ndar
             "da.rio.write_transform(...) / da.rio.write_crs('EPSG:...')"
         )
     xs, ys = _coordinates(points, crs)
-    return world_to_pixels(xs, ys, transform)
+    h, w = int(arr.shape[-2]), int(arr.shape[-1])
+    frame, flip_rows, flip_cols = _north_up_frame(arr, transform)
+    rowf, colf = world_to_pixels(xs, ys, frame)
+    with np.errstate(invalid="ignore"):
+        prow = np.floor(np.where(np.isfinite(rowf), rowf, -1.0)).astype(np.int64)
+        pcol = np.floor(np.where(np.isfinite(colf), colf, -1.0)).astype(np.int64)
+    # fractional positions in the array's own frame (flipped: measured from its first row)
+    rowf = h - rowf if flip_rows else rowf
+    colf = w - colf if flip_cols else colf
+    return rowf, colf, from_north_up(prow, h, flip_rows), from_north_up(pcol, w, flip_cols)
 
 
 def points_in_chips(
@@ -320,7 +361,8 @@ def points_in_chips(
     layer with the same anchors (and the same sampler objects) that :func:`sample` cuts a
     raster with, so raster chips and point chips line up. A point belongs to a chip when
     the pixel holding it lies in the chip window (rows ``row … row + h - 1``, columns
-    ``col … col + w - 1``): the rule of ``sample_points(method="nearest")``. Chips
+    ``col … col + w - 1``): the rule of ``sample_points(method="nearest")``, GDAL's for
+    points on pixel edges whatever the array's orientation. Chips
     overlap, so a point can belong to several chips; it then has one row per chip.
 
     Parameters
@@ -368,16 +410,13 @@ def points_in_chips(
     arr = spatial_last(as_dataarray(obj))
     if not isinstance(points, gpd.GeoDataFrame):
         _coordinates(points, None)  # raises the named error
-    rowf, colf = _pixel_positions(points, arr, "points_in_chips")
+    rowf, colf, prow, pcol = _pixel_positions(points, arr, "points_in_chips")
     transform, crs = georef(arr)
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     h, w = pair(size, "size")
     anchors = np.asarray(
         draw_anchors(sampler, shape, (h, w), transform=transform, crs=crs).anchors, np.int64
     ).reshape(-1, 2)
-    with np.errstate(invalid="ignore"):
-        prow = np.floor(np.where(np.isfinite(rowf), rowf, -1.0)).astype(np.int64)
-        pcol = np.floor(np.where(np.isfinite(colf), colf, -1.0)).astype(np.int64)
     placed = np.flatnonzero(np.isfinite(rowf) & np.isfinite(colf))
     # points sorted by pixel row: each chip's rows are one searchsorted range
     by_row = placed[np.argsort(prow[placed], kind="stable")]

@@ -236,6 +236,33 @@ def test_explicit_coords_reprojects() -> None:
         ExplicitCoords([1.0, 2.0], [1.0])
 
 
+@pytest.mark.parametrize("size", [(4, 6), (5, 7)])
+def test_explicit_coords_on_pixel_edges_whatever_the_orientation(size) -> None:
+    """A point on a pixel edge (odd sizes) or a pixel centre (even sizes: a tie between
+    corners) gets the same geographic chip whether the scene runs north-up or flipped."""
+    shape = (40, 30)
+    north_up = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_000_000.0)
+    grid = np.arange(8.0, 22.0, 0.5)  # corners, edge middles and centres, all fitting
+    r, c = (g.ravel() for g in np.meshgrid(grid, grid, indexing="ij"))
+    xs, ys = north_up @ (c, r)
+    want = ExplicitCoords(xs, ys).anchors(shape, size, transform=north_up)
+    # odd sizes: the chip centres on the pixel GDAL puts the point in (it owns its top
+    # and left edges); even sizes: on the nearest corner, ties to the south-east one
+    half = (np.array(size) - 1) // 2 if size[0] % 2 else np.array(size) / 2
+    near = np.floor(np.stack([r, c], axis=1) + (0.0 if size[0] % 2 else 0.5))
+    assert np.array_equal(want, near - half)
+    y_up = Affine(10.0, 0.0, 500_000.0, 0.0, 10.0, 4_000_000.0 - 10.0 * shape[0])
+    x_west = Affine(-10.0, 0.0, 500_000.0 + 10.0 * shape[1], 0.0, -10.0, 4_000_000.0)
+    both = Affine(-10.0, 0.0, 500_000.0 + 10.0 * shape[1], 0.0, 10.0, y_up.f)
+    for transform, flip in ((y_up, (1, 0)), (x_west, (0, 1)), (both, (1, 1))):
+        got = ExplicitCoords(xs, ys).anchors(shape, size, transform=transform)
+        back = got.copy()
+        for axis in (0, 1):
+            if flip[axis]:
+                back[:, axis] = shape[axis] - size[axis] - got[:, axis]
+        assert np.array_equal(back, want), transform
+
+
 # --------------------------------------------------------------------------- stratified
 
 

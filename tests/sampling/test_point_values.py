@@ -446,3 +446,164 @@ def test_xvec_output_keeps_rows_with_missing_geometries(tif: tuple[Path, np.ndar
     assert cube["geometry"].values[2].is_empty
     assert np.isnan(cube.values[2]).all()
     np.testing.assert_array_equal(cube.values, sample_points(da, pts)[list(BANDS)].to_numpy())
+
+
+# ------------------------------------------------------- points exactly on pixel edges
+#
+# GDAL (and rasterio's ``index`` / ``sample``) puts a point on a pixel edge in the pixel
+# that owns it in the north-up frame: each pixel owns its top and left edges, so on the
+# raster's outline the top and left edges are inside and the bottom and right ones are
+# outside. The same geographic point must get the same pixel whatever way the array runs.
+
+EDGE_SHAPE = (5, 6)
+EDGE_RES = 10.0
+EDGE_TRANSFORM = Affine(EDGE_RES, 0.0, 500_000.0, 0.0, -EDGE_RES, 4_200_000.0)
+#: a grid whose edges are not exact in binary: the y coordinates' spacing is not even
+#: 0.1 in float64, so points on its edges sit a rounding error off them
+AWKWARD_TRANSFORM = Affine(0.1, 0.0, 500_000.3, 0.0, -0.1, 4_200_000.7)
+
+
+@pytest.fixture(scope="module", params=["exact", "awkward"])
+def edge_tif(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A north-up int32 GeoTIFF whose pixels are all distinct (1 … 30), no nodata."""
+    rows, cols = EDGE_SHAPE
+    data = np.arange(1, rows * cols + 1, dtype=np.int32).reshape(EDGE_SHAPE)
+    t = EDGE_TRANSFORM if request.param == "exact" else AWKWARD_TRANSFORM
+    arr = xr.DataArray(
+        data,
+        dims=("y", "x"),
+        coords={"y": t.f + t.e * (np.arange(rows) + 0.5), "x": t.c + t.a * (np.arange(cols) + 0.5)},
+    )
+    path = tmp_path_factory.mktemp("edges") / f"edges_{request.param}.tif"
+    arr.rio.write_crs(CRS).rio.write_transform(t).rio.to_raster(path)
+    return path
+
+
+def _edge_points(path: Path) -> Any:
+    """Every pixel corner (outline included), the middle of every pixel edge, and every
+    pixel centre of the GeoTIFF: points on the lines between pixels, in grid order."""
+    rows, cols = EDGE_SHAPE
+    half = np.arange(0.0, 2 * max(rows, cols) + 1) / 2
+    r, c = np.meshgrid(half[half <= rows], half[half <= cols], indexing="ij")
+    with rasterio.open(path) as src:
+        xs, ys = src.transform @ (c.ravel(), r.ravel())
+    return gpd.GeoDataFrame(geometry=gpd.points_from_xy(xs, ys), crs=CRS)
+
+
+def _oriented(da: xr.DataArray, orientation: str) -> xr.DataArray:
+    if orientation in ("y_ascending", "both"):
+        da = da.isel(y=slice(None, None, -1))
+    if orientation in ("x_descending", "both"):
+        da = da.isel(x=slice(None, None, -1))
+    return da
+
+
+ORIENTATIONS = ["north_up", "y_ascending", "x_descending", "both"]
+
+
+def test_gdal_edge_convention(tmp_path: Path) -> None:
+    """The reference itself: what rasterio (GDAL's convention) says on the outline."""
+    t, (h, w) = EDGE_TRANSFORM, EDGE_SHAPE
+    path = tmp_path / "one.tif"
+    xr.DataArray(np.ones(EDGE_SHAPE, np.int32), dims=("y", "x")).rio.write_crs(
+        CRS
+    ).rio.write_transform(t).rio.to_raster(path)
+    with rasterio.open(path) as src:
+        assert src.index(t.c, t.f) == (0, 0)  # top-left corner: inside
+        assert src.index(t.c + EDGE_RES, t.f - EDGE_RES) == (1, 1)  # interior corner: SE pixel
+        assert src.index(t.c + 5, t.f - h * EDGE_RES) == (h, 0)  # bottom edge: outside
+        assert src.index(t.c + w * EDGE_RES, t.f - 5) == (0, w)  # right edge: outside
+        assert [int(v[0]) for v in src.sample([(t.c, t.f), (t.c + 5, t.f - h * EDGE_RES)])] == [
+            1,
+            0,  # (outside: rasterio fills 0, patchflow NaN)
+        ]
+
+
+@pytest.mark.parametrize("chunks", [None, 2])
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_nearest_on_pixel_edges_is_gdal_whatever_the_orientation(
+    edge_tif: Path, orientation: str, chunks: Any
+) -> None:
+    pts = _edge_points(edge_tif)
+    h, w = EDGE_SHAPE
+    with rasterio.open(edge_tif) as src:
+        coords = list(zip(pts.geometry.x, pts.geometry.y, strict=True))
+        expected = np.array([v[0] for v in src.sample(coords)], dtype=np.float64)
+        index = np.array([src.index(x, y) for x, y in coords])
+    inside = (index[:, 0] >= 0) & (index[:, 0] < h) & (index[:, 1] >= 0) & (index[:, 1] < w)
+    expected[~inside] = np.nan  # rasterio's sample fills outside points with 0
+    if "exact" in edge_tif.name:
+        assert inside.sum() == h * w * 4  # the bottom and right outline are outside
+    da = rioxarray.open_rasterio(edge_tif, chunks=chunks).squeeze("band", drop=True)
+    got = sample_points(_oriented(da, orientation), pts)["band_1"].to_numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("chunks", [None, 2])
+@pytest.mark.parametrize("orientation", ORIENTATIONS[1:])
+def test_bilinear_on_pixel_edges_is_the_same_whatever_the_orientation(
+    edge_tif: Path, orientation: str, chunks: Any
+) -> None:
+    pts = _edge_points(edge_tif)
+    da = rioxarray.open_rasterio(edge_tif, chunks=chunks).squeeze("band", drop=True)
+    north_up = sample_points(da, pts, method="bilinear")["band_1"].to_numpy()
+    got = sample_points(_oriented(da, orientation), pts, method="bilinear")["band_1"]
+    np.testing.assert_array_equal(got.to_numpy(), north_up)  # bit for bit
+    if "exact" in edge_tif.name:
+        data = np.asarray(da, np.float64)
+        np.testing.assert_array_equal(north_up, _bilinear_on_grid(data, pts))
+
+
+def _bilinear_on_grid(data: np.ndarray, pts: Any) -> np.ndarray:
+    """:func:`_bilinear_reference` on the edge raster (one band, no nodata)."""
+    inv = ~EDGE_TRANSFORM
+    h, w = data.shape
+    out = np.full(len(pts), np.nan)
+    for k, (x, y) in enumerate(zip(pts.geometry.x, pts.geometry.y, strict=True)):
+        col, row = inv @ (x, y)
+        u, v = row - 0.5, col - 0.5
+        r0, c0 = math.floor(u), math.floor(v)
+        fy, fx = u - r0, v - c0
+        acc = 0.0
+        for dr, dc, wt in (
+            (0, 0, (1 - fy) * (1 - fx)),
+            (0, 1, (1 - fy) * fx),
+            (1, 0, fy * (1 - fx)),
+            (1, 1, fy * fx),
+        ):
+            if wt == 0:
+                continue
+            r, c = r0 + dr, c0 + dc
+            if not (0 <= r < h and 0 <= c < w):
+                acc = math.nan
+                break
+            acc += wt * data[r, c]
+        out[k] = acc
+    return out
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS[1:])
+def test_points_in_chips_on_pixel_edges_whatever_the_orientation(
+    edge_tif: Path, orientation: str
+) -> None:
+    from patchflow.sampling.point_values import points_in_chips
+
+    pts = _edge_points(edge_tif)
+    h, w = EDGE_SHAPE
+    size = (2, 3)
+    anchors = np.array([[r, c] for r in range(h - size[0] + 1) for c in (0, 3)])
+    da = rioxarray.open_rasterio(edge_tif).squeeze("band", drop=True)
+    north_up = points_in_chips(da, pts, anchors, size=size)
+    # the same chips, as windows of the flipped array
+    flipped = anchors.copy()
+    if orientation in ("y_ascending", "both"):
+        flipped[:, 0] = h - size[0] - anchors[:, 0]
+    if orientation in ("x_descending", "both"):
+        flipped[:, 1] = w - size[1] - anchors[:, 1]
+    got = points_in_chips(_oriented(da, orientation), pts, flipped, size=size)
+    pairs = list(zip(north_up["chip"], north_up["point"], strict=True))
+    assert pairs == list(zip(got["chip"], got["point"], strict=True))
+    # every point GDAL puts inside the raster is in exactly as many chips as it should
+    assert len(pairs) > 0
+    for name, n in (("chip_row", size[0]), ("chip_col", size[1])):
+        assert ((got[name] >= 0) & (got[name] <= n)).all()
