@@ -21,6 +21,7 @@ import numpy as np
 from patchflow.engine.aggregate import Aggregator, ChipBatch
 from patchflow.engine.nodata import invalid_elements
 from patchflow.errors import optional_import
+from patchflow.plan.grid import north_up
 from patchflow.plan.windows import Window
 
 __all__ = [
@@ -220,23 +221,30 @@ def require_geo() -> Any:
 def polygon_mask(
     geom: Any, transform: Any, window: tuple[int, int, int, int], all_touched: bool
 ) -> np.ndarray:
-    """Boolean interior mask of ``geom`` on the pixels ``rows r0:r1, cols c0:c1``."""
+    """Boolean interior mask of ``geom`` on the pixels ``rows r0:r1, cols c0:c1``.
+
+    Rasterized on the north-up grid and flipped back, so a pixel centre on the outline is
+    in or out as GDAL decides for the north-up raster whichever way the array's y and x
+    run (GDAL's tie rules are not symmetric under a flip).
+    """
     from affine import Affine
 
     features = require_geo()
     r0, r1, c0, c1 = window
     t = Affine(*tuple(transform)[:6]) @ Affine.translation(c0, r0)
-    return np.asarray(
+    frame, flip_rows, flip_cols = north_up(t, (r1 - r0, c1 - c0))
+    mask = np.asarray(
         features.rasterize(
             [(geom, 1)],
             out_shape=(r1 - r0, c1 - c0),
-            transform=t,
+            transform=frame,
             fill=0,
             all_touched=all_touched,
             dtype="uint8",
         ),
         dtype=bool,
     )
+    return mask[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
 
 
 @dataclass(frozen=True)

@@ -233,3 +233,60 @@ def test_accessor_zonal_stats_is_a_geodataframe(scene) -> None:
     out = scene.patch.zonal_stats(gdf, ["mean"])
     expect = patchflow.zonal_stats(scene, gdf, ["mean"])
     assert isinstance(out, gpd.GeoDataFrame) and out.equals(expect)
+
+
+ALL_TOUCHED_BY_BLOCK = pytest.mark.xfail(
+    strict=True,
+    reason="known: all_touched rasterized block by block can differ from GDAL on the "
+    "whole raster where a polygon's outline runs exactly through pixel corners",
+)
+
+
+@pytest.mark.parametrize(
+    ("all_touched", "chunks"),
+    [(False, None), (False, 4), (True, None), pytest.param(True, 4, marks=ALL_TOUCHED_BY_BLOCK)],
+)
+@pytest.mark.parametrize("orientation", ["north_up", "y_ascending", "x_descending", "both"])
+def test_pixel_centres_on_polygon_outlines_whatever_the_orientation(
+    tmp_path, orientation: str, all_touched: bool, chunks: int | None
+) -> None:
+    """A pixel centre exactly on a polygon's outline is in or out as GDAL's rasterizer
+    decides on the north-up raster, whichever way the array's y and x coordinates run."""
+    import rasterio
+    import rasterio.features
+    import rioxarray
+    from affine import Affine
+    from shapely.geometry import Polygon, box
+
+    t, (h, w) = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_200_000.0), (8, 9)
+    data = np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w)
+    ys, xs = t.f + t.e * (np.arange(h) + 0.5), t.c + t.a * (np.arange(w) + 0.5)
+    path = tmp_path / "zones.tif"
+    xr.DataArray(data, dims=("y", "x"), coords={"y": ys, "x": xs}).rio.write_crs(
+        "EPSG:32610"
+    ).rio.write_transform(t).rio.to_raster(path)
+    polys = [
+        box(500_015, 4_199_925, 500_055, 4_199_965),  # outline through pixel centres
+        box(500_010, 4_199_920, 500_050, 4_199_970),  # outline along pixel edges
+        Polygon([(500_015, 4_199_985), (500_075, 4_199_985), (500_015, 4_199_925)]),
+    ]
+    gdf = gpd.GeoDataFrame(geometry=polys, crs="EPSG:32610")
+    with rasterio.open(path) as src:  # GDAL on the north-up file: the reference
+        want = []
+        for poly in polys:
+            mask = rasterio.features.geometry_mask(
+                [poly], (h, w), src.transform, all_touched=all_touched, invert=True
+            )
+            want.append([float(mask.sum()), float(data[mask].sum())])
+    da = rioxarray.open_rasterio(path, chunks=chunks).squeeze("band", drop=True)
+    if orientation in ("y_ascending", "both"):
+        da = da.isel(y=slice(None, None, -1))
+    if orientation in ("x_descending", "both"):
+        da = da.isel(x=slice(None, None, -1))
+    got = zonal_stats(da, gdf, stats=["count", "sum"], all_touched=all_touched)
+    assert got[["count", "sum"]].to_numpy().tolist() == want
+    # polygon_chips masks the same pixels
+    from patchflow.sampling.zonal import polygon_chips
+
+    counts = [float(chip.mask.sum()) for chip in polygon_chips(da, gdf, all_touched=all_touched)]
+    assert counts == [c for c, _ in want]
