@@ -226,6 +226,21 @@ def write_band_tif(
     da.rio.to_raster(path, tiled=True, blockxsize=128, blockysize=128)
 
 
+def stac_item(
+    item_id: str, assets: dict[str, Any], datetime: str = "2024-06-01T00:00:00Z"
+) -> dict[str, Any]:
+    """A minimal STAC Item (no geometry) holding ``assets``, as stackstac reads it."""
+    return {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": item_id,
+        "geometry": None,
+        "properties": {"datetime": datetime},
+        "links": [],
+        "assets": assets,
+    }
+
+
 def write_band_nodata_vrt(
     directory: Path | str,
     nodatas: tuple[float | None, ...] = (0, 255),

@@ -19,6 +19,7 @@ import pytest
 import xarray as xr
 from conftest import (  # module-level case list: no fixtures here
     make_test_scene,
+    stac_item,
     write_band_nodata_vrt,
 )
 
@@ -170,15 +171,7 @@ def stac_offset_grids(tmp: Path) -> Any:
             "proj:shape": [20, 20],
             "proj:transform": list(transform)[:6],
         }
-    item = {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "id": "one",
-        "geometry": None,
-        "properties": {"datetime": "2024-06-01T00:00:00Z"},
-        "links": [],
-        "assets": assets,
-    }
+    item = stac_item("one", assets, "2024-06-01T00:00:00Z")
     (tmp / "item.json").write_text(json.dumps(item))
     return patchflow.open_stac(tmp / "item.json", assets=["B04", "B08"])
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rioxarray
 import xarray as xr
+from conftest import band_nodata_reference, stac_item, write_band_nodata_vrt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -725,8 +726,6 @@ def double(chip: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("dtype", "nodatas"), BAND_NODATA)
 def test_each_band_of_a_file_keeps_its_own_nodata(tmp_path: Any, dtype: Any, nodatas: Any) -> None:
-    from conftest import band_nodata_reference, write_band_nodata_vrt
-
     from patchflow.io.sources import open_raster
 
     # a file whose bands have different nodata values, read as one value (band 1's) for
@@ -744,7 +743,6 @@ def test_each_band_of_a_file_keeps_its_own_nodata(tmp_path: Any, dtype: Any, nod
 
 def test_cli_keeps_each_bands_own_nodata(tmp_path: Any) -> None:
     import rasterio
-    from conftest import band_nodata_reference, write_band_nodata_vrt
 
     from patchflow.cli import main
 
@@ -766,8 +764,6 @@ def test_cli_keeps_each_bands_own_nodata(tmp_path: Any) -> None:
 
 
 def test_one_nodata_for_bands_with_their_own_is_refused(tmp_path: Any) -> None:
-    from conftest import band_nodata_reference, write_band_nodata_vrt
-
     from patchflow.errors import BandNodataError
     from patchflow.plan.samplers import RegularStride
 
@@ -832,22 +828,13 @@ def test_stac_asset_on_an_offset_grid_comes_back_on_its_own_grid(tmp_path: Any) 
         x=740_005.0 + 10.0 * (np.arange(30) + 0.5), y=4_340_005.0 - 10.0 * (np.arange(40) + 0.5)
     )
     band.rio.to_raster(tmp_path / "B04.tif")
-    item = {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "id": "offset",
-        "geometry": None,
-        "properties": {"datetime": "2024-06-01T00:00:00Z"},
-        "links": [],
-        "assets": {
-            "B04": {
-                "href": "B04.tif",
-                "proj:code": "EPSG:32610",
-                "proj:shape": [40, 30],
-                "proj:transform": list(transform)[:6],
-            }
-        },
+    asset = {
+        "href": "B04.tif",
+        "proj:code": "EPSG:32610",
+        "proj:shape": [40, 30],
+        "proj:transform": list(transform)[:6],
     }
+    item = stac_item("offset", {"B04": asset})
     (tmp_path / "item.json").write_text(json.dumps(item))
     ref = rioxarray.open_rasterio(tmp_path / "B04.tif")
     assert isinstance(ref, xr.DataArray) and ref.rio.transform() == transform

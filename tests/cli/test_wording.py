@@ -21,7 +21,7 @@ import pytest
 import xarray as xr
 from affine import Affine
 from clirun import CLI
-from conftest import write_band_tif
+from conftest import stac_item, write_band_tif
 
 import patchflow
 from patchflow.errors import (
@@ -61,15 +61,7 @@ def _item(root: Path, k: int, epsg: int | None, band: np.ndarray) -> dict[str, A
     asset: dict[str, Any] = {"href": path.name, "proj:shape": [h, w]}
     if epsg is not None:
         asset["proj:code"] = f"EPSG:{epsg}"
-    return {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "id": f"item_{k}_{epsg}",
-        "geometry": None,
-        "properties": {"datetime": f"2024-06-0{k + 1}T10:00:00Z"},
-        "links": [],
-        "assets": {"B04": asset},
-    }
+    return stac_item(f"item_{k}_{epsg}", {"B04": asset}, f"2024-06-0{k + 1}T10:00:00Z")
 
 
 @pytest.fixture(scope="module")

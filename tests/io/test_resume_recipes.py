@@ -41,7 +41,7 @@ import pytest
 import xarray as xr
 import zarr
 from affine import Affine
-from conftest import write_band_tif
+from conftest import stac_item, write_band_tif
 
 import patchflow
 from patchflow.errors import ConfigError, ModelChangedError, ResumeRecipeError
@@ -290,17 +290,7 @@ def stac_items(
                 "proj:shape": list(band.shape),
                 "proj:transform": list(transform)[:6],
             }
-        features.append(
-            {
-                "type": "Feature",
-                "stac_version": "1.1.0",
-                "id": f"scene_{k}",
-                "geometry": None,
-                "properties": {"datetime": f"2024-06-0{1 + 5 * k}T10:00:00Z"},
-                "links": [],
-                "assets": assets,
-            }
-        )
+        features.append(stac_item(f"scene_{k}", assets, f"2024-06-0{1 + 5 * k}T10:00:00Z"))
     path = root / "items.json"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path

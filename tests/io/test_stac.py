@@ -23,7 +23,7 @@ import rasterio
 import rioxarray
 import xarray as xr
 from affine import Affine
-from conftest import write_band_tif
+from conftest import stac_item, write_band_tif
 
 import patchflow
 from patchflow.errors import (
@@ -334,17 +334,7 @@ def write_items(
                 "proj:shape": list(shape),
                 "proj:transform": list(transform)[:6],
             }
-        features.append(
-            {
-                "type": "Feature",
-                "stac_version": "1.1.0",
-                "id": f"d{k}",
-                "geometry": None,
-                "properties": {"datetime": date.isoformat()},
-                "links": [],
-                "assets": assets,
-            }
-        )
+        features.append(stac_item(f"d{k}", assets, date.isoformat()))
     path = root / "items.json"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
@@ -708,15 +698,7 @@ def test_an_asset_rewritten_in_place_is_refused(
             "proj:shape": list(band.shape),
             "proj:transform": list(T10)[:6],
         }
-    item = {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "id": "one",
-        "geometry": None,
-        "properties": {"datetime": "2024-06-01T00:00:00Z"},
-        "links": [],
-        "assets": assets,
-    }
+    item = stac_item("one", assets, "2024-06-01T00:00:00Z")
     (tmp_path / "item.json").write_text(json.dumps(item))
     store = tmp_path / "out.zarr"
     kw: dict[str, Any] = {"size": 64, "stride": 48, "chunks": 64, "scheduler": "sync"}

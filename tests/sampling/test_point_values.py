@@ -81,10 +81,12 @@ def _rasterio_nearest(path: Path, pts: Any) -> np.ndarray:
     return got
 
 
-def _bilinear_reference(data: np.ndarray, pts: Any) -> np.ndarray:
+def _bilinear_reference(
+    data: np.ndarray, pts: Any, transform: Any = None, nodata: Any = NODATA
+) -> np.ndarray:
     """Per point, plain bilinear of the 4 surrounding pixel centres; NaN when a needed
-    one (weight > 0) is outside the raster or nodata."""
-    inv = ~TRANSFORM
+    one (weight > 0) is outside the raster or ``nodata`` (default grid: ``TRANSFORM``)."""
+    inv = ~(TRANSFORM if transform is None else transform)
     out = np.full((len(pts), data.shape[0]), np.nan)
     h, w = data.shape[-2:]
     for k, (x, y) in enumerate(zip(pts.geometry.x, pts.geometry.y, strict=True)):
@@ -103,7 +105,7 @@ def _bilinear_reference(data: np.ndarray, pts: Any) -> np.ndarray:
                 if wt == 0:
                     continue
                 r, c = r0 + dr, c0 + dc
-                if not (0 <= r < h and 0 <= c < w) or data[b, r, c] == NODATA:
+                if not (0 <= r < h and 0 <= c < w) or data[b, r, c] == nodata:
                     ok = False
                     break
                 acc += wt * float(data[b, r, c])
@@ -556,30 +558,7 @@ def test_bilinear_on_pixel_edges_is_the_same_whatever_the_orientation(
 
 def _bilinear_on_grid(data: np.ndarray, pts: Any) -> np.ndarray:
     """:func:`_bilinear_reference` on the edge raster (one band, no nodata)."""
-    inv = ~EDGE_TRANSFORM
-    h, w = data.shape
-    out = np.full(len(pts), np.nan)
-    for k, (x, y) in enumerate(zip(pts.geometry.x, pts.geometry.y, strict=True)):
-        col, row = inv @ (x, y)
-        u, v = row - 0.5, col - 0.5
-        r0, c0 = math.floor(u), math.floor(v)
-        fy, fx = u - r0, v - c0
-        acc = 0.0
-        for dr, dc, wt in (
-            (0, 0, (1 - fy) * (1 - fx)),
-            (0, 1, (1 - fy) * fx),
-            (1, 0, fy * (1 - fx)),
-            (1, 1, fy * fx),
-        ):
-            if wt == 0:
-                continue
-            r, c = r0 + dr, c0 + dc
-            if not (0 <= r < h and 0 <= c < w):
-                acc = math.nan
-                break
-            acc += wt * data[r, c]
-        out[k] = acc
-    return out
+    return _bilinear_reference(data[None], pts, EDGE_TRANSFORM, nodata=None)[:, 0]
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS[1:])
