@@ -219,32 +219,101 @@ def require_geo() -> Any:
 
 
 def polygon_mask(
-    geom: Any, transform: Any, window: tuple[int, int, int, int], all_touched: bool
+    geom: Any,
+    transform: Any,
+    window: tuple[int, int, int, int],
+    all_touched: bool,
+    shape: tuple[int, int],
 ) -> np.ndarray:
-    """Boolean interior mask of ``geom`` on the pixels ``rows r0:r1, cols c0:c1``.
+    """Boolean interior mask of ``geom`` on the pixels ``rows r0:r1, cols c0:c1`` of a
+    scene of ``shape`` pixels.
 
-    Rasterized on the north-up grid and flipped back, so a pixel centre on the outline is
-    in or out as GDAL decides for the north-up raster whichever way the array's y and x
-    run (GDAL's tie rules are not symmetric under a flip).
+    The same pixels whichever ``window`` asks: the polygon is rasterized once on its own
+    window of the scene (its pixel bounds plus one pixel, clipped to the scene) and
+    ``window`` is cut out of that, so the blocks of any chunking see one rasterization.
+    GDAL's decisions for outlines through pixel centres (and, with ``all_touched``, pixel
+    corners) depend on the floating point of the frame it draws in: a window of its own
+    per block, or a window transform per block, gave each block slightly different
+    coordinates and a polygon's pixel count changed with the chunking. Memory: one
+    ``uint8`` mask of the polygon's window (its bounding box in pixels, within the scene).
+
+    Drawn on the north-up grid and flipped back, so a pixel centre on the outline is in or
+    out as GDAL decides for the north-up raster whichever way the array's y and x run
+    (GDAL's tie rules are not symmetric under a flip). The geometry is taken to scene
+    pixel coordinates as GDAL does for the whole scene (its inverse geotransform) and
+    shifted by whole pixels, which is exact, so the polygon's window sees the coordinates
+    GDAL would see on the whole north-up scene. The mask is GDAL's on the whole scene
+    where the polygon's window starts at the scene's first row and column; elsewhere GDAL's
+    own answer for an outline exactly through pixel corners (or centres) can change with
+    where the raster it draws on starts (a cropped scene gives other pixels), and this is
+    GDAL's answer on the scene cropped to the polygon's window. Cost: every block a polygon
+    touches rasterizes the polygon's whole window.
     """
     from affine import Affine
 
     features = require_geo()
+    h, w = shape
+    frame, flip_rows, flip_cols = north_up(transform, shape)
+    # the requested window on the north-up grid
     r0, r1, c0, c1 = window
-    t = Affine(*tuple(transform)[:6]) @ Affine.translation(c0, r0)
-    frame, flip_rows, flip_cols = north_up(t, (r1 - r0, c1 - c0))
-    mask = np.asarray(
-        features.rasterize(
-            [(geom, 1)],
-            out_shape=(r1 - r0, c1 - c0),
-            transform=frame,
+    if flip_rows:
+        r0, r1 = h - r1, h - r0
+    if flip_cols:
+        c0, c1 = w - c1, w - c0
+    pixel_geom = _to_scene_pixels(geom, frame)
+    minx, miny, maxx, maxy = pixel_geom.bounds
+    pr0 = min(max(math.floor(miny) - 1, 0), h)
+    pr1 = min(max(math.ceil(maxy) + 1, pr0), h)
+    pc0 = min(max(math.floor(minx) - 1, 0), w)
+    pc1 = min(max(math.ceil(maxx) + 1, pc0), w)
+    out = np.zeros((r1 - r0, c1 - c0), bool)
+    lo_r, hi_r, lo_c, hi_c = max(r0, pr0), min(r1, pr1), max(c0, pc0), min(c1, pc1)
+    if hi_r > lo_r and hi_c > lo_c:
+        import shapely
+
+        # a whole-pixel shift, then a scale by 2 that GDAL's inverse (x 0.5) undoes: both
+        # exact in floating point (the identity or its flip would be an unset transform)
+        shift = np.array([pc0, pr0], np.float64)
+        local = shapely.transform(pixel_geom, lambda xy: (xy - shift) * np.array([2.0, -2.0]))
+        drawn = features.rasterize(
+            [(local, 1)],
+            out_shape=(pr1 - pr0, pc1 - pc0),
+            transform=Affine(2.0, 0.0, 0.0, 0.0, -2.0, 0.0),
             fill=0,
             all_touched=all_touched,
             dtype="uint8",
+        )
+        out[lo_r - r0 : hi_r - r0, lo_c - c0 : hi_c - c0] = drawn[
+            lo_r - pr0 : hi_r - pr0, lo_c - pc0 : hi_c - pc0
+        ].astype(bool)
+    return out[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
+
+
+def _to_scene_pixels(geom: Any, transform: Any) -> Any:
+    """``geom`` in fractional pixel coordinates ``(col, row)`` of the scene's ``transform``,
+    computed as GDAL maps them when it rasterizes on that transform (for a grid without
+    rotation ``-c/a + x * (1/a)``, which reproduced GDAL's whole-scene masks bit for bit
+    where ``(x - c) / a`` or ``~transform`` did not), so that rasterizing the result in the
+    scene's own frame reproduces GDAL's rasterization on the scene."""
+    import shapely
+    from affine import Affine
+
+    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
+    if b == 0 and d == 0:
+        x0, xs, y0, ys = -c / a, 1.0 / a, -f / e, 1.0 / e
+        return shapely.transform(
+            geom, lambda xy: np.column_stack([x0 + xy[:, 0] * xs, y0 + xy[:, 1] * ys])
+        )
+    inv = ~Affine(a, b, c, d, e, f)  # rotated or sheared: no exactness to preserve
+    return shapely.transform(
+        geom,
+        lambda xy: np.column_stack(
+            [
+                inv.c + inv.a * xy[:, 0] + inv.b * xy[:, 1],
+                inv.f + inv.d * xy[:, 0] + inv.e * xy[:, 1],
+            ]
         ),
-        dtype=bool,
     )
-    return mask[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
 
 
 @dataclass(frozen=True)
@@ -258,9 +327,18 @@ class ZoneSpec:
     keep_values: bool
     #: (polygon position, geometry, window r0, r1, c0, c1 in scene pixels)
     items: tuple[tuple[int, Any, tuple[int, int, int, int]], ...]
+    #: the scene's (rows, cols): each polygon is rasterized on its window of the scene
+    scene: tuple[int, int]
 
     def __dask_tokenize__(self) -> Any:
-        return (self.origin, self.transform, self.all_touched, self.keep_values, len(self.items))
+        return (
+            self.origin,
+            self.transform,
+            self.all_touched,
+            self.keep_values,
+            len(self.items),
+            self.scene,
+        )
 
 
 Partial = dict[str, np.ndarray | list[np.ndarray]]
@@ -272,7 +350,7 @@ def zonal_block(spec: ZoneSpec, block: np.ndarray) -> dict[int, Partial]:
     out: dict[int, Partial] = {}
     data = block.reshape(-1, *block.shape[-2:])
     for pos, geom, (r0, r1, c0, c1) in spec.items:
-        mask = polygon_mask(geom, spec.transform, (r0, r1, c0, c1), spec.all_touched)
+        mask = polygon_mask(geom, spec.transform, (r0, r1, c0, c1), spec.all_touched, spec.scene)
         if not mask.any():
             continue
         sub = data[:, r0 - r_0 : r1 - r_0, c0 - c_0 : c1 - c_0][:, mask]  # (bands, pixels)

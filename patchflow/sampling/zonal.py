@@ -132,7 +132,9 @@ def zonal_stats(
 
     **Polygons** (``gdf``): each polygon (reprojected to the raster CRS) is rasterised
     with ``rasterio.features.rasterize`` (pixel centres inside, or every pixel touched
-    with ``all_touched``) within its bounding window, one block at a time: a block task
+    with ``all_touched``) on its bounding window of the scene, the same for every block,
+    so a polygon's pixels (and so its statistics) do not depend on the chunking. One block
+    at a time: a block task
     reads only its own chunk and returns, per polygon touching it, count/mean/M2/min/max
     (and the pixel values when the median is wanted); partial results of polygons spanning
     several blocks are merged exactly (Chan's parallel variance update). Blocks no polygon
@@ -354,7 +356,7 @@ def _polygon_zonal(
                 )
                 for k in hit
             )
-            spec = ZoneSpec((y0, x0), tr, bool(all_touched), nd, "median" in stats, items)
+            spec = ZoneSpec((y0, x0), tr, bool(all_touched), nd, "median" in stats, items, shape)
             blocks.append(ZoneBlock((i, j), spec))
 
     def frame(table: dict[str, Any]) -> Any:
@@ -515,7 +517,8 @@ def polygon_chips(
     """One chip per polygon bounding box (in the raster CRS), with its interior mask.
 
     Yields :class:`PolygonChip` objects in ``gdf`` order; ``data`` stays lazy. Polygons
-    outside the scene are skipped (``skip_empty``) or yielded with an empty window.
+    outside the scene are skipped (``skip_empty``) or yielded with an empty window. The mask
+    holds the pixels :func:`zonal_stats` counts, whatever the raster's chunking.
 
     Examples
     --------
@@ -545,7 +548,7 @@ def polygon_chips(
         mask = (
             np.zeros((r1 - r0, c1 - c0), bool)
             if empty
-            else polygon_mask(geom, transform, (r0, r1, c0, c1), all_touched)
+            else polygon_mask(geom, transform, (r0, r1, c0, c1), all_touched, shape)
         )
         data = arr.isel({ydim: slice(r0, r1), xdim: slice(c0, c1)})
         yield PolygonChip(index[k], (r0, r1, c0, c1), data, mask)

@@ -3,12 +3,16 @@ the polygons as a GeoDataFrame (issue 15)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import patchflow
 from patchflow.errors import ParameterError
@@ -235,23 +239,16 @@ def test_accessor_zonal_stats_is_a_geodataframe(scene) -> None:
     assert isinstance(out, gpd.GeoDataFrame) and out.equals(expect)
 
 
-ALL_TOUCHED_BY_BLOCK = pytest.mark.xfail(
-    strict=True,
-    reason="known: all_touched rasterized block by block can differ from GDAL on the "
-    "whole raster where a polygon's outline runs exactly through pixel corners",
-)
-
-
-@pytest.mark.parametrize(
-    ("all_touched", "chunks"),
-    [(False, None), (False, 4), (True, None), pytest.param(True, 4, marks=ALL_TOUCHED_BY_BLOCK)],
-)
+@pytest.mark.parametrize("all_touched", [False, True])
+@pytest.mark.parametrize("chunks", [None, 1, 2, 3, 4, 5, 7, {"y": 3, "x": 5}])
 @pytest.mark.parametrize("orientation", ["north_up", "y_ascending", "x_descending", "both"])
 def test_pixel_centres_on_polygon_outlines_whatever_the_orientation(
-    tmp_path, orientation: str, all_touched: bool, chunks: int | None
+    tmp_path, orientation: str, all_touched: bool, chunks: int | dict[str, int] | None
 ) -> None:
-    """A pixel centre exactly on a polygon's outline is in or out as GDAL's rasterizer
-    decides on the north-up raster, whichever way the array's y and x coordinates run."""
+    """A pixel centre exactly on a polygon's outline (with ``all_touched``: an outline
+    through pixel corners) is in or out as GDAL's rasterizer decides on the whole north-up
+    raster, whichever way the array's y and x coordinates run and however it is chunked
+    (rasterized block by block, all_touched counted 32 or 33 pixels instead of 34)."""
     import rasterio
     import rasterio.features
     import rioxarray
@@ -290,3 +287,85 @@ def test_pixel_centres_on_polygon_outlines_whatever_the_orientation(
 
     counts = [float(chip.mask.sum()) for chip in polygon_chips(da, gdf, all_touched=all_touched)]
     assert counts == [c for c, _ in want]
+
+
+def _lattice_polygon(data: Any, h: int, w: int) -> Any:
+    """A polygon (box, triangle or quadrilateral, possibly reaching past the scene) whose
+    vertices lie on the quarter-pixel lattice: outlines through pixel corners, along pixel
+    edges and through pixel centres, in pixel units of the north-up grid (col, row)."""
+    from shapely.geometry import Polygon, box
+
+    coord = st.integers(-4, 4 * max(h, w) + 4).map(lambda v: v / 4)
+    if data.draw(st.booleans(), label="box"):
+        xs = sorted(data.draw(st.lists(coord, min_size=2, max_size=2, unique=True), label="xs"))
+        ys = sorted(data.draw(st.lists(coord, min_size=2, max_size=2, unique=True), label="ys"))
+        return box(xs[0], ys[0], xs[1], ys[1])
+    points = data.draw(
+        st.lists(st.tuples(coord, coord), min_size=3, max_size=4, unique=True), label="ring"
+    )
+    poly = Polygon(points)
+    assume(poly.is_valid and poly.area > 0)
+    return poly
+
+
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_polygon_pixels_do_not_depend_on_the_chunking(data: Any) -> None:
+    """The pixels of a polygon whose outline runs through pixel corners, edges or centres
+    are the same for every chunking, every orientation and both rasterization rules; where
+    the polygon's window starts at the scene's top-left pixel (GDAL then draws it in the
+    whole raster's own frame) they are GDAL's on the whole north-up raster, pixel for
+    pixel."""
+    import rasterio.features
+    import shapely
+    from affine import Affine
+
+    from patchflow._xr import georef
+    from patchflow.plan.grid import north_up
+    from patchflow.sampling.zonal import polygon_chips
+
+    h, w = data.draw(st.integers(3, 14), label="h"), data.draw(st.integers(3, 14), label="w")
+    size = data.draw(st.sampled_from([10.0, 30.0, 0.1, 0.25, 0.0002695]), label="pixel size")
+    x0 = data.draw(st.sampled_from([500_000.0, 0.0, 123_456.7, -180.0]), label="x0")
+    y0 = data.draw(st.sampled_from([4_200_000.0, 5_000_000.0, 47.1, 90.0]), label="y0")
+    t = Affine(size, 0.0, x0, 0.0, -size, y0)
+    in_pixels = _lattice_polygon(data, h, w)
+    poly = shapely.transform(
+        in_pixels, lambda xy: np.column_stack([t.c + t.a * xy[:, 0], t.f + t.e * xy[:, 1]])
+    )
+    all_touched = data.draw(st.booleans(), label="all_touched")
+    values = np.arange(1, h * w + 1, dtype=np.float64).reshape(h, w)
+    ys, xs = t.f + t.e * (np.arange(h) + 0.5), t.c + t.a * (np.arange(w) + 0.5)
+    north = xr.DataArray(values, dims=("y", "x"), coords={"y": ys, "x": xs})
+    north = north.rio.write_crs("EPSG:32610").rio.write_transform(t)
+    orientation = data.draw(st.sampled_from(["north_up", "y_ascending", "x_descending", "both"]))
+    arr = north
+    if orientation in ("y_ascending", "both"):
+        arr = arr.isel(y=slice(None, None, -1))
+    if orientation in ("x_descending", "both"):
+        arr = arr.isel(x=slice(None, None, -1))
+
+    def pixels(chunks: Any) -> list[float]:
+        got = zonal_stats(
+            arr if chunks is None else arr.chunk(chunks),
+            [poly],
+            stats=["count", "sum"],
+            all_touched=all_touched,
+        )
+        return got[["count", "sum"]].to_numpy()[0].tolist()
+
+    whole = pixels(None)
+    cy, cx = data.draw(st.integers(1, h), label="chunk y"), data.draw(st.integers(1, w), label="x")
+    assert pixels({"y": cy, "x": cx}) == whole
+    assert pixels({"y": 1, "x": 1}) == whole
+    chips = list(polygon_chips(arr, [poly], all_touched=all_touched, skip_empty=False))
+    assert float(chips[0].mask.sum()) == whole[0]
+    minx, miny = in_pixels.bounds[:2]
+    if math.floor(minx) - 1 <= 0 and math.floor(miny) - 1 <= 0:  # the whole raster's frame
+        # the array's own georeference read north-up (a flipped array's, from its
+        # coordinates, can differ from t in the last bit)
+        frame = north_up(georef(arr)[0], (h, w))[0]
+        mask = rasterio.features.geometry_mask(
+            [poly], (h, w), frame, all_touched=all_touched, invert=True
+        )
+        assert whole == [float(mask.sum()), float(values[mask].sum())]
