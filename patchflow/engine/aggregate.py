@@ -964,7 +964,8 @@ class MeanStd(_FloatResult):
         shape = state["shift"].shape
         first = not state.get("_folded")
         # the first fold writes into the state's own (zeroed) arrays; later ones into
-        # new zeroed arrays, merged into the state below
+        # new zeroed arrays (W as read-only zeros until written), merged into the state
+        # below
         part: State = {key: state[key] if first else np.zeros(shape, self.acc) for key in self.KEYS}
         if not first:
             part["w"] = self._no_weight(shape)

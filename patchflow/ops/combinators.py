@@ -512,11 +512,11 @@ class Switch(Operator):
     runs on its sub-batch, and the results are put back in chip order. Keys select
     ``cases[key]``: in a mapping, booleans are ``"true"``/``"false"`` (as are the strings
     ``"True"``/``"False"``) and integers their decimal string (so ``{0: a, 1: b}`` works,
-    and configs stay JSON); in a sequence, the
-    key is the position (``False``/``True`` → 0/1). A key without a case uses
-    ``default``, and is an error without one. Every case (and ``default``) must declare the
-    same output spec and scale, so the result does not depend on which chip took which
-    path. Not pointwise: the choice depends on the whole chip.
+    and configs stay JSON); in a sequence, the key is the position (``False``/``True`` →
+    0/1). A key without a case uses ``default``, and is an error without one. Every case
+    (and ``default``) must declare the same output spec and scale, so the result does not
+    depend on which chip took which path. Not pointwise: the choice depends on the whole
+    chip.
 
     Parameters
     ----------
