@@ -218,6 +218,13 @@ def require_geo() -> Any:
     )
 
 
+#: a polygon whose window of the scene is larger than this (pixels: 64 MiB of mask) is
+#: drawn per block (see :func:`polygon_mask`)
+MASK_PIXELS = 8192 * 8192
+#: pixels drawn past each side of a block when a polygon is drawn per block
+MASK_MARGIN = 8
+
+
 def polygon_mask(
     geom: Any,
     transform: Any,
@@ -235,7 +242,11 @@ def polygon_mask(
     corners) depend on the floating point of the frame it draws in: a window of its own
     per block, or a window transform per block, gave each block slightly different
     coordinates and a polygon's pixel count changed with the chunking. Memory: one
-    ``uint8`` mask of the polygon's window (its bounding box in pixels, within the scene).
+    ``uint8`` mask of the polygon's window (its bounding box in pixels, within the scene)
+    up to :data:`MASK_PIXELS`; a larger polygon is drawn on ``window`` plus
+    :data:`MASK_MARGIN` pixels each side (memory and time of the block, not of the
+    polygon), where only an outline running exactly through pixel corners (or centres)
+    can give other pixels than on another chunking.
 
     Drawn on the north-up grid and flipped back, so a pixel centre on the outline is in or
     out as GDAL decides for the north-up raster whichever way the array's y and x run
@@ -247,7 +258,7 @@ def polygon_mask(
     own answer for an outline exactly through pixel corners (or centres) can change with
     where the raster it draws on starts (a cropped scene gives other pixels), and this is
     GDAL's answer on the scene cropped to the polygon's window. Cost: every block a polygon
-    touches rasterizes the polygon's whole window.
+    touches rasterizes the polygon's window (up to the bound above).
     """
     from affine import Affine
 
@@ -266,6 +277,14 @@ def polygon_mask(
     pr1 = min(max(math.ceil(maxy) + 1, pr0), h)
     pc0 = min(max(math.floor(minx) - 1, 0), w)
     pc1 = min(max(math.ceil(maxx) + 1, pc0), w)
+    if (pr1 - pr0) * (pc1 - pc0) > MASK_PIXELS:
+        # a polygon larger than the bound (an AOI over the scene): every block drawing
+        # all of it would cost memory and time in the polygon's size, per block. Draw
+        # the block's window with a margin instead (the clipped outline stays clear of
+        # the pixels kept); only outlines exactly through pixel corners or centres can
+        # then come out as on another chunking
+        pr0, pr1 = max(pr0, r0 - MASK_MARGIN), max(min(pr1, r1 + MASK_MARGIN), pr0)
+        pc0, pc1 = max(pc0, c0 - MASK_MARGIN), max(min(pc1, c1 + MASK_MARGIN), pc0)
     out = np.zeros((r1 - r0, c1 - c0), bool)
     lo_r, hi_r, lo_c, hi_c = max(r0, pr0), min(r1, pr1), max(c0, pc0), min(c1, pc1)
     if hi_r > lo_r and hi_c > lo_c:

@@ -133,8 +133,11 @@ def zonal_stats(
     **Polygons** (``gdf``): each polygon (reprojected to the raster CRS) is rasterised
     with ``rasterio.features.rasterize`` (pixel centres inside, or every pixel touched
     with ``all_touched``) on its bounding window of the scene, the same for every block,
-    so a polygon's pixels (and so its statistics) do not depend on the chunking. One block
-    at a time: a block task
+    so a polygon's pixels (and so its statistics) do not depend on the chunking (a polygon
+    whose window exceeds 8192² pixels is drawn per block, with a margin, so memory stays
+    that of a block; only an outline exactly through pixel corners or centres can then
+    depend on it: see :func:`patchflow.engine.chip_kernels.polygon_mask`). One block at a
+    time: a block task
     reads only its own chunk and returns, per polygon touching it, count/mean/M2/min/max
     (and the pixel values when the median is wanted); partial results of polygons spanning
     several blocks are merged exactly (Chan's parallel variance update). Blocks no polygon

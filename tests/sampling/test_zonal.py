@@ -369,3 +369,64 @@ def test_polygon_pixels_do_not_depend_on_the_chunking(data: Any) -> None:
             [poly], (h, w), frame, all_touched=all_touched, invert=True
         )
         assert whole == [float(mask.sum()), float(values[mask].sum())]
+
+
+@pytest.mark.parametrize("all_touched", [False, True])
+def test_polygons_larger_than_the_mask_bound_are_drawn_per_block(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, all_touched: bool
+) -> None:
+    """A polygon whose window exceeds ``MASK_PIXELS`` (an AOI over a large scene) is drawn
+    on each block's window plus a margin, so memory follows the block; with outlines off
+    the pixel lattice the pixels are GDAL's on the whole raster, for every chunking."""
+    import rasterio.features
+    import rioxarray
+    from affine import Affine
+    from shapely.geometry import Polygon
+
+    from patchflow.engine import chip_kernels
+
+    t, (h, w) = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_200_000.0), (40, 45)
+    data = np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w)
+    ys, xs = t.f + t.e * (np.arange(h) + 0.5), t.c + t.a * (np.arange(w) + 0.5)
+    path = tmp_path / "aoi.tif"
+    xr.DataArray(data, dims=("y", "x"), coords={"y": ys, "x": xs}).rio.write_crs(
+        "EPSG:32610"
+    ).rio.write_transform(t).rio.to_raster(path)
+    rng = np.random.default_rng(5)
+    polys = []
+    for _ in range(4):  # star-ish polygons over most of the scene, vertices off-lattice
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 9))
+        radii = rng.uniform(60, 230, 9)
+        polys.append(
+            Polygon(
+                zip(
+                    500_225 + radii * np.cos(angles),
+                    4_199_800 + radii * np.sin(angles),
+                    strict=True,
+                )
+            )
+        )
+    gdf = gpd.GeoDataFrame(geometry=polys, crs="EPSG:32610")
+    want = []
+    for poly in polys:
+        mask = rasterio.features.geometry_mask(
+            [poly], (h, w), t, all_touched=all_touched, invert=True
+        )
+        want.append([float(mask.sum()), float(data[mask].sum())])
+    drawn: list[tuple[int, ...]] = []
+    rasterize = chip_kernels.require_geo().rasterize
+
+    def recording(shapes: Any, out_shape: Any, **kw: Any) -> Any:
+        drawn.append(tuple(out_shape))
+        return rasterize(shapes, out_shape=out_shape, **kw)
+
+    monkeypatch.setattr(chip_kernels, "MASK_PIXELS", 100)
+    monkeypatch.setattr(chip_kernels.require_geo(), "rasterize", recording)
+    for chunks in (None, 7, {"y": 9, "x": 16}):
+        da = rioxarray.open_rasterio(path, chunks=chunks).squeeze("band", drop=True)
+        drawn.clear()
+        got = zonal_stats(da, gdf, stats=["count", "sum"], all_touched=all_touched)
+        assert got[["count", "sum"]].to_numpy().tolist() == want
+        if chunks == 7:  # no mask beyond a block and its margins (the polygons span ~40)
+            edge = 7 + 2 * chip_kernels.MASK_MARGIN
+            assert drawn and max(max(shape) for shape in drawn) <= edge
