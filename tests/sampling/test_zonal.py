@@ -239,6 +239,16 @@ def test_accessor_zonal_stats_is_a_geodataframe(scene) -> None:
     assert isinstance(out, gpd.GeoDataFrame) and out.equals(expect)
 
 
+def _numbered_tif(path: Any, t: Any, h: int, w: int) -> np.ndarray:
+    """A north-up int32 GeoTIFF (EPSG:32610, transform ``t``) whose pixels are 1, 2, …"""
+    data = np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w)
+    ys, xs = t.f + t.e * (np.arange(h) + 0.5), t.c + t.a * (np.arange(w) + 0.5)
+    xr.DataArray(data, dims=("y", "x"), coords={"y": ys, "x": xs}).rio.write_crs(
+        "EPSG:32610"
+    ).rio.write_transform(t).rio.to_raster(path)
+    return data
+
+
 @pytest.mark.parametrize("all_touched", [False, True])
 @pytest.mark.parametrize("chunks", [None, 1, 2, 3, 4, 5, 7, {"y": 3, "x": 5}])
 @pytest.mark.parametrize("orientation", ["north_up", "y_ascending", "x_descending", "both"])
@@ -256,12 +266,8 @@ def test_pixel_centres_on_polygon_outlines_whatever_the_orientation(
     from shapely.geometry import Polygon, box
 
     t, (h, w) = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_200_000.0), (8, 9)
-    data = np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w)
-    ys, xs = t.f + t.e * (np.arange(h) + 0.5), t.c + t.a * (np.arange(w) + 0.5)
     path = tmp_path / "zones.tif"
-    xr.DataArray(data, dims=("y", "x"), coords={"y": ys, "x": xs}).rio.write_crs(
-        "EPSG:32610"
-    ).rio.write_transform(t).rio.to_raster(path)
+    data = _numbered_tif(path, t, h, w)
     polys = [
         box(500_015, 4_199_925, 500_055, 4_199_965),  # outline through pixel centres
         box(500_010, 4_199_920, 500_050, 4_199_970),  # outline along pixel edges
@@ -386,12 +392,8 @@ def test_polygons_larger_than_the_mask_bound_are_drawn_per_block(
     from patchflow.engine import chip_kernels
 
     t, (h, w) = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_200_000.0), (40, 45)
-    data = np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w)
-    ys, xs = t.f + t.e * (np.arange(h) + 0.5), t.c + t.a * (np.arange(w) + 0.5)
     path = tmp_path / "aoi.tif"
-    xr.DataArray(data, dims=("y", "x"), coords={"y": ys, "x": xs}).rio.write_crs(
-        "EPSG:32610"
-    ).rio.write_transform(t).rio.to_raster(path)
+    data = _numbered_tif(path, t, h, w)
     rng = np.random.default_rng(5)
     polys = []
     for _ in range(4):  # star-ish polygons over most of the scene, vertices off-lattice
