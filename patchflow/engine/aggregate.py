@@ -966,9 +966,12 @@ class MeanStd(_FloatResult):
         # the first fold writes into the state's own (zeroed) arrays; later ones into
         # new zeroed arrays (W as read-only zeros until written), merged into the state
         # below
-        part: State = {key: state[key] if first else np.zeros(shape, self.acc) for key in self.KEYS}
-        if not first:
-            part["w"] = self._no_weight(shape)
+        part: State = {
+            key: state[key] if first else np.zeros(shape, self.acc)
+            for key in self.KEYS
+            if key != "w"
+        }
+        part["w"] = state["w"] if first else self._no_weight(shape)
         masks = [[_pixel_mask(batch, k) for k in range(len(batch.pos))] for batch in stash]
         cores = _GridCores.find(stash, masks)
         if cores is not None:

@@ -588,9 +588,9 @@ def _warn_resampled(
     """Warn (:class:`ResampledGridWarning`) when some asset's values are resampled instead
     of read as they are, naming the assets, why, and how to read them exactly."""
     found: dict[str, list[str]] = {}
+    minx, miny, maxx, maxy = out_bounds
     for grid in grids:
         fp = grid.footprint() if grid.epsg == epsg else None
-        minx, miny, maxx, maxy = out_bounds
         if fp is not None and not (fp[0] < maxx and minx < fp[2] and fp[1] < maxy and miny < fp[3]):
             continue  # outside the output bounds: stackstac does not read it
         misfit = _misfit(grid, epsg, out)
