@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -139,6 +140,17 @@ def _pixel_mask(batch: ChipBatch, k: int) -> np.ndarray | None:
         if not finite.all():
             mask = finite if mask is None else (mask & finite)
     return mask
+
+
+def _batch_masks(batch: ChipBatch) -> list[np.ndarray | None]:
+    """:func:`_pixel_mask` of every chip of ``batch``; one check of the whole batch when
+    nothing but a non-finite output could make an element invalid (the usual case)."""
+    out = batch.out
+    floats = out.dtype.kind in "fc"
+    if not batch.failed and (batch.valid is None or (batch.nan_marks and floats)):
+        if not floats or bool(np.isfinite(out).all()):
+            return [None] * len(batch.pos)
+    return [_pixel_mask(batch, k) for k in range(len(batch.pos))]
 
 
 def _whole_accumulator(default: np.dtype, out: np.ndarray) -> np.dtype:
@@ -866,20 +878,63 @@ class _GridCores:
         return wy, wx
 
 
-def _frame(
-    r: int, c: int, h: int, w: int, core: tuple[tuple[int, int], tuple[int, int]]
+def _row_runs(batch: ChipBatch) -> Iterator[tuple[int, int, int]]:
+    """Runs ``[k0, k1)`` of a batch's consecutive chips in one grid row, sharing one
+    window, at a constant column ``step > 0`` (``step`` is the chips' width for a run of
+    one): their overlaps are the same rectangles shifted by ``step`` (:func:`_run_frame`)."""
+    pos, n = batch.pos, len(batch.pos)
+    w = int(batch.out.shape[-1])
+    k = 0
+    while k < n:
+        end, step = k + 1, 0
+        while end < n and pos[end][0] == pos[k][0] and batch.weights[end] is batch.weights[k]:
+            gap = int(pos[end][1] - pos[end - 1][1])
+            if gap <= 0 or (step and gap != step):
+                break
+            step, end = gap, end + 1
+        yield k, end, step or w
+        k = end
+
+
+def _run_frame(
+    batch: ChipBatch, k0: int, k1: int, step: int, cores: _GridCores
 ) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """The rectangles of chip ``(r, c, h, w)`` outside its ``core`` (up to four)."""
-    (y0, y1), (x0, x1) = core
-    if y0 >= y1 or x0 >= x1:
-        return [((r, r + h), (c, c + w))]
-    parts = [
-        ((r, y0), (c, c + w)),
-        ((y1, r + h), (c, c + w)),
-        ((y0, y1), (c, x0)),
-        ((y0, y1), (x1, c + w)),
-    ]
-    return [(ys, xs) for ys, xs in parts if ys[0] < ys[1] and xs[0] < xs[1]]
+    """Chip-relative rectangles covering every run chip's overlaps (its chip minus its
+    core), each at most ``step`` wide, so one rectangle's copies in the run's chips never
+    meet. They are the frame around the intersection of the run's cores: where that is
+    larger than a chip's own frame it lies in the chip's own core, whose deviations from
+    the shift (the chip's own values) are exactly 0."""
+    h, w = (int(v) for v in batch.out.shape[-2:])
+    r = int(batch.pos[k0][0])
+    y0, y1 = (v - r for v in cores.rows[r])
+    x0 = max(cores.cols[int(c)][0] - int(c) for c in batch.pos[k0:k1, 1])
+    x1 = min(cores.cols[int(c)][1] - int(c) for c in batch.pos[k0:k1, 1])
+    if y0 >= y1:  # no core: the whole chip is frame
+        y0 = y1 = h
+    if x0 >= x1:
+        x0 = x1 = w
+
+    def split(a: int, b: int) -> list[tuple[int, int]]:
+        return [(x, min(b, x + step)) for x in range(a, b, step)]
+
+    bands = [((0, y0), split(0, w)), ((y1, h), split(0, w))]
+    bands.append(((y0, y1), split(0, x0) + split(x1, w)))
+    return [(ys, xs) for ys, parts in bands if ys[0] < ys[1] for xs in parts]
+
+
+def _run_view(
+    plane: np.ndarray, y: int, x: int, rows: int, n: int, step: int, width: int
+) -> np.ndarray:
+    """``(..., rows, n, width)`` view of ``plane``: ``n`` rectangles of ``rows × width``
+    at ``(y, x + i step)`` (disjoint: ``width <= step``), the layout of a run's chips."""
+    base = plane[..., y:, x:]
+    *lead, row, col = base.strides
+    return np.lib.stride_tricks.as_strided(
+        base,
+        shape=(*plane.shape[:-2], rows, n, width),
+        strides=(*lead, row, step * col, col),
+        writeable=True,
+    )
 
 
 class MeanStd(_FloatResult):
@@ -905,12 +960,14 @@ class MeanStd(_FloatResult):
     rectangle found from the per-axis window profiles (:class:`_GridCores`). Pass 1 then
     only copies each core into the shift, and pass 2 skips the cores, where the
     deviations are exactly 0 — it sums the overlaps only (for 256/192 chips, 44 % of each
-    chip) — and float32 ``W`` comes from the per-axis sums like ``overlap_add``'s
-    denominator, kept as its two factors (``w`` is ``None``, ``W = dy ⊗ dx``) until a
-    merge needs it whole. Chips that are not such a grid, or see invalid elements, take
-    the general two passes; both give the same shift. An output block is finished from
-    the partials in place (:meth:`Aggregator._cells`): only the strips two or more of
-    them reach are merged into small new states.
+    chip), for a run of a grid row's chips at once (:func:`_row_runs`: a few large array
+    operations per run, where small ones per chip would hold the GIL) — and float32
+    ``W`` comes from the per-axis sums like ``overlap_add``'s denominator, kept as its
+    two factors (``w`` is ``None``, ``W = dy ⊗ dx``) until a merge needs it whole.
+    Chips that are not such a grid, or see invalid elements, take the general two
+    passes; both give the same shift. An output block is finished from the partials in
+    place (:meth:`Aggregator._cells`): only the strips two or more of them reach are
+    merged into small new states.
 
     The result gets a leading axis of size 2: ``[mean, std]``. The merge is not a plain
     sum, so this aggregation cannot accumulate across passes.
@@ -972,7 +1029,7 @@ class MeanStd(_FloatResult):
             if key != "w"
         }
         part["w"] = state["w"] if first else self._no_weight(shape)
-        masks = [[_pixel_mask(batch, k) for k in range(len(batch.pos))] for batch in stash]
+        masks = [_batch_masks(batch) for batch in stash]
         cores = _GridCores.find(stash, masks)
         if cores is not None:
             self._deviations_by_cores(stash, cores, part)
@@ -1059,18 +1116,23 @@ class MeanStd(_FloatResult):
                 shift[..., y0:y1, x0:x1] = batch.out[k][..., y0 - r : y1 - r, x0 - c : x1 - c]
                 if exact:
                     total[..., r : r + h, c : c + w] += batch.weights[k]
+        # the overlaps, a run of a grid row's chips at a time (see _row_runs): a few
+        # large ufunc calls per run instead of four rectangles per chip, because calls on
+        # small strips hold the GIL for most of their time and stall the other threads
         for batch in stash:
-            h, w = batch.out.shape[-2:]
-            for k, (r, c) in enumerate(batch.pos):
-                out, wk = batch.out[k], batch.weights[k]
-                for (ya, yb), (xa, xb) in _frame(int(r), int(c), h, w, cores.core(int(r), int(c))):
-                    dst = (..., slice(ya, yb), slice(xa, xb))
-                    src = (..., slice(ya - r, yb - r), slice(xa - c, xb - c))
-                    dev = np.subtract(out[src], shift[dst], dtype=acc, casting="unsafe")
-                    term = dev * wk[src[1:]]
-                    s1[dst] += term
+            for k0, k1, step in _row_runs(batch):
+                r, c0 = (int(v) for v in batch.pos[k0])
+                wk = batch.weights[k0]
+                for (ya, yb), (xa, xb) in _run_frame(batch, k0, k1, step, cores):
+                    rows, n, width = yb - ya, k1 - k0, xb - xa
+                    src = np.moveaxis(batch.out[k0:k1, ..., ya:yb, xa:xb], 0, -2)
+                    at = (r + ya, c0 + xa, rows, n, step, width)
+                    dev = np.subtract(src, _run_view(shift, *at), dtype=acc, casting="unsafe")
+                    term = dev * wk[ya:yb, xa:xb][:, None, :]
+                    sum1, sum2 = _run_view(s1, *at), _run_view(s2, *at)
+                    sum1 += term
                     term *= dev
-                    s2[dst] += term
+                    sum2 += term
 
     def _deviations_by_weight(
         self, stash: list[ChipBatch], masks: list[list[np.ndarray | None]], part: State

@@ -4,6 +4,7 @@ from ``patchflow.make_window``), with non-pointwise operators so chip boundaries
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import patchflow
 from patchflow.engine.prepare import POINTWISE_AGGS
@@ -330,6 +333,65 @@ def test_mean_std_by_cores_equals_numpy(
     np.testing.assert_allclose(
         got.values[1], expected[1], rtol=1e-9 if tight else 2e-4, atol=1e-9 if tight else 2e-4
     )
+
+
+# the fold_paths counters are compared before/after each example, not reset
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.integers(2, 14),
+    step=st.integers(1, 14),
+    grid=st.tuples(st.integers(1, 4), st.integers(1, 5)),
+    offset=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    per_batch=st.integers(1, 9),
+    bands=st.integers(1, 2),
+    window=st.sampled_from(["hann", "boxcar", "triangular"]),
+    seed=st.integers(0, 2**16),
+)
+def test_mean_std_grid_fold_equals_numpy(
+    size: int,
+    step: int,
+    grid: tuple[int, int],
+    offset: tuple[int, int],
+    per_batch: int,
+    bands: int,
+    window: str,
+    seed: int,
+    fold_paths: dict[str, int],
+) -> None:
+    """The grid fold sums each run of a grid row's chips at once (overlaps several steps
+    wide, runs cut by batch boundaries, runs of one, several bands): the state it leaves
+    gives numpy's weighted mean and std at every element."""
+    from patchflow.engine.aggregate import ChipBatch, make_aggregator
+
+    step = min(step, size)
+    (rows, cols), (oy, ox) = grid, offset
+    anchors = [(oy + i * step, ox + j * step) for i in range(rows) for j in range(cols)]
+    shape = (oy + (rows - 1) * step + size + 2, ox + (cols - 1) * step + size + 1)
+    weights = patchflow.make_window(window, (size, size)).weights()
+    rng = np.random.default_rng(seed)
+    outs = (5 + rng.standard_normal((len(anchors), bands, size, size))).astype(np.float32)
+    agg = make_aggregator("mean_std", out_dtype=np.dtype(np.float32), lead=(bands,))
+    state, folds = agg.new(shape), dict(fold_paths)
+    for k in range(0, len(anchors), per_batch):
+        part = slice(k, k + per_batch)
+        pos = np.array(anchors[part])
+        batch = ChipBatch(outs[part], pos, [weights] * len(pos), None, np.arange(k, k + len(pos)))
+        agg.add(state, dataclasses.replace(batch, separable=True))
+    got = agg.finalize(agg.seal(state, None, None))
+    assert fold_paths == {"cores": folds["cores"] + 1, "weight": folds["weight"]}
+
+    out_all = np.zeros((len(anchors), bands, *shape))
+    w_all = np.zeros((len(anchors), bands, *shape))
+    for k, (y, x) in enumerate(anchors):
+        out_all[k, :, y : y + size, x : x + size] = outs[k]
+        w_all[k, :, y : y + size, x : x + size] = weights
+    covered = w_all.sum(axis=0) > 0
+    expected = _mean_std_reference(out_all, np.where(covered, w_all, 1.0))
+    assert np.isnan(got[:, ~covered]).all()
+    np.testing.assert_allclose(got[0][covered], expected[0][covered], rtol=1e-6)
+    np.testing.assert_allclose(got[1][covered], expected[1][covered], atol=2e-5)
 
 
 def test_mean_std_falls_back_to_weights_where_cores_do_not_apply(
