@@ -846,3 +846,56 @@ def test_stac_asset_on_an_offset_grid_comes_back_on_its_own_grid(tmp_path: Any) 
     np.testing.assert_array_equal(stack.x.values, ref.x.values)
     np.testing.assert_array_equal(stack.y.values, ref.y.values)
     np.testing.assert_array_equal(stack.values[0], ref.values)
+
+
+# --------------------------------------------------------------------------- georeference
+
+
+def _fine_geotiff(path: Any) -> Any:
+    """A 2-band GeoTIFF on 0.1 m pixels far from the origin, where coordinates rounded to
+    float64 no longer give the transform back to the bit; returns its transform."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    transform = from_origin(523_456.7, 4_181_234.3, 0.1, 0.1)
+    data = np.random.default_rng(7).integers(0, 255, (2, 120, 150), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": 150, "height": 120, "count": 2, "dtype": "uint8"}
+    with rasterio.open(path, "w", crs="EPSG:32633", transform=transform, **profile) as dst:
+        dst.write(data)
+    return transform
+
+
+def test_results_carry_the_files_own_transform(tmp_path: Any) -> None:
+    """The result, the Zarr store and the COG written from it have the input file's
+    geotransform exactly (not one refitted from the pixel-centre coordinates, off in the
+    last bit), a window of the file has rasterio's window transform, and a resampled
+    array (whose recorded transform is stale) keeps the one its coordinates give."""
+    import rasterio
+    from rasterio.windows import Window
+
+    transform = _fine_geotiff(tmp_path / "in.tif")
+    scene = rioxarray.open_rasterio(tmp_path / "in.tif", chunks={"y": 64, "x": 64})
+    assert isinstance(scene, xr.DataArray)
+    assert scene.rio.transform(recalc=True) != transform  # what refitting would give
+
+    def double(chip: np.ndarray) -> np.ndarray:
+        return chip.astype(np.float32) * 2
+
+    out = patchflow.apply(scene, double, size=32, stride=24)
+    assert out.rio.transform() == transform
+    patchflow.run(scene, double, store=tmp_path / "out.zarr", size=32, stride=24)
+    assert patchflow.open_result(tmp_path / "out.zarr").rio.transform() == transform
+    patchflow.run(scene, double, store=tmp_path / "out.tif", size=32, stride=24)
+    with rasterio.open(tmp_path / "out.tif") as src:
+        assert src.transform == transform
+
+    window = scene.isel(y=slice(30, 100), x=slice(41, 140))
+    with rasterio.open(tmp_path / "in.tif") as src:
+        expected = src.window_transform(Window(41, 30, 99, 70))
+    cut = patchflow.apply(window, lambda c: c.astype(np.float32), size=32, stride=24)
+    assert cut.rio.transform() == expected
+
+    coarse = scene.coarsen(y=2, x=2).mean()  # keeps the file's (now stale) GeoTransform
+    half = patchflow.apply(coarse, lambda c: c * 1, size=16, stride=12)
+    assert half.rio.transform().almost_equals(transform @ transform.scale(2), precision=1e-9)
+    np.testing.assert_array_equal(half.x.values, coarse.x.values)

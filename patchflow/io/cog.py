@@ -416,6 +416,7 @@ def zarr_to_cog(
     *,
     descriptions: Sequence[str] | None = None,
     tags: Mapping[str, str] | None = None,
+    transform: Any = None,
 ) -> None:
     """Copy array ``var`` of a finished Zarr v2 store into a COG at ``target`` (GDAL).
 
@@ -424,7 +425,10 @@ def zarr_to_cog(
     ``target`` (and removed after) hands them on with ``tags`` and band ``descriptions``
     (see :func:`raster_metadata`) instead of the store's own attributes (its CF encoding:
     ``grid_mapping``, ``coordinates``, ``DIM_band_*``); GDAL's COG driver then tiles,
-    compresses and adds overviews, reading the store chunk by chunk.
+    compresses and adds overviews, reading the store chunk by chunk. GDAL fits the
+    geotransform to the x/y coordinates, off in the last bit from the input's; the
+    result's own ``transform`` (:func:`patchflow._xr.transform_of`) replaces it when the
+    two agree to well below a pixel.
 
     Raises
     ------
@@ -439,7 +443,7 @@ def zarr_to_cog(
     try:
         with rasterio.Env():
             with rasterio.open(source) as src:
-                vrt.write_text(_vrt(src, source, descriptions, tags or {}))
+                vrt.write_text(_vrt(src, source, descriptions, tags or {}, transform))
             rasterio.shutil.copy(str(vrt), os.fspath(target), driver="COG", **options)
     except OSError:
         raise
@@ -496,9 +500,15 @@ def raster_metadata(result: xr.DataArray) -> tuple[list[str] | None, dict[str, s
     return descriptions, tags
 
 
-def _vrt(src: Any, source: str, descriptions: Sequence[str] | None, tags: Mapping[str, str]) -> str:
+def _vrt(
+    src: Any,
+    source: str,
+    descriptions: Sequence[str] | None,
+    tags: Mapping[str, str],
+    transform: Any = None,
+) -> str:
     """A VRT of the opened Zarr raster ``src``: its grid, CRS and nodata, with ``tags``
-    and band ``descriptions``."""
+    and band ``descriptions``; ``transform`` instead of GDAL's when they agree."""
     import xml.etree.ElementTree as ET
 
     from rasterio.dtypes import _gdal_typename
@@ -507,7 +517,10 @@ def _vrt(src: Any, source: str, descriptions: Sequence[str] | None, tags: Mappin
     root = ET.Element("VRTDataset", rasterXSize=width, rasterYSize=height)
     if src.crs is not None:
         ET.SubElement(root, "SRS").text = src.crs.to_wkt()
-    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in src.transform.to_gdal())
+    geo = src.transform
+    if transform is not None and transform.almost_equals(geo, precision=1e-6 * abs(geo.a)):
+        geo = transform
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in geo.to_gdal())
     _metadata(root, {"AREA_OR_POINT": "Area", **tags})
     by, bx = src.block_shapes[0]
     for band in range(1, src.count + 1):

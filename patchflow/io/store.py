@@ -120,7 +120,7 @@ from dask.base import tokenize
 from dask.callbacks import Callback
 from dask.delayed import Delayed
 
-from patchflow._xr import spatial_dims
+from patchflow._xr import spatial_dims, transform_of
 from patchflow.engine.aggregate import AGGREGATIONS, Aggregator, State
 from patchflow.engine.graph import build_graph
 from patchflow.engine.kernels import finalize_block
@@ -2523,7 +2523,8 @@ def _run_cog(
         t0 = time.perf_counter()
         staged = staging / "cog.tif"
         try:
-            descriptions, tags = raster_metadata(report.open())
+            result = report.open()
+            descriptions, tags = raster_metadata(result)
             zarr_to_cog(
                 staging / "result.zarr",
                 var,
@@ -2531,6 +2532,7 @@ def _run_cog(
                 options,
                 descriptions=descriptions,
                 tags=tags,
+                transform=transform_of(result),
             )
             if target.exists() and not overwrite:  # created while the job ran
                 raise StoreExistsError(
