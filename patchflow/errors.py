@@ -594,6 +594,8 @@ _WORDS = {
     "store": ("the output store", "OUTPUT"),
     "input": ("the input", "INPUT"),
     "var": ("var=", "--var"),
+    "name": ("name=", "--name"),
+    "result_var": ("var=", "--name"),
     # keyword → flag: ``_w("epsg", value=32610)`` is ``epsg=32610`` / ``--epsg 32610``
     "epsg": ("epsg=", "--epsg"),
     "resolution": ("resolution=", "--resolution"),

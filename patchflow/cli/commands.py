@@ -535,6 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     io.add_argument("--var", metavar="NAME", help="data variable of a Zarr INPUT with several")
     io.add_argument(
+        "--name",
+        metavar="NAME",
+        help="name of the result: the variable of a .zarr OUTPUT (default: ndvi for the "
+        "built-in NDVI, else the input's name, or 'result')",
+    )
+    io.add_argument(
         "--co",
         metavar="KEY=VALUE",
         action="append",
@@ -1088,6 +1094,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
         nir = _band_index(seen, args.nir or "2", "--nir")
         op = _ndvi_op(red, nir, 1e-4 if args.scale is None else args.scale)
         name = "ndvi"
+    if args.name is not None:
+        from patchflow.io.store import check_var_name
+
+        with cli_wording():
+            try:
+                check_var_name(args.name, named=True)
+            except ParameterError as exc:  # before anything is read or written
+                raise UsageError(str(exc)) from exc
+        name = args.name
     if select is not None:
         op = select | op
     params: dict[str, Any] = {

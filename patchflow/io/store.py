@@ -196,6 +196,7 @@ __all__ = [
     "StoreWriteError",
     "check_output_path",
     "check_store",
+    "check_var_name",
     "cli_wording",
     "open_result",
     "resume",
@@ -2238,7 +2239,7 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
             "writes; valid: 3 (the default) or 2 (readable by GDAL and GIS software)"
         )
     if var is not None:
-        _check_var(var)
+        check_var_name(var)
     check_band_nodata(obj, input_nodata)
     path = os.fspath(store)
     cog = is_cog_path(path)
@@ -2271,7 +2272,7 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
         prep = _recorded_blocks(obj, op, prep, params, path)
     if var is None:
         var = str(prep.name) if prep.name is not None else "result"
-        _check_var(var, named=True)
+        check_var_name(var, named=True)
     if cog:  # and against the result's dtype and bands, known now
         result = prep.spec.agg
         options = cog_options(
@@ -2324,7 +2325,7 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
     return report
 
 
-def _check_var(var: Any, *, named: bool = False) -> None:
+def check_var_name(var: Any, *, named: bool = False) -> None:
     """Refuse a result name that is not one plain folder of the store (before anything is
     written): a ``/`` or ``\\`` would make a nested Zarr path the store cannot be opened
     or replaced by, ``.``/``..`` leave the store, and ``_patchflow``/``.`` names are
@@ -2343,8 +2344,9 @@ def _check_var(var: Any, *, named: bool = False) -> None:
         return
     if named:
         raise ParameterError(
-            f"the result would be stored as {var!r}, the name of the input (or of name=), but "
-            f"{rule}; give the store's variable a name with var=, e.g. var='result'"
+            f"the result would be stored as {var!r}, the name of the input (or of "
+            f"{_w('name')}), but {rule}; give the stored variable a plain name, e.g. "
+            f"{_w('result_var', value=repr('result'))}"
         )
     raise ParameterError(f"var={var!r}: {rule}; e.g. var='result'")
 

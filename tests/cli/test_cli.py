@@ -190,6 +190,26 @@ def test_apply_zarr_input_needs_var(
     assert main(["apply", str(source), str(tmp_path / "o.zarr"), "--var", "b", "-q"]) == 0
 
 
+def test_apply_names_the_result(
+    tif: Path, expected: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--name names the stored variable (Zarr) and the result; a name the store cannot
+    hold is refused in the command's words before anything is written."""
+    out = tmp_path / "named.zarr"
+    assert main(["apply", str(tif), str(out), "--name", "greenness", "-q"]) == 0
+    assert "greenness" in zarr.open_group(out, mode="r")
+    result = patchflow.open_result(out)
+    assert result.name == "greenness"
+    np.testing.assert_allclose(result.values, expected, atol=1e-6, rtol=0)
+    assert main(["apply", str(tif), str(out), "--resume", "--name", "greenness", "-q"]) == 0
+
+    bad = tmp_path / "bad.zarr"
+    assert main(["apply", str(tif), str(bad), "--name", "_patchflow"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "--name" in line and "var=" not in line and "name=" not in line
+    assert not bad.exists()
+
+
 def test_apply_pipeline_from_json(
     tif: Path, expected: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
