@@ -599,6 +599,9 @@ _WORDS = {
     # keyword → flag: ``_w("epsg", value=32610)`` is ``epsg=32610`` / ``--epsg 32610``
     "epsg": ("epsg=", "--epsg"),
     "resolution": ("resolution=", "--resolution"),
+    "bounds": ("bounds=", "--bounds"),
+    "snap_bounds": ("snap_bounds=", "--snap-bounds"),
+    "snap_bounds_unset": ("leave snap_bounds unset", "leave --snap-bounds out"),
     "creation_options": ("creation_options=", "--co"),
     "zarr_format": ("zarr_format=", "--zarr-format"),
     "size": ("size", "--size"),

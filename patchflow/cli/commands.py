@@ -198,6 +198,30 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _bounds(text: str) -> tuple[float, float, float, float]:
+    """``MINX,MINY,MAXX,MAXY``: four finite numbers, each minimum below its maximum."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MINX,MINY,MAXX,MAXY, got {text!r}") from None
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"expected four numbers MINX,MINY,MAXX,MAXY, got {text!r}")
+    if not (values[0] < values[2] and values[1] < values[3]):
+        raise argparse.ArgumentTypeError(
+            f"expected MINX < MAXX and MINY < MAXY, got {text!r} (the order is MINX,MINY,MAXX,MAXY)"
+        )
+    return values[0], values[1], values[2], values[3]
+
+
+def _yes_no(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("true", "yes", "1"):
+        return True
+    if word in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _scheduler(text: str) -> str:
     if text in LOCAL_SCHEDULERS or REMOTE.match(text):
         return text
@@ -522,6 +546,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="output CRS as an EPSG code (needed when the assets are in several CRSs)",
+    )
+    extent = stac.add_mutually_exclusive_group()
+    extent.add_argument(
+        "--bounds",
+        metavar="MINX,MINY,MAXX,MAXY",
+        type=_bounds,
+        default=None,
+        help="output extent in the output CRS (default: all the items'), grown outward to "
+        "the assets' pixel grid",
+    )
+    extent.add_argument(
+        "--bounds-latlon",
+        metavar="W,S,E,N",
+        type=_bounds,
+        default=None,
+        help="output extent in longitude/latitude degrees, as --bounds",
+    )
+    stac.add_argument(
+        "--snap-bounds",
+        metavar="{true,false}",
+        type=_yes_no,
+        default=None,
+        help="true: snap the extent to multiples of --resolution (GDAL's -tap); false: keep "
+        "--bounds as given; default: the assets' own pixel grid when they share one "
+        "(values read exactly)",
     )
     io = app.add_argument_group("input, output, execution")
     io.add_argument(
@@ -930,6 +979,9 @@ def _check_apply(args: argparse.Namespace, kind: str) -> None:
             ("--assets", args.assets),
             ("--resolution", args.resolution),
             ("--epsg", args.epsg),
+            ("--bounds", args.bounds),
+            ("--bounds-latlon", args.bounds_latlon),
+            ("--snap-bounds", args.snap_bounds),
         ):
             if value is not None:
                 raise UsageError(f"{flag} is for STAC input: it needs --stac ITEMS")
@@ -1022,6 +1074,9 @@ def _open_stac(args: argparse.Namespace) -> Any:
                 assets=assets,
                 resolution=args.resolution,
                 epsg=args.epsg,
+                bounds=args.bounds,
+                bounds_latlon=args.bounds_latlon,
+                snap_bounds=args.snap_bounds,
                 chunks=args.chunks or 2048,
             )
     except ParameterError as exc:

@@ -611,17 +611,18 @@ def _warn_resampled(
                 # open_stac's default snaps to their grid, unless it cannot tell their extent
                 fixes.append(
                     "the assets share one pixel grid, but without proj:shape open_stac cannot "
-                    "tell their extent to snap to it: pass bounds=, which it then snaps to "
-                    "the assets' grid"
+                    f"tell their extent to snap to it: pass {_w('bounds')}, which it then "
+                    "snaps to the assets' grid"
                 )
             else:
+                given = _w("snap_bounds", value=str(bool(snap_bounds)))
                 chosen = (
-                    "snap_bounds=True snaps the output to multiples of the resolution, off it"
+                    f"{given} snaps the output to multiples of the resolution, off it"
                     if snap_bounds
-                    else "snap_bounds=False keeps bounds that are off it"
+                    else f"{given} keeps bounds that are off it"
                 )
                 fixes.append(
-                    f"the assets share one pixel grid but {chosen}: leave snap_bounds unset, "
+                    f"the assets share one pixel grid but {chosen}: {_w('snap_bounds_unset')}, "
                     "which snaps the bounds to the assets' own grid"
                 )
         else:

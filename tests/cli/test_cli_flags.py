@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from conftest import write_band_tif
 
 import patchflow
 from patchflow.demo import dn_ndvi
+from patchflow.errors import ResampledGridWarning
 from patchflow.io.synthetic import ORIGIN
 
 
@@ -299,6 +301,48 @@ def test_stac_single_item_with_resolution(
     assert np.isin(picked, stack[0, 0]).all()
 
 
+def test_stac_bounds_grow_to_the_assets_grid(
+    cli: CLI, stac: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    """--bounds off the 10 m grid take the whole asset pixels they touch, read exactly."""
+    root, stack = stac
+    x0, y0 = ORIGIN
+    box = f"{x0 + 1003},{y0 - 2307},{x0 + 2296},{y0 - 1004}"
+    out = tmp_path / "box.zarr"
+    args = chips("apply", "--stac", str(root / "one.json"), "--assets", "B04", str(out), "-q")
+    cli.ok(cli.call(*args, "--bounds", box, "--op", "astype", "--op-arg", "dtype=float64"))
+    result = patchflow.open_result(out)
+    assert result.shape == (1, 1, 131, 130)
+    assert result.rio.transform() == Affine(10.0, 0.0, x0 + 1000, 0.0, -10.0, y0 - 1000)
+    np.testing.assert_array_equal(result.values[0, 0], stack[0, 0, 100:231, 100:230])
+
+
+def test_stac_snap_bounds_off_the_grid_is_said_in_flags(
+    cli: CLI, scene_factory: Callable[..., xr.DataArray], tmp_path: Path
+) -> None:
+    """Assets on a grid 5 m off multiples of 10 m: the default reads them on their own
+    grid; --snap-bounds true moves the output off it, and the warning says so with the
+    command's flags."""
+    band = scene_factory((150, 140), seed=3).values[0]
+    item = stac_item(tmp_path, 0, {"B04": band})
+    transform = Affine(10.0, 0.0, ORIGIN[0] + 5, 0.0, -10.0, ORIGIN[1] + 5)
+    write_band_tif(tmp_path / item["assets"]["B04"]["href"], band, transform, "EPSG:32610")
+    item["assets"]["B04"]["proj:transform"] = list(transform)[:6]
+    (tmp_path / "off.json").write_text(json.dumps(item))
+    base = chips("apply", "--stac", str(tmp_path / "off.json"), "--assets", "B04")
+    exact = tmp_path / "exact.zarr"
+    as_float = ("--op", "astype", "--op-arg", "dtype=float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResampledGridWarning)  # exact: nothing to say
+        cli.ok(cli.call(*base, str(exact), *as_float))
+    np.testing.assert_array_equal(patchflow.open_result(exact).values[0, 0], band)
+    with pytest.warns(ResampledGridWarning) as caught:
+        cli.ok(cli.call(*base, str(tmp_path / "snap.zarr"), "--snap-bounds", "true", *as_float))
+    said = " ".join(str(w.message) for w in caught)
+    assert "--snap-bounds True snaps the output to multiples of the resolution" in said
+    assert "leave --snap-bounds out" in said and "snap_bounds" not in said
+
+
 @pytest.mark.parametrize(
     ("args", "status", "words"),
     [
@@ -310,6 +354,12 @@ def test_stac_single_item_with_resolution(
         ),
         (["{root}/d0_B04_32610.tif", "{out}", "--assets", "B04"], 2, ["--assets", "--stac"]),
         (["{root}/d0_B04_32610.tif", "{out}", "--epsg", "32610"], 2, ["--epsg", "--stac"]),
+        (["{root}/d0_B04_32610.tif", "{out}", "--bounds", "0,0,1,1"], 2, ["--bounds", "--stac"]),
+        (
+            ["--stac", "{root}/items.json", "--assets", "B04", "{out}", "--bounds", "5,0,1,1"],
+            2,
+            ["argument --bounds", "MINX < MAXX"],
+        ),
         (
             ["--stac", "{root}/items.json", "--assets", "B05", "{out}"],
             2,
