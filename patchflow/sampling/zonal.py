@@ -10,6 +10,7 @@ bounding box with the polygon's interior mask. The block kernels live in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from patchflow.engine.graph import (
     ZoneBlock,
     zonal_graph,
 )
-from patchflow.errors import ParameterError, optional_import
+from patchflow.errors import ParameterError, PatchflowWarning, optional_import
 from patchflow.io.sources import check_band_nodata
 from patchflow.options import DEFAULT_STATS, VECTOR_OUTPUTS, ZONAL_STATS, VectorOutput
 from patchflow.plan.grid import world_to_pixels
@@ -92,6 +93,27 @@ def _polygon_frame(gdf: Any, crs: Any) -> Any:
     if isinstance(gdf, pd.DataFrame) and "geometry" in gdf.columns:
         return gpd.GeoDataFrame(gdf.copy(), geometry="geometry", crs=crs)
     return gpd.GeoDataFrame(geometry=list(gdf), crs=crs)
+
+
+def _say_if_all_outside(geoms: list[Any], windows: np.ndarray, crs: Any) -> None:
+    """Warn when not one polygon reaches the raster: every row would be empty (count 0,
+    NaN statistics) with no error, the mark of polygons in another CRS than assumed."""
+    present = [k for k, g in enumerate(geoms) if g is not None and not g.is_empty]
+    if not present:
+        return
+    w = windows[present]
+    if bool(np.any((w[:, 1] > w[:, 0]) & (w[:, 3] > w[:, 2]))):
+        return
+    where = "" if crs is None else f" (CRS {crs.to_string()})"
+    warnings.warn(
+        f"none of the {len(present)} polygons overlaps the raster{where}: each gets no "
+        "pixel (count 0, its other statistics NaN). Polygons without a CRS are taken as in "
+        "the raster's CRS; if theirs is another (e.g. longitude/latitude), declare it — "
+        "gdf = gdf.set_crs('EPSG:4326'), or geopandas.GeoSeries(geoms, crs='EPSG:4326') — "
+        "and they are reprojected",
+        PatchflowWarning,
+        stacklevel=4,
+    )
 
 
 def _pixel_windows(geoms: list[Any], transform: Any, shape: tuple[int, int]) -> np.ndarray:
@@ -315,6 +337,7 @@ def _polygon_zonal(
                 f"or dims; rename or drop them first (e.g. gdf.drop(columns={clash!r}))"
             )
     windows = _pixel_windows(geoms, transform, shape)
+    _say_if_all_outside(geoms, windows, crs)
     data = _dask_data(arr)
     ey = np.concatenate([[0], np.cumsum(data.chunks[-2])])
     ex = np.concatenate([[0], np.cumsum(data.chunks[-1])])
@@ -542,6 +565,7 @@ def polygon_chips(
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     index, geoms = _geometries(gdf, crs)
     windows = _pixel_windows(geoms, transform, shape)
+    _say_if_all_outside(geoms, windows, crs)
     ydim, xdim = arr.dims[-2:]
     for k, geom in enumerate(geoms):
         r0, r1, c0, c1 = (int(v) for v in windows[k])

@@ -193,6 +193,27 @@ def test_zonal_stats_of_plain_geometries_is_in_the_raster_crs(scene) -> None:
     assert [g.wkb for g in out.geometry] == [g.wkb for g in geoms]
 
 
+def test_polygons_that_miss_the_raster_altogether_are_said(scene) -> None:
+    """Longitude/latitude polygons without a CRS on a UTM raster land on no pixel at all:
+    every row would be count 0 and NaN without a word; a warning says so and how to fix
+    it. Polygons of which only some miss the raster say nothing (that is the data)."""
+    import warnings
+
+    from shapely.geometry import box
+
+    lonlat = [box(-122.5, 37.7, -122.4, 37.8), box(-122.3, 37.6, -122.2, 37.7)]
+    with pytest.warns(patchflow.PatchflowWarning, match="none of the 2 polygons") as caught:
+        out = zonal_stats(scene, lonlat, stats=["count"], compute=True)
+    said = [str(w.message) for w in caught if issubclass(w.category, patchflow.PatchflowWarning)]
+    assert len(said) == 1 and "set_crs" in said[0]
+    assert (out["red_count"] == 0).all()
+    with pytest.warns(patchflow.PatchflowWarning, match="none of the 2 polygons"):
+        assert list(patchflow.sampling.polygon_chips(scene, lonlat)) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", patchflow.PatchflowWarning)
+        zonal_stats(scene, random_polygons(scene, 5, seed=3), stats=["count"])
+
+
 def test_zonal_stats_of_a_geoseries_keeps_its_index(scene) -> None:
     geoms = random_polygons(scene, 4, seed=6)
     series = gpd.GeoSeries(geoms, index=list("pqrst"), crs=scene.rio.crs)
