@@ -83,9 +83,10 @@ def _north_up_frame(arr: xr.DataArray, transform: Any) -> tuple[Any, bool, bool]
     """:func:`patchflow.plan.grid.north_up` for ``arr``: the transform of its north-up
     view and whether its rows / columns run the other way.
 
-    The flipped view's transform comes from its coordinates, as ``arr``'s own does, so it
-    is the transform the north-up array gets bit for bit: a point lands on the same pixel
-    in either orientation even where float rounding puts it a hair off a pixel edge.
+    The flipped view's transform comes from :func:`~patchflow._xr.transform_of`, as
+    ``arr``'s own does, so it is the transform the north-up array gets bit for bit: a
+    point lands on the same pixel in either orientation even where float rounding puts it
+    a hair off a pixel edge.
     """
     h, w = int(arr.shape[-2]), int(arr.shape[-1])
     frame, flip_rows, flip_cols = north_up(transform, (h, w))
@@ -97,6 +98,17 @@ def _north_up_frame(arr: xr.DataArray, transform: Any) -> tuple[Any, bool, bool]
         if view is not None and view.b == 0 and view.d == 0 and view.a > 0 and view.e < 0:
             frame = view
     return frame, flip_rows, flip_cols
+
+
+def _pixel_of(rowf: np.ndarray, colf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixel holding each point, from its fractional row/col on the north-up grid:
+    ``floor``, GDAL's rule (each pixel owns its top and left edges); ``(-1, -1)`` for a
+    point without finite coordinates."""
+    finite = np.isfinite(rowf) & np.isfinite(colf)
+    with np.errstate(invalid="ignore"):
+        rows = np.floor(np.where(finite, rowf, -1.0)).astype(np.int64)
+        cols = np.floor(np.where(finite, colf, -1.0)).astype(np.int64)
+    return rows, cols
 
 
 def _coordinates(points: Any, crs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -273,9 +285,7 @@ def sample_points(
     rowf, colf = world_to_pixels(xs, ys, frame)
     finite = np.isfinite(colf) & np.isfinite(rowf)
     if method == "nearest":
-        with np.errstate(invalid="ignore"):
-            r = np.floor(np.where(finite, rowf, -1)).astype(np.int64)
-            c = np.floor(np.where(finite, colf, -1)).astype(np.int64)
+        r, c = _pixel_of(rowf, colf)
         inside = finite & (r >= 0) & (r < h) & (c >= 0) & (c < w)
         rows, cols = r[None], c[None]
         weights = np.ones((1, n))
@@ -325,9 +335,9 @@ def _pixel_positions(
     points: Any, arr: xr.DataArray, func: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fractional ``row, col`` of each point on ``arr``'s grid (NaN for missing points)
-    and the pixel ``row, col`` holding it (``sample_points``' nearest rule: GDAL's, a
-    point on a pixel edge in the pixel owning it on the north-up grid; missing points get
-    a pixel too, to be masked by the caller)."""
+    and the pixel ``row, col`` holding it (:func:`_pixel_of`, ``sample_points``' nearest
+    rule: a point on a pixel edge in the pixel owning it on the north-up grid; missing
+    points get a pixel too, to be masked by the caller)."""
     transform, crs = georef(arr)
     if transform is None or crs is None:
         raise ParameterError(
@@ -338,9 +348,7 @@ def _pixel_positions(
     h, w = int(arr.shape[-2]), int(arr.shape[-1])
     frame, flip_rows, flip_cols = _north_up_frame(arr, transform)
     rowf, colf = world_to_pixels(xs, ys, frame)
-    with np.errstate(invalid="ignore"):
-        prow = np.floor(np.where(np.isfinite(rowf), rowf, -1.0)).astype(np.int64)
-        pcol = np.floor(np.where(np.isfinite(colf), colf, -1.0)).astype(np.int64)
+    prow, pcol = _pixel_of(rowf, colf)
     # fractional positions in the array's own frame (flipped: measured from its first row)
     rowf = h - rowf if flip_rows else rowf
     colf = w - colf if flip_cols else colf
