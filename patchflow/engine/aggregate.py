@@ -969,6 +969,13 @@ class MeanStd(_FloatResult):
     place (:meth:`Aggregator._cells`): only the strips two or more of them reach are
     merged into small new states.
 
+    A fold leaves its state *raw* (``raw`` is True): ``dev`` and ``m2`` still hold
+    ``S1`` and ``S2``. The result is read from raw sums directly, in the pass that writes
+    the pixels (:meth:`_moments`), and a merge reads a raw source's strip as ``(dev,
+    M2)`` without changing it (:meth:`_parts`); only a state merged into is settled in
+    place first (:meth:`_settle`) — a later fold's. So a block's sums are not rewritten
+    once more between the fold and the result. Raw and settled states give the same bits.
+
     The result gets a leading axis of size 2: ``[mean, std]``. The merge is not a plain
     sum, so this aggregation cannot accumulate across passes.
     """
@@ -1035,17 +1042,30 @@ class MeanStd(_FloatResult):
             self._deviations_by_cores(stash, cores, part)
         else:
             self._deviations_by_weight(stash, masks, part)
-        # mean = shift + dev with dev = S1/W; M2 = S2 - S1^2/W = S2 - W dev^2, a few rows
-        # at a time: the five steps run on rows still in cache (one pass over memory
-        # instead of five, and no block-sized temporary)
-        every = self._weighted_everywhere(part)  # (a masked divide is much slower)
+        if first:  # the state's own arrays were filled (W maybe as its factors)
+            state.update(part)
+            state["_folded"] = True
+            state["raw"] = True
+            return
+        part["raw"] = True  # (merge settles the state it merges into)
+        whole = (slice(None), slice(None))
+        self.merge(state, part, whole, whole)
+
+    def _settle(self, state: State) -> None:
+        """Turn a raw state's sums (``dev`` = S1, ``m2`` = S2) into ``dev = S1/W`` and
+        ``M2 = S2 - W dev^2`` in place, a few rows at a time (the five steps run on rows
+        still in cache). Only a state about to be merged into needs it: the result reads
+        raw sums directly (:meth:`_moments`), and merges read raw sources (:meth:`_parts`)."""
+        if not state.pop("raw", False):
+            return
+        every = self._weighted_everywhere(state)  # (a masked divide is much slower)
         square: np.ndarray | None = None
-        for y in range(0, shape[-2], _ROWS):
+        for y in range(0, state["dev"].shape[-2], _ROWS):
             rows = slice(y, y + _ROWS)
             w, dev, m2 = (
-                self._weights(part, rows),
-                part["dev"][..., rows, :],
-                part["m2"][..., rows, :],
+                self._weights(state, rows),
+                state["dev"][..., rows, :],
+                state["m2"][..., rows, :],
             )
             if every:
                 np.divide(dev, w, out=dev)
@@ -1059,12 +1079,6 @@ class MeanStd(_FloatResult):
             square *= w
             m2 -= square
             np.maximum(m2, 0, out=m2)
-        if first:  # the state's own arrays were filled (W maybe as its factors)
-            state.update(part)
-            state["_folded"] = True
-            return
-        whole = (slice(None), slice(None))
-        self.merge(state, part, whole, whole)
 
     @staticmethod
     def _weights(state: State, rows: slice = _ALL, cols: slice = _ALL) -> np.ndarray:
@@ -1175,25 +1189,44 @@ class MeanStd(_FloatResult):
             term *= dev
             s2[sl] += term
 
+    def _parts(self, state: State, sl: Slices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(shift, dev, M2)`` over ``sl`` of a state: views, or for a raw state new
+        arrays computed from its sums (the state is only read)."""
+        s = (..., *sl)
+        shift, dev, m2 = (state[key][s] for key in ("shift", "dev", "m2"))
+        if not state.get("raw"):
+            return shift, dev, m2
+        w = self._weights(state, *sl)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dev = np.divide(dev, w)
+            dev[np.broadcast_to(w == 0, dev.shape)] = 0
+            square = dev * dev
+            square *= w
+            m2 = np.subtract(m2, square)
+            np.maximum(m2, 0, out=m2)
+        return shift, dev, m2
+
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
-        d, s = (..., *dst_sl), (..., *src_sl)
+        d = (..., *dst_sl)
+        self._settle(dst)  # (only a fold's own state is ever raw and merged into)
         self._explicit(dst)
         wa = dst["w"][d]
         wb = self._weights(src, *src_sl)
+        shift_b, dev_b, m2_b = self._parts(src, src_sl)
         if not wa.any():  # nothing here yet (e.g. the block's own partial): take src
             dst["w"][d] = wb
-            for key in ("shift", "dev", "m2"):
-                dst[key][d] = src[key][s]
+            for key, value in zip(("shift", "dev", "m2"), (shift_b, dev_b, m2_b), strict=True):
+                dst[key][d] = value
             return
         total = wa + wb
         # where nothing is here yet take src's shift (dev and M2 are 0 there), so dev stays
         # a small deviation instead of becoming the whole mean
         if not bool(wa.min() > 0):
-            np.copyto(dst["shift"][d], src["shift"][s], where=wa == 0)
+            np.copyto(dst["shift"][d], shift_b, where=wa == 0)
         # the means' difference from the shifts' (exact for nearby values: Sterbenz)
         # and the devs' (small): no rounding at the data's magnitude
-        delta = src["shift"][s] - dst["shift"][d]
-        delta += src["dev"][s]
+        delta = shift_b - dst["shift"][d]
+        delta += dev_b
         delta -= dst["dev"][d]
         if bool(total.min() > 0):  # (a masked divide is much slower)
             frac = np.divide(wb, total)
@@ -1203,14 +1236,15 @@ class MeanStd(_FloatResult):
         term = delta * delta
         term *= wa
         term *= frac
-        term += src["m2"][s]
+        term += m2_b
         dst["m2"][d] += term
         delta *= frac
         dst["dev"][d] += delta
         dst["w"][d] = total
 
     def _view(self, state: State, rows: slice, cols: slice) -> State:
-        cell = {k: state[k][..., rows, cols] for k in ("shift", "dev", "m2")}
+        cell: State = {k: state[k][..., rows, cols] for k in ("shift", "dev", "m2")}
+        cell["raw"] = state.get("raw", False)
         if state["w"] is None:  # W as factors stays factors
             cell.update(w=None, dy=state["dy"][rows], dx=state["dx"][cols])
         else:
@@ -1237,22 +1271,43 @@ class MeanStd(_FloatResult):
     def _moments(self, state: State, out: np.ndarray) -> None:
         """``out[0] = shift + dev`` (the mean) and ``out[1] = sqrt(M2 / W)`` (the std) of
         a folded state, a few rows at a time (no block-sized temporary; the state is only
-        read). M2 >= 0: each fold clamps its rounding and merges add non-negative terms;
-        where W is 0 the caller sets the result."""
+        read). A raw state (``dev`` = S1, ``m2`` = S2, see :meth:`_fold`) gives ``dev =
+        S1/W`` and ``M2 = S2 - W dev^2`` here, clamped at 0, as :meth:`_settle` would; a
+        settled one has ``M2 >= 0`` (each fold clamps, merges add non-negative terms).
+        Where W is 0 the caller sets the result."""
         m2 = state["m2"]
+        raw = bool(state.get("raw"))
         direct = out.dtype == m2.dtype
+        dev: np.ndarray | None = None
         tmp: np.ndarray | None = None
         with np.errstate(invalid="ignore", divide="ignore"):
             for y in range(0, m2.shape[-2], _ROWS):
                 rows = (..., slice(y, y + _ROWS), slice(None))
-                np.add(state["shift"][rows], state["dev"][rows], out=out[0][rows], casting="unsafe")
+                w = self._weights(state, rows[1])
+                here = m2[rows].shape
                 if direct:
                     std = out[1][rows]
                 else:  # the sums' precision up to the square root, then the result's
-                    if tmp is None or tmp.shape != m2[rows].shape:
-                        tmp = np.empty(m2[rows].shape, m2.dtype)
+                    if tmp is None or tmp.shape != here:
+                        tmp = np.empty(here, m2.dtype)
                     std = tmp
-                np.divide(m2[rows], self._weights(state, rows[1]), out=std)
+                if raw:
+                    if dev is None or dev.shape != here:
+                        dev = np.empty(here, m2.dtype)
+                    np.divide(state["dev"][rows], w, out=dev)
+                    np.add(state["shift"][rows], dev, out=out[0][rows], casting="unsafe")
+                    # M2 = S2 - W dev^2 as _settle computes it, so a cell read raw and one
+                    # merged from the same partial give the same bits
+                    dev *= dev
+                    dev *= w
+                    np.subtract(m2[rows], dev, out=std)
+                    np.maximum(std, 0, out=std)
+                    std /= w
+                else:
+                    np.add(
+                        state["shift"][rows], state["dev"][rows], out=out[0][rows], casting="unsafe"
+                    )
+                    np.divide(m2[rows], w, out=std)
                 np.sqrt(std, out=std)
                 if not direct:
                     out[1][rows] = std

@@ -193,8 +193,8 @@ def slice_state(state: State, ys: tuple[int, int], xs: tuple[int, int]) -> State
             continue
         if key.startswith("_"):
             continue  # bookkeeping (failed-chip count, records) stays with the owning block
-        if value is None:
-            out[key] = None
+        if value is None or isinstance(value, bool):  # (a flag, e.g. mean_std's "raw")
+            out[key] = value
         elif key == "dy":
             out[key] = value[ys[0] : ys[1]].copy()
         elif key == "dx":
@@ -764,7 +764,7 @@ def _crop(state: State, h: int, w: int) -> State:
     """Drop the padded (out-of-scene) part of a partial state."""
     out: State = {}
     for key, value in state.items():
-        if value is None or key.startswith("_"):
+        if value is None or isinstance(value, bool) or key.startswith("_"):
             out[key] = value
         elif key == "dy":
             out[key] = value[:h]

@@ -207,6 +207,40 @@ def test_mean_std_matches_numpy(chunks: tuple[int, int], window: str) -> None:
     np.testing.assert_allclose(got.values, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mean_std_folds_in_steps_match_numpy(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block whose chips are folded batch by batch (more kept outputs than the stash
+    holds): each fold leaves raw sums, and a later one settles the state and merges the
+    new raw part into it. Same numbers as the numpy reference, offset included."""
+    from patchflow.engine import aggregate
+    from patchflow.engine.aggregate import MeanStd
+
+    values = _values(9)
+
+    def op(chip: np.ndarray) -> np.ndarray:
+        return (np.float32(1e4) + (chip[:1] + chip.mean()) * np.float32(0.1)).astype(dtype)
+
+    settled = {"raw": 0}
+    settle = MeanStd._settle
+
+    def spy(self: Any, state: Any) -> None:
+        settled["raw"] += bool(state.get("raw"))
+        settle(self, state)
+
+    monkeypatch.setattr(aggregate, "STASH_BYTES", 1)
+    monkeypatch.setattr(MeanStd, "_settle", spy)
+    got = _engine(values, Lambda(op), (17, 23), agg="mean_std", batch_size=2)
+    assert settled["raw"] > 0  # later folds really merged into folded states
+    out_all, w_all = _chips(values, op, "hann")
+    expected = _mean_std_reference(out_all, w_all)
+    assert float(expected[1].max()) > 1e-3
+    rtol = 1e-7 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(got.values[0], expected[0], rtol=rtol)
+    np.testing.assert_allclose(
+        got.values[1], expected[1], rtol=100 * rtol, atol=1e-6 if dtype == "float32" else 1e-12
+    )
+
+
 @pytest.mark.parametrize("chunks", CHUNKINGS)
 def test_mean_std_large_offset_is_stable(chunks: tuple[int, int]) -> None:
     values = _values(8)
