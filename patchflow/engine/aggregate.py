@@ -179,6 +179,9 @@ class Aggregator:
     #: whether the result holds class labels (or other discrete values) that must never be
     #: averaged with their neighbours, e.g. in a COG's overviews
     categorical: ClassVar[bool] = False
+    #: whether every result pixel is one of the values the op returned there (one chip's
+    #: value is picked, nothing is blended): integer results then may be labels too
+    picks: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -223,6 +226,13 @@ class Aggregator:
     def result_dtype(self) -> np.dtype:
         """Dtype of the finalised output."""
         return self.op_dtype
+
+    def discrete(self) -> bool:
+        """Whether the result must never be blended with its neighbours (a COG's overviews
+        then pick pixels): class labels, or an integer result of a merge that picks one
+        chip's value (``centre``, ``max``, ``min`` of a classifier's labels: a blend of
+        classes 0 and 5 would be a class 2 that no chip returned)."""
+        return self.categorical or (self.picks and self.result_dtype().kind in "iub")
 
     def result_lead(self) -> tuple[int, ...]:
         """Non-spatial shape of the finalised output."""
@@ -566,6 +576,7 @@ class Extreme(Aggregator):
     """Running max (or min) over the chips covering each pixel."""
 
     weighted = False
+    picks = True
     sign: ClassVar[int] = 1
 
     def _dtype(self) -> np.dtype:
@@ -683,6 +694,7 @@ class Centre(Aggregator):
 
     name = "centre"
     weighted = False
+    picks = True
     MISSING: ClassVar[int] = np.iinfo(np.int64).min
 
     def __init__(self, *, n_chips: int = 1, **kw: Any) -> None:

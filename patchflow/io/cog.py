@@ -267,9 +267,11 @@ def cog_options(
     the result's ``dtype`` and non-spatial shape ``lead`` the options are also checked
     against the result (``PREDICTOR=3`` needs floats, ``JPEG``/``WEBP`` need uint8 and
     1-4 / 3-4 bands); without, only names and values are. A ``categorical`` result (class
-    labels: ``agg="vote"``, ``"soft_vote"``, ``"mode"``) gets ``RESAMPLING=NEAREST`` unless
-    ``RESAMPLING`` or ``OVERVIEW_RESAMPLING`` is given: GDAL's default (CUBIC) would blend
-    neighbouring classes into values that are no class in the overviews.
+    labels: ``agg="vote"``, ``"soft_vote"``, ``"mode"``; an integer ``"centre"``, ``"max"``
+    or ``"min"``, see :meth:`patchflow.engine.aggregate.Aggregator.discrete`) gets
+    ``RESAMPLING=NEAREST`` unless ``RESAMPLING`` or ``OVERVIEW_RESAMPLING`` is given:
+    GDAL's default (CUBIC) would blend neighbouring classes into values that are no class
+    in the overviews.
 
     Returns
     -------

@@ -2279,7 +2279,7 @@ input_nodata, fill_value, pass_mask, allow_gaps, scale, over, retries, retry_on,
             creation_options,
             dtype=result.result_dtype(),
             lead=result.result_lead(),
-            categorical=result.categorical,
+            categorical=result.discrete(),
         )
     bar = _bar(progress, ("blocks", "COG") if cog else ("blocks",))
     try:

@@ -34,6 +34,7 @@ from rasterio.enums import Compression
 import patchflow
 from patchflow import ops
 from patchflow.demo import dn_ndvi
+from patchflow.engine.aggregate import make_aggregator
 from patchflow.errors import CreationOptionError, ParameterError, PatchflowError
 from patchflow.io.cog import COG_OPTIONS, cog_options, raster_metadata
 from patchflow.io.store import (
@@ -383,10 +384,12 @@ def as_labels(chip: np.ndarray) -> np.ndarray:
     return np.nan_to_num(chip, nan=0).astype(np.uint8)
 
 
-@pytest.mark.parametrize("agg", ["vote", "soft_vote", "mode"])
+@pytest.mark.parametrize("agg", ["vote", "soft_vote", "mode", "centre", "max", "min"])
 def test_cog_overviews_of_class_labels_hold_only_classes(agg: str, tmp_path: Path) -> None:
     # GDAL's COG driver builds overviews with CUBIC by default: on a class map that
-    # invents classes (0 and 5 blend into 2 and 3); a labels result gets NEAREST
+    # invents classes (0 and 5 blend into 2 and 3); a labels result gets NEAREST. So does
+    # an integer result of a merge that picks one chip's value (centre, max, min): its
+    # pixels are values the op returned, which may be classes
     def scores(chip: np.ndarray) -> np.ndarray:  # one score band per class, for soft_vote
         lab = as_labels(chip)[0]
         return np.stack([(lab == k).astype(np.float32) for k in range(6)])
@@ -410,6 +413,23 @@ def test_cog_overviews_of_class_labels_hold_only_classes(agg: str, tmp_path: Pat
     assert cog_options({"resampling": "average"}, categorical=True)["RESAMPLING"] == "AVERAGE"
     assert "RESAMPLING" not in cog_options({"overview_resampling": "mode"}, categorical=True)
     assert "RESAMPLING" not in cog_options(dtype="float32", lead=(1,))
+
+
+@pytest.mark.parametrize(
+    ("agg", "dtype", "discrete"),
+    [
+        ("centre", "float32", False),  # NDVI picked from one chip: blends as GDAL does
+        ("max", "float64", False),
+        ("overlap_add", "uint8", False),  # an average of integers is no label
+        ("median", "int16", False),
+        ("centre", "int16", True),
+        ("min", "bool", True),
+        ("vote", "uint8", True),
+    ],
+)
+def test_which_results_get_nearest_overviews(agg: str, dtype: str, discrete: bool) -> None:
+    made = make_aggregator(agg, out_dtype=np.dtype(dtype), lead=(1,), n_classes=3, layers=4)
+    assert made.discrete() is discrete
 
 
 BAD_OPTIONS = [
@@ -684,6 +704,7 @@ def python3_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 NOTEBOOK_CELL = """
 import patchflow
 from patchflow.demo import dn_ndvi
+from patchflow.engine.aggregate import make_aggregator
 from patchflow.io.synthetic import make_scene
 scene = make_scene((700, 600), seed=3, chunks=256)
 kw = dict(size=128, stride=96, chunks=256)
