@@ -899,3 +899,53 @@ def test_results_carry_the_files_own_transform(tmp_path: Any) -> None:
     half = patchflow.apply(coarse, lambda c: c * 1, size=16, stride=12)
     assert half.rio.transform().almost_equals(transform @ transform.scale(2), precision=1e-9)
     np.testing.assert_array_equal(half.x.values, coarse.x.values)
+
+
+@pytest.mark.parametrize(
+    ("agg", "nodata", "op"),
+    [
+        ("overlap_add", None, lambda c: c[:1] * 1e-4),  # float, NaN where invalid
+        ("overlap_add", -9999.0, lambda c: c[:1] * 1e-4),  # float, -9999 on disk
+        ("mean_std", None, lambda c: c[:1] * 1e-4),  # a leading stat dim
+        ("centre", 250, lambda c: (c[:1] % 200).astype("uint8")),  # integer with nodata
+    ],
+    ids=["float-nan", "float-9999", "mean-std", "uint8-250"],
+)
+def test_a_deleted_result_chunk_never_reads_as_nodata(
+    agg: str, nodata: Any, op: Any, tmp_path: Any, dask_computes: Any
+) -> None:
+    """Zarr hands out a deleted chunk as its fill value: plain ``xr.open_zarr`` reads a
+    lost block as a block of nodata, silently. ``open_result`` checks each block against
+    the checksum written with it as it is read (no second read of the result): the
+    intact blocks read exactly as a fully verified open gives them, the lost one is a
+    ``CorruptStoreError`` naming it; opening computes and reads nothing."""
+    import shutil
+
+    from patchflow.io.store import CorruptStoreError
+
+    scene = patchflow.io.synthetic.make_scene((300, 280), chunks=128)
+    store = tmp_path / "out.zarr"
+    kw: dict[str, Any] = {"size": 64, "stride": 48, "chunks": 128, "boundary": "drop"}
+    patchflow.run(scene, op, store=store, agg=agg, nodata=nodata, **kw)
+    checked = patchflow.open_result(store, verify="now").load()
+    invalid = checked == nodata if checked.dtype.kind in "iu" else checked.isnull()
+    assert invalid.any()  # uncovered margin (boundary="drop")
+    with dask_computes(max_computes=0):
+        lazy = patchflow.open_result(store)
+    for key in ("dtype", "dims", "shape", "attrs", "name"):
+        assert getattr(lazy, key) == getattr(checked, key), key
+    np.testing.assert_array_equal(lazy.values, checked.values)
+    assert lazy.encoding.get("_FillValue") == checked.encoding.get("_FillValue") or nodata is None
+    name = str(lazy.name)
+    for chunk in (store / name / "c").rglob("*"):
+        if chunk.is_file() and chunk.parts[-2:] == ("1", "1"):
+            chunk.unlink()
+    plain = xr.open_zarr(store)[name].values
+    assert not np.array_equal(plain, checked.values, equal_nan=True)  # silently lost
+    lazy = patchflow.open_result(store)
+    np.testing.assert_array_equal(lazy[..., :128, :].values, checked[..., :128, :].values)
+    with pytest.raises(CorruptStoreError, match=r"block \(1, 1\)"):
+        lazy.load()
+    with pytest.raises(CorruptStoreError, match=r"\(1, 1\)"):
+        patchflow.open_result(store, verify="now")
+    shutil.rmtree(store)

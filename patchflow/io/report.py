@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -101,9 +101,9 @@ class RunReport:
     #: the record of each failed chip (index, bounds, exception, traceback), by chip index
     chip_errors: tuple[ChipError, ...] = ()
 
-    def open(self, *, verify: bool = False) -> xr.DataArray:
-        """The result, lazily, from the store (``verify``: see :func:`open_result`; off by
-        default because the run has just written and checked every block). A COG opens
+    def open(self, *, verify: Literal["on_read", "now", "off"] | bool = "on_read") -> xr.DataArray:
+        """The result, lazily, from the store (``verify``: see :func:`open_result`; by
+        default each block is checked against its checksum as it is read). A COG opens
         with rioxarray (``verify`` does not apply: it has no block checksums), as ``apply``
         returns the result: a float result's nodata masked to NaN (the value stays its
         encoded nodata), an integer result's kept as a value."""

@@ -58,13 +58,15 @@ difference (``mode="accumulate"`` may change the operator and window, not the in
 grid). Resuming also re-reads the blocks already marked done and recomputes any whose
 checksum no longer matches (a deleted or damaged chunk file) — except in a store summing
 several passes, where that is a :class:`CorruptStoreError` (one operator cannot recompute
-it). :func:`check_store` (``patchflow inspect``) and ``open_result(verify=True)`` run the
+it). :func:`check_store` (``patchflow inspect``) and ``open_result(verify="now")`` run the
 same verification, which also checks that each done block's failed-chip records match
 its failed-chip count and checksum (a deleted or foreign record file is damage that
-``resume`` recomputes). Kept sums carry their own per-block checksums: ``check_store``
-verifies them (``open_result`` does not need them), and a pass refuses to add to damaged
-sums (:class:`CorruptStoreError`) rather than reading a lost chunk as zeros; ``resume``
-recomputes them only in a one-pass store (the sum of several passes must be rebuilt).
+``resume`` recomputes); by default ``open_result`` checks each block's checksum as a
+computation reads it instead (no second read of the result). Kept sums carry their
+own per-block checksums: ``check_store`` verifies them (``open_result`` does not need
+them), and a pass refuses to add to damaged sums (:class:`CorruptStoreError`) rather
+than reading a lost chunk as zeros; ``resume`` recomputes them only in a one-pass store
+(the sum of several passes must be rebuilt).
 
 The numerator/denominator of a block are summed in memory by the block's stitch task (from
 the block's own chips and its neighbours' spill-over) and normalised there; writing them to
@@ -108,7 +110,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import dask
 import dask.array as da
@@ -3288,8 +3290,15 @@ def _failed_count(path: str, done: np.ndarray) -> int:
     return int(failed[done == 1].sum())
 
 
+#: ``open_result``'s checks: each block as it is read, every block now, or none
+Verify = Literal["on_read", "now", "off"]
+
+
 def open_result(
-    store: str | os.PathLike[str], *, var: Hashable | None = None, verify: bool = True
+    store: str | os.PathLike[str],
+    *,
+    var: Hashable | None = None,
+    verify: Verify | bool = "on_read",
 ) -> xr.DataArray:
     """Open a finished patchflow store as a lazy, georeferenced DataArray.
 
@@ -3300,12 +3309,16 @@ def open_result(
     var
         The variable (default: the job's result).
     verify
-        Check every block before returning: read it once and compare its CRC-32 with the
-        checksum recorded when it was written, so a deleted or damaged chunk file is found
-        now rather than as wrong data or a codec error later. This costs one full read of
-        the result (in parallel threads); for a large store that was just written or
-        verified (e.g. by ``patchflow inspect``), ``verify=False`` only checks the done
-        markers and returns at once.
+        How blocks are checked against the CRC-32 recorded when they were written, so a
+        deleted or damaged chunk file is never read as data (a deleted chunk would read
+        as nodata, silently): ``"on_read"`` (default) checks each block when a
+        computation reads it, from the bytes it reads anyway, and raises
+        :class:`CorruptStoreError` naming the block — opening costs nothing and a
+        scene-sized result is not read twice; ``"now"`` (or ``True``) reads and checks
+        every block, and its failed-chip records, before returning (one full read, in
+        parallel threads); ``"off"`` (or ``False``) checks only the done markers. The
+        ``"on_read"`` array is chunked by the store's blocks (every band of a block in
+        one chunk: the checksum covers them together).
 
     Raises
     ------
@@ -3313,13 +3326,26 @@ def open_result(
         If the job that writes the store has not finished (names the missing blocks), or
         ``store`` is not a patchflow store.
     CorruptStoreError
-        If a block fails verification (names the blocks; ``resume`` recomputes them).
+        If a block fails verification (names the blocks; ``resume`` recomputes them):
+        when opening with ``verify="now"``, when computing with ``"on_read"``.
 
     Note that plain ``xr.open_zarr`` does none of these checks.
+
+    Examples
+    --------
+    >>> from patchflow.io.synthetic import make_scene
+    >>> import patchflow, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "ndvi.zarr")
+    >>> _ = patchflow.run(make_scene((64, 64)), lambda c: c[:1] * 2, store=path,
+    ...                   size=32, stride=24, chunks=32)
+    >>> out = open_result(path)  # no read yet; each block is checked as it is read
+    >>> out.chunks[-2:], float(out.max()) > 0
+    (((32, 32), (32, 32)), True)
     """
+    mode = _verify_mode(verify)
     path = os.fspath(store)
     # the kept sums are not part of the result: damage there is for check_store to report
-    health = _check(path, checksums=verify, sums=False)
+    health = _check(path, checksums=mode == "now", sums=False)
     if not health.ok:
         raise health.error()
     meta = _read_meta(path)
@@ -3336,6 +3362,91 @@ def open_result(
         # explicit nodata= is their on-disk value, NaN in memory
         ds = xr.open_zarr(path, consolidated=True, decode_coords="all", mask_and_scale=kind == "f")
     out = ds[name]
+    crcs = _book(path, "checksum")
+    if mode == "on_read" and crcs is not None and str(name) == _result_var(meta):
+        fill = out.encoding.get("_FillValue") if kind == "f" else None
+        out = out.copy(data=_checked_read(path, str(name), crcs, out.dtype, fill))
     if meta.get("crs"):
         out = out.rio.write_crs(meta["crs"])
     return out
+
+
+def _verify_mode(verify: Verify | bool) -> Verify:
+    """``open_result``'s ``verify`` as one of :data:`Verify` (``True``/``False``: aliases
+    of ``"now"``/``"off"``, what they meant before ``"on_read"`` existed)."""
+    if verify is True or verify is False:
+        return "now" if verify else "off"
+    if verify not in ("on_read", "now", "off"):
+        raise ParameterError(
+            f"verify must be 'on_read' (check each block as it is read), 'now' (check "
+            f"every block before returning) or 'off', got {verify!r}"
+        )
+    return verify
+
+
+def _result_var(meta: Mapping[str, Any]) -> str:
+    """The name of the store's result array (the one its block checksums describe)."""
+    return str((meta.get("signature") or {}).get("var") or (meta.get("job") or {}).get("var"))
+
+
+@dataclass(frozen=True)
+class _CheckedBlock:
+    """Reads one block of a store's result and checks it against its recorded CRC-32
+    (the bytes as stored), then masks a float result's fill value to NaN as xarray's
+    decoding does. Picklable: a ``map_blocks`` function."""
+
+    store: str
+    var: str
+    crcs: np.ndarray
+    dtype: np.dtype
+    fill: Any
+
+    def __call__(self, block_id: tuple[int, ...]) -> np.ndarray:
+        i, j = block_id[-2:]
+        arr = zarr.open_array(self.store, path=self.var, mode="r")
+        by, bx = arr.chunks[-2:]
+        region = (
+            *(slice(None),) * (arr.ndim - 2),
+            slice(i * by, (i + 1) * by),
+            slice(j * bx, (j + 1) * bx),
+        )
+        try:
+            raw = np.ascontiguousarray(arr[region])
+            intact = _crc(raw) == int(self.crcs[i, j])
+        except OSError:
+            raise
+        except Exception:  # garbage bytes: the codec's own error, whatever it is
+            intact = False
+        if not intact:
+            raise CorruptStoreError(
+                f"{self.store!r} is damaged: block ({i}, {j}) of {self.var!r} does not match "
+                "the checksum recorded when it was written (its chunk file was deleted or "
+                f"overwritten), so it was not read as data; recompute it with {_w('finish')}"
+            )
+        out = raw.astype(self.dtype, copy=False)
+        if self.fill is not None and not np.isnan(self.fill):  # (a NaN fill is NaN already)
+            out = np.where(raw == self.fill, self.dtype.type(np.nan), out)
+        return out
+
+
+def _checked_read(path: str, name: str, crcs: np.ndarray, dtype: np.dtype, fill: Any) -> da.Array:
+    """The result array ``name`` as a dask array of its store blocks, each checked against
+    its checksum as it is read (:class:`_CheckedBlock`)."""
+    arr = zarr.open_array(path, path=name, mode="r")
+    by, bx = arr.chunks[-2:]
+    height, width = arr.shape[-2:]
+
+    def cuts(extent: int, step: int) -> tuple[int, ...]:
+        return tuple(min(step, extent - start) for start in range(0, extent, step))
+
+    chunks = (*((int(n),) for n in arr.shape[:-2]), cuts(height, by), cuts(width, bx))
+    reader = _CheckedBlock(path, name, crcs, np.dtype(dtype), fill)
+    # the checksums name this store's contents: a resumed or rewritten store gets new keys
+    token = tokenize(os.path.abspath(path), name, crcs.tobytes(), str(dtype), repr(fill))
+    return da.map_blocks(
+        reader,
+        dtype=dtype,
+        chunks=chunks,
+        name=f"patchflow-open-result-{token}",
+        meta=np.empty((0,) * arr.ndim, dtype),
+    )

@@ -189,7 +189,9 @@ def test_v2_damaged_block_is_found_and_repaired(
     health = check_store(store)
     assert health.corrupt == ((1, 1),) and not health.ok
     with pytest.raises(CorruptStoreError, match=r"\(1, 1\)"):
-        open_result(store)
+        open_result(store, verify="now")
+    with pytest.raises(CorruptStoreError, match=r"\(1, 1\)"):
+        open_result(store).load()
     fixed = patchflow.resume(store)  # from the recipe the store records
     assert (fixed.repaired, fixed.computed, fixed.skipped) == (1, 1, 8)
     assert zarr_format_of(store) == 2

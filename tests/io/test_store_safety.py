@@ -609,8 +609,16 @@ def test_deleted_or_garbage_chunks_are_detected_and_resume_repairs_them(
     health = check_store(store)
     assert health.corrupt == ((1, 1),) and not health.ok
     with pytest.raises(CorruptStoreError, match=r"1 block\(s\) fail their checksum.*\(1, 1\)"):
-        open_result(store)
-    assert np.isnan(open_result(store, verify=False)[0, 256:512, 256:512].values).all()
+        open_result(store, verify="now")
+    # by default each block is checked as it is read: the intact ones read, the deleted
+    # one (which Zarr would hand out as nodata) is refused, named
+    lazy = open_result(store)
+    np.testing.assert_array_equal(
+        lazy[..., :256, :].values, open_result(reference.store)[..., :256, :].values
+    )
+    with pytest.raises(CorruptStoreError, match=r"block \(1, 1\) of .*patchflow\.resume"):
+        lazy.load()
+    assert np.isnan(open_result(store, verify="off")[0, 256:512, 256:512].values).all()
     assert main(["inspect", str(store)]) == 1
     captured = capsys.readouterr()
     assert "1 corrupt" in captured.out and "patchflow resume STORE" in captured.err
@@ -620,7 +628,9 @@ def test_deleted_or_garbage_chunks_are_detected_and_resume_repairs_them(
 
     (store / var / "c" / "0" / "0" / "2").write_bytes(b"not a zstd frame" * 64)
     with pytest.raises(CorruptStoreError, match=r"\(0, 2\)"):
-        patchflow.open_result(store)
+        patchflow.open_result(store, verify=True)
+    with pytest.raises(CorruptStoreError, match=r"\(0, 2\)"):
+        patchflow.open_result(store).compute()
     assert main(["resume", str(store)]) == 0
     assert "1 computed, 8 already done (1 damaged block recomputed)" in capsys.readouterr().out
     assert result_bytes(store) == reference.data
