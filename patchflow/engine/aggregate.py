@@ -1070,27 +1070,42 @@ class MeanStd(_FloatResult):
         raw sums directly (:meth:`_moments`), and merges read raw sources (:meth:`_parts`)."""
         if not state.pop("raw", False):
             return
-        every = self._weighted_everywhere(state)  # (a masked divide is much slower)
-        square: np.ndarray | None = None
+        masked = not self._weighted_everywhere(state)  # (a masked divide is much slower)
+        scratch: np.ndarray | None = None
         for y in range(0, state["dev"].shape[-2], _ROWS):
             rows = slice(y, y + _ROWS)
-            w, dev, m2 = (
-                self._weights(state, rows),
-                state["dev"][..., rows, :],
-                state["m2"][..., rows, :],
-            )
-            if every:
-                np.divide(dev, w, out=dev)
-            else:
-                ok = np.broadcast_to(w > 0, dev.shape)
-                np.divide(dev, w, out=dev, where=ok)
-                dev[~ok] = 0
-            if square is None or square.shape != dev.shape:
-                square = np.empty(dev.shape, dev.dtype)
-            np.multiply(dev, dev, out=square)
-            square *= w
-            m2 -= square
-            np.maximum(m2, 0, out=m2)
+            dev, m2 = state["dev"][..., rows, :], state["m2"][..., rows, :]
+            if scratch is None or scratch.shape != dev.shape:
+                scratch = np.empty(dev.shape, dev.dtype)
+            w = self._weights(state, rows)
+            self._resolve(dev, m2, w, dev, m2, masked=masked, scratch=scratch)
+
+    @staticmethod
+    def _resolve(
+        s1: np.ndarray,
+        s2: np.ndarray,
+        w: np.ndarray,
+        dev: np.ndarray,
+        m2: np.ndarray,
+        *,
+        masked: bool,
+        scratch: np.ndarray | None = None,
+    ) -> None:
+        """``dev = S1/W`` and ``M2 = max(S2 - W dev^2, 0)`` into ``dev`` and ``m2`` (which
+        may be ``s1`` and ``s2`` themselves): the one formula every reader of raw sums
+        uses, so they agree to the bit. ``masked``: W may be 0 somewhere, where dev and M2
+        become 0 (unmasked, such elements are left for the caller to set). ``scratch``:
+        memory of ``dev``'s shape for ``W dev^2`` (else allocated)."""
+        if masked:
+            ok = np.broadcast_to(w > 0, dev.shape)
+            np.divide(s1, w, out=dev, where=ok)
+            dev[~ok] = 0
+        else:
+            np.divide(s1, w, out=dev)
+        square = np.multiply(dev, dev, out=scratch)
+        square *= w
+        np.subtract(s2, square, out=m2)
+        np.maximum(m2, 0, out=m2)
 
     @staticmethod
     def _weights(state: State, rows: slice = _ALL, cols: slice = _ALL) -> np.ndarray:
@@ -1208,14 +1223,9 @@ class MeanStd(_FloatResult):
         shift, dev, m2 = (state[key][s] for key in ("shift", "dev", "m2"))
         if not state.get("raw"):
             return shift, dev, m2
-        w = self._weights(state, *sl)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dev = np.divide(dev, w)
-            dev[np.broadcast_to(w == 0, dev.shape)] = 0
-            square = dev * dev
-            square *= w
-            m2 = np.subtract(m2, square)
-            np.maximum(m2, 0, out=m2)
+        s1, s2 = dev, m2
+        dev, m2 = np.empty(s1.shape, s1.dtype), np.empty(s2.shape, s2.dtype)
+        self._resolve(s1, s2, self._weights(state, *sl), dev, m2, masked=True)
         return shift, dev, m2
 
     def merge(self, dst: State, src: State, dst_sl: Slices, src_sl: Slices) -> None:
@@ -1291,6 +1301,7 @@ class MeanStd(_FloatResult):
         raw = bool(state.get("raw"))
         direct = out.dtype == m2.dtype
         dev: np.ndarray | None = None
+        square: np.ndarray | None = None
         tmp: np.ndarray | None = None
         with np.errstate(invalid="ignore", divide="ignore"):
             for y in range(0, m2.shape[-2], _ROWS):
@@ -1303,17 +1314,12 @@ class MeanStd(_FloatResult):
                     if tmp is None or tmp.shape != here:
                         tmp = np.empty(here, m2.dtype)
                     std = tmp
-                if raw:
-                    if dev is None or dev.shape != here:
-                        dev = np.empty(here, m2.dtype)
-                    np.divide(state["dev"][rows], w, out=dev)
+                if raw:  # (W = 0 elements: set by the caller)
+                    if dev is None or square is None or dev.shape != here:
+                        dev, square = np.empty(here, m2.dtype), np.empty(here, m2.dtype)
+                    s1 = state["dev"][rows]
+                    self._resolve(s1, m2[rows], w, dev, std, masked=False, scratch=square)
                     np.add(state["shift"][rows], dev, out=out[0][rows], casting="unsafe")
-                    # M2 = S2 - W dev^2 as _settle computes it, so a cell read raw and one
-                    # merged from the same partial give the same bits
-                    dev *= dev
-                    dev *= w
-                    np.subtract(m2[rows], dev, out=std)
-                    np.maximum(std, 0, out=std)
                     std /= w
                 else:
                     np.add(
