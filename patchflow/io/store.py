@@ -1742,8 +1742,7 @@ def _damaged(path: str, meta: Mapping[str, Any], candidates: np.ndarray) -> list
     sums = _book(path, "checksum")
     if sums is None:  # written before checksums existed: nothing to compare against
         return []
-    var = str((meta.get("signature") or {}).get("var") or (meta.get("job") or {}).get("var"))
-    verdicts = _intact(path, var, blocks, sums)
+    verdicts = _intact(path, _result_var(meta), blocks, sums)
     if meta.get("chip_records"):
         # a block's failed-chip records are part of its result: missing or foreign
         # records (another checksum or count) are damage too

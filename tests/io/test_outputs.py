@@ -706,7 +706,6 @@ def python3_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 NOTEBOOK_CELL = """
 import patchflow
 from patchflow.demo import dn_ndvi
-from patchflow.engine.aggregate import make_aggregator
 from patchflow.io.synthetic import make_scene
 scene = make_scene((700, 600), seed=3, chunks=256)
 kw = dict(size=128, stride=96, chunks=256)
