@@ -3215,15 +3215,7 @@ def _check(path: str, *, checksums: bool, sums: bool) -> StoreHealth:
     status = str(meta.get("status"))
     problem = None
     if corrupt:
-        passes = int(meta.get("passes", 0))
-        fix = (
-            f"recompute them with {_w('finish')}"
-            if passes <= 1 or status != "complete"
-            # as _repair refuses it: one operator cannot recompute a sum of passes
-            else f"the store holds the sum of {passes} passes (mode='accumulate'), which "
-            f"one operator cannot recompute; rebuild it with {_w('overwrite')} and the "
-            "same passes"
-        )
+        fix = _damage_fix(meta, "them")
         problem = (
             f"{path!r} is damaged: {len(corrupt)} block(s) fail their checksum or their "
             "failed-chip records (a result chunk or record file was deleted or overwritten): "
@@ -3364,10 +3356,23 @@ def open_result(
     crcs = _book(path, "checksum")
     if mode == "on_read" and crcs is not None and str(name) == _result_var(meta):
         fill = out.encoding.get("_FillValue") if kind == "f" else None
-        out = out.copy(data=_checked_read(path, str(name), crcs, out.dtype, fill))
+        fix = _damage_fix(meta, "it")
+        out = out.copy(data=_checked_read(path, str(name), crcs, out.dtype, fill, fix))
     if meta.get("crs"):
         out = out.rio.write_crs(meta["crs"])
     return out
+
+
+def _damage_fix(meta: Mapping[str, Any], what: str) -> str:
+    """How to mend damaged result blocks (``what``: "them" or "it") of a store."""
+    passes = int(meta.get("passes", 0))
+    if passes <= 1 or meta.get("status") != "complete":
+        return f"recompute {what} with {_w('finish')}"
+    # as _repair refuses it: one operator cannot recompute a sum of passes
+    return (
+        f"the store holds the sum of {passes} passes (mode='accumulate'), which one "
+        f"operator cannot recompute; rebuild it with {_w('overwrite')} and the same passes"
+    )
 
 
 def _verify_mode(verify: Verify | bool) -> Verify:
@@ -3399,6 +3404,8 @@ class _CheckedBlock:
     crcs: np.ndarray
     dtype: np.dtype
     fill: Any
+    #: how to mend a damaged block (:func:`_damage_fix`)
+    fix: str
 
     def __call__(self, block_id: tuple[int, ...]) -> np.ndarray:
         i, j = block_id[-2:]
@@ -3420,7 +3427,7 @@ class _CheckedBlock:
             raise CorruptStoreError(
                 f"{self.store!r} is damaged: block ({i}, {j}) of {self.var!r} does not match "
                 "the checksum recorded when it was written (its chunk file was deleted or "
-                f"overwritten), so it was not read as data; recompute it with {_w('finish')}"
+                f"overwritten), so it was not read as data; {self.fix}"
             )
         out = raw.astype(self.dtype, copy=False)
         if self.fill is not None and not np.isnan(self.fill):  # (a NaN fill is NaN already)
@@ -3428,7 +3435,9 @@ class _CheckedBlock:
         return out
 
 
-def _checked_read(path: str, name: str, crcs: np.ndarray, dtype: np.dtype, fill: Any) -> da.Array:
+def _checked_read(
+    path: str, name: str, crcs: np.ndarray, dtype: np.dtype, fill: Any, fix: str
+) -> da.Array:
     """The result array ``name`` as a dask array of its store blocks, each checked against
     its checksum as it is read (:class:`_CheckedBlock`)."""
     arr = zarr.open_array(path, path=name, mode="r")
@@ -3439,7 +3448,7 @@ def _checked_read(path: str, name: str, crcs: np.ndarray, dtype: np.dtype, fill:
         return tuple(min(step, extent - start) for start in range(0, extent, step))
 
     chunks = (*((int(n),) for n in arr.shape[:-2]), cuts(height, by), cuts(width, bx))
-    reader = _CheckedBlock(path, name, crcs, np.dtype(dtype), fill)
+    reader = _CheckedBlock(path, name, crcs, np.dtype(dtype), fill, fix)
     # the checksums name this store's contents: a resumed or rewritten store gets new keys
     token = tokenize(os.path.abspath(path), name, crcs.tobytes(), str(dtype), repr(fill))
     return da.map_blocks(
