@@ -1765,26 +1765,33 @@ def _intact(path: str, name: str, blocks: list[tuple[int, int]], crcs: np.ndarra
         arr = zarr.open_array(path, path=name, mode="r")
     except (OSError, ValueError):
         return [False] * len(blocks)
-    by, bx = arr.chunks[-2:]
-    height, width = arr.shape[-2:]
-    lead = (slice(None),) * (arr.ndim - 2)
 
     def intact(block: tuple[int, int]) -> bool:
-        i, j = block
-        region = (
-            *lead,
-            slice(i * by, min(height, (i + 1) * by)),
-            slice(j * bx, min(width, (j + 1) * bx)),
-        )
         try:
-            data = np.ascontiguousarray(arr[region])
-        except Exception:  # garbage bytes: the codec's own error, whatever it is
+            return _verified_block(arr, block, crcs) is not None
+        except OSError:  # unreadable counts as damaged here
             return False
-        return _crc(data) == int(crcs[i, j])
 
     workers = max(1, min(8, os.cpu_count() or 1, len(blocks)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(intact, blocks))
+
+
+def _verified_block(arr: Any, block: tuple[int, int], crcs: np.ndarray) -> np.ndarray | None:
+    """Block ``(i, j)`` of the opened result array ``arr``, all leading dims, as stored;
+    ``None`` when it cannot be decoded or does not match its CRC-32 in ``crcs`` (an
+    ``OSError``, the store itself unreadable, propagates)."""
+    i, j = block
+    by, bx = arr.chunks[-2:]
+    lead = (slice(None),) * (arr.ndim - 2)
+    region = (*lead, slice(i * by, (i + 1) * by), slice(j * bx, (j + 1) * bx))
+    try:
+        data = np.ascontiguousarray(arr[region])
+    except OSError:
+        raise
+    except Exception:  # garbage bytes: the codec's own error, whatever it is
+        return None
+    return data if _crc(data) == int(crcs[i, j]) else None
 
 
 def _sums_damaged(
@@ -3353,8 +3360,8 @@ def open_result(
         # explicit nodata= is their on-disk value, NaN in memory
         ds = xr.open_zarr(path, consolidated=True, decode_coords="all", mask_and_scale=kind == "f")
     out = ds[name]
-    crcs = _book(path, "checksum")
-    if mode == "on_read" and crcs is not None and str(name) == _result_var(meta):
+    crcs = _book(path, "checksum") if mode == "on_read" else None
+    if crcs is not None and str(name) == _result_var(meta):
         fill = out.encoding.get("_FillValue") if kind == "f" else None
         fix = _damage_fix(meta, "it")
         out = out.copy(data=_checked_read(path, str(name), crcs, out.dtype, fill, fix))
@@ -3410,20 +3417,8 @@ class _CheckedBlock:
     def __call__(self, block_id: tuple[int, ...]) -> np.ndarray:
         i, j = block_id[-2:]
         arr = zarr.open_array(self.store, path=self.var, mode="r")
-        by, bx = arr.chunks[-2:]
-        region = (
-            *(slice(None),) * (arr.ndim - 2),
-            slice(i * by, (i + 1) * by),
-            slice(j * bx, (j + 1) * bx),
-        )
-        try:
-            raw = np.ascontiguousarray(arr[region])
-            intact = _crc(raw) == int(self.crcs[i, j])
-        except OSError:
-            raise
-        except Exception:  # garbage bytes: the codec's own error, whatever it is
-            intact = False
-        if not intact:
+        raw = _verified_block(arr, (i, j), self.crcs)
+        if raw is None:
             raise CorruptStoreError(
                 f"{self.store!r} is damaged: block ({i}, {j}) of {self.var!r} does not match "
                 "the checksum recorded when it was written (its chunk file was deleted or "
